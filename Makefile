@@ -1,0 +1,105 @@
+# nixforge.images — the two commands a new user runs are `make demo` and `make test`.
+# Everything they need is installed by the targets themselves (apt, a virtualenv with
+# pinned packages); nothing is written to the user's home directory.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+REPO   := $(CURDIR)
+PYTHON ?= python3
+VENV   := $(REPO)/.venv
+BIN    := $(VENV)/bin
+BUILD  := $(REPO)/.build
+# Ansible finds the collection here (a symlink to the repository root) ...
+COLLECTIONS := $(BUILD)/collections
+# ... and ansible-test, which needs a real ansible_collections/ path, works on a copy.
+SANITY_ROOT := $(BUILD)/sanity/ansible_collections/nixforge/images
+
+export ANSIBLE_HOME := $(BUILD)/ansible-home
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_LOCAL_TEMP := $(BUILD)/ansible-home/tmp
+export ANSIBLE_SSH_CONTROL_PATH_DIR := $(BUILD)/ansible-home/cp
+export ANSIBLE_CONFIG := $(REPO)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \
+        pytest unit integration demo benchmark constraints clean
+
+help:
+	@echo "make demo    build an AArch64 SD image end to end in the local sandbox cloud"
+	@echo "make test    everything: lint, sanity, unit and integration tests"
+	@echo "make sandbox-up / sandbox-down / sandbox-status   drive the local sandbox cloud"
+	@echo "make lint | sanity | unit | integration | benchmark   the parts of make test"
+
+deps:
+	@$(REPO)/scripts/install-system-deps.sh
+
+$(VENV)/.stamp: tests/requirements.txt tests/constraints.txt requirements.txt
+	@$(MAKE) --no-print-directory deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	cd tests && $(BIN)/pip install -q -c constraints.txt -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+collection: venv
+	@mkdir -p $(COLLECTIONS)/ansible_collections/nixforge $(ANSIBLE_LOCAL_TEMP) $(ANSIBLE_SSH_CONTROL_PATH_DIR)
+	@ln -sfn $(REPO) $(COLLECTIONS)/ansible_collections/nixforge/images
+
+test: collection
+	@$(MAKE) --no-print-directory lint sanity
+	@$(MAKE) --no-print-directory pytest
+
+lint: ruff ansible-lint changelog-lint docs-lint
+
+ruff: venv
+	@echo "== ruff"
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check plugins tests benchmarks
+
+ansible-lint: collection
+	@echo "== ansible-lint (production profile)"
+	$(BIN)/ansible-lint --offline
+
+changelog-lint: venv
+	@echo "== antsibull-changelog lint"
+	$(BIN)/antsibull-changelog lint
+
+docs-lint: collection
+	@echo "== ansible-doc renders every plugin"
+	$(BIN)/python scripts/check-docs.py
+
+sanity: collection
+	@echo "== ansible-test sanity"
+	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	cd $(SANITY_ROOT) && HOME=$(BUILD)/home $(BIN)/ansible-test sanity --color=no \
+	  --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+	  --local --skip-test shebang --exclude tests/sandbox/ --exclude benchmarks/
+
+# One pytest run so that its summary line is the last line of `make test`.
+pytest: collection
+	@echo "== pytest (unit + integration)"
+	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+unit: collection
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: collection
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+demo: collection
+	@$(REPO)/scripts/demo.sh
+
+benchmark: collection
+	$(BIN)/python -m benchmarks
+
+constraints: venv
+	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the project is tested with (pip -c). Regenerate with: make constraints' > tests/constraints.txt
+
+clean:
+	rm -rf $(BUILD) tests/output
+
+-include tests/sandbox/sandbox.mk
