@@ -75,9 +75,14 @@ sanity: collection
 	@echo "== ansible-test sanity"
 	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
 	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	@# ansible-test lists a collection's files through git; the copy gets its own throwaway index.
+	@cd $(SANITY_ROOT) && git init -q && git add -A
+	@pip_version=$$($(BIN)/python -c 'import ansible_test._internal.python_requirements as r, inspect, re; print(re.search(r"pip=.(\d+\.\d+)", inspect.getsource(r)).group(1))'); \
+	  mkdir -p $(BUILD)/home/.ansible/test/cache && \
+	  cp scripts/ansible-test-get-pip.py $(BUILD)/home/.ansible/test/cache/get_pip_$${pip_version//./_}.py
 	cd $(SANITY_ROOT) && HOME=$(BUILD)/home $(BIN)/ansible-test sanity --color=no \
 	  --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
-	  --local --skip-test shebang --exclude tests/sandbox/ --exclude benchmarks/
+	  --local
 
 # One pytest run so that its summary line is the last line of `make test`.
 pytest: collection
