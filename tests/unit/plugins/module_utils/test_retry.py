@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+    RetryPolicy,
+    backoff_delays,
+    call_with_retry,
+    is_retryable_http_status,
+    retrying,
+)
+
+
+class Throttled(Exception):
+    pass
+
+
+class BadInput(Exception):
+    pass
+
+
+def classify(exc):
+    return isinstance(exc, Throttled)
+
+
+def flaky(failures, exc_type=Throttled):
+    calls = {"n": 0}
+
+    def fn(value=None):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise exc_type("fail %d" % calls["n"])
+        return value or "ok"
+
+    return fn, calls
+
+
+def test_retries_until_success_with_sleeps():
+    fn, calls = flaky(3)
+    sleeps = []
+    assert call_with_retry(fn, classify, RetryPolicy(max_attempts=5), value="v", sleep=sleeps.append) == "v"
+    assert calls["n"] == 4
+    assert len(sleeps) == 3
+
+
+def test_never_retries_user_errors():
+    fn, calls = flaky(1, BadInput)
+    sleeps = []
+    with pytest.raises(BadInput):
+        call_with_retry(fn, classify, RetryPolicy(max_attempts=5), sleep=sleeps.append)
+    assert calls["n"] == 1
+    assert sleeps == []
+
+
+def test_gives_up_after_max_attempts_and_reraises_last():
+    fn, calls = flaky(10)
+    with pytest.raises(Throttled, match="fail 3"):
+        call_with_retry(fn, classify, RetryPolicy(max_attempts=3), sleep=lambda s: None)
+    assert calls["n"] == 3
+
+
+def test_total_delay_budget_stops_early():
+    fn, calls = flaky(10)
+    sleeps = []
+    policy = RetryPolicy(max_attempts=50, base_delay=10, max_delay=10, max_total_delay=25)
+    with pytest.raises(Throttled):
+        call_with_retry(fn, classify, policy, sleep=sleeps.append, rng=random.Random(1))
+    assert sum(sleeps) <= 25
+    assert calls["n"] < 50
+
+
+def test_full_jitter_bounds_grow_exponentially_and_cap():
+    policy = RetryPolicy(max_attempts=8, base_delay=1, max_delay=8)
+
+    class Max(random.Random):
+        def uniform(self, a, b):
+            return b
+
+    assert list(backoff_delays(policy, Max())) == [1, 2, 4, 8, 8, 8, 8]
+    delays = list(backoff_delays(policy, random.Random(7)))
+    assert all(0 <= d <= cap for d, cap in zip(delays, [1, 2, 4, 8, 8, 8, 8]))
+    assert len(set(delays)) > 1
+
+
+def test_on_retry_callback_and_decorator():
+    seen = []
+    fn, _ = flaky(2)
+    call_with_retry(
+        fn, classify, RetryPolicy(max_attempts=4), sleep=lambda s: None, on_retry=lambda a, e, d: seen.append(a)
+    )
+    assert seen == [1, 2]
+
+    state = {"n": 0}
+
+    @retrying(classify, RetryPolicy(max_attempts=3), sleep=lambda s: None)
+    def decorated(x):
+        state["n"] += 1
+        if state["n"] < 3:
+            raise Throttled()
+        return x * 2
+
+    assert decorated(21) == 42
+    assert decorated.__name__ == "decorated"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (None, False),
+        (200, False),
+        (400, False),
+        (403, False),
+        (404, False),
+        (408, True),
+        (429, True),
+        (500, True),
+        (503, True),
+        (599, True),
+    ],
+)
+def test_http_status_classification(status, expected):
+    assert is_retryable_http_status(status) is expected
+
+
+def test_policy_validation():
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError):
+        RetryPolicy(base_delay=-1)
