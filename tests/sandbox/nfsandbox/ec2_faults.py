@@ -1,0 +1,213 @@
+"""Fault injection for the sandbox's EC2 (fed by ``POST /faults/ec2`` through ``Provider.set_faults``).
+
+The document replaces the previous one as a whole (``{}`` clears everything)::
+
+    {
+      "capacity": [                       # launches that fail for lack of capacity
+        {"instance_type": "c6g.2xlarge",  # fnmatch pattern, e.g. "*.metal"; absent = any type
+         "availability_zone": "us-east-1a",  # absent = every zone
+         "region": "us-east-1",           # absent = every region
+         "market": "spot",                # "spot" | "on-demand"; absent = both
+         "code": "InsufficientInstanceCapacity",  # the default; or e.g. "MaxSpotInstanceCountExceeded"
+         "message": "...",                # optional; default: the AWS wording for the code
+         "count": 1}                      # launches it fails before it disarms; absent = until cleared
+      ],
+      "throttle":     {"count": 3, "code": "RequestLimitExceeded", "actions": ["RunInstances"]},
+      "server_error": {"count": 2, "code": "InternalError", "status": 500, "actions": ["CreateFleet"]},
+      "delay":        {"seconds": 0.5, "count": 10, "actions": ["DescribeInstances"]}
+    }
+
+``throttle`` answers the next ``count`` EC2 requests (those whose action is listed in
+``actions``, all when absent) with HTTP 503 ``RequestLimitExceeded`` (or ``"code":
+"Throttling"``, HTTP 400), ``server_error`` with a 5xx (``InternalError`` 500 by default,
+``Unavailable`` 503), ``delay`` sleeps before answering (``count`` absent: every matching
+request). Capacity faults make ``RunInstances`` / ``RequestSpotInstances`` fail with
+``InsufficientInstanceCapacity`` (HTTP 500, as EC2 sends it, so SDKs retry it before
+giving up) and make instant fleets record an ``Errors[]`` entry and move on to the next
+candidate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from typing import Any
+
+_CAPACITY_KEYS = {"instance_type", "availability_zone", "region", "market", "code", "message", "count"}
+_HTTP_KEYS = {
+    "throttle": {"count", "code", "status", "message", "actions"},
+    "server_error": {"count", "code", "status", "message", "actions"},
+    "delay": {"seconds", "count", "actions"},
+}
+
+THROTTLE_DEFAULTS = {
+    "RequestLimitExceeded": (503, "Request limit exceeded."),
+    "Throttling": (400, "Rate exceeded"),
+}
+SERVER_ERROR_DEFAULTS = {
+    "InternalError": (500, "An internal error has occurred"),
+    "Unavailable": (503, "The server is overloaded and can't handle the request."),
+    "ServiceUnavailable": (503, "The request has failed due to a temporary failure of the server."),
+}
+
+
+class FaultError(ValueError):
+    """A fault document that does not make sense; the message says which key and why."""
+
+
+def _count(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FaultError("%s.count must be a non-negative integer or absent, not %r" % (where, value))
+    return value
+
+
+def _actions(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise FaultError("%s.actions must be a list of EC2 action names such as 'RunInstances'" % where)
+    return list(value)
+
+
+class Faults:
+    """The armed faults; thread-safe, counts go down as faults fire."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._doc: dict[str, Any] = {}
+
+    # -- configuration ------------------------------------------------------------
+    def set(self, doc: dict[str, Any] | None) -> None:
+        self.validate(doc or {})
+        with self._lock:
+            self._doc = _copy(doc or {})
+
+    def clear(self) -> None:
+        self.set({})
+
+    def snapshot(self) -> dict[str, Any]:
+        """The faults still armed (counts as they are now)."""
+        with self._lock:
+            return _copy(self._doc)
+
+    @staticmethod
+    def validate(doc: Any) -> None:
+        if not isinstance(doc, dict):
+            raise FaultError("the EC2 fault document must be a JSON object")
+        unknown = set(doc) - {"capacity", "throttle", "server_error", "delay"}
+        if unknown:
+            raise FaultError(
+                "unknown EC2 fault kind(s) %s; known: capacity, throttle, server_error, delay"
+                % ", ".join(sorted(unknown))
+            )
+        capacity = doc.get("capacity", [])
+        if isinstance(capacity, dict):
+            raise FaultError("capacity must be a list of objects, e.g. [{\"instance_type\": \"c6g.2xlarge\"}]")
+        if not isinstance(capacity, list):
+            raise FaultError("capacity must be a list of objects")
+        for i, entry in enumerate(capacity):
+            where = "capacity[%d]" % i
+            if not isinstance(entry, dict):
+                raise FaultError("%s must be an object" % where)
+            bad = set(entry) - _CAPACITY_KEYS
+            if bad:
+                raise FaultError("%s: unknown key(s) %s; known: %s" % (where, sorted(bad), sorted(_CAPACITY_KEYS)))
+            if entry.get("market") not in (None, "spot", "on-demand"):
+                raise FaultError("%s.market must be 'spot' or 'on-demand'" % where)
+            _count(entry.get("count"), where)
+        for kind in ("throttle", "server_error", "delay"):
+            if kind not in doc:
+                continue
+            entry = doc[kind]
+            if not isinstance(entry, dict):
+                raise FaultError("%s must be an object" % kind)
+            bad = set(entry) - _HTTP_KEYS[kind]
+            if bad:
+                raise FaultError("%s: unknown key(s) %s; known: %s" % (kind, sorted(bad), sorted(_HTTP_KEYS[kind])))
+            _count(entry.get("count"), kind)
+            _actions(entry.get("actions"), kind)
+            if kind == "throttle" and entry.get("code", "RequestLimitExceeded") not in THROTTLE_DEFAULTS:
+                raise FaultError("throttle.code must be one of %s" % ", ".join(THROTTLE_DEFAULTS))
+            if kind == "server_error":
+                status = entry.get("status")
+                if status is not None and (not isinstance(status, int) or not 500 <= status <= 599):
+                    raise FaultError("server_error.status must be an HTTP 5xx status")
+                if status is None and entry.get("code", "InternalError") not in SERVER_ERROR_DEFAULTS:
+                    raise FaultError(
+                        "server_error.code %r has no default status; give server_error.status too" % entry["code"]
+                    )
+            if kind == "delay":
+                seconds = entry.get("seconds")
+                if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 120:
+                    raise FaultError("delay.seconds must be a number between 0 and 120")
+            if kind != "delay" and entry.get("count") is None:
+                raise FaultError("%s.count is required (how many requests fail)" % kind)
+
+    # -- firing ---------------------------------------------------------------------
+    def capacity_error(self, region: str, instance_type: str, zone: str | None, market: str) -> dict[str, Any] | None:
+        """The capacity fault that applies to this launch attempt (consuming one count), or None.
+
+        ``zone`` None means the caller did not pick a zone: only faults that name no zone apply.
+        """
+        with self._lock:
+            for entry in self._doc.get("capacity", []):
+                if entry.get("count") == 0:
+                    continue
+                if entry.get("region") not in (None, region):
+                    continue
+                if entry.get("market") not in (None, market):
+                    continue
+                if not fnmatch.fnmatchcase(instance_type, entry.get("instance_type") or "*"):
+                    continue
+                if entry.get("availability_zone") not in (None, zone):
+                    continue
+                if entry.get("count") is not None:
+                    entry["count"] -= 1
+                return dict(entry)
+        return None
+
+    def http_fault(self, action: str) -> tuple[float, tuple[int, str, str] | None]:
+        """For one EC2 request: (seconds to wait, (status, code, message) to answer with or None)."""
+        delay = 0.0
+        answer = None
+        with self._lock:
+            entry = self._doc.get("delay")
+            if entry and self._fires(entry, action):
+                delay = float(entry["seconds"])
+            for kind, defaults, default_code in (
+                ("throttle", THROTTLE_DEFAULTS, "RequestLimitExceeded"),
+                ("server_error", SERVER_ERROR_DEFAULTS, "InternalError"),
+            ):
+                entry = self._doc.get(kind)
+                if answer is None and entry and self._fires(entry, action):
+                    code = entry.get("code", default_code)
+                    status, message = defaults.get(code, (500, "An internal error has occurred"))
+                    answer = (int(entry.get("status") or status), code, entry.get("message") or message)
+        return delay, answer
+
+    @staticmethod
+    def _fires(entry: dict[str, Any], action: str) -> bool:
+        actions = entry.get("actions")
+        if actions is not None and action not in actions:
+            return False
+        count = entry.get("count")
+        if count is None:
+            return True
+        if count <= 0:
+            return False
+        entry["count"] = count - 1
+        return True
+
+
+def _copy(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, list):
+            out[key] = [dict(v) for v in value]
+        elif isinstance(value, dict):
+            out[key] = {k: (list(v) if isinstance(v, list) else v) for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
