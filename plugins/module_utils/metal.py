@@ -102,7 +102,7 @@ def normalize_api_url(value: Optional[str]) -> str:
     if text.startswith("https://"):
         text = text[len("https://") :]
     text = text.rstrip("/")
-    if not text or not re.match(r"^[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?$", text):
+    if not text or "://" in text or not re.match(r"^[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?$", text):
         raise UserInputError(
             "%r is not a host with an optional path" % (value,),
             hint="Write it like 'api.equinix.com/metal/v1' or 'https://metal.example.com:8443/metal/v1'",

@@ -619,6 +619,16 @@ class MetalDevice(NixforgeModule):
                 self.client.call("ssh-keys/%s" % key["id"], "DELETE", what="Deleting a stale SSH key", missing_ok=True)
         if matching:
             return matching[0]
+        # Metal refuses a second project key with the same fingerprint: a key somebody added to
+        # the project by hand is used as is, and left in place at the end (it is not ours).
+        data = self.client.call("projects/%s/ssh-keys" % self.project_id, what="Listing the project's SSH keys") or {}
+        for other in data.get("ssh_keys") or []:
+            if (other.get("key") or "").split()[:2] == body:
+                self.module.warn(
+                    "ssh_public_key is already the project's SSH key %s (%s); using it and leaving it in place"
+                    % (other.get("id"), other.get("label"))
+                )
+                return other
         if not self.would_change("create project SSH key %s" % self.key_label):
             return {}
         params = {"label": self.key_label, "key": public_key, "tags": tag_list(self.ident.tags())}
