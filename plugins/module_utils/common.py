@@ -411,7 +411,9 @@ class NixforgeModule:
     def fail_error(self, exc: NixforgeError) -> NoReturn:
         extra: Dict[str, Any] = {}
         if exc.details:
-            extra["error"] = {k: v for k, v in exc.details.items() if v is not None}
+            extra["error"] = {
+                k: self.redact(v) if isinstance(v, str) else v for k, v in exc.details.items() if v is not None
+            }
         parameter = getattr(exc, "parameter", None)
         if parameter:
             extra["parameter"] = parameter

@@ -226,7 +226,17 @@ def is_retryable_aws_error(exc: BaseException) -> bool:
 
 
 def translate_aws_error(exc: BaseException, what: str, parameter: Optional[str] = None) -> NixforgeError:
-    """Turn a botocore exception into our hierarchy with a hint saying what to fix."""
+    """Turn a botocore exception into our hierarchy with a hint saying what to fix.
+
+    The result has ``code`` (the AWS error code, if any) and ``details["provider_message"]``
+    (AWS's own words), so callers can react to one code without parsing text.
+    """
+    error = _translate(exc, what, parameter)
+    error.details.setdefault("provider_message", aws_error_message(exc))
+    return error
+
+
+def _translate(exc: BaseException, what: str, parameter: Optional[str]) -> NixforgeError:
     if HAS_BOTO3 and isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return _missing_credentials(str(exc))
     code = aws_error_code(exc)
@@ -351,7 +361,19 @@ class AwsClient:
             extra["sleep"] = self._sleep
         return call_with_retry(getattr(self.raw, operation), is_retryable_aws_error, self.policy, **extra, **kwargs)
 
-    def call(self, operation: str, what: Optional[str] = None, parameter: Optional[str] = None, **kwargs: Any) -> Any:
+    def call(
+        self,
+        operation: str,
+        what: Optional[str] = None,
+        parameter: Optional[str] = None,
+        ignore_codes: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``operation``; errors become ``NixforgeError`` (with ``.code``).
+
+        An error whose code is in ``ignore_codes`` (for example ``InvalidGroup.NotFound``
+        when deleting) returns ``None`` instead.
+        """
         try:
             return self.call_raw(operation, **kwargs)
         except NixforgeError:
@@ -359,6 +381,8 @@ class AwsClient:
         except Exception as exc:
             if not _is_aws_exception(exc):
                 raise
+            if aws_error_code(exc) in tuple(ignore_codes):
+                return None
             error = translate_aws_error(exc, what or "EC2 %s" % operation, parameter)
             error.msg = redact(error.msg, self.secrets)
             raise error from None
