@@ -268,25 +268,29 @@ class Faults:
         self.values: dict[str, Any] = dict(self.DEFAULTS)
 
     def set(self, faults: dict[str, Any]) -> None:
+        """Replace the whole table: knobs not given go back to their defaults (`{}` clears all)."""
         unknown = sorted(set(faults) - set(self.KEYS))
         if unknown:
             raise ValueError(f"unknown metal fault knob(s) {unknown}; known: {sorted(self.KEYS)}")
-        with self.lock:
-            for key, value in faults.items():
-                kind = self.KEYS[key]
-                if value is None:
-                    self.values[key] = self.DEFAULTS[key]
-                    continue
+        values = dict(self.DEFAULTS)
+        for key, value in faults.items():
+            kind = self.KEYS[key]
+            if value is None:
+                continue
+            try:
+                values[key] = kind(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"metal fault knob {key} must be {kind.__name__}, not {value!r}") from exc
+        for key in ("throttle_match", "server_error_match"):
+            if values[key]:
                 try:
-                    self.values[key] = kind(value)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"metal fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-            for key in ("throttle_match", "server_error_match"):
-                if self.values[key]:
-                    re.compile(self.values[key])
-            status = self.values["server_error_status"]
-            if not 500 <= status <= 599:
-                raise ValueError(f"server_error_status must be a 5xx, not {status}")
+                    re.compile(values[key])
+                except re.error as exc:
+                    raise ValueError(f"metal fault knob {key} is not a valid regex: {exc}") from exc
+        if not 500 <= values["server_error_status"] <= 599:
+            raise ValueError(f"server_error_status must be a 5xx, not {values['server_error_status']}")
+        with self.lock:
+            self.values = values
 
     def reset(self) -> None:
         with self.lock:

@@ -72,7 +72,9 @@ class _Backend:
 def api(monkeypatch):
     backend = _Backend()
     emulator = MetalAPI(backend, token=TOKEN, queued_delay=0.0)
-    emulator.set_faults({"provision_delay": 0, "deprovision_delay": 0})
+    fast = {"provision_delay": 0, "deprovision_delay": 0}
+    emulator.set_faults(fast)
+    emulator.fast = fast
     emulator.backend_stub = backend
     # Short retry sleeps: the policy is the same, only faster.
     monkeypatch.setattr(metal, "DEFAULT_POLICY", RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
@@ -300,7 +302,7 @@ def test_no_secret_in_failure_output(api, exits):
 
 
 def test_failed_provisioning_cleans_up(api, exits):
-    api.set_faults({"fail_provisioning": 1})
+    api.set_faults({**api.fast, "fail_provisioning": 1})
     out = run(api)
     assert out.kind == "fail"
     assert "Provisioning the device failed" in out.result["msg"]
@@ -315,7 +317,7 @@ def test_failed_provisioning_cleans_up(api, exits):
 
 
 def test_leftover_failed_device_is_replaced(api, exits):
-    api.set_faults({"fail_provisioning": 1})
+    api.set_faults({**api.fast, "fail_provisioning": 1})
     out = run(api, wait=False)
     assert out.result["device"]["state"] in ("queued", "provisioning")
     deadline = time.time() + 10
@@ -330,7 +332,7 @@ def test_leftover_failed_device_is_replaced(api, exits):
 
 
 def test_wait_timeout_cleans_up(api, exits):
-    api.set_faults({"provision_delay": 5})
+    api.set_faults({"deprovision_delay": 0, "provision_delay": 5})
     out = run(api, wait_timeout=1)
     assert out.kind == "fail"
     assert "wait_timeout" in out.result["msg"]
@@ -339,23 +341,23 @@ def test_wait_timeout_cleans_up(api, exits):
 
 
 def test_throttling_and_server_errors_are_retried(api, exits):
-    api.set_faults({"throttle": 3})
+    api.set_faults({**api.fast, "throttle": 3})
     out = run(api)
     assert out.kind == "exit", out.result
     run(api, state="absent")
-    api.set_faults({"server_error": 2, "server_error_match": "^POST /projects/[^/]+/devices$"})
+    api.set_faults({**api.fast, "server_error": 2, "server_error_match": "^POST /projects/[^/]+/devices$"})
     out = run(api)
     assert out.kind == "exit", out.result
     assert kinds(api) == ["device", "ssh_key"]
 
 
 def test_retries_give_up_with_a_clear_message(api, exits):
-    api.set_faults({"server_error": 100, "server_error_status": 503})
+    api.set_faults({**api.fast, "server_error": 100, "server_error_status": 503})
     out = run(api)
     assert out.kind == "fail"
     assert "HTTP 503" in out.result["msg"]
     assert "try again later" in out.result["msg"]
-    api.set_faults({"server_error": 0})
+    api.set_faults({**api.fast, "server_error": 0})
     assert api.resources() == []
 
 
