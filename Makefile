@@ -20,6 +20,8 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_LOCAL_TEMP := $(BUILD)/ansible-home/tmp
 export ANSIBLE_SSH_CONTROL_PATH_DIR := $(BUILD)/ansible-home/cp
 export ANSIBLE_CONFIG := $(REPO)/ansible.cfg
+# ansible-lint, ansible-compat and pip keep caches here instead of ~/.cache
+export XDG_CACHE_HOME := $(BUILD)/cache
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
