@@ -104,7 +104,7 @@ class Faults:
             )
         capacity = doc.get("capacity", [])
         if isinstance(capacity, dict):
-            raise FaultError("capacity must be a list of objects, e.g. [{\"instance_type\": \"c6g.2xlarge\"}]")
+            raise FaultError('capacity must be a list of objects, e.g. [{"instance_type": "c6g.2xlarge"}]')
         if not isinstance(capacity, list):
             raise FaultError("capacity must be a list of objects")
         for i, entry in enumerate(capacity):

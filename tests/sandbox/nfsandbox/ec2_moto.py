@@ -124,6 +124,10 @@ def architecture_mismatch(instance_type: str, type_arch: str, ami_arch: str) -> 
     )
 
 
+def invalid_instance_type(instance_type: str) -> EC2ClientError:
+    return EC2ClientError("InvalidParameterValue", "Invalid value '%s' for InstanceType." % instance_type)
+
+
 def type_architectures(instance_type: str) -> list[str]:
     info = INSTANCE_TYPES.get(instance_type) or {}
     return list((info.get("ProcessorInfo") or {}).get("SupportedArchitectures") or [])
@@ -226,6 +230,11 @@ def _check_launch(backend: Any, image_id: str | None, kwargs: dict[str, Any], tm
         instance_type = tmpl["InstanceType"]
     instance_type = instance_type or "m1.small"
     ami = backend.amis.get(image_id or tmpl.get("ImageId") or "")
+
+    # Gap: moto's type check matches substrings ("c7g.2xlarge-x" passes) and words its error
+    # differently from EC2.
+    if settings.EC2_ENABLE_INSTANCE_TYPE_VALIDATION and instance_type not in INSTANCE_TYPES:
+        raise invalid_instance_type(instance_type)
 
     # Gap: moto launches an arm64 AMI on an x86_64 type (and the reverse).
     arches = type_architectures(instance_type)
@@ -487,11 +496,10 @@ def _allocate(backend: Any, fleet: Fleet, kwargs: dict[str, Any]) -> None:
                 error = _candidate_error(backend, candidate, market, region)
                 if error is not None:
                     code, message, whole_spec = error
+                    reported = _Candidate(candidate.index, candidate.spec, None, True) if whole_spec else candidate
                     fleet.errors.append(
                         {
-                            "LaunchTemplateAndOverrides": candidate.launch_template_and_overrides()
-                            if not whole_spec
-                            else _Candidate(candidate.index, candidate.spec, None, True).launch_template_and_overrides(),
+                            "LaunchTemplateAndOverrides": reported.launch_template_and_overrides(),
                             "Lifecycle": market,
                             "ErrorCode": code,
                             "ErrorMessage": message,
@@ -535,7 +543,8 @@ def _candidate_error(backend: Any, candidate: _Candidate, market: str, region: s
     ami = backend.amis.get(candidate.spec.image_id or "")
     arches = type_architectures(instance_type)
     if not arches:
-        return ("InvalidParameterValue", "The instance type '%s' does not exist." % instance_type, True)
+        err = invalid_instance_type(instance_type)
+        return (err.code, err.message, True)
     if ami is None:
         return ("InvalidAMIID.NotFound", "The image id '[%s]' does not exist" % candidate.spec.image_id, True)
     if ami.architecture not in arches:
@@ -678,10 +687,14 @@ def _response_describe_spot_price_history(self: Any):
         return original(self)
     types = self._get_param("InstanceTypes", [])
     filters = self._filters_from_querystring()
-    descriptions = self._get_param("ProductDescriptions", []) or filters.get("product-description") or [
-        "Linux/UNIX",
-        "Linux/UNIX (Amazon VPC)",
-    ]
+    descriptions = (
+        self._get_param("ProductDescriptions", [])
+        or filters.get("product-description")
+        or [
+            "Linux/UNIX",
+            "Linux/UNIX (Amazon VPC)",
+        ]
+    )
     start = _parse_time(self._get_param("StartTime"))
     end = _parse_time(self._get_param("EndTime"))
     offers = self.ec2_backend.describe_spot_price_history(types, {})
@@ -691,11 +704,9 @@ def _response_describe_spot_price_history(self: Any):
     history = []
     for offer in offers:
         instance_type, zone = offer["InstanceType"], offer["Location"]
-        if "availability-zone" in filters and not any(fnmatch.fnmatchcase(zone, p) for p in filters["availability-zone"]):
+        if not _matches(filters.get("availability-zone"), zone):
             continue
-        if "instance-type" in filters and not any(
-            fnmatch.fnmatchcase(instance_type, p) for p in filters["instance-type"]
-        ):
+        if not _matches(filters.get("instance-type"), instance_type):
             continue
         for description in descriptions:
             if description not in ("Linux/UNIX", "Linux/UNIX (Amazon VPC)"):
@@ -727,6 +738,10 @@ def _response_describe_spot_price_history(self: Any):
     if token + max_results < len(history):
         result["NextToken"] = str(token + max_results)
     return ActionResult(result)
+
+
+def _matches(patterns: list[str] | None, value: str) -> bool:
+    return patterns is None or any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -1,0 +1,442 @@
+"""The sandbox's EC2: moto in server mode, in-process, whose instances are sandbox hosts.
+
+Every instance moto launches (``RunInstances`` on-demand or spot, ``RequestSpotInstances``,
+``CreateFleet`` of type ``instant``) gets a sandbox host booted for it with its user data:
+the instance is ``pending`` until the host's sshd answers, then ``running`` with the host's
+address as its public IP (its private IP stays moto's). Terminating or stopping the
+instance stops the host; a host that powers itself off terminates the instance (shutdown
+behaviour ``terminate``) or stops it (``stop``). See ``ec2_moto`` for the gaps of moto that
+are filled in-process and ``ec2_faults`` for the fault knobs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import threading
+import time
+from io import BytesIO
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from . import ec2_catalog
+from .ec2_faults import Faults
+
+log = logging.getLogger("nfsandbox.ec2")
+
+DEFAULT_USER = "admin"  # Debian's cloud images
+_SETTINGS = {
+    # moto reads these at import (module constants) and at call time (attributes):
+    # set both, so the order of imports does not matter.
+    "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "EC2_ENABLE_INSTANCE_TYPE_VALIDATION",
+    "MOTO_ENABLE_AMI_VALIDATION": "ENABLE_AMI_VALIDATION",
+    "MOTO_ENABLE_KEYPAIR_VALIDATION": "ENABLE_KEYPAIR_VALIDATION",
+}
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,]+/[^/,]+/([^/,]+)/([^/,]+)/aws4_request")
+
+
+class _Attachment:
+    """One instance and the host booted for it."""
+
+    def __init__(self, instance: Any, wants_public: bool) -> None:
+        self.instance = instance
+        self.instance_id = instance.id
+        self.wants_public = wants_public
+        self.host: Any = None
+        self.released = False  # instance gone (or host gone): nothing more to do
+
+
+class Provider:
+    name = "ec2"
+
+    def __init__(self, sandbox: Any) -> None:
+        self.sandbox = sandbox
+        self.pool = sandbox.pool
+        self.config = getattr(sandbox, "config", None)
+        self.faults = Faults()
+        self._lock = threading.RLock()
+        self._attached: dict[str, _Attachment] = {}
+        self._boot_threads: list[threading.Thread] = []
+        self._server: Any = None
+        self._catalogue_path: str | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_settings: dict[str, Any] = {}
+        self.endpoint: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        state_dir = getattr(self.config, "state_dir", None)
+        if state_dir is not None:
+            os.makedirs(str(state_dir), exist_ok=True)
+        self._catalogue_path = ec2_catalog.write_catalogue(str(state_dir) if state_dir is not None else None)
+        self._configure_moto()
+
+        from . import ec2_moto
+
+        ec2_moto.install(self)
+        port = 0
+        if self.config is not None and hasattr(self.config, "port"):
+            port = self.config.port("ec2")
+        self._server = _FaultyMotoServer(self, port)
+        self._server.start()
+        host, bound = self._server.get_host_and_port()
+        self.endpoint = "http://%s:%d" % (host, bound)
+        self._reset_moto()
+        log.info("EC2 (moto) listening on %s with %d Debian AMIs", self.endpoint, len(ec2_catalog.debian_amis()))
+        return {"ec2_endpoint": self.endpoint}
+
+    def stop(self) -> None:
+        self._release_all()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        from . import ec2_moto
+
+        ec2_moto.uninstall()
+        self._restore_moto()
+        if self._catalogue_path:
+            try:
+                os.unlink(self._catalogue_path)
+            except OSError:
+                pass
+            self._catalogue_path = None
+
+    def reset(self) -> None:
+        """Forget everything: stop every host, clear faults, empty moto, reload the AMIs."""
+        self._release_all()
+        self.faults.clear()
+        self._reset_moto()
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        """Replace the fault table (``{}`` clears it); ValueError says what is wrong."""
+        self.faults.set(faults)
+        log.info("EC2 faults set: %s", faults)
+
+    def get_faults(self) -> dict[str, Any]:
+        return self.faults.snapshot()
+
+    # -- moto setup ---------------------------------------------------------------
+    def _configure_moto(self) -> None:
+        from moto import settings
+
+        env = dict.fromkeys(_SETTINGS, "true")
+        env["MOTO_AMIS_PATH"] = self._catalogue_path or ""
+        for key, value in env.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        for attr in _SETTINGS.values():
+            self._saved_settings[attr] = getattr(settings, attr)
+            setattr(settings, attr, True)
+        # moto read MOTO_AMIS_PATH when moto.ec2.models.amis was first imported, which
+        # may have been before this provider started: replace the catalogue in place.
+        from moto.ec2.models import amis
+
+        self._saved_settings["AMIS"] = list(amis.AMIS)
+        amis.AMIS[:] = ec2_catalog.debian_amis()
+
+    def _restore_moto(self) -> None:
+        from moto import settings
+        from moto.ec2.models import amis
+
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for attr, value in self._saved_settings.items():
+            if attr == "AMIS":
+                amis.AMIS[:] = value
+            else:
+                setattr(settings, attr, value)
+        self._saved_env.clear()
+        self._saved_settings.clear()
+
+    @staticmethod
+    def _reset_moto() -> None:
+        # what POST /moto-api/reset does; backends are rebuilt lazily, loading the
+        # catalogue again (moto parses creation dates in place: give it fresh dicts)
+        from moto.ec2.models import amis
+        from moto.moto_api._internal.models import moto_api_backend
+
+        amis.AMIS[:] = ec2_catalog.debian_amis()
+        moto_api_backend.reset()
+
+    # -- hooks called by ec2_moto ---------------------------------------------------
+    def on_launch(self, backend: Any, instance: Any, wants_public: bool) -> None:
+        """A new (or restarted) instance: pending, no public IP, until its host is up."""
+        from . import ec2_moto
+
+        ec2_moto.set_pending(instance)
+        if instance.nics:
+            instance.nics[0].public_ip = None
+        att = _Attachment(instance, wants_public)
+        with self._lock:
+            self._attached[instance.id] = att
+        ami = backend.amis.get(instance.image_id)
+        suite = ec2_catalog.suite_of_image_name(getattr(ami, "name", None)) or "bookworm"
+        arch = getattr(ami, "architecture", None) or "x86_64"
+        thread = threading.Thread(
+            target=self._boot, args=(att, _userdata(instance.user_data), arch, suite), name="boot-" + instance.id
+        )
+        thread.daemon = True
+        with self._lock:
+            self._boot_threads = [t for t in self._boot_threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def on_gone(self, instance: Any) -> None:
+        """The instance was terminated or stopped through the API: stop its host."""
+        with self._lock:
+            att = self._attached.pop(instance.id, None)
+            if att is None or att.released:
+                return
+            att.released = True
+            host = att.host
+        if host is not None:
+            self._stop_host(host)
+        # a host still booting is stopped by its boot thread when it comes up
+
+    # -- internals ----------------------------------------------------------------
+    def _boot(self, att: _Attachment, userdata: str | bytes | None, arch: str, suite: str) -> None:
+        from . import ec2_moto
+
+        started = time.monotonic()
+        try:
+            host = self.pool.boot(
+                owner=att.instance_id,
+                userdata=userdata,
+                default_user=DEFAULT_USER,
+                on_poweroff=lambda: self._powered_off(att),
+                arch=arch,
+                suite=suite,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure ends the instance, as on EC2
+            log.error("instance %s: no host could be booted: %s", att.instance_id, exc)
+            with self._lock:
+                gone = att.released
+                att.released = True
+                self._attached.pop(att.instance_id, None)
+            if not gone:
+                # EC2's wording for an instance that dies while launching
+                att.instance.terminate()
+                ec2_moto.set_reason(att.instance, "Server.InternalError", "Internal error on launch")
+            return
+        with self._lock:
+            stop_now = att.released
+            if not stop_now:
+                att.host = host
+                if att.wants_public and att.instance.nics:
+                    att.instance.nics[0].public_ip = host.ip
+                ec2_moto.set_running(att.instance)
+        if stop_now:
+            self._stop_host(host)
+            return
+        log.info(
+            "instance %s -> host %s (%s) in %.2fs", att.instance_id, host.name, host.ip, time.monotonic() - started
+        )
+
+    def _powered_off(self, att: _Attachment) -> None:
+        """The host powered itself off: EC2 applies the instance's shutdown behaviour."""
+        from . import ec2_moto
+
+        with self._lock:
+            if att.released:
+                return
+            att.released = True
+            self._attached.pop(att.instance_id, None)
+        instance = att.instance
+        if instance.state in ("terminated", "stopped"):
+            return
+        if instance.instance_initiated_shutdown_behavior == "terminate":
+            instance.terminate()
+        else:
+            instance.stop()
+        ec2_moto.set_reason(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown")
+        log.info("instance %s %s: its host powered itself off", instance.id, instance.state)
+
+    def _stop_host(self, host: Any) -> None:
+        try:
+            self.pool.stop(host)
+        except Exception:  # logged; `sandboxctl down` cleans up what is left
+            log.exception("could not stop host %s", getattr(host, "name", host))
+
+    def _release_all(self) -> None:
+        with self._lock:
+            atts = list(self._attached.values())
+            self._attached.clear()
+            for att in atts:
+                att.released = True
+            threads = list(self._boot_threads)
+        for att in atts:
+            if att.host is not None:
+                self._stop_host(att.host)
+        for thread in threads:  # a boot in flight stops its own host when it returns
+            thread.join(timeout=180)
+
+    def attached_hosts(self) -> dict[str, Any]:
+        """instance id -> host, for hosts that are up."""
+        with self._lock:
+            return {iid: att.host for iid, att in self._attached.items() if att.host is not None}
+
+    # -- inventory ----------------------------------------------------------------
+    def resources(self) -> list[dict[str, Any]]:
+        """Every live resource in every account and region that was touched."""
+        from moto.ec2.models import ec2_backends
+
+        out: list[dict[str, Any]] = []
+        hosts = self.attached_hosts()
+        for account, regions in dict.items(ec2_backends):
+            for backend in dict.values(regions):
+
+                def add(rtype: str, rid: str, extra: dict[str, Any] | None = None, *, _b=backend, _a=account) -> None:
+                    item = {
+                        "provider": "ec2",
+                        "type": rtype,
+                        "id": rid,
+                        "tags": dict(_b.tags.get(rid, {})),
+                        "region": _b.region_name,
+                        "account": _a,
+                    }
+                    item.update(extra or {})
+                    out.append(item)
+
+                for reservation in list(backend.reservations.values()):
+                    for inst in reservation.instances:
+                        if inst.state != "terminated":
+                            host = hosts.get(inst.id)
+                            add(
+                                "instance",
+                                inst.id,
+                                {
+                                    "state": inst.state,
+                                    "instance_type": inst.instance_type,
+                                    "public_ip": inst.public_ip,
+                                    "host": getattr(host, "name", None),
+                                },
+                            )
+                for kp in list(backend.key_pairs.values()):
+                    add("key-pair", kp.id, {"name": kp.key_name})
+                for groups in list(backend.groups.values()):
+                    for sg in list(groups.values()):
+                        if sg.name != "default":
+                            add("security-group", sg.id, {"name": sg.name, "vpc_id": sg.vpc_id})
+                for lt in list(backend.launch_templates.values()):
+                    add("launch-template", lt.id, {"name": lt.name})
+                for fleet in list(backend.fleets.values()):
+                    if not str(fleet.state).startswith("deleted"):
+                        add("fleet", fleet.id, {"fleet_type": fleet.fleet_type, "state": fleet.state})
+                for volume in list(backend.volumes.values()):
+                    add("volume", volume.id, {"state": volume.status, "size": volume.size})
+                for sir in list(backend.spot_instance_requests.values()):
+                    if sir.state in ("open", "active"):
+                        add("spot-instance-request", sir.id, {"state": sir.state, "request_type": sir.type})
+                for sfr in list(backend.spot_fleet_requests.values()):
+                    if sfr.state in ("submitted", "active", "modifying"):
+                        add("spot-fleet-request", sfr.id, {"state": sfr.state})
+                for ami in list(backend.amis.values()):
+                    if ami.owner_id == backend.account_id:
+                        add("image", ami.id, {"name": ami.name})
+                for snap in list(backend.snapshots.values()):
+                    if snap.owner_id == backend.account_id:
+                        add("snapshot", snap.id)
+                for address in list(backend.addresses):
+                    add("elastic-ip", address.allocation_id or address.public_ip, {"public_ip": address.public_ip})
+                for vpc in list(backend.vpcs.values()):
+                    if not vpc.is_default:
+                        add("vpc", vpc.id)
+                for subnets in list(backend.subnets.values()):
+                    for subnet in list(subnets.values()):
+                        if not subnet.default_for_az:
+                            add("subnet", subnet.id, {"vpc_id": subnet.vpc_id})
+        return out
+
+
+def _userdata(value: Any) -> str | bytes | None:
+    """moto keeps user data base64-encoded (a Base64EncodedString, or a str from a template)."""
+    if value is None:
+        return None
+    raw = base64.b64decode(str(value))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw  # gzip-compressed user data
+
+
+# --- the HTTP front with fault injection -------------------------------------------------
+
+
+def _action_of(environ: dict[str, Any], body: bytes) -> str:
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if "Action" in query:
+        return query["Action"][0]
+    try:
+        form = parse_qs(body.decode("utf-8", "replace"))
+    except ValueError:
+        return ""
+    return (form.get("Action") or [""])[0]
+
+
+def _is_ec2(environ: dict[str, Any], action: str) -> bool:
+    match = _CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if match:
+        return match.group(2) == "ec2"
+    return bool(action)
+
+
+class _FaultMiddleware:
+    """Answers EC2 requests from the fault table before moto sees them (throttle, 5xx, delay)."""
+
+    def __init__(self, app: Any, provider: Provider) -> None:
+        self.app = app
+        self.provider = provider
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").startswith("/moto-api"):
+            return self.app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = BytesIO(body)
+        action = _action_of(environ, body)
+        if not _is_ec2(environ, action):
+            return self.app(environ, start_response)
+        delay, answer = self.provider.faults.http_fault(action)
+        if delay:
+            time.sleep(delay)
+        if answer is None:
+            return self.app(environ, start_response)
+        from .ec2_moto import error_xml
+
+        status, code, message = answer
+        log.info("EC2 fault: %s answered %d %s", action, status, code)
+        payload = error_xml(code, message).encode()
+        reasons = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+        start_response(
+            "%d %s" % (status, reasons.get(status, "Error")),
+            [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(payload)))],
+        )
+        return [payload]
+
+
+class _QuietHandler(MotoRequestHandler):
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        log.debug("%s %s", self.requestline, code)
+
+
+class _FaultyMotoServer(ThreadedMotoServer):
+    """moto's ThreadedMotoServer with the fault middleware in front of its WSGI app."""
+
+    def __init__(self, provider: Provider, port: int) -> None:
+        super().__init__(ip_address="127.0.0.1", port=port, verbose=False)
+        self._provider = provider
+
+    def _server_entry(self) -> None:
+        # as ThreadedMotoServer._server_entry, plus the middleware and a quiet request log
+        app = _FaultMiddleware(DomainDispatcherApplication(create_backend_app), self._provider)
+        self._server = make_server(self._ip_address, self._port, app, True, request_handler=_QuietHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
