@@ -1,0 +1,208 @@
+"""The base root filesystem of the builder hosts: a lean Debian, built once, cached.
+
+Faithful to a Debian cloud image where it matters to our roles (sshd, python3, sudo,
+systemd + dbus so services and `shutdown +N` work, iproute2 for Ansible's network
+facts) and lean everywhere else, because a cold start must fit CI. No Nix: roles
+install `nix-bin` with apt, through the sandbox's apt proxy, as on a real Debian AMI.
+
+Cache layout under `config.cache_root()` (outside the repository, shared by all
+instances and kept across `down`):
+
+    rootfs/<suite>-<key>.tar.zst   the built image, portable (CI can cache this file)
+    base/<suite>-<key>/            unpacked, read-only lower layer of every host overlay
+
+`key` hashes everything the image is made from (suite, mirror, packages and the
+customisation script below), so changing the recipe builds a new image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .cmd import run
+from .config import cache_root
+
+log = logging.getLogger("nfsandbox.rootfs")
+
+# Codenames by Debian version. Buster (10) stays selectable so a caller gets a clear
+# answer: this machine's mirror answers 404 for it (it moved to archive.debian.org).
+SUITES = {"10": "buster", "12": "bookworm", "13": "trixie"}
+DEFAULT_SUITE = "bookworm"
+
+PACKAGES = (
+    "openssh-server",
+    "python3",
+    "sudo",
+    "systemd",
+    "systemd-sysv",
+    "dbus",  # systemctl/logind/hostnamectl talk over it; `shutdown +N` needs logind
+    "iproute2",  # Ansible's default_ipv4 facts
+    "procps",  # ps/pgrep, used by service handling
+)
+
+# Runs in a chroot of the fresh debootstrap. $1 suite, $2 mirror, $3 security mirror.
+CUSTOMIZE = r"""
+set -eu
+suite=$1 mirror=$2 security=$3
+# host keys are generated per host at first boot (cloud-init does the same)
+rm -f /etc/ssh/ssh_host_*
+# an empty machine-id makes systemd derive a per-boot one from nspawn's container uuid
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+# written per host: name, address, resolver
+rm -f /etc/hostname /etc/hosts
+printf 'nameserver 127.0.0.1\n' > /etc/resolv.conf
+# no console is attached to the host (nspawn --console=passive)
+systemctl mask console-getty.service >/dev/null 2>&1
+# sources like a Debian cloud image's, on the mirror this machine uses
+cat > /etc/apt/sources.list <<EOF
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb $security $suite-security main
+EOF
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/bootstrap.log
+"""
+
+
+def normalize_suite(suite: str) -> str:
+    s = str(suite).lower().removeprefix("debian-").removeprefix("debian")
+    return SUITES.get(s, s)
+
+
+def recipe_key(suite: str, mirror: str, security: str) -> str:
+    recipe = {"suite": suite, "mirror": mirror, "security": security, "packages": PACKAGES, "customize": CUSTOMIZE}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SuiteUnavailable(RuntimeError):
+    pass
+
+
+def check_suite(suite: str, mirror: str) -> None:
+    """Fail with a clear message when the mirror does not serve `suite` (e.g. buster: 404)."""
+    url = f"{mirror.rstrip('/')}/dists/{suite}/Release"
+    req = urllib.request.Request(url, method="HEAD")  # noqa: S310 (http mirror URL from apt sources)
+    try:
+        with urllib.request.urlopen(req, timeout=20):  # noqa: S310
+            return
+    except urllib.error.HTTPError as exc:
+        hint = " (Debian 10 moved to archive.debian.org)" if suite == "buster" else ""
+        raise SuiteUnavailable(
+            f"Debian suite {suite!r} is not available on this machine's mirror: {url} answered "
+            f"HTTP {exc.code}{hint}. Sandbox hosts can be {', '.join(v for v in SUITES.values() if v != 'buster')}."
+        ) from None
+    except OSError as exc:
+        raise SuiteUnavailable(f"cannot reach the Debian mirror {mirror} to build the {suite} image: {exc}") from None
+
+
+class BaseImages:
+    """Thread- and process-safe access to unpacked base images, building them on demand."""
+
+    def __init__(self, mirror: str, security_mirror: str, root: Path | None = None):
+        self.mirror = mirror
+        self.security = security_mirror
+        self.root = root or cache_root()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def key(self, suite: str) -> str:
+        return recipe_key(suite, self.mirror, self.security)
+
+    def tarball(self, suite: str) -> Path:
+        return self.root / "rootfs" / f"{suite}-{self.key(suite)}.tar.zst"
+
+    def unpacked(self, suite: str) -> Path:
+        return self.root / "base" / f"{suite}-{self.key(suite)}"
+
+    @staticmethod
+    def _marker(dest: Path) -> Path:
+        return dest.parent / f"{dest.name}.ready"
+
+    def _ready(self, dest: Path) -> bool:
+        return self._marker(dest).exists() and dest.is_dir()
+
+    def ensure(self, suite: str) -> Path:
+        """Return the unpacked base for `suite`, building and/or unpacking it first."""
+        suite = normalize_suite(suite)
+        with self._guard:
+            lock = self._locks.setdefault(suite, threading.Lock())
+        with lock:
+            dest = self.unpacked(suite)
+            if self._ready(dest):
+                return dest
+            (self.root / "locks").mkdir(parents=True, exist_ok=True)
+            # another sandbox instance may be building the same image right now
+            with open(self.root / "locks" / f"{suite}-{self.key(suite)}.lock", "w") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                if self._ready(dest):
+                    return dest
+                tar = self.tarball(suite)
+                if not tar.exists():
+                    self._build(suite, tar)
+                self._unpack(tar, dest)
+            return dest
+
+    def _build(self, suite: str, tar: Path) -> None:
+        check_suite(suite, self.mirror)
+        started = time.monotonic()
+        build = tar.parent / f".build-{tar.name}"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir(parents=True)
+        root = build / "root"
+        log.info("building the %s base image with debootstrap (about a minute, once)", suite)
+        try:
+            run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(root), self.mirror],
+                timeout=1200,
+            )
+            run(["chroot", str(root), "sh", "-c", CUSTOMIZE, "customize", suite, self.mirror, self.security])
+            partial = build / "image.tar.zst"
+            # numeric owners and xattrs so the unpacked tree is identical to the built one
+            run(
+                [
+                    "sh",
+                    "-c",
+                    'tar --numeric-owner --xattrs --xattrs-include="*" -C "$1" -cf - . | zstd -q -T0 -3 -o "$2"',
+                    "tar",
+                    str(root),
+                    str(partial),
+                ],
+                timeout=600,
+            )
+            partial.replace(tar)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        log.info("built %s (%.0f MB) in %.1fs", tar.name, tar.stat().st_size / 1e6, time.monotonic() - started)
+
+    def _unpack(self, tar: Path, dest: Path) -> None:
+        started = time.monotonic()
+        tmp = dest.parent / f".unpack-{dest.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        run(
+            [
+                "sh",
+                "-c",
+                'zstd -q -dc "$1" | tar --numeric-owner --xattrs --xattrs-include="*" -C "$2" -xpf -',
+                "untar",
+                str(tar),
+                str(tmp),
+            ],
+            timeout=600,
+        )
+        self._marker(dest).unlink(missing_ok=True)
+        tmp.rename(dest)
+        # the marker lives beside the tree: inside it, every host would see it as /.ready
+        self._marker(dest).write_text(tar.name + "\n")
+        log.info("unpacked %s in %.1fs", tar.name, time.monotonic() - started)
