@@ -733,9 +733,9 @@ def merge_cloud_config(ours: Dict[str, Any], theirs_text: str) -> Dict[str, Any]
                 hint="Give the host key through 'host_key_private' and 'host_key_public' instead",
                 parameter="user_data",
             )
+        if key in _MERGED_LIST_KEYS and not isinstance(value, list):
+            raise UserInputError("%r must be a list" % key, hint="Write it as a YAML list", parameter="user_data")
         if key in _MERGED_LIST_KEYS and key in merged:
-            if not isinstance(value, list):
-                raise UserInputError("%r must be a list" % key, hint="Write it as a YAML list", parameter="user_data")
             merged[key] = list(merged[key]) + value
         else:
             merged[key] = value

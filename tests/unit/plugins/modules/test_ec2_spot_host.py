@@ -1,0 +1,299 @@
+"""Pure logic of ec2_spot_host: candidates, prices, user data, input validation."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.modules import ec2_spot_host as m
+
+UTC = datetime.timezone.utc
+EXPIRY = datetime.datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
+HOST_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINsXfX44giElHYMcHMkMa/okQsCoDTrLTrVWXgIc5Oy4 host"
+HOST_PRIV = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----"
+USER_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user"
+
+SUBNETS = [
+    {"SubnetId": "subnet-b", "AvailabilityZone": "us-east-2b"},
+    {"SubnetId": "subnet-a", "AvailabilityZone": "us-east-2a"},
+]
+
+
+def identity():
+    return BuildIdentity("b1", "default", EXPIRY)
+
+
+# -- candidates ---------------------------------------------------------------------------
+
+
+def test_candidates_keep_type_preference_and_sort_zones():
+    candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+    assert [(c["instance_type"], c["availability_zone"]) for c in candidates] == [
+        ("c7g.2xlarge", "us-east-2a"),
+        ("c7g.2xlarge", "us-east-2b"),
+        ("a1.2xlarge", "us-east-2a"),
+        ("a1.2xlarge", "us-east-2b"),
+    ]
+    assert [c["priority"] for c in candidates] == [0, 1, 2, 3]
+
+
+def test_default_types_follow_architecture_and_dedupe():
+    assert m.instance_type_list(None, "arm64") == ["a1.2xlarge", "c6g.2xlarge", "c7g.2xlarge", "m7g.2xlarge"]
+    assert m.instance_type_list(None, "x86_64")[0] == "c6i.2xlarge"
+    assert m.instance_type_list(["c7g.2xlarge", " c7g.2xlarge", "a1.2xlarge"], "arm64") == ["c7g.2xlarge", "a1.2xlarge"]
+    with pytest.raises(UserInputError) as info:
+        m.instance_type_list(["", " "], "arm64")
+    assert info.value.parameter == "instance_types"
+
+
+def test_default_arm64_types_are_all_priced():
+    for instance_type in m.DEFAULT_INSTANCE_TYPES["arm64"] + m.DEFAULT_INSTANCE_TYPES["x86_64"]:
+        assert instance_type in m.ON_DEMAND_PRICES
+
+
+def test_fleet_errors_and_drop_failed():
+    reply = {
+        "Errors": [
+            {
+                "LaunchTemplateAndOverrides": {"Overrides": {"InstanceType": "c7g.2xlarge", "SubnetId": "subnet-a"}},
+                "Lifecycle": "spot",
+                "ErrorCode": "InsufficientInstanceCapacity",
+                "ErrorMessage": "no capacity",
+            }
+        ]
+    }
+    errors = m.fleet_errors(reply)
+    assert errors == [
+        {
+            "instance_type": "c7g.2xlarge",
+            "subnet_id": "subnet-a",
+            "availability_zone": None,
+            "lifecycle": "spot",
+            "code": "InsufficientInstanceCapacity",
+            "message": "no capacity",
+        }
+    ]
+    candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+    remaining, others = m.drop_failed(candidates, errors)
+    assert others == []
+    assert [(c["instance_type"], c["subnet_id"]) for c in remaining] == [
+        ("c7g.2xlarge", "subnet-b"),
+        ("a1.2xlarge", "subnet-a"),
+        ("a1.2xlarge", "subnet-b"),
+    ]
+
+
+def test_drop_failed_type_wide_error_and_anonymous_error():
+    candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+    remaining, _ = m.drop_failed(candidates, [{"instance_type": "c7g.2xlarge", "code": "InsufficientInstanceCapacity"}])
+    assert {c["instance_type"] for c in remaining} == {"a1.2xlarge"}
+    remaining, _ = m.drop_failed(candidates, [{"code": "InsufficientInstanceCapacity"}])
+    assert remaining == candidates[1:]  # charged to the first candidate: progress guaranteed
+
+
+def test_drop_failed_keeps_other_errors_apart():
+    candidates = m.order_candidates(["c7g.2xlarge"], SUBNETS)
+    remaining, others = m.drop_failed(candidates, [{"instance_type": "c7g.2xlarge", "code": "InvalidParameterValue"}])
+    assert remaining == candidates
+    assert others[0]["code"] == "InvalidParameterValue"
+
+
+# -- prices -------------------------------------------------------------------------------
+
+
+def test_price_defaults():
+    # nothing sent: EC2's default max price is the region's on-demand price; table value reported
+    assert m.price_for("c7g.2xlarge", None, {}) == (None, 0.289, "table")
+    assert m.price_for("x9.huge", None, {}) == (None, None, "unknown")
+    assert m.price_for("c7g.2xlarge", "0.1", {}) == ("0.1", 0.1, "max_price")
+    assert m.price_for("c7g.2xlarge", None, {"c7g.2xlarge": 0.31}) == ("0.31", 0.31, "on_demand_prices")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf"])
+def test_max_price_validation(value):
+    with pytest.raises(UserInputError) as info:
+        m.validate_max_price(value)
+    assert info.value.parameter == "max_price"
+
+
+def test_max_price_empty_means_default():
+    assert m.validate_max_price("") is None
+    assert m.validate_max_price(None) is None
+    assert m.validate_max_price(" 0.25 ") == "0.25"
+
+
+def test_price_override_validation():
+    assert m.validate_price_overrides({"a1.2xlarge": "0.2"}) == {"a1.2xlarge": 0.2}
+    with pytest.raises(UserInputError) as info:
+        m.validate_price_overrides({"a1.2xlarge": "cheap"})
+    assert info.value.parameter == "on_demand_prices"
+
+
+# -- ssh_cidr and keys --------------------------------------------------------------------
+
+
+def test_cidrs_valid():
+    assert m.parse_ssh_cidrs(["203.0.113.7/32", "2001:db8::/64"]) == ["203.0.113.7/32", "2001:db8::/64"]
+    assert m.is_wide_open(["0.0.0.0/0"])
+    assert not m.is_wide_open(["10.0.0.0/8"])
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("10.0.0.1", "no prefix length"),
+        ("10.0.0.300/32", "not a valid CIDR"),
+        ("10.0.0.1/24", "host bits"),
+        ("10.0.0.0/33", "not a valid CIDR"),
+        ("banana/8", "not a valid CIDR"),
+    ],
+)
+def test_cidrs_malformed_name_parameter(value, fragment):
+    with pytest.raises(UserInputError) as info:
+        m.parse_ssh_cidrs([value])
+    assert info.value.parameter == "ssh_cidr"
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("Parameter 'ssh_cidr' failed:")
+
+
+def test_cidr_host_bits_hint_suggests_both_forms():
+    with pytest.raises(UserInputError) as info:
+        m.parse_ssh_cidrs(["10.0.0.1/24"])
+    assert "10.0.0.0/24" in str(info.value) and "10.0.0.1/32" in str(info.value)
+
+
+def test_cidrs_empty():
+    with pytest.raises(UserInputError) as info:
+        m.parse_ssh_cidrs([])
+    assert info.value.parameter == "ssh_cidr"
+
+
+def test_public_key_validation_never_echoes_private_key():
+    assert m.validate_public_key(USER_PUB + "\n", "public_key") == USER_PUB
+    with pytest.raises(UserInputError) as info:
+        m.validate_public_key(HOST_PRIV, "public_key")
+    assert "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU" not in str(info.value)
+    assert info.value.parameter == "public_key"
+    for bad in ["", "hello", "ssh-ed25519", "ssh-ed25519 !!!notbase64!!!"]:
+        with pytest.raises(UserInputError):
+            m.validate_public_key(bad, "public_key")
+
+
+def test_host_keys():
+    key_type, private, public = m.validate_host_keys(HOST_PRIV, HOST_PUB)
+    assert key_type == "ed25519"
+    assert private.endswith("-----\n") and public == HOST_PUB
+    with pytest.raises(UserInputError) as info:
+        m.validate_host_keys(None, HOST_PUB)
+    assert info.value.parameter == "host_key_private"
+    with pytest.raises(UserInputError) as info:
+        m.validate_host_keys("not a key", HOST_PUB)
+    assert info.value.parameter == "host_key_private"
+    assert "not a key" not in str(info.value)
+    with pytest.raises(UserInputError) as info:
+        m.validate_host_keys(HOST_PRIV, "ssh-dss AAAAB3NzaC1kc3M= x")
+    assert info.value.parameter == "host_key_public"
+
+
+# -- user data ----------------------------------------------------------------------------
+
+
+def load_cloud_config(text):
+    assert text.startswith("#cloud-config\n")
+    return yaml.safe_load(text)
+
+
+def test_user_data_has_host_key_authorized_key_and_poweroff():
+    text = m.render_user_data(identity(), "ed25519", HOST_PRIV + "\n", HOST_PUB, [USER_PUB])
+    config = load_cloud_config(text)
+    assert config["ssh_deletekeys"] is True
+    assert config["ssh_keys"] == {"ed25519_private": HOST_PRIV + "\n", "ed25519_public": HOST_PUB}
+    assert config["ssh_authorized_keys"] == [USER_PUB]
+    assert config["ssh_genkeytypes"] == []
+    guard, timer = config["bootcmd"]
+    assert str(int(EXPIRY.timestamp())) in guard[2] and "systemctl poweroff" in guard[2]
+    assert timer[0] == "systemd-run"
+    assert "--on-calendar=2026-11-22 13:00:00 UTC" in timer
+    assert timer[-2:] == ["systemctl", "poweroff"]
+    # the private key is a readable block, byte for byte
+    assert "ed25519_private: |" in text
+
+
+def test_user_data_merges_cloud_config():
+    extra = "#cloud-config\nruncmd:\n  - [touch, /tmp/x]\nbootcmd:\n  - echo hi\npackages: [zstd]\n"
+    config = load_cloud_config(m.render_user_data(identity(), "ed25519", HOST_PRIV, HOST_PUB, [], extra))
+    assert config["runcmd"] == [["touch", "/tmp/x"]]
+    assert config["bootcmd"][-1] == "echo hi" and config["bootcmd"][1][0] == "systemd-run"
+    assert config["packages"] == ["zstd"]
+    assert "ssh_authorized_keys" not in config
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["#cloud-config\nssh_keys: {}\n", "#cloud-config\n- a list\n", "#cloud-config\nruncmd: oops\n", "#cloud-config\n{"],
+)
+def test_user_data_bad_cloud_config_names_parameter(extra):
+    with pytest.raises(UserInputError) as info:
+        m.render_user_data(identity(), "ed25519", HOST_PRIV, HOST_PUB, [], extra)
+    assert info.value.parameter == "user_data"
+
+
+def test_user_data_script_becomes_multipart():
+    text = m.render_user_data(identity(), "ed25519", HOST_PRIV, HOST_PUB, [], "#!/bin/sh\necho hi\n")
+    message = email.message_from_string(text)
+    parts = [p for p in message.walk() if not p.is_multipart()]
+    assert [p.get_content_type() for p in parts] == ["text/cloud-config", "text/x-shellscript"]
+    assert parts[0].get_payload(decode=True).decode().startswith("#cloud-config")
+
+
+def test_encode_user_data_limit():
+    assert base64.b64decode(m.encode_user_data("#cloud-config\n")) == b"#cloud-config\n"
+    with pytest.raises(UserInputError) as info:
+        m.encode_user_data("x" * (m.USER_DATA_LIMIT + 1))
+    assert info.value.parameter == "user_data"
+
+
+# -- argument spec and docs agree -------------------------------------------------------
+
+
+def test_secrets_are_no_log():
+    spec = m.Ec2SpotHost.full_argument_spec()
+    for name in ("secret_key", "session_token", "host_key_private"):
+        assert spec[name]["no_log"] is True, name
+    for name in ("public_key", "host_key_public", "key_name", "access_key"):
+        assert spec[name].get("no_log") is False, name
+
+
+def test_documented_options_match_the_spec(tmp_path):
+    """What ansible-doc renders (fragments included) is what the module accepts."""
+    root = next(p for p in sys.path if os.path.isdir(os.path.join(p, "ansible_collections", "nixforge", "images")))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=root, ANSIBLE_HOME=str(tmp_path))
+    env.pop("ANSIBLE_CONFIG", None)
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ansible-doc"), "--json", "nixforge.images.ec2_spot_host"],
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    doc = json.loads(out)["nixforge.images.ec2_spot_host"]["doc"]
+    documented = doc["options"]
+    spec = m.Ec2SpotHost.full_argument_spec()
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        assert documented[name].get("default") == option.get("default"), name
+        assert documented[name].get("type", "str") == option.get("type", "str"), name
+        assert sorted(documented[name].get("aliases", [])) == sorted(option.get("aliases", [])), name
+        assert documented[name].get("choices") == option.get("choices"), name
+        assert bool(documented[name].get("required")) == bool(option.get("required")), name
+    assert set(doc["attributes"]) >= {"check_mode", "diff_mode", "platform", "action_group"}
