@@ -34,14 +34,21 @@ PLAY = """
 
 def render(tmp_path: Path, machines: list[dict]) -> list[list[str]]:
     (tmp_path / "play.yml").write_text(PLAY)
-    extra = {"nix_remote_builder_machines": machines, "nix_remote_builder_client_dir": str(tmp_path / "client"),
-             "nix_remote_builder_build_id": "unit"}
+    extra = {
+        "nix_remote_builder_machines": machines,
+        "nix_remote_builder_client_dir": str(tmp_path / "client"),
+        "nix_remote_builder_build_id": "unit",
+    }
     env = dict(os.environ)
     env.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / ".build" / "collections"))
     proc = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp_path / "play.yml"), "-e", json.dumps(extra)],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (tmp_path / "client" / "machines").read_text()
@@ -56,11 +63,21 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_full_line_field_order(tmp_path: Path, key_file: Path) -> None:
-    [fields] = render(tmp_path, [{
-        "uri": "ssh://nixforge@198.51.100.7", "systems": ["aarch64-linux"], "ssh_key_src": str(key_file),
-        "max_jobs": 8, "speed": 2, "features": ["kvm", "big-parallel"], "mandatory_features": ["benchmark"],
-        "host_public_key": HOST_KEY,
-    }])
+    [fields] = render(
+        tmp_path,
+        [
+            {
+                "uri": "ssh://nixforge@198.51.100.7",
+                "systems": ["aarch64-linux"],
+                "ssh_key_src": str(key_file),
+                "max_jobs": 8,
+                "speed": 2,
+                "features": ["kvm", "big-parallel"],
+                "mandatory_features": ["benchmark"],
+                "host_public_key": HOST_KEY,
+            }
+        ],
+    )
     assert len(fields) == 8
     uri, system, ssh_key, max_jobs, speed, features, mandatory, pubkey = fields
     assert uri == "ssh://nixforge@198.51.100.7"
@@ -75,8 +92,10 @@ def test_full_line_field_order(tmp_path: Path, key_file: Path) -> None:
 
 
 def test_defaults_are_dashes_in_their_own_slots(tmp_path: Path) -> None:
-    [fields] = render(tmp_path, [{"uri": "ssh://root@192.0.2.1", "systems": ["x86_64-linux", "i686-linux"],
-                                  "host_public_key": HOST_KEY}])
+    [fields] = render(
+        tmp_path,
+        [{"uri": "ssh://root@192.0.2.1", "systems": ["x86_64-linux", "i686-linux"], "host_public_key": HOST_KEY}],
+    )
     assert len(fields) == 8
     assert fields[1] == "x86_64-linux,i686-linux"
     # SSH_KEY MAX_JOBS SPEED FEATURES MANDATORY_FEATURES default; PUBKEY last, never shifted.
@@ -94,11 +113,17 @@ def test_missing_host_key_is_refused(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / ".build" / "collections"))
-    extra = {"nix_remote_builder_machines": [{"uri": "ssh://root@192.0.2.1"}],
-             "nix_remote_builder_client_dir": str(tmp_path / "client")}
+    extra = {
+        "nix_remote_builder_machines": [{"uri": "ssh://root@192.0.2.1"}],
+        "nix_remote_builder_client_dir": str(tmp_path / "client"),
+    }
     proc = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp_path / "play.yml"), "-e", json.dumps(extra)],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
     )
     assert proc.returncode != 0
     assert "host_public_key" in proc.stdout
@@ -129,7 +154,11 @@ def run_play(tmp_path: Path, play: str, extra: dict, *args: str) -> subprocess.C
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / ".build" / "collections"))
     return subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp_path / "play.yml"), "-e", json.dumps(extra), *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -138,9 +167,17 @@ def run_play(tmp_path: Path, play: str, extra: dict, *args: str) -> subprocess.C
 @pytest.mark.parametrize("kvm", ["auto", "always", "never"])
 def test_nixos_module_parses(tmp_path: Path, user: str, kvm: str) -> None:
     out = tmp_path / "module.nix"
-    proc = run_play(tmp_path, NIXOS_PLAY, {
-        "out": str(out), "nix_remote_builder_user": user, "nix_remote_builder_kvm": kvm,
-        "nix_remote_builder_authorized_keys": [HOST_KEY], "nix_remote_builder_build_id": "unit"})
+    proc = run_play(
+        tmp_path,
+        NIXOS_PLAY,
+        {
+            "out": str(out),
+            "nix_remote_builder_user": user,
+            "nix_remote_builder_kvm": kvm,
+            "nix_remote_builder_authorized_keys": [HOST_KEY],
+            "nix_remote_builder_build_id": "unit",
+        },
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = out.read_text()
     assert HOST_KEY in text
@@ -167,12 +204,19 @@ def test_nixos_path_in_check_mode(tmp_path: Path) -> None:
     marker.write_text("")
     nixos = tmp_path / "etc-nixos"
     nixos.mkdir()
-    proc = run_play(tmp_path, CHECK_PLAY, {
-        "nix_remote_builder_nixos_marker": str(marker),
-        "nix_remote_builder_nixos_module_path": str(nixos / "nixforge-remote-builder.nix"),
-        "nix_remote_builder_nixos_config_path": str(nixos / "nixforge-configuration.nix"),
-        "nix_remote_builder_authorized_keys": [HOST_KEY], "nix_remote_builder_build_id": "unit",
-    }, "--check", "--diff")
+    proc = run_play(
+        tmp_path,
+        CHECK_PLAY,
+        {
+            "nix_remote_builder_nixos_marker": str(marker),
+            "nix_remote_builder_nixos_module_path": str(nixos / "nixforge-remote-builder.nix"),
+            "nix_remote_builder_nixos_config_path": str(nixos / "nixforge-configuration.nix"),
+            "nix_remote_builder_authorized_keys": [HOST_KEY],
+            "nix_remote_builder_build_id": "unit",
+        },
+        "--check",
+        "--diff",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Write the remote-builder NixOS module" in proc.stdout
     assert "nix.settings.trusted-users" in proc.stdout  # the diff of the planned module
