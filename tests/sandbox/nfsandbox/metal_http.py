@@ -21,11 +21,51 @@ from .metal_api import MetalAPI
 log = logging.getLogger("nfsandbox.metal.http")
 
 
+# Not part of the Metal API: the last requests and answers, for the contract test and for
+# debugging (`GET` lists them, `DELETE` clears them; the emulator's token is required).
+EXCHANGES_PATH = "/_sandbox/exchanges"
+MAX_EXCHANGES = 5000
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[dict[str, Any]] = []
+
+    def add(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, status: int, payload: Any, extra: Any
+    ) -> None:
+        entry = {
+            "method": method,
+            "path": path,
+            "request_headers": {k: v for k, v in headers.items() if k.lower() != "x-auth-token"},
+            "request_body": body.decode("utf-8", errors="replace"),
+            "status": status,
+            "response_headers": dict(extra),
+            "response_body": payload,
+        }
+        with self.lock:
+            self.items.append(entry)
+            del self.items[:-MAX_EXCHANGES]
+
+    def serve(self, method: str, headers: Any, token: str) -> tuple[int, Any, dict[str, str]]:
+        if headers.get("X-Auth-Token") != token:
+            return 401, {"errors": ["Invalid authentication token"]}, {}
+        with self.lock:
+            if method == "DELETE":
+                self.items.clear()
+                return 204, None, {}
+            if method == "GET":
+                return 200, {"exchanges": list(self.items)}, {}
+        return 404, {"errors": ["Not found"]}, {}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     api: MetalAPI
     ssl_context: ssl.SSLContext
+    recorder: Recorder
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
@@ -46,11 +86,20 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         query = parse_qs(parts.query, keep_blank_values=True)
+        recorder = self.server.recorder
+        if parts.path.rstrip("/") == EXCHANGES_PATH:
+            status, payload, extra = recorder.serve(self.command, self.headers, self.server.api.token)
+            self._send(status, payload, extra)
+            return
         try:
             status, payload, extra = self.server.api.handle(self.command, parts.path, query, self.headers, body)
         except Exception:  # an emulator bug must still answer like a server would
             log.exception("metal emulator failed on %s %s", self.command, self.path)
             status, payload, extra = 500, {"errors": ["Internal server error"]}, {}
+        recorder.add(self.command, self.path, dict(self.headers.items()), body, status, payload, extra)
+        self._send(status, payload, extra)
+
+    def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         if payload is not None:
@@ -77,6 +126,7 @@ class MetalHTTPServer:
         self.server = _Server((host, port), _Handler)
         self.server.api = api
         self.server.ssl_context = ssl_context
+        self.server.recorder = Recorder()
         self.thread = threading.Thread(target=self.server.serve_forever, name="metal-https", daemon=True)
 
     @property

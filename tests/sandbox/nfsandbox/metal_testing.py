@@ -1,0 +1,222 @@
+"""Helpers for tests that talk to a running sandbox's Metal emulator.
+
+sb = MetalSandbox.running()          # None when no sandbox with Metal runs
+manager = sb.manager()                # packet-python, endpoint and CA set
+sb.set_faults({"throttle": 2})        # control API: POST /faults/metal
+sb.metal_resources()                  # what `sandboxctl resources --json` lists for metal
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .config import INSTANCE_ENV, Instance
+
+
+class MetalSandbox:
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        endpoints = state.get("endpoints") or {}
+        self.endpoint: str = endpoints["metal_endpoint"]
+        self.api_url: str = endpoints["metal_api_url"]
+        self.token: str = endpoints["metal_token"]
+        self.project_id: str = endpoints["metal_project_id"]
+        self.ca_bundle: str = endpoints.get("metal_ca_bundle") or state["ca_bundle"]
+        self.control_url: str = state["control_url"]
+        self.instance: int = int(state["instance"])
+
+    @classmethod
+    def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
+        """(state, reason) of the sandbox instance from NIXFORGE_SANDBOX_INSTANCE."""
+        if number is None:
+            raw = os.environ.get(INSTANCE_ENV, "").strip()
+            number = int(raw) if raw else 0
+        path = Instance(number).state_file
+        if not path.exists():
+            return None, f"sandbox instance {number} is not running (no {path}; run `make sandbox-up`)"
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            return None, f"sandbox instance {number}: unreadable {path}: {exc}"
+        if state.get("status") != "ready":
+            return None, f"sandbox instance {number} is {state.get('status')!r}, not ready"
+        if "metal_endpoint" not in (state.get("endpoints") or {}):
+            why = (state.get("providers") or {}).get("metal", "not loaded")
+            return None, f"sandbox instance {number} has no Metal emulator ({why})"
+        return state, ""
+
+    @classmethod
+    def running(cls, number: int | None = None) -> MetalSandbox | None:
+        state, _ = cls.state_of(number)
+        return cls(state) if state else None
+
+    # -- packet-python -------------------------------------------------------------
+    def manager(self, token: str | None = None, under_prefix: bool = True) -> Any:
+        import packet
+
+        os.environ["REQUESTS_CA_BUNDLE"] = self.ca_bundle
+        manager = packet.Manager(auth_token=token or self.token)
+        manager.end_point = self.api_url[len("https://") :] if under_prefix else self.endpoint
+        return manager
+
+    def env(self) -> dict[str, str]:
+        """Environment for a process using the Metal emulator (ansible-playbook, ...)."""
+        return {
+            "REQUESTS_CA_BUNDLE": self.ca_bundle,
+            "METAL_API_URL": self.api_url,
+            "METAL_AUTH_TOKEN": self.token,
+            "METAL_PROJECT_ID": self.project_id,
+        }
+
+    # -- control API ---------------------------------------------------------------
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.control_url + path, data=data, method=method)  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback control API
+            return json.loads(response.read() or b"null")
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        self.control("POST", "/faults/metal", faults)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.control("GET", "/resources")["resources"]
+
+    def metal_resources(self) -> list[dict[str, Any]]:
+        """Metal devices and keys, plus the sandbox hosts Metal devices run on."""
+        out = []
+        for r in self.resources():
+            if r.get("provider") == "metal" or str(r.get("owner", "")).startswith("metal:"):
+                out.append(r)
+        return out
+
+    # -- the emulator's exchange recorder (not part of the Metal API) ----------------
+    def _https(self, method: str, path: str) -> Any:
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        request = urllib.request.Request(f"https://{self.endpoint}{path}", method=method)
+        request.add_header("X-Auth-Token", self.token)
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        return self._https("GET", "/_sandbox/exchanges")["exchanges"]
+
+    def clear_exchanges(self) -> None:
+        self._https("DELETE", "/_sandbox/exchanges")
+
+
+# -- running metal_device through ansible-playbook ----------------------------------------
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def write_keys(directory: Path) -> dict[str, str]:
+    """A per-build user key and a host key, as builder_host makes them on the controller."""
+    import subprocess
+
+    for name in ("id_ed25519", "ssh_host_ed25519_key"):
+        path = directory / name
+        if not path.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    return {
+        "ssh_public_key": (directory / "id_ed25519.pub").read_text().strip(),
+        "host_key_private": (directory / "ssh_host_ed25519_key").read_text(),
+        "host_key_public": (directory / "ssh_host_ed25519_key.pub").read_text().strip(),
+    }
+
+
+def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `make` gives Ansible: state inside the repository, the collection linked."""
+    build = REPO / ".build"
+    env = dict(os.environ)
+    env.update(
+        {
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_HOME": str(build / "ansible-home"),
+            "ANSIBLE_COLLECTIONS_PATH": str(build / "collections"),
+            "ANSIBLE_LOCAL_TEMP": str(build / "ansible-home" / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(build / "ansible-home" / "cp"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
+    )
+    link = build / "collections" / "ansible_collections" / "nixforge" / "images"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REPO)
+    env.update(extra or {})
+    return env
+
+
+def run_playbook(
+    sandbox: MetalSandbox,
+    workdir: Path,
+    tasks: list[dict[str, Any]],
+    verbosity: int = 0,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Run `metal_device` once per entry of `tasks` (module arguments) on localhost.
+
+    Every task runs (ignore_errors) and its registered result is written to a JSON file;
+    returns (results, completed process). The sandbox's endpoint, token, project and CA
+    come from the environment, the way a user would set them.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = workdir / "results.json"
+    play_tasks: list[dict[str, Any]] = []
+    for index, args in enumerate(tasks):
+        play_tasks.append(
+            {
+                "name": f"metal_device #{index}",
+                "nixforge.images.metal_device": args,
+                "register": f"r{index}",
+                "ignore_errors": True,
+            }
+        )
+    results = "[" + ", ".join(f"r{i}" for i in range(len(tasks))) + "]"
+    play_tasks.append(
+        {
+            "name": "Write the results",
+            "ansible.builtin.copy": {"dest": str(out), "content": "{{ %s | to_json }}" % results, "mode": "0600"},
+        }
+    )
+    play = [
+        {
+            "name": "metal_device against the sandbox",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": sys.executable},
+            "tasks": play_tasks,
+        }
+    ]
+    playbook = workdir / "play.yml"
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    if out.exists():
+        out.unlink()
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+    if verbosity:
+        command.append("-" + "v" * verbosity)
+    proc = subprocess.run(
+        command,
+        env=ansible_env({**sandbox.env(), **(env or {})}),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if not out.exists():
+        raise AssertionError(f"the playbook did not finish (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(out.read_text()), proc
