@@ -131,6 +131,19 @@ def write_keys(directory: Path) -> dict[str, str]:
     }
 
 
+def collection_on_path() -> None:
+    """Make `ansible_collections.nixforge.images` importable (as `make collection` lays it out)."""
+    import sys
+
+    root = REPO / ".build" / "collections"
+    link = root / "ansible_collections" / "nixforge" / "images"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REPO)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
 def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment `make` gives Ansible: state inside the repository, the collection linked."""
     build = REPO / ".build"
