@@ -58,7 +58,8 @@ class Provider:
     def __init__(self, sandbox: Any) -> None:
         self.sandbox = sandbox
         self.pool = sandbox.pool
-        self.config = getattr(sandbox, "config", None)
+        # nfsandbox.daemon.Sandbox has instance/state_dir/port(); older drafts had .config
+        self.config = getattr(sandbox, "instance", None) or getattr(sandbox, "config", None)
         self.faults = Faults()
         self._lock = threading.RLock()
         self._attached: dict[str, _Attachment] = {}
@@ -71,7 +72,7 @@ class Provider:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> dict[str, Any]:
-        state_dir = getattr(self.config, "state_dir", None)
+        state_dir = getattr(self.sandbox, "state_dir", None) or getattr(self.config, "state_dir", None)
         if state_dir is not None:
             os.makedirs(str(state_dir), exist_ok=True)
         self._catalogue_path = ec2_catalog.write_catalogue(str(state_dir) if state_dir is not None else None)
@@ -80,8 +81,10 @@ class Provider:
         from . import ec2_moto
 
         ec2_moto.install(self)
-        port = 0
-        if self.config is not None and hasattr(self.config, "port"):
+        port = 0  # a free one (unit tests); the daemon has a fixed port per instance
+        if callable(getattr(self.sandbox, "port", None)):
+            port = self.sandbox.port("ec2")
+        elif self.config is not None and hasattr(self.config, "port"):
             port = self.config.port("ec2")
         self._server = _FaultyMotoServer(self, port)
         self._server.start()
@@ -223,8 +226,8 @@ class Provider:
                 self._attached.pop(att.instance_id, None)
             if not gone:
                 # EC2's wording for an instance that dies while launching
-                att.instance.terminate()
                 ec2_moto.set_reason(att.instance, "Server.InternalError", "Internal error on launch")
+                att.instance.terminate()
             return
         with self._lock:
             stop_now = att.released
@@ -252,11 +255,11 @@ class Provider:
         instance = att.instance
         if instance.state in ("terminated", "stopped"):
             return
+        ec2_moto.set_reason(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown")
         if instance.instance_initiated_shutdown_behavior == "terminate":
             instance.terminate()
         else:
             instance.stop()
-        ec2_moto.set_reason(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown")
         log.info("instance %s %s: its host powered itself off", instance.id, instance.state)
 
     def _stop_host(self, host: Any) -> None:

@@ -168,6 +168,7 @@ def install(hooks: Any) -> None:
     _patch(Instance, "terminate", _instance_terminate)
     _patch(Instance, "stop", _instance_stop)
     _patch(Instance, "start", _instance_start)
+    _patch(Instance, "state_reason", property(_get_state_reason, _set_state_reason))
     _patch(Fleet, "instances", property(_fleet_instances))
     _patch(InstanceResponse, "run_instances", _response_run_instances)
     _patch(Fleets, "create_fleet", _response_create_fleet)
@@ -368,6 +369,7 @@ def _instance_stop(self: Any):
 
 def _instance_start(self: Any):
     previous = _orig(Instance, "start")(self)
+    set_reason(self, None)
     if _hooks is not None and previous.name == "stopped":
         # A started instance gets a fresh host (its disk is not kept; see the README).
         wants_public = self.nics[0].public_ip is not None if self.nics else False
@@ -383,8 +385,24 @@ def set_running(instance: Any) -> None:
     instance._state = InstanceState("running", 16)
 
 
-def set_reason(instance: Any, code: str, message: str) -> None:
-    instance.state_reason = StateReason("%s: %s" % (code, message), code)
+def set_reason(instance: Any, code: str | None, message: str = "") -> None:
+    """Give the instance EC2's StateReason for what happens next (call before terminate/stop).
+
+    moto's terminate() and stop() write "Client.UserInitiatedShutdown" a moment after the
+    state changes; the override wins from the start, so no reader ever sees a wrong reason.
+    """
+    if code is None:
+        instance.__dict__.pop("_nf_state_reason", None)
+    else:
+        instance.__dict__["_nf_state_reason"] = StateReason("%s: %s" % (code, message), code)
+
+
+def _get_state_reason(self: Any) -> Any:
+    return self.__dict__.get("_nf_state_reason") or self.__dict__.get("state_reason")
+
+
+def _set_state_reason(self: Any, value: Any) -> None:
+    self.__dict__["state_reason"] = value
 
 
 # --- instant fleets ----------------------------------------------------------------------

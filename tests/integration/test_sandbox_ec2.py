@@ -1,0 +1,277 @@
+"""The sandbox's EC2 with real hosts: boto3 against the sandbox's moto, SSH into what it launched.
+
+Needs root and a running sandbox (``make sandbox-up``; the instance comes from
+``NIXFORGE_SANDBOX_INSTANCE``). Every test ends by proving that nothing leaked: no
+instance, fleet, template, key pair, volume or spot request in EC2 and no host in use.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
+
+from nfsandbox import client as sandbox_client
+from nfsandbox.config import instance_from_env
+
+pytestmark = pytest.mark.sandbox
+
+DEBIAN = "136693071363"
+BUILD_TAG = {"Key": "nixforge-build-id", "Value": "it-sandbox-ec2"}
+
+
+@pytest.fixture(scope="module")
+def sandbox_state():
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root (network namespaces)")
+    inst = instance_from_env()
+    state = sandbox_client.read_state(inst)
+    if not state or not sandbox_client.daemon_alive(inst) or state.get("status") != "ready":
+        pytest.fail("sandbox instance %d is not up: run `make sandbox-up`" % inst.number)
+    if "ec2_endpoint" not in (state.get("endpoints") or {}):
+        pytest.fail("sandbox instance %d runs without EC2: %s" % (inst.number, state.get("providers")))
+    return inst, state
+
+
+def control(sandbox_state, method, path, body=None):
+    return sandbox_client.call(sandbox_state[0], method, path, body)
+
+
+def resources(sandbox_state):
+    return control(sandbox_state, "GET", "/resources")["resources"]
+
+
+def leftovers(sandbox_state):
+    return [r for r in resources(sandbox_state) if r["provider"] in ("ec2", "sandbox")]
+
+
+@pytest.fixture
+def ec2(sandbox_state):
+    """A boto3 EC2 client for the sandbox; faults cleared around the test, leaks asserted after it."""
+    assert leftovers(sandbox_state) == [], "the sandbox was not clean before the test"
+    control(sandbox_state, "POST", "/faults/ec2", {})
+    client = make_client(sandbox_state)
+    yield client
+    control(sandbox_state, "POST", "/faults/ec2", {})
+    left = leftovers(sandbox_state)
+    if left:  # clean up for the next test, then fail this one
+        ids = [r["id"] for r in left if r["type"] == "instance"]
+        if ids:
+            client.terminate_instances(InstanceIds=ids)
+        control(sandbox_state, "POST", "/reset")
+    assert left == [], "the test left resources behind"
+
+
+def make_client(sandbox_state, **config):
+    return boto3.client(
+        "ec2",
+        endpoint_url=sandbox_state[1]["endpoints"]["ec2_endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(**config) if config else None,
+    )
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """A client key pair and a host key pair made here, as the controller does."""
+    for name in ("client", "host"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(tmp_path / name)], check=True
+        )
+    return tmp_path
+
+
+def user_data(keys, extra=""):
+    host_private = "\n".join("    " + line for line in (keys / "host").read_text().splitlines())
+    return (
+        "#cloud-config\n"
+        "ssh_authorized_keys:\n  - %s\n"
+        "ssh_keys:\n  ed25519_private: |\n%s\n  ed25519_public: %s\n%s"
+        % ((keys / "client.pub").read_text().strip(), host_private, (keys / "host.pub").read_text().strip(), extra)
+    )
+
+
+def ssh(keys, ip, command, known_host_key=None, key="client", timeout=20):
+    known_hosts = keys / "known_hosts"
+    host_key = known_host_key or " ".join((keys / "host.pub").read_text().split()[:2])
+    known_hosts.write_text("%s %s\n" % (ip, host_key))
+    return subprocess.run(
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(keys / key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "UserKnownHostsFile=%s" % known_hosts,
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "admin@%s" % ip,
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def newest_ami(ec2, pattern="debian-12-amd64-*"):
+    images = ec2.describe_images(Owners=[DEBIAN], Filters=[{"Name": "name", "Values": [pattern]}])["Images"]
+    return max(images, key=lambda i: i["CreationDate"])["ImageId"]
+
+
+def wait_for(ec2, instance_id, state, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        if inst["State"]["Name"] == state:
+            return inst
+        assert time.monotonic() < deadline, "%s stayed %s (waited for %s)" % (instance_id, inst["State"]["Name"], state)
+        time.sleep(0.3)
+
+
+def hosts_of(sandbox_state, instance_id):
+    return [r for r in resources(sandbox_state) if r["type"] == "host" and r["owner"] == instance_id]
+
+
+def launch(ec2, keys, **kwargs):
+    params = {
+        "ImageId": newest_ami(ec2),
+        "InstanceType": "c5.metal",
+        "MinCount": 1,
+        "MaxCount": 1,
+        "UserData": user_data(keys),
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+    }
+    params.update(kwargs)
+    return ec2.run_instances(**params)["Instances"][0]["InstanceId"]
+
+
+def test_run_instances_gives_a_host_that_answers_ssh_with_the_user_data_key(sandbox_state, ec2, keys):
+    iid = launch(ec2, keys, InstanceMarketOptions={"MarketType": "spot"})
+    inst = wait_for(ec2, iid, "running")
+    ip = inst["PublicIpAddress"]
+    [host] = hosts_of(sandbox_state, iid)
+    assert host["ip"] == ip
+    assert inst["PrivateIpAddress"] != ip
+
+    done = ssh(keys, ip, "cat /etc/nixforge-sandbox.json && sudo -n true && echo sudo-ok")
+    assert done.returncode == 0, done.stderr
+    assert '"owner": "%s"' % iid in done.stdout
+    assert "sudo-ok" in done.stdout
+
+    # the host key pinned is the one from the user data: another one is refused ...
+    other = keys / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    refused = ssh(keys, ip, "true", known_host_key=" ".join(other.with_suffix(".pub").read_text().split()[:2]))
+    assert refused.returncode != 0 and "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    # ... and so is a client key that was not in the user data
+    denied = ssh(keys, ip, "true", key="other")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+    ec2.terminate_instances(InstanceIds=[iid])
+    assert wait_for(ec2, iid, "terminated")
+    assert hosts_of(sandbox_state, iid) == []
+    assert ssh(keys, ip, "true", timeout=30).returncode != 0
+
+
+def test_a_host_that_powers_itself_off_terminates_its_instance(sandbox_state, ec2, keys):
+    iid = launch(ec2, keys, InstanceType="t3.micro")
+    ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+    # the connection may drop as the host goes down; the instance state is what counts
+    ssh(keys, ip, "sudo -n systemctl poweroff")
+    inst = wait_for(ec2, iid, "terminated", timeout=60)
+    assert inst["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+    assert hosts_of(sandbox_state, iid) == []
+
+
+def test_an_injected_capacity_error_is_seen_by_boto3(sandbox_state, ec2, keys):
+    control(
+        sandbox_state,
+        "POST",
+        "/faults/ec2",
+        {"capacity": [{"instance_type": "c5.metal", "availability_zone": "us-east-1a"}]},
+    )
+    with pytest.raises(ClientError) as err:
+        launch(ec2, keys, Placement={"AvailabilityZone": "us-east-1a"})
+    assert err.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert err.value.response["ResponseMetadata"]["RetryAttempts"] > 0  # retryable, as on EC2
+    assert [r for r in leftovers(sandbox_state) if r["type"] in ("instance", "host")] == []
+
+
+def test_throttling_is_a_retryable_error(sandbox_state, ec2):
+    patient = make_client(sandbox_state, retries={"mode": "standard", "total_max_attempts": 5})
+    control(sandbox_state, "POST", "/faults/ec2", {"throttle": {"count": 3, "actions": ["DescribeInstances"]}})
+    reply = patient.describe_instances()
+    assert reply["ResponseMetadata"]["RetryAttempts"] == 3
+    impatient = make_client(sandbox_state, retries={"mode": "standard", "total_max_attempts": 1})
+    control(sandbox_state, "POST", "/faults/ec2", {"throttle": {"count": 1}})
+    with pytest.raises(ClientError) as err:
+        impatient.describe_instances()
+    assert err.value.response["Error"]["Code"] == "RequestLimitExceeded"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+
+
+def test_an_instant_fleet_falls_back_to_the_next_override(sandbox_state, ec2, keys):
+    import base64
+
+    template = ec2.create_launch_template(
+        LaunchTemplateName="it-sandbox-ec2",
+        LaunchTemplateData={
+            "ImageId": newest_ami(ec2, "debian-12-arm64-*"),
+            "UserData": base64.b64encode(user_data(keys).encode()).decode(),
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    control(sandbox_state, "POST", "/faults/ec2", {"capacity": [{"instance_type": "c6g.2xlarge", "market": "spot"}]})
+    fleet = ec2.create_fleet(
+        Type="instant",
+        TargetCapacitySpecification={"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "spot"},
+        SpotOptions={"AllocationStrategy": "capacity-optimized-prioritized"},
+        LaunchTemplateConfigs=[
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": template, "Version": "$Latest"},
+                "Overrides": [
+                    {"InstanceType": "c6g.2xlarge", "Priority": 1},
+                    {"InstanceType": "c7g.2xlarge", "Priority": 2},
+                ],
+            }
+        ],
+    )
+    [error] = fleet["Errors"]
+    assert error["ErrorCode"] == "InsufficientInstanceCapacity"
+    assert error["LaunchTemplateAndOverrides"]["Overrides"]["InstanceType"] == "c6g.2xlarge"
+    [launched] = fleet["Instances"]
+    assert launched["InstanceType"] == "c7g.2xlarge" and launched["Lifecycle"] == "spot"
+    iid = launched["InstanceIds"][0]
+    inst = wait_for(ec2, iid, "running")
+    assert inst["PublicIpAddress"], "fleet instances get a public address"
+    done = ssh(keys, inst["PublicIpAddress"], "cat /etc/nixforge-sandbox.json")
+    assert done.returncode == 0, done.stderr
+    assert iid in done.stdout
+
+    ec2.delete_fleets(FleetIds=[fleet["FleetId"]], TerminateInstances=True)
+    wait_for(ec2, iid, "terminated")
+    ec2.delete_launch_template(LaunchTemplateId=template)
+    assert hosts_of(sandbox_state, iid) == []
