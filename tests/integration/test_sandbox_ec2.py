@@ -1,27 +1,21 @@
 """The sandbox's EC2 with real hosts: boto3 against the sandbox's moto, SSH into what it launched.
 
-Needs root and a running sandbox (``make sandbox-up``; the instance comes from
-``NIXFORGE_SANDBOX_INSTANCE``). Every test ends by proving that nothing leaked: no
-instance, fleet, template, key pair, volume or spot request in EC2 and no host in use.
+Needs root; the ``sandbox`` fixture (conftest.py) brings the instance named by
+``NIXFORGE_SANDBOX_INSTANCE`` up. Every test ends by proving, with ``sandboxctl resources
+--json``, that nothing leaked: no instance, fleet, template, key pair, volume or spot
+request in EC2 and no host in use.
 """
 
 from __future__ import annotations
 
-import os
+import base64
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-
-from nfsandbox import client as sandbox_client
-from nfsandbox.config import instance_from_env
 
 pytestmark = pytest.mark.sandbox
 
@@ -29,52 +23,37 @@ DEBIAN = "136693071363"
 BUILD_TAG = {"Key": "nixforge-build-id", "Value": "it-sandbox-ec2"}
 
 
-@pytest.fixture(scope="module")
-def sandbox_state():
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs root (network namespaces)")
-    inst = instance_from_env()
-    state = sandbox_client.read_state(inst)
-    if not state or not sandbox_client.daemon_alive(inst) or state.get("status") != "ready":
-        pytest.fail("sandbox instance %d is not up: run `make sandbox-up`" % inst.number)
-    if "ec2_endpoint" not in (state.get("endpoints") or {}):
-        pytest.fail("sandbox instance %d runs without EC2: %s" % (inst.number, state.get("providers")))
-    return inst, state
+def api_resources(sandbox):
+    return sandbox.call("GET", "/resources")["resources"]
 
 
-def control(sandbox_state, method, path, body=None):
-    return sandbox_client.call(sandbox_state[0], method, path, body)
-
-
-def resources(sandbox_state):
-    return control(sandbox_state, "GET", "/resources")["resources"]
-
-
-def leftovers(sandbox_state):
-    return [r for r in resources(sandbox_state) if r["provider"] in ("ec2", "sandbox")]
+def leftovers(resources):
+    return [r for r in resources if r["provider"] in ("ec2", "sandbox")]
 
 
 @pytest.fixture
-def ec2(sandbox_state):
+def ec2(sandbox):
     """A boto3 EC2 client for the sandbox; faults cleared around the test, leaks asserted after it."""
-    assert leftovers(sandbox_state) == [], "the sandbox was not clean before the test"
-    control(sandbox_state, "POST", "/faults/ec2", {})
-    client = make_client(sandbox_state)
+    if "ec2_endpoint" not in (sandbox.state().get("endpoints") or {}):
+        pytest.fail("the sandbox runs without EC2: %s" % sandbox.state().get("providers"))
+    assert leftovers(api_resources(sandbox)) == [], "the sandbox was not clean before the test"
+    sandbox.set_faults("ec2", {})
+    client = make_client(sandbox)
     yield client
-    control(sandbox_state, "POST", "/faults/ec2", {})
-    left = leftovers(sandbox_state)
+    sandbox.set_faults("ec2", {})
+    left = leftovers(sandbox.resources())  # what `sandboxctl resources --json` says
     if left:  # clean up for the next test, then fail this one
         ids = [r["id"] for r in left if r["type"] == "instance"]
         if ids:
             client.terminate_instances(InstanceIds=ids)
-        control(sandbox_state, "POST", "/reset")
+        sandbox.reset()
     assert left == [], "the test left resources behind"
 
 
-def make_client(sandbox_state, **config):
+def make_client(sandbox, **config):
     return boto3.client(
         "ec2",
-        endpoint_url=sandbox_state[1]["endpoints"]["ec2_endpoint"],
+        endpoint_url=sandbox.state()["endpoints"]["ec2_endpoint"],
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
@@ -148,8 +127,8 @@ def wait_for(ec2, instance_id, state, timeout=120):
         time.sleep(0.3)
 
 
-def hosts_of(sandbox_state, instance_id):
-    return [r for r in resources(sandbox_state) if r["type"] == "host" and r["owner"] == instance_id]
+def hosts_of(sandbox, instance_id):
+    return [r for r in api_resources(sandbox) if r["type"] == "host" and r["owner"] == instance_id]
 
 
 def launch(ec2, keys, **kwargs):
@@ -166,11 +145,11 @@ def launch(ec2, keys, **kwargs):
     return ec2.run_instances(**params)["Instances"][0]["InstanceId"]
 
 
-def test_run_instances_gives_a_host_that_answers_ssh_with_the_user_data_key(sandbox_state, ec2, keys):
+def test_run_instances_gives_a_host_that_answers_ssh_with_the_user_data_key(sandbox, ec2, keys):
     iid = launch(ec2, keys, InstanceMarketOptions={"MarketType": "spot"})
     inst = wait_for(ec2, iid, "running")
     ip = inst["PublicIpAddress"]
-    [host] = hosts_of(sandbox_state, iid)
+    [host] = hosts_of(sandbox, iid)
     assert host["ip"] == ip
     assert inst["PrivateIpAddress"] != ip
 
@@ -190,51 +169,44 @@ def test_run_instances_gives_a_host_that_answers_ssh_with_the_user_data_key(sand
 
     ec2.terminate_instances(InstanceIds=[iid])
     assert wait_for(ec2, iid, "terminated")
-    assert hosts_of(sandbox_state, iid) == []
+    assert hosts_of(sandbox, iid) == []
     assert ssh(keys, ip, "true", timeout=30).returncode != 0
 
 
-def test_a_host_that_powers_itself_off_terminates_its_instance(sandbox_state, ec2, keys):
+def test_a_host_that_powers_itself_off_terminates_its_instance(sandbox, ec2, keys):
     iid = launch(ec2, keys, InstanceType="t3.micro")
     ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
     # the connection may drop as the host goes down; the instance state is what counts
     ssh(keys, ip, "sudo -n systemctl poweroff")
     inst = wait_for(ec2, iid, "terminated", timeout=60)
     assert inst["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
-    assert hosts_of(sandbox_state, iid) == []
+    assert hosts_of(sandbox, iid) == []
 
 
-def test_an_injected_capacity_error_is_seen_by_boto3(sandbox_state, ec2, keys):
-    control(
-        sandbox_state,
-        "POST",
-        "/faults/ec2",
-        {"capacity": [{"instance_type": "c5.metal", "availability_zone": "us-east-1a"}]},
-    )
+def test_an_injected_capacity_error_is_seen_by_boto3(sandbox, ec2, keys):
+    sandbox.set_faults("ec2", {"capacity": [{"instance_type": "c5.metal", "availability_zone": "us-east-1a"}]})
     with pytest.raises(ClientError) as err:
         launch(ec2, keys, Placement={"AvailabilityZone": "us-east-1a"})
     assert err.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
     assert err.value.response["ResponseMetadata"]["RetryAttempts"] > 0  # retryable, as on EC2
-    assert [r for r in leftovers(sandbox_state) if r["type"] in ("instance", "host")] == []
+    assert [r for r in leftovers(api_resources(sandbox)) if r["type"] in ("instance", "host")] == []
 
 
-def test_throttling_is_a_retryable_error(sandbox_state, ec2):
-    patient = make_client(sandbox_state, retries={"mode": "standard", "total_max_attempts": 5})
-    control(sandbox_state, "POST", "/faults/ec2", {"throttle": {"count": 3, "actions": ["DescribeInstances"]}})
+def test_throttling_is_a_retryable_error(sandbox, ec2):
+    patient = make_client(sandbox, retries={"mode": "standard", "total_max_attempts": 5})
+    sandbox.set_faults("ec2", {"throttle": {"count": 3, "actions": ["DescribeInstances"]}})
     reply = patient.describe_instances()
     assert reply["ResponseMetadata"]["RetryAttempts"] == 3
-    impatient = make_client(sandbox_state, retries={"mode": "standard", "total_max_attempts": 1})
-    control(sandbox_state, "POST", "/faults/ec2", {"throttle": {"count": 1}})
+    impatient = make_client(sandbox, retries={"mode": "standard", "total_max_attempts": 1})
+    sandbox.set_faults("ec2", {"throttle": {"count": 1}})
     with pytest.raises(ClientError) as err:
         impatient.describe_instances()
     assert err.value.response["Error"]["Code"] == "RequestLimitExceeded"
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
 
 
-def test_an_instant_fleet_falls_back_to_the_next_override(sandbox_state, ec2, keys):
-    import base64
-
+def test_an_instant_fleet_falls_back_to_the_next_override(sandbox, ec2, keys):
     template = ec2.create_launch_template(
         LaunchTemplateName="it-sandbox-ec2",
         LaunchTemplateData={
@@ -244,7 +216,7 @@ def test_an_instant_fleet_falls_back_to_the_next_override(sandbox_state, ec2, ke
             "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
         },
     )["LaunchTemplate"]["LaunchTemplateId"]
-    control(sandbox_state, "POST", "/faults/ec2", {"capacity": [{"instance_type": "c6g.2xlarge", "market": "spot"}]})
+    sandbox.set_faults("ec2", {"capacity": [{"instance_type": "c6g.2xlarge", "market": "spot"}]})
     fleet = ec2.create_fleet(
         Type="instant",
         TargetCapacitySpecification={"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "spot"},
@@ -274,4 +246,4 @@ def test_an_instant_fleet_falls_back_to_the_next_override(sandbox_state, ec2, ke
     ec2.delete_fleets(FleetIds=[fleet["FleetId"]], TerminateInstances=True)
     wait_for(ec2, iid, "terminated")
     ec2.delete_launch_template(LaunchTemplateId=template)
-    assert hosts_of(sandbox_state, iid) == []
+    assert hosts_of(sandbox, iid) == []
