@@ -170,6 +170,7 @@ def install(hooks: Any) -> None:
     _patch(Instance, "start", _instance_start)
     _patch(Instance, "state_reason", property(_get_state_reason, _set_state_reason))
     _patch(Fleet, "instances", property(_fleet_instances))
+    _patch(Fleet, "terminate_instances", _fleet_terminate_instances)
     _patch(InstanceResponse, "run_instances", _response_run_instances)
     _patch(Fleets, "create_fleet", _response_create_fleet)
     _patch(SpotInstances, "describe_spot_price_history", _response_describe_spot_price_history)
@@ -666,6 +667,20 @@ def _fleet_instances(self: Fleet):
     if getattr(self, "_nf_instances", None) is not None:
         return [{k: v for k, v in entry.items() if v is not None} for entry in self._nf_instances]
     return _orig_fleet_instances(self)
+
+
+def _fleet_terminate_instances(self: Fleet) -> None:
+    # Gap: DeleteFleets(TerminateInstances=True) on a fleet whose instances are all gone
+    # fails in moto ("No instances specified", from TerminateInstances with an empty list);
+    # EC2 just deletes the fleet.
+    live = [
+        i
+        for i in [r.instance for r in self.spot_requests] + [r["instance"] for r in self.on_demand_instances]
+        if i.state != "terminated"
+    ]
+    if _hooks is not None and not live:
+        return
+    _orig(Fleet, "terminate_instances")(self)
 
 
 def _orig_fleet_instances(fleet: Fleet):

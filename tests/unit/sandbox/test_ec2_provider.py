@@ -426,6 +426,12 @@ def test_instant_fleet_skips_a_candidate_without_capacity(cloud):
     ec2c.delete_fleets(FleetIds=[reply["FleetId"]], TerminateInstances=True)
     wait_state(ec2c, iid, "terminated")
     assert cloud.pool.booted[-1] in cloud.pool.stopped
+    # a fleet whose instances are gone already is deleted too, as on EC2
+    gone = _fleet(ec2c, lt, overrides[1:], strategy="capacity-optimized-prioritized")
+    ec2c.terminate_instances(InstanceIds=gone["Instances"][0]["InstanceIds"])
+    deleted = ec2c.delete_fleets(FleetIds=[gone["FleetId"]], TerminateInstances=True)
+    assert deleted["SuccessfulFleetDeletions"][0]["FleetId"] == gone["FleetId"]
+    assert deleted["UnsuccessfulFleetDeletions"] == []
     ec2c.delete_launch_template(LaunchTemplateId=lt)
     assert cloud.provider.resources() == []
 
