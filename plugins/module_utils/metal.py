@@ -142,6 +142,10 @@ def _is_connection_error(exc: BaseException) -> bool:
     return bool(_CONNECTION_ERRORS) and (isinstance(exc, _CONNECTION_ERRORS) or isinstance(cause, _CONNECTION_ERRORS))
 
 
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text else text
+
+
 def is_retryable_metal_error(exc: BaseException) -> bool:
     """Retry classifier: HTTP 408/429/5xx and dropped connections; never other 4xx."""
     if _is_connection_error(exc):
@@ -170,18 +174,16 @@ def translate_metal_error(exc: BaseException, what: str, parameter: Optional[str
         )
     if status == 401:
         return UserInputError(
-            "the Metal API refused the token (HTTP 401: %s)" % message,
+            "the Metal API refused the token (HTTP 401: %s; %s)" % (message, _lower_first(what)),
             hint="Check 'auth_token' (or %s) and 'api_url'" % " / ".join(TOKEN_ENV),
             parameter="auth_token",
-            what=what,
             status=status,
         )
     if status == 403:
         return UserInputError(
-            "the token may not do this (HTTP 403: %s)" % message,
+            "the token may not do this (HTTP 403: %s; %s)" % (message, _lower_first(what)),
             hint="Use a token with access to 'project_id', or check 'project_id'",
             parameter="auth_token",
-            what=what,
             status=status,
         )
     if status is not None and is_retryable_http_status(status):

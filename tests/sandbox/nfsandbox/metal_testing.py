@@ -174,6 +174,7 @@ def run_playbook(
     verbosity: int = 0,
     env: dict[str, str] | None = None,
     timeout: float = 600,
+    extra_args: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
     """Run `metal_device` once per entry of `tasks` (module arguments) on localhost.
 
@@ -202,6 +203,7 @@ def run_playbook(
         {
             "name": "Write the results",
             "ansible.builtin.copy": {"dest": str(out), "content": "{{ %s | to_json }}" % results, "mode": "0600"},
+            "check_mode": False,
         }
     )
     play = [
@@ -221,6 +223,7 @@ def run_playbook(
     command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
     if verbosity:
         command.append("-" + "v" * verbosity)
+    command += extra_args or []
     proc = subprocess.run(
         command,
         env=ansible_env({**sandbox.env(), **(env or {})}),
