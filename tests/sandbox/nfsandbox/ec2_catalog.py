@@ -32,7 +32,7 @@ _RELEASES: dict[int, tuple[str, list[tuple[str, str]]]] = {
 _BACKPORTS = {12}
 _ARCHES = {"amd64": "x86_64", "arm64": "arm64"}
 
-SUITES = {major: codename for major, (codename, _) in _RELEASES.items()}
+SUITES = {major: codename for major, (codename, _builds) in _RELEASES.items()}
 
 
 def _ami_id(name: str) -> str:

@@ -728,6 +728,8 @@ def _response_describe_spot_price_history(self: Any):
             "Linux/UNIX (Amazon VPC)",
         ]
     )
+    if self._get_param("AvailabilityZone"):
+        filters = dict(filters, **{"availability-zone": [self._get_param("AvailabilityZone")]})
     start = _parse_time(self._get_param("StartTime"))
     end = _parse_time(self._get_param("EndTime"))
     offers = self.ec2_backend.describe_spot_price_history(types, {})

@@ -507,6 +507,11 @@ def test_spot_price_history_is_plausible(cloud):
     )["SpotPriceHistory"]
     assert len(now) == 1 and now[0]["AvailabilityZone"] == "us-east-1a"
     assert float(now[0]["SpotPrice"]) == ec2_catalog.spot_price("c5.metal", "us-east-1a")
+    zone = ec2c.describe_spot_price_history(InstanceTypes=["c5.metal"], AvailabilityZone="us-east-1b", MaxResults=20)
+    assert {h["AvailabilityZone"] for h in zone["SpotPriceHistory"]} == {"us-east-1b"}
+    assert len(zone["SpotPriceHistory"]) == 4  # now and before, two product descriptions
+    newest = max(zone["SpotPriceHistory"], key=lambda h: h["Timestamp"])
+    assert float(newest["SpotPrice"]) == ec2_catalog.spot_price("c5.metal", "us-east-1b")
 
 
 def test_resources_list_what_leaks_and_reset_empties(cloud):
