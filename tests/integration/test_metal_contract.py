@@ -62,8 +62,9 @@ def spec() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> MetalSandbox:
-    state, reason = MetalSandbox.state_of()
+def sandbox(sandbox_instance) -> MetalSandbox:
+    """The Metal side of the session's sandbox (conftest brings it up)."""
+    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
     if state is None:
         pytest.skip(reason)
     return MetalSandbox(state)
@@ -181,6 +182,7 @@ def _produce_traffic(sandbox: MetalSandbox, tmp_path: Path) -> None:
     while sandbox.metal_resources():
         assert time.time() < deadline, sandbox.metal_resources()
         time.sleep(0.5)
+    assert sandbox.leftovers() == []
 
 
 def _validate(api: Any, spec: dict[str, Any], sandbox: MetalSandbox, exchanges: list[dict[str, Any]]) -> set[str]:
@@ -275,4 +277,4 @@ def test_metal_device_module_traffic_matches_the_spec(spec, sandbox, tmp_path):
     seen = _validate(api, spec, sandbox, sandbox.exchanges())
     for operation in ("createDevice", "findDeviceById", "findProjectDevices", "deleteDevice", "createProjectSSHKey"):
         assert operation in seen
-    assert sandbox.metal_resources() == []
+    assert sandbox.leftovers() == []

@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.sandbox]
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> MetalSandbox:
-    state, reason = MetalSandbox.state_of()
+def sandbox(sandbox_instance) -> MetalSandbox:
+    """The Metal side of the session's sandbox (conftest brings it up)."""
+    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
     if state is None:
         pytest.skip(reason)
     return MetalSandbox(state)
@@ -41,7 +42,7 @@ def clean(sandbox):
     deadline = time.time() + 60
     while sandbox.metal_resources() and time.time() < deadline:
         time.sleep(0.5)
-    left = sandbox.metal_resources()
+    left = sandbox.leftovers()
     if left:  # do not let one test's leak fail the next ones too
         manager = sandbox.manager()
         for r in left:

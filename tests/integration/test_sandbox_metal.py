@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.sandbox]
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> MetalSandbox:
-    state, reason = MetalSandbox.state_of()
+def sandbox(sandbox_instance) -> MetalSandbox:
+    """The Metal side of the session's sandbox (conftest brings it up)."""
+    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
     if state is None:
         pytest.skip(reason)
     return MetalSandbox(state)
@@ -45,7 +46,7 @@ def metal(sandbox):
     for key in manager.call_api("ssh-keys")["ssh_keys"]:
         manager.call_api("ssh-keys/%s" % key["id"], "DELETE")
     wait_until(lambda: not sandbox.metal_resources(), 60, "Metal resources to be gone")
-    assert sandbox.metal_resources() == []
+    assert sandbox.leftovers() == []
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.25) -> Any:

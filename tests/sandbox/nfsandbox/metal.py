@@ -98,6 +98,10 @@ class Provider:
             "metal_token": self.api.token,
             "metal_project_id": self.api.default_project_id,
             "metal_ca_bundle": str(self.sandbox.ca.bundle),
+            # exported as they are by `sandboxctl env`: what metal_device reads
+            "METAL_API_URL": f"https://{endpoint}/metal/v1",
+            "METAL_AUTH_TOKEN": self.api.token,
+            "METAL_PROJECT_ID": self.api.default_project_id,
         }
 
     def stop(self) -> None:

@@ -87,13 +87,26 @@ class MetalSandbox:
     def resources(self) -> list[dict[str, Any]]:
         return self.control("GET", "/resources")["resources"]
 
-    def metal_resources(self) -> list[dict[str, Any]]:
+    def metal_resources(self, resources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Metal devices and keys, plus the sandbox hosts Metal devices run on."""
         out = []
-        for r in self.resources():
+        for r in self.resources() if resources is None else resources:
             if r.get("provider") == "metal" or str(r.get("owner", "")).startswith("metal:"):
                 out.append(r)
         return out
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """What `sandboxctl resources --json` lists of Metal (the check tests end with)."""
+        import subprocess
+
+        proc = subprocess.run(
+            [str(REPO / "tests" / "sandbox" / "sandboxctl"), "--instance", str(self.instance), "resources", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return self.metal_resources(json.loads(proc.stdout)["resources"])
 
     # -- the emulator's exchange recorder (not part of the Metal API) ----------------
     def _https(self, method: str, path: str) -> Any:
