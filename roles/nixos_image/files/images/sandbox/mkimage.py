@@ -47,9 +47,7 @@ def mbr(disk_id, partitions):
     struct.pack_into("<I", sector, 440, disk_id)
     for index, (start, count, ptype, bootable) in enumerate(partitions):
         # CHS fields set to the LBA-only marker (0xFE 0xFF 0xFF), as modern tools do.
-        entry = struct.pack(
-            "<B3sB3sII", 0x80 if bootable else 0, b"\xfe\xff\xff", ptype, b"\xfe\xff\xff", start, count
-        )
+        entry = struct.pack("<B3sB3sII", 0x80 if bootable else 0, b"\xfe\xff\xff", ptype, b"\xfe\xff\xff", start, count)
         sector[446 + 16 * index : 446 + 16 * (index + 1)] = entry
     sector[510:512] = b"\x55\xaa"
     return bytes(sector)
@@ -61,7 +59,8 @@ def disk_image(disk_id, partitions, contents, size):
     image[0:SECTOR] = mbr(disk_id, partitions)
     for (start, count, _ptype, _boot), text in zip(partitions, contents):
         data = text.encode()
-        assert len(data) <= count * SECTOR
+        if len(data) > count * SECTOR:
+            raise SystemExit("partition content larger than the partition")
         image[start * SECTOR : start * SECTOR + len(data)] = data
     return bytes(image)
 
