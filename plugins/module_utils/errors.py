@@ -115,7 +115,12 @@ class ProviderError(NixforgeError):
 
 
 class WaitTimeout(NixforgeError):
-    """A wait ran out of time. Modules fail on it; they never downgrade it to a warning."""
+    """A wait ran out of time. Modules fail on it; they never downgrade it to a warning.
+
+    ``option_value`` is the option's setting when the wait had only part of it left (a
+    second wait sharing one deadline); the message quotes it so the user tunes the right
+    number.
+    """
 
     def __init__(
         self,
@@ -124,11 +129,15 @@ class WaitTimeout(NixforgeError):
         last_state: Any = None,
         option: str = "wait_timeout",
         hint: Optional[str] = None,
+        option_value: Optional[float] = None,
     ) -> None:
         reason = "timed out after %ss; last observed state: %s" % (_num(timeout), _state(last_state))
-        tune = "Raise the '%s' option (currently %s seconds) if the provider is just slow" % (option, _num(timeout))
+        tune = "Raise the '%s' option (currently %s seconds) if the provider is just slow" % (
+            option,
+            _num(timeout if option_value is None else option_value),
+        )
         super().__init__(
-            reason, hint="%s. %s" % (_sentence(hint), tune) if hint else tune, what="Waiting for " + awaited
+            reason, hint="%s %s" % (_sentence(hint), tune) if hint else tune, what="Waiting for " + awaited
         )
         self.awaited = awaited
         self.timeout = timeout

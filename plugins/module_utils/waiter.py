@@ -34,6 +34,7 @@ def wait_for(
     max_interval: float = 15.0,
     backoff: float = 1.5,
     option: str = "wait_timeout",
+    option_value: Optional[float] = None,
     hint: Optional[str] = None,
     describe: Optional[Callable[[S], Any]] = None,
     sleep: Callable[[float], None] = time.sleep,
@@ -43,7 +44,8 @@ def wait_for(
 
     The pause between probes starts at ``interval`` and grows by ``backoff`` up to
     ``max_interval``; the last pause is shortened so that the final probe happens at the
-    deadline. ``describe(state)`` renders the last state for the timeout message
+    deadline. ``option_value`` is quoted in the timeout message as the setting of
+    ``option`` (default: ``timeout``). ``describe(state)`` renders the last state for the timeout message
     (default: the state itself). ``timeout <= 0`` probes exactly once.
     """
     deadline = clock() + max(0.0, float(timeout))
@@ -56,6 +58,6 @@ def wait_for(
         last = describe(state) if describe is not None else state
         remaining = deadline - clock()
         if remaining <= 0:
-            raise WaitTimeout(what, timeout, last_state=last, option=option, hint=hint)
+            raise WaitTimeout(what, timeout, last_state=last, option=option, hint=hint, option_value=option_value)
         sleep(min(pause, remaining))
         pause = min(max_interval, pause * backoff) if pause else 0.0

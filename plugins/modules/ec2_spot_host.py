@@ -179,6 +179,12 @@ options:
     description:
       - Value of the C(Name) tag of the instance and volume. Default C(nixforge-<build_id>).
     type: str
+  public_ip:
+    description:
+      - Give the instance a public IPv4 address and connect to it. With V(false) the module waits for and
+        returns the private address (the controller must reach the subnet, for example over a VPN).
+    type: bool
+    default: true
   cleanup_on_failure:
     description:
       - When the launch or the wait fails, remove every resource of the build before failing.
@@ -266,7 +272,7 @@ private_ip:
   returned: state is present and not in check mode
   type: str
 ssh_host:
-  description: Address to connect to (the public address, else the private one).
+  description: Address to connect to (the public address, or the private one with O(public_ip=false)).
   returned: state is present and not in check mode
   type: str
 ssh_port:
@@ -846,6 +852,7 @@ class Ec2SpotHost(NixforgeModule):
         user_data=dict(type="str"),
         instance_name=dict(type="str"),
         cleanup_on_failure=dict(type="bool", default=True),
+        public_ip=dict(type="bool", default=True),
     )
     module_kwargs = dict(
         mutually_exclusive=[["public_key", "key_name"], ["image_id", "image_name"]],
@@ -1215,7 +1222,16 @@ class Ec2SpotHost(NixforgeModule):
         data = {
             "ImageId": image["ImageId"],
             "KeyName": key_name,
-            "SecurityGroupIds": [sg_id],
+            # Groups on the interface, not SecurityGroupIds: EC2 refuses both together, and the
+            # interface is where the public address is asked for (fleet overrides set the subnet).
+            "NetworkInterfaces": [
+                {
+                    "DeviceIndex": 0,
+                    "AssociatePublicIpAddress": bool(p["public_ip"]),
+                    "Groups": [sg_id],
+                    "DeleteOnTermination": True,
+                }
+            ],
             "UserData": user_data,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
@@ -1409,16 +1425,20 @@ class Ec2SpotHost(NixforgeModule):
         instance = wait_for(
             probe_running,
             timeout=self.params["wait_timeout"],
-            what="instance %s to be running with an address" % instance_id,
-            done=lambda i: i.get("State", {}).get("Name") == "running" and bool(_address(i)),
-            describe=lambda i: "%s, address %s" % (i.get("State", {}).get("Name"), _address(i) or "none yet"),
+            what="instance %s to be running with a %s address" % (instance_id, self.address_kind),
+            done=lambda i: i.get("State", {}).get("Name") == "running" and bool(self.address_of(i)),
+            describe=lambda i: (
+                "%s, %s address %s"
+                % (i.get("State", {}).get("Name"), self.address_kind, self.address_of(i) or "none yet")
+            ),
             interval=1.0,
             max_interval=10.0,
         )
-        address = _address(instance)
+        address = self.address_of(instance)
         wait_for(
             lambda: ssh_banner(address),
             timeout=max(0.0, deadline - time.monotonic()),
+            option_value=self.params["wait_timeout"],
             what="SSH on %s:%d (instance %s)" % (address, SSH_PORT, instance_id),
             done=lambda state: state.startswith("SSH-"),
             interval=1.0,
@@ -1426,6 +1446,15 @@ class Ec2SpotHost(NixforgeModule):
             hint="Check that 'ssh_cidr' contains the controller's address as the instance sees it",
         )
         return instance
+
+    @property
+    def address_kind(self) -> str:
+        return "public" if self.params["public_ip"] else "private"
+
+    def address_of(self, instance: Mapping[str, Any]) -> Optional[str]:
+        if self.params["public_ip"]:
+            return instance.get("PublicIpAddress")
+        return instance.get("PrivateIpAddress")
 
     def describe_instance(self, instance_id: str) -> Optional[Dict[str, Any]]:
         reply = self.client.call(
@@ -1482,7 +1511,7 @@ class Ec2SpotHost(NixforgeModule):
             lifecycle=instance.get("InstanceLifecycle") or "on-demand",
             public_ip=instance.get("PublicIpAddress"),
             private_ip=instance.get("PrivateIpAddress"),
-            ssh_host=_address(instance),
+            ssh_host=self.address_of(instance) or _address(instance),
             image_id=instance.get("ImageId", self.result.get("image_id")),
             key_name=instance.get("KeyName", self.result.get("key_name")),
             launched_at=format_timestamp(launch_time) if isinstance(launch_time, datetime.datetime) else None,

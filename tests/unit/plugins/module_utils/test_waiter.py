@@ -70,3 +70,22 @@ def test_probe_errors_stop_waiting():
 
     with pytest.raises(UserInputError):
         wait_for(probe, 60, "x", sleep=lambda s: None)
+
+
+def test_timeout_message_quotes_option_value_and_hint_once():
+    fake = FakeClock()
+    with pytest.raises(WaitTimeout) as info:
+        wait_for(
+            lambda: "refused",
+            12.5,
+            "SSH",
+            done=lambda state: False,
+            hint="Check 'ssh_cidr'",
+            option_value=600,
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
+    text = str(info.value)
+    assert "timed out after 12.5s" in text
+    assert "(currently 600 seconds)" in text
+    assert "Check 'ssh_cidr'. Raise" in text and ".." not in text
