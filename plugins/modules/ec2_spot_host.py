@@ -929,7 +929,7 @@ class Ec2SpotHost(NixforgeModule):
         instance_types = instance_type_list(p["instance_types"], image.get("Architecture") or p["architecture"])
         self.check_instance_types(instance_types, image.get("Architecture") or p["architecture"])
         subnets = self.find_subnets()
-        candidates = order_candidates(instance_types, subnets)
+        candidates = self.offered(order_candidates(instance_types, subnets))
         vpc_id = subnets[0]["VpcId"]
         self.result.update(image_id=image["ImageId"], image_name=image.get("Name"), adopted=False)
 
@@ -1077,6 +1077,39 @@ class Ec2SpotHost(NixforgeModule):
                 % (architecture, ", ".join(DEFAULT_INSTANCE_TYPES.get(architecture, []))),
                 parameter="instance_types",
             )
+
+    def offered(self, candidates: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Drop the candidates whose type EC2 does not offer in their zone.
+
+        A type the offerings API says nothing about is kept (EC2 then answers for it).
+        """
+        types = sorted(set(c["instance_type"] for c in candidates))
+        offerings = self.client.paginate(
+            "describe_instance_type_offerings",
+            "InstanceTypeOfferings",
+            what="Looking up where the instance types are offered",
+            LocationType="availability-zone",
+            Filters=filters({"instance-type": types}),
+        )
+        zones: Dict[str, set] = {}
+        for offering in offerings:
+            zones.setdefault(offering["InstanceType"], set()).add(offering["Location"])
+        kept = [
+            c
+            for c in candidates
+            if c["instance_type"] not in zones or c["availability_zone"] in zones[c["instance_type"]]
+        ]
+        if not kept:
+            raise UserInputError(
+                "none of %s is offered in the zones of the subnets (%s)"
+                % (", ".join(types), ", ".join(sorted(set(c["availability_zone"] for c in candidates)))),
+                hint="Choose other instance types, or subnets in other availability zones",
+                parameter="instance_types",
+            )
+        for t in types:
+            if t in zones and not any(c["instance_type"] == t for c in kept):
+                self.warn("%s is not offered in any of the subnets' zones; it is not tried" % t)
+        return kept
 
     def find_subnets(self) -> List[Dict[str, Any]]:
         p = self.params
@@ -1364,6 +1397,12 @@ class Ec2SpotHost(NixforgeModule):
                 reply = {}
             else:
                 errors = fleet_errors(reply)
+            for e in errors:
+                e["lifecycle"] = e.get("lifecycle") or market
+                if not e.get("availability_zone") and e.get("subnet_id"):
+                    e["availability_zone"] = next(
+                        (c["availability_zone"] for c in candidates if c["subnet_id"] == e["subnet_id"]), None
+                    )
             fleet_id = reply.get("FleetId")
             if fleet_id:
                 self.result.setdefault("fleet_ids", []).append(fleet_id)
@@ -1379,15 +1418,8 @@ class Ec2SpotHost(NixforgeModule):
                         ),
                         remaining[0],
                     )
-                    for e in errors:
-                        e.setdefault("lifecycle", market)
                     self.result["candidate_errors"].extend(e for e in errors if e.get("code") in CAPACITY_ERROR_CODES)
                     return fleet_id or "", group["InstanceIds"][0], group.get("Lifecycle") or market, candidate
-            for e in errors:
-                if not e.get("availability_zone") and e.get("subnet_id"):
-                    e["availability_zone"] = next(
-                        (c["availability_zone"] for c in candidates if c["subnet_id"] == e["subnet_id"]), None
-                    )
             remaining, others = drop_failed(remaining, errors)
             self.result["candidate_errors"].extend(e for e in errors if e not in others)
             if others:
