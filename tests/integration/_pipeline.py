@@ -1,0 +1,222 @@
+"""Helpers shared by the pipeline integration tests (builder_host, nix_remote_builder, playbooks).
+
+Everything goes through the real interfaces: `sandboxctl env|resources --json`, the
+sandbox control API (boot a plain host, set faults), `ansible-playbook` with the sandbox
+inventory, and ssh with pinned host keys. The instance comes from
+NIXFORGE_SANDBOX_INSTANCE (0 when unset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDBOXCTL = ROOT / "tests" / "sandbox" / "sandboxctl"
+BIN = Path(sys.executable).parent
+INVENTORY = ROOT / "inventories" / "sandbox"
+
+
+def instance() -> str:
+    return os.environ.get("NIXFORGE_SANDBOX_INSTANCE", "0") or "0"
+
+
+def sandbox_env() -> dict[str, str] | None:
+    """The variables `sandboxctl env` exports, or None when the instance is not up."""
+    proc = subprocess.run(
+        [str(SANDBOXCTL), "env"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()},
+        check=False,
+    )
+    if proc.returncode != 0:
+        return None
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            out[key] = shlex.split(value)[0] if value else ""
+    return out
+
+
+def ensure_sandbox() -> tuple[dict[str, str], bool]:
+    """Bring the instance up when it is not; returns (env, started_by_us)."""
+    env = sandbox_env()
+    if env is not None:
+        return env, False
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root (network namespaces)")
+    proc = subprocess.run(
+        [str(SANDBOXCTL), "up"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    env = sandbox_env()
+    assert env is not None
+    return env, True
+
+
+def sandbox_down() -> None:
+    subprocess.run(
+        [str(SANDBOXCTL), "down"], env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()}, check=False
+    )
+
+
+def resources() -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [str(SANDBOXCTL), "resources", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()},
+        check=True,
+    )
+    data = json.loads(proc.stdout)
+    return data["resources"] if isinstance(data, dict) else data
+
+
+def resources_of(build_id: str) -> list[dict[str, Any]]:
+    """Live resources that carry the build id (tags, names) or were booted for it."""
+    return [r for r in resources() if build_id in json.dumps(r)]
+
+
+def control(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        env["NIXFORGE_SANDBOX_CONTROL_URL"] + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback control API
+        return json.loads(resp.read() or b"null")
+
+
+def set_faults(env: dict[str, str], provider: str, faults: dict[str, Any]) -> None:
+    control(env, "POST", f"/faults/{provider}", faults)
+
+
+@dataclass
+class Host:
+    """A plain sandbox host booted for a test, with a login key and a known host key."""
+
+    name: str
+    ip: str
+    key: Path
+    host_public_key: str
+    known_hosts: Path
+
+    def ssh(self, command: str, user: str = "root", check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(self.key),
+                "-o",
+                f"UserKnownHostsFile={self.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                f"{user}@{self.ip}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
+        )
+
+
+def keygen(path: Path, comment: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return Path(str(path) + ".pub").read_text().strip()
+
+
+def boot_host(env: dict[str, str], tmp: Path, owner: str) -> Host:
+    """Boot a plain host (like one the user already has) reachable as root and admin."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    user_pub = keygen(tmp / "login", "test-login")
+    host_pub = keygen(tmp / "hostkey", "test-host")
+    userdata = "#cloud-config\n" + yaml.safe_dump(
+        {
+            "disable_root": False,
+            "ssh_authorized_keys": [user_pub],
+            "ssh_deletekeys": True,
+            "ssh_genkeytypes": [],
+            "ssh_keys": {"ed25519_private": (tmp / "hostkey").read_text(), "ed25519_public": host_pub},
+        }
+    )
+    view = control(env, "POST", "/hosts", {"owner": owner, "userdata": userdata})
+    known = tmp / "known_hosts"
+    known.write_text(f"{view['ip']} {' '.join(host_pub.split()[:2])}\n")
+    return Host(name=view["name"], ip=view["ip"], key=tmp / "login", host_public_key=host_pub, known_hosts=known)
+
+
+def delete_host(env: dict[str, str], host: Host) -> None:
+    control(env, "DELETE", f"/hosts/{host.name}")
+
+
+def playbook_env(env: dict[str, str], **extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out.update(env)
+    out.update(
+        {
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
+            "ANSIBLE_HOME": str(ROOT / ".build" / "ansible-home"),
+            "ANSIBLE_LOCAL_TEMP": str(ROOT / ".build" / "ansible-home" / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(ROOT / ".build" / "ansible-home" / "cp"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    out.update(extra)
+    return out
+
+
+def run_playbook(
+    playbook: Path | str,
+    env: dict[str, str],
+    extra_vars: dict[str, Any] | None = None,
+    *args: str,
+    timeout: int = 1800,
+) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    cmd += list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+
+
+def snapshot(host: Host) -> str:
+    """What a host looks like from the outside: users, groups, files in the places we touch."""
+    script = r"""
+set -e
+cat /etc/passwd /etc/group /etc/shadow | cut -d: -f1,3,4,6,7 | sort
+for d in /etc/nix /etc/nixos /root /home /var/tmp /var/lib/nixforge; do
+  [ -e "$d" ] || continue
+  find "$d" -xdev -path '/var/tmp/systemd-private-*' -prune -o -printf '%p %m %u %s\n' | sort
+done
+for f in /etc/nix/nix.conf /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys; do
+  [ -f "$f" ] && { echo "== $f"; cat "$f"; }
+done
+true
+"""
+    return host.ssh(script).stdout
