@@ -71,9 +71,7 @@ def ensure_sandbox() -> tuple[dict[str, str], bool]:
 
 
 def sandbox_down() -> None:
-    subprocess.run(
-        [str(SANDBOXCTL), "down"], env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()}, check=False
-    )
+    subprocess.run([str(SANDBOXCTL), "down"], env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()}, check=False)
 
 
 def resources() -> list[dict[str, Any]]:
@@ -95,7 +93,7 @@ def resources_of(build_id: str) -> list[dict[str, Any]]:
 
 def control(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
+    req = urllib.request.Request(  # noqa: S310 - loopback control API
         env["NIXFORGE_SANDBOX_CONTROL_URL"] + path,
         data=data,
         method=method,
