@@ -21,7 +21,7 @@ description:
   - Input is checked before anything is created (region, credentials, AMI, instance type architecture, SSH
     CIDR, keys). When a launch fails, whatever the run created is removed again before the module fails.
 author:
-  - nixforge.images contributors
+  - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
   - nixforge.images.common
   - nixforge.images.common.wait
@@ -370,6 +370,7 @@ import base64
 import datetime
 import functools
 import ipaddress
+import math
 import socket
 import time
 from email.mime.multipart import MIMEMultipart
@@ -488,7 +489,7 @@ def parse_ssh_cidrs(values: Optional[List[str]]) -> List[str]:
                 network = ipaddress.ip_network(text, strict=False)
                 hint = "Use '%s' for the network, or '%s/%d' for the single address" % (
                     network,
-                    text.split("/")[0],
+                    text.split("/", maxsplit=1)[0],
                     network.max_prefixlen,
                 )
             raise UserInputError(
@@ -565,7 +566,7 @@ def validate_max_price(value: Optional[str]) -> Optional[str]:
         price = float(text)
     except ValueError:
         price = -1.0
-    if not price > 0 or price != price or price == float("inf"):
+    if not (price > 0 and math.isfinite(price)):
         raise UserInputError(
             "%r is not a positive price" % text,
             hint="Give USD per hour as a decimal string such as '0.25', or leave it empty for the on-demand price",
