@@ -308,6 +308,10 @@ def _run_instances(self: Any, image_id: str, count: int, user_data: Any, securit
         kwargs["instance_market_options"] = "spot"
     if not kwargs.get("instance_initiated_shutdown_behavior") and tmpl.get("InstanceInitiatedShutdownBehavior"):
         kwargs["instance_initiated_shutdown_behavior"] = tmpl["InstanceInitiatedShutdownBehavior"]
+    # Gap: moto's own callers (fleets, RequestSpotInstances) leave associate_public_ip out,
+    # which moto reads as False: their instances got no public IP even in a subnet that maps
+    # one on launch. None lets the subnet decide, as RunInstances without the flag does.
+    kwargs.setdefault("associate_public_ip", None)
     fleet_launch = getattr(_local, "fleet_launch", None)
     if fleet_launch is None and kwargs.get("lifecycle") != "spot":
         # (RequestSpotInstances and spot fleets pass lifecycle="spot": no capacity check there,
@@ -319,8 +323,6 @@ def _run_instances(self: Any, image_id: str, count: int, user_data: Any, securit
         if kwargs.get("instance_market_options") == "spot" and fleet_launch is None:
             instance._nf_spot_type = spot_type
         wants_public = instance.nics[0].public_ip is not None if instance.nics else False
-        if fleet_launch is not None:
-            wants_public = fleet_launch.get("public", wants_public)
         _hooks.on_launch(self, instance, wants_public)
     return reservation
 
@@ -630,7 +632,8 @@ def _launch(backend: Any, fleet: Fleet, candidate: _Candidate, market: str, coun
         launch_kwargs["lifecycle"] = "spot"
     if tmpl.get("BlockDeviceMappings"):
         launch_kwargs["block_device_mappings"] = tmpl["BlockDeviceMappings"]
-    _local.fleet_launch = {} if public is None else {"public": public}
+    launch_kwargs["associate_public_ip"] = public  # None: the subnet's MapPublicIpOnLaunch decides
+    _local.fleet_launch = {}
     try:
         reservation = backend.run_instances(
             spec.image_id,

@@ -481,6 +481,25 @@ def test_instant_fleet_on_demand_prioritized_and_zone_checks(cloud):
     assert "InstanceLifecycle" not in inst
 
 
+def test_fleet_and_spot_request_instances_in_a_default_subnet_get_a_public_ip(cloud):
+    ec2c = client(cloud)
+    ami = newest(ec2c, "debian-12-arm64-*", "arm64")["ImageId"]
+    subnet = ec2c.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1c"]}])["Subnets"][0]
+    assert subnet["MapPublicIpOnLaunch"] is True
+    lt = _template(ec2c, ami)
+    reply = _fleet(ec2c, lt, [{"InstanceType": "c7g.2xlarge", "SubnetId": subnet["SubnetId"]}])
+    inst = wait_state(ec2c, reply["Instances"][0]["InstanceIds"][0], "running")
+    assert inst["PublicIpAddress"] == cloud.pool.booted[-1].ip
+    assert inst["Placement"]["AvailabilityZone"] == "us-east-1c"
+    sir = ec2c.request_spot_instances(
+        LaunchSpecification={"ImageId": ami, "InstanceType": "c7g.2xlarge", "SubnetId": subnet["SubnetId"]}
+    )["SpotInstanceRequests"][0]
+    iid = ec2c.describe_spot_instance_requests(SpotInstanceRequestIds=[sir["SpotInstanceRequestId"]])[
+        "SpotInstanceRequests"
+    ][0]["InstanceId"]
+    assert wait_state(ec2c, iid, "running")["PublicIpAddress"] == cloud.pool.booted[-1].ip
+
+
 def test_spot_price_history_is_plausible(cloud):
     ec2c = client(cloud)
     types = ["a1.2xlarge", "c6g.2xlarge", "c7g.2xlarge", "m7g.2xlarge", "c5.metal", "m5.metal"]
