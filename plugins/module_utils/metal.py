@@ -41,14 +41,13 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import (
 try:
     import packet
     from packet.baseapi import Error as PacketError
-    from packet.baseapi import ResponseError
 
     HAS_PACKET = True
     PACKET_IMPORT_ERROR: Optional[str] = None
 except ImportError:  # pragma: no cover - exercised only without packet-python
     HAS_PACKET = False
     PACKET_IMPORT_ERROR = traceback.format_exc()
-    PacketError = ResponseError = Exception  # type: ignore[misc,assignment]
+    PacketError = Exception  # type: ignore[misc,assignment]
 
 try:
     import requests
@@ -488,7 +487,7 @@ class Catalogue:
     @staticmethod
     def architecture(plan: Mapping[str, Any]) -> str:
         slug = str(plan.get("slug") or "")
-        if slug.endswith((".arm64", ".arm")) or "arm" in slug.split(".")[-1]:
+        if slug.endswith((".arm64", ".arm")) or "arm" in slug.rsplit(".", 1)[-1]:
             return "aarch64"
         return "x86_64"
 

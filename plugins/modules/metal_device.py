@@ -26,7 +26,7 @@ description:
   - When the device ends in state C(failed), or the wait times out, the device and the SSH key created for it
     are deleted before the module fails.
 author:
-  - nixforge.images contributors
+  - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
   - nixforge.images.common
   - nixforge.images.common.wait
@@ -119,6 +119,14 @@ options:
         otherwise with C(specs.features.kvm=false) in its plan catalogue.
     type: bool
     default: false
+  wait_timeout:
+    description:
+      - How many seconds to wait for the device to become C(active) (or, with O(state=absent), to be gone)
+        when O(wait=true). When the time runs out the module deletes what it created and fails with the state it
+        last observed.
+      - Metal usually provisioned bare metal in 2 to 10 minutes, NixOS and spot devices sometimes longer.
+    type: int
+    default: 900
   nix_system_features:
     description:
       - Nix system features the NixOS builder announces (only for NixOS operating systems).

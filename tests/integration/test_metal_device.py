@@ -104,14 +104,14 @@ def ssh_root(workdir: Path, result: dict[str, Any], command: str) -> subprocess.
 
 def test_create_adopt_absent(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results, _ = run_playbook(
+    results = run_playbook(
         clean,
         tmp_path,
         [
             base(keys, "it-create", spot_instance=True),
             base(keys, "it-create", spot_instance=True),  # same build id: adopted
         ],
-    )
+    )[0]
     first, second = results
     assert not first.get("failed"), first.get("msg")
     assert first["changed"] is True and first["adopted"] is False
@@ -132,7 +132,7 @@ def test_create_adopt_absent(clean, tmp_path):
     assert [d["id"] for d in devices] == [dev["id"]]
     assert [k["name"] for k in keys_left] == ["nixforge-it-create-ssh"]
 
-    results, _ = run_playbook(clean, tmp_path, [absent("it-create"), absent("it-create")])
+    results = run_playbook(clean, tmp_path, [absent("it-create"), absent("it-create")])[0]
     assert results[0]["changed"] is True
     assert results[0]["removed"] == {"devices": [dev["id"]], "ssh_keys": [keys_left[0]["id"]]}
     assert results[1]["changed"] is False
@@ -152,7 +152,7 @@ def test_check_mode_creates_nothing(clean, tmp_path):
 def test_provisioning_failure_is_clear_and_leaves_nothing(clean, tmp_path):
     keys = write_keys(tmp_path)
     clean.set_faults({"fail_provisioning": 1})
-    results, _ = run_playbook(clean, tmp_path, [base(keys, "it-fail")])
+    results = run_playbook(clean, tmp_path, [base(keys, "it-fail")])[0]
     result = results[0]
     assert result["failed"] is True
     assert result["msg"].startswith("Provisioning the device failed: device ")
@@ -165,7 +165,7 @@ def test_provisioning_failure_is_clear_and_leaves_nothing(clean, tmp_path):
 def test_termination_time_ends_the_device(clean, tmp_path):
     """The device goes away by itself at the build's expiry; absent then removes the key."""
     keys = write_keys(tmp_path)
-    results, _ = run_playbook(clean, tmp_path, [base(keys, "it-expiry", ttl="25s")])
+    results = run_playbook(clean, tmp_path, [base(keys, "it-expiry", ttl="25s")])[0]
     result = results[0]
     assert not result.get("failed"), result.get("msg")
     device_id = result["device"]["id"]
@@ -175,14 +175,14 @@ def test_termination_time_ends_the_device(clean, tmp_path):
     left = clean.metal_resources()
     assert [r["type"] for r in left] == ["ssh_key"], left
     assert not [r for r in clean.resources() if str(r.get("owner", "")).endswith(device_id)]
-    results, _ = run_playbook(clean, tmp_path, [absent("it-expiry")])
+    results = run_playbook(clean, tmp_path, [absent("it-expiry")])[0]
     assert results[0]["changed"] is True and results[0]["removed"]["devices"] == []
     assert clean.metal_resources() == []
 
 
 def test_an_expired_build_is_refused(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results, _ = run_playbook(clean, tmp_path, [base(keys, "it-past", ttl=None, expires_at="2020-01-01T00:00:00Z")])
+    results = run_playbook(clean, tmp_path, [base(keys, "it-past", ttl=None, expires_at="2020-01-01T00:00:00Z")])[0]
     assert results[0]["failed"] is True
     assert results[0]["msg"].startswith("Parameter 'expires_at' failed")
     assert clean.metal_resources() == []
@@ -200,7 +200,7 @@ def test_an_expired_build_is_refused(clean, tmp_path):
 def test_throttling_and_server_errors_are_retried(clean, tmp_path, faults, what):
     keys = write_keys(tmp_path)
     clean.set_faults(faults)
-    results, _ = run_playbook(clean, tmp_path, [base(keys, "it-retry"), absent("it-retry")])
+    results = run_playbook(clean, tmp_path, [base(keys, "it-retry"), absent("it-retry")])[0]
     assert not results[0].get("failed"), (what, results[0].get("msg"))
     assert not results[1].get("failed"), (what, results[1].get("msg"))
     assert results[1]["removed"]["devices"] == [results[0]["device"]["id"]]
@@ -232,18 +232,18 @@ def test_bad_input_fails_before_anything_is_created(clean, tmp_path, args, param
 
 def test_nixos_device_answers_with_the_pinned_host_key(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results, _ = run_playbook(
+    results = run_playbook(
         clean,
         tmp_path,
         [base(keys, "it-nixos", plan="c3.large.arm64", operating_system="nixos_23_11", require_kvm=True)],
-    )
+    )[0]
     result = results[0]
     assert not result.get("failed"), result.get("msg")
     assert result["device"]["architecture"] == "aarch64" and result["device"]["kvm"] is True
     login = ssh_root(tmp_path, result, "grep -c nix.settings.system-features /etc/nixos/packet/userdata.nix")
     assert login.returncode == 0, login.stderr
     assert login.stdout.strip() == "1"
-    results, _ = run_playbook(clean, tmp_path, [absent("it-nixos")])
+    results = run_playbook(clean, tmp_path, [absent("it-nixos")])[0]
     assert results[0]["changed"] is True
     assert clean.metal_resources() == []
 

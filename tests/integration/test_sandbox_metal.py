@@ -225,9 +225,9 @@ def test_error_bodies_and_paging(sandbox, metal):
             call()
         return info.value.response.status_code, info.value.response.json(), info.value.response.headers
 
-    status, body, _ = status_and_body(lambda: sandbox.manager(token="nope").list_plans())
+    status, body, _headers = status_and_body(lambda: sandbox.manager(token="nope").list_plans())
     assert (status, body) == (401, {"errors": ["Invalid authentication token"]})
-    status, body, _ = status_and_body(lambda: metal.call_api("devices/11111111-1111-1111-1111-111111111111"))
+    status, body, _headers = status_and_body(lambda: metal.call_api("devices/11111111-1111-1111-1111-111111111111"))
     assert (status, body) == (404, {"errors": ["Not found"]})
     for overrides, text in (
         ({"plan": "c9.huge.x86"}, "Plan 'c9.huge.x86' is not a valid plan"),
@@ -237,20 +237,20 @@ def test_error_bodies_and_paging(sandbox, metal):
         ({"spot_instance": True, "spot_price_max": 0.01}, "below the current spot market price"),
         ({"termination_time": "2001-01-01T00:00:00Z"}, "termination_time must be in the future"),
     ):
-        status, body, _ = status_and_body(lambda o=overrides: create(metal, sandbox, **o))
+        status, body, _headers = status_and_body(lambda o=overrides: create(metal, sandbox, **o))
         assert status == 422
         assert any(text in e for e in body["errors"]), body
     sandbox.set_faults({"throttle": 2, "retry_after": 3})
-    for _ in range(2):
+    for _attempt in range(2):
         status, body, headers = status_and_body(metal.list_plans)
         assert status == 429 and body["errors"] and headers["Retry-After"] == "3"
     assert metal.list_plans()
     sandbox.set_faults({"server_error": 1, "server_error_status": 503})
-    status, body, _ = status_and_body(metal.list_metros)
+    status, body, _headers = status_and_body(metal.list_metros)
     assert status == 503 and body["errors"]
     sandbox.set_faults({"server_error": 1, "server_error_match": "^POST "})
     assert metal.list_metros()  # GET does not match: not failed
-    status, _, _ = status_and_body(lambda: create(metal, sandbox))
+    status, _body, _headers = status_and_body(lambda: create(metal, sandbox))
     assert status == 500
     assert sandbox.metal_resources() == []  # the failed create made nothing
 

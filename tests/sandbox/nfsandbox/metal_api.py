@@ -167,7 +167,7 @@ class Device:
 
     @property
     def short_id(self) -> str:
-        return self.id.split("-")[0]
+        return self.id.split("-", 1)[0]
 
     @property
     def architecture(self) -> str:
@@ -846,7 +846,7 @@ class MetalAPI:
         dev = Device(
             id=device_id,
             project_id=project_id,
-            hostname=hostname or f"{plan.split('.')[0]}-{device_id.split('-')[0]}",
+            hostname=hostname or f"{plan.split('.', 1)[0]}-{device_id.split('-', 1)[0]}",
             plan=plan,
             metro=metro,
             facility=facility,

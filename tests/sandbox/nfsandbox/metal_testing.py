@@ -52,7 +52,7 @@ class MetalSandbox:
 
     @classmethod
     def running(cls, number: int | None = None) -> MetalSandbox | None:
-        state, _ = cls.state_of(number)
+        state = cls.state_of(number)[0]
         return cls(state) if state else None
 
     # -- packet-python -------------------------------------------------------------
