@@ -18,8 +18,32 @@ What a device's host gets at boot, as on Metal:
   keys listed in `users.users.root.openssh.authorizedKeys.keys`. Nothing else of the
   NixOS configuration is applied.
 
-Fault knobs (`sandboxctl faults metal '{...}'`, control API `POST /faults/metal`): see
-`metal_api.Faults`. A call replaces the whole table; `{}` restores the defaults.
+Published in state.json `endpoints` (and by `sandboxctl env`): `metal_endpoint`
+(127.0.0.1:PORT, paths at the root), `metal_api_url` (https://127.0.0.1:PORT/metal/v1, the
+real API's layout), `metal_token`, `metal_project_id`, `metal_ca_bundle`, and the same as
+METAL_API_URL / METAL_AUTH_TOKEN / METAL_PROJECT_ID for clients (REQUESTS_CA_BUNDLE comes
+from the sandbox CA).
+
+Fault knobs: control API `POST /faults/metal` with a JSON object (tests: `set_faults`). A
+call replaces the whole table; `{}` restores the defaults. Counters count down per
+request (or per device) and stop at 0:
+
+    {"fail_provisioning": 1,            # next N devices end in state "failed"
+     "throttle": 3,                     # next N requests: 429 {"errors": [...]}
+     "throttle_match": "^POST /projects/[^/]+/devices$",   # optional regex on "METHOD /path"
+     "retry_after": 1,                  # Retry-After header of the 429s (0: none)
+     "server_error": 2,                 # next N requests: 5xx {"errors": [...]}
+     "server_error_status": 503,        # default 500
+     "server_error_match": "^DELETE ",  # optional regex on "METHOD /path"
+     "provision_delay": 5.0,            # seconds every device spends provisioning (default 0.5)
+     "deprovision_delay": 0.5}          # seconds a deleted device spends deprovisioning
+
+Paths in "METHOD /path" have the /metal/v1 prefix and the query removed. Faults apply
+after the token check (a bad token always gets its 401).
+
+Debugging aid, not part of the Metal API: `GET /_sandbox/exchanges` (X-Auth-Token
+required) lists the last requests and answers, `DELETE` clears them; the contract test
+validates them against the Metal OpenAPI document.
 """
 
 from __future__ import annotations
