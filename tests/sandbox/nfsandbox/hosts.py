@@ -134,8 +134,9 @@ class HostPool:
         log.info("%s terminated (owner %s)", host.name, host.owner)
 
     def hosts(self) -> list[Host]:
+        """Hosts that exist: booting, running, or still being torn down."""
         with self._lock:
-            return [h for h in self._hosts.values() if h.state in (BOOTING, RUNNING)]
+            return list(self._hosts.values())
 
     def get(self, name: str) -> Host | None:
         with self._lock:
@@ -212,27 +213,29 @@ class HostPool:
                 if host.state != RUNNING:
                     return  # stop() is handling it
                 if rc != EXIT_REBOOT:
-                    host.state = POWERED_OFF
+                    host.state = STOPPING  # a concurrent stop() now waits for us
             if rc == EXIT_REBOOT:
                 log.info("%s rebooting", host.name)
                 c.launch(self.records)
                 continue
             break
         log.info("%s powered itself off (nspawn exit %s)", host.name, rc)
-        self._cleanup(host, POWERED_OFF)
-        if host.on_poweroff:
-            try:
-                host.on_poweroff()
-            except Exception:
-                log.exception("on_poweroff callback of %s (owner %s) failed", host.name, host.owner)
+        self._cleanup(host, POWERED_OFF, host.on_poweroff)
 
-    def _cleanup(self, host: Host, final_state: str) -> None:
+    def _cleanup(self, host: Host, final_state: str, callback: Callable[[], None] | None = None) -> None:
         c = host.container
         c.terminate(grace=0)  # after stop() or a poweroff: only leftovers and cgroups
         self.network.del_host(c.index)
         c.remove()
         self.records.drop("pid", host.name)
         self.records.drop("netns", host.name)
+        if callback:
+            # before the final state is published: whoever sees "powered-off" also sees
+            # what the owner did about it (e.g. the EC2 instance terminated)
+            try:
+                callback()
+            except Exception:
+                log.exception("on_poweroff callback of %s (owner %s) failed", host.name, host.owner)
         with self._lock:
             host.state = final_state
             self._hosts.pop(host.name, None)

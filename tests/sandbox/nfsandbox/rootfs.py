@@ -41,6 +41,7 @@ DEFAULT_SUITE = "bookworm"
 PACKAGES = (
     "openssh-server",
     "python3",
+    "python3-apt",  # Debian cloud images have it (unattended-upgrades); Ansible's apt module needs it
     "sudo",
     "systemd",
     "systemd-sysv",
@@ -147,23 +148,37 @@ class BaseImages:
                 if self._ready(dest):
                     return dest
                 tar = self.tarball(suite)
-                if not tar.exists():
-                    self._build(suite, tar)
-                self._unpack(tar, dest)
+                if tar.exists():
+                    self._unpack(tar, dest)
+                else:
+                    self._build(suite, tar, dest)
             return dest
 
-    def _build(self, suite: str, tar: Path) -> None:
+    def _build(self, suite: str, tar: Path, dest: Path) -> None:
+        """debootstrap + customise, write the cached tarball, and move the tree to `dest`
+        (the first start needs no unpacking)."""
         check_suite(suite, self.mirror)
         started = time.monotonic()
         build = tar.parent / f".build-{tar.name}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir(parents=True)
         root = build / "root"
+        # downloaded .debs are kept: a recipe change then costs no second download
+        debs = self.root / "debs" / suite
+        debs.mkdir(parents=True, exist_ok=True)
         log.info("building the %s base image with debootstrap (about a minute, once)", suite)
         try:
             run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(root), self.mirror],
-                timeout=1200,
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(PACKAGES)}",
+                    f"--cache-dir={debs}",
+                    suite,
+                    str(root),
+                    self.mirror,
+                ],
+                timeout=1800,
             )
             run(["chroot", str(root), "sh", "-c", CUSTOMIZE, "customize", suite, self.mirror, self.security])
             partial = build / "image.tar.zst"
@@ -180,9 +195,18 @@ class BaseImages:
                 timeout=600,
             )
             partial.replace(tar)
+            self._install(root, dest, tar)
         finally:
             shutil.rmtree(build, ignore_errors=True)
         log.info("built %s (%.0f MB) in %.1fs", tar.name, tar.stat().st_size / 1e6, time.monotonic() - started)
+
+    def _install(self, tree: Path, dest: Path, tar: Path) -> None:
+        self._marker(dest).unlink(missing_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tree.rename(dest)
+        # the marker lives beside the tree: inside it, every host would see it as /.ready
+        self._marker(dest).write_text(tar.name + "\n")
 
     def _unpack(self, tar: Path, dest: Path) -> None:
         started = time.monotonic()
@@ -201,8 +225,5 @@ class BaseImages:
             ],
             timeout=600,
         )
-        self._marker(dest).unlink(missing_ok=True)
-        tmp.rename(dest)
-        # the marker lives beside the tree: inside it, every host would see it as /.ready
-        self._marker(dest).write_text(tar.name + "\n")
+        self._install(tmp, dest, tar)
         log.info("unpacked %s in %.1fs", tar.name, time.monotonic() - started)
