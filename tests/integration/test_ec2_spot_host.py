@@ -258,6 +258,9 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
             assert resource["tags"]["nixforge-pipeline"] == "default", resource
             assert resource["tags"]["nixforge-expires-at"] == result["build"]["expires_at"], resource
 
+    volumes = [r for r in live if r["type"] == "volume"]
+    assert [v.get("size") for v in volumes] == [16], volumes
+
     # the same build id again: adopted, nothing new
     again, _ = runner.run(runner.present_args(build_id, ttl="2h"))
     assert not again.get("failed"), again.get("msg")
@@ -450,3 +453,28 @@ def test_ssh_cidr_auto_asks_the_lookup_url(runner: Runner, build_id: str, ec2_sa
     finally:
         server.shutdown()
     assert of_build(ec2_sandbox, build_id) == []
+
+
+def test_existing_key_pair(runner: Runner, keys: Keys, build_id: str, ec2_sandbox):
+    import boto3
+
+    env = ec2_sandbox.env()
+    client = boto3.client(
+        "ec2",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    args = runner.present_args(build_id, key_name="users-own-" + build_id)
+    del args["public_key"]
+    result, _ = runner.run(args, check_mode=True)
+    assert_failed_naming(result, "key_name")
+    client.import_key_pair(KeyName="users-own-" + build_id, PublicKeyMaterial=keys.user_pub.encode())
+    try:
+        result, _ = runner.run(args, check_mode=True)
+        assert not result.get("failed"), result.get("msg")
+        assert result["key_name"] == "users-own-" + build_id
+        assert not any(a.startswith("import key pair") for a in result["actions"])
+    finally:
+        client.delete_key_pair(KeyName="users-own-" + build_id)

@@ -297,3 +297,196 @@ def test_documented_options_match_the_spec(tmp_path):
         assert documented[name].get("choices") == option.get("choices"), name
         assert bool(documented[name].get("required")) == bool(option.get("required")), name
     assert set(doc["attributes"]) >= {"check_mode", "diff_mode", "platform", "action_group"}
+
+
+# -- the fleet loop and removal, against a scripted client ------------------------------
+
+
+class FakeClient:
+    """Answers `call(op, ...)` from a script: {op: [reply or NixforgeError, ...]}; records calls."""
+
+    def __init__(self, script):
+        self.script = {op: list(replies) for op, replies in script.items()}
+        self.calls = []
+
+    def call(self, operation, what=None, parameter=None, ignore_codes=(), **kwargs):
+        self.calls.append((operation, kwargs))
+        replies = self.script.get(operation)
+        reply = replies.pop(0) if replies and len(replies) > 1 else (replies[0] if replies else {})
+        if isinstance(reply, Exception):
+            if getattr(reply, "code", None) in tuple(ignore_codes):
+                return None
+            raise reply
+        return reply
+
+    def paginate(self, operation, key, what=None, **kwargs):
+        return (self.call(operation, what=what, **kwargs) or {}).get(key, [])
+
+    def ops(self, name):
+        return [kw for op, kw in self.calls if op == name]
+
+
+def make_module(client, **params):
+    from ansible.module_utils.testing import patch_module_args
+
+    args = {
+        "build_id": "b1",
+        "region": "us-east-1",
+        "access_key": "AKIA",
+        "secret_key": "s",
+        "host_key_private": HOST_PRIV,
+        "host_key_public": HOST_PUB,
+        "public_key": USER_PUB,
+        "ssh_cidr": ["10.0.0.1/32"],
+    }
+    args.update(params)
+    with patch_module_args(args):
+        module = m.Ec2SpotHost()
+    module._client = client
+    module.result["candidate_errors"] = []
+    return module
+
+
+def capacity(instance_type, subnet, code="InsufficientInstanceCapacity"):
+    return {
+        "LaunchTemplateAndOverrides": {"Overrides": {"InstanceType": instance_type, "SubnetId": subnet}},
+        "Lifecycle": "spot",
+        "ErrorCode": code,
+        "ErrorMessage": "no capacity",
+    }
+
+
+def launched(instance_type, subnet, lifecycle="spot"):
+    return {
+        "FleetId": "fleet-ok",
+        "Instances": [
+            {
+                "LaunchTemplateAndOverrides": {"Overrides": {"InstanceType": instance_type, "SubnetId": subnet}},
+                "Lifecycle": lifecycle,
+                "InstanceIds": ["i-1"],
+                "InstanceType": instance_type,
+            }
+        ],
+    }
+
+
+CANDIDATES = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+
+
+def test_fleet_loop_errors_in_reply_then_next_candidates():
+    client = FakeClient(
+        {
+            "create_fleet": [
+                {
+                    "FleetId": "fleet-1",
+                    "Errors": [capacity("c7g.2xlarge", "subnet-a"), capacity("c7g.2xlarge", "subnet-b")],
+                },
+                launched("a1.2xlarge", "subnet-a"),
+            ]
+        }
+    )
+    module = make_module(client)
+    fleet_id, instance_id, lifecycle, candidate = module.launch_in_market("spot", CANDIDATES, "lt-1", None, {}, {})
+    assert (fleet_id, instance_id, lifecycle, candidate["instance_type"]) == ("fleet-ok", "i-1", "spot", "a1.2xlarge")
+    first, second = client.ops("create_fleet")
+    assert len(first["LaunchTemplateConfigs"][0]["Overrides"]) == 4
+    assert [o["InstanceType"] for o in second["LaunchTemplateConfigs"][0]["Overrides"]] == ["a1.2xlarge"] * 2
+    assert first["SpotOptions"] == {"AllocationStrategy": "price-capacity-optimized"}
+    assert first["TargetCapacitySpecification"] == {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "spot"}
+    assert "MaxPrice" not in first["LaunchTemplateConfigs"][0]["Overrides"][0]  # EC2's default: on-demand price
+    assert [e["availability_zone"] for e in module.result["candidate_errors"]] == ["us-east-2a", "us-east-2b"]
+    assert module.result["fleet_ids"] == ["fleet-1", "fleet-ok"]  # both recorded for removal
+
+
+def test_fleet_loop_raised_capacity_error_is_charged_to_first_candidate():
+    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+
+    error = ProviderError("InsufficientInstanceCapacity: none", code="InsufficientInstanceCapacity")
+    client = FakeClient({"create_fleet": [error, launched("c7g.2xlarge", "subnet-b")]})
+    module = make_module(client)
+    result = module.launch_in_market("spot", CANDIDATES, "lt-1", "0.5", {}, {})
+    assert result is not None and result[3]["subnet_id"] == "subnet-b"
+    second = client.ops("create_fleet")[1]["LaunchTemplateConfigs"][0]["Overrides"]
+    assert len(second) == 3 and all(o["MaxPrice"] == "0.5" for o in second)
+
+
+def test_fleet_loop_all_candidates_fail_returns_none():
+    errors = [capacity(c["instance_type"], c["subnet_id"]) for c in CANDIDATES]
+    client = FakeClient({"create_fleet": [{"FleetId": "fleet-1", "Errors": errors}]})
+    module = make_module(client)
+    assert module.launch_in_market("spot", CANDIDATES, "lt-1", None, {}, {}) is None
+    assert len(client.ops("create_fleet")) == 1
+    assert len(module.result["candidate_errors"]) == 4
+
+
+def test_fleet_loop_other_error_fails_at_once():
+    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+
+    client = FakeClient(
+        {"create_fleet": [{"FleetId": "f", "Errors": [capacity("c7g.2xlarge", "subnet-a", "InvalidParameterValue")]}]}
+    )
+    module = make_module(client)
+    with pytest.raises(ProviderError) as info:
+        module.launch_in_market("spot", CANDIDATES, "lt-1", None, {}, {})
+    assert info.value.code == "InvalidParameterValue"
+
+
+def test_on_demand_uses_priorities():
+    client = FakeClient({"create_fleet": [launched("c7g.2xlarge", "subnet-a", "on-demand")]})
+    module = make_module(client)
+    module.launch_in_market("on-demand", CANDIDATES, "lt-1", None, {}, {})
+    request = client.ops("create_fleet")[0]
+    assert request["OnDemandOptions"] == {"AllocationStrategy": "prioritized"}
+    assert [o["Priority"] for o in request["LaunchTemplateConfigs"][0]["Overrides"]] == [0.0, 1.0, 2.0, 3.0]
+    assert "SpotOptions" not in request
+
+
+def test_remove_build_order_and_fleet_fallback():
+    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+
+    tags = [{"Key": "nixforge-build-id", "Value": "b1"}]
+    instance = {"InstanceId": "i-1", "State": {"Name": "running"}}
+    client = FakeClient(
+        {
+            "describe_instances": [{"Reservations": [{"Instances": [instance]}]}, {"Reservations": []}],
+            "describe_fleets": [
+                {
+                    "Fleets": [
+                        {"FleetId": "f-1", "FleetState": "active", "Tags": tags},
+                        {"FleetId": "f-old", "FleetState": "deleted_terminating", "Tags": tags},
+                        {"FleetId": "f-other", "FleetState": "active", "Tags": []},
+                    ]
+                }
+            ],
+            "describe_launch_templates": [{"LaunchTemplates": [{"LaunchTemplateId": "lt-1"}]}],
+            "describe_security_groups": [{"SecurityGroups": [{"GroupId": "sg-1"}]}],
+            "describe_key_pairs": [{"KeyPairs": [{"KeyName": "nixforge-b1"}]}],
+            "describe_volumes": [{"Volumes": []}],
+            "delete_fleets": [
+                ProviderError("no instances", code="InvalidParameterCombination"),
+                {"SuccessfulFleetDeletions": [{"FleetId": "f-1"}]},
+            ],
+            "delete_security_group": [ProviderError("in use", code="DependencyViolation"), {}],
+        }
+    )
+    module = make_module(client, state="absent", wait_timeout=30)
+    removed = module.remove_build()
+    assert removed == {
+        "instances": ["i-1"],
+        "fleets": ["f-1"],
+        "launch_templates": ["lt-1"],
+        "security_groups": ["sg-1"],
+        "key_pairs": ["nixforge-b1"],
+        "volumes": [],
+    }
+    ops = [op for op, _ in client.calls if not op.startswith("describe")]
+    assert ops == [
+        "delete_fleets",
+        "delete_fleets",
+        "terminate_instances",
+        "delete_launch_template",
+        "delete_key_pair",
+        "delete_security_group",
+        "delete_security_group",
+    ]
+    assert [kw["TerminateInstances"] for kw in client.ops("delete_fleets")] == [True, False]
