@@ -254,6 +254,10 @@ PLAYBOOK = """\
 """
 
 
+def _netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+
+
 def _userdata(pubkey: str, extra: str = "") -> str:
     return f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n{extra}"
 
@@ -299,7 +303,7 @@ def test_ansible_apt_nix_and_remote_build(sandbox: SandboxHandle, tmp_path: Path
 
 @pytest.mark.sandbox
 def test_host_powering_itself_off_is_noticed(sandbox: SandboxHandle, tmp_path: Path) -> None:
-    _, pubkey = ssh_keypair(tmp_path)
+    _key, pubkey = ssh_keypair(tmp_path)
     # the kind of poweroff our modules schedule through user data, only sooner
     # (a timer's default accuracy is a minute: ask for a precise one)
     poweroff = "systemd-run --on-active=2 --timer-property=AccuracySec=100ms /bin/systemctl poweroff"
@@ -311,7 +315,7 @@ def test_host_powering_itself_off_is_noticed(sandbox: SandboxHandle, tmp_path: P
         seen = sandbox.host(host["name"])
     assert seen["state"] == "powered-off", seen
     assert seen["poweroff_noticed_at"] >= host["created_at"]
-    assert host["name"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert host["name"] not in _netns()
     assert host["name"] not in {r["id"] for r in sandbox.resources()}
 
 
@@ -337,7 +341,7 @@ def test_down_after_a_crash_leaves_nothing(sandbox: SandboxHandle, tmp_path: Pat
     inst = Instance(_scratch_instance(sandbox.instance))
     sandboxctl("up", instance=inst.number)
     try:
-        _, pubkey = ssh_keypair(tmp_path)
+        _key, pubkey = ssh_keypair(tmp_path)
         host = client.call(inst, "POST", "/hosts", {"owner": "test-down", "userdata": _userdata(pubkey)})
         records = [json.loads(p.read_text()) for p in inst.records_dir.glob("pid.*.json")]
         assert len(records) >= 3, records  # daemon, apt proxy, the host's nspawn
@@ -347,11 +351,11 @@ def test_down_after_a_crash_leaves_nothing(sandbox: SandboxHandle, tmp_path: Pat
         pids |= {(p, procs.start_time(p)) for p in procs.cgroup_pids(inst.cgroup_name)}
         os.kill(client.read_state(inst)["pid"], signal.SIGKILL)  # a crashed sandbox: nothing gets to clean up
         time.sleep(0.5)
-        assert host["name"] in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert host["name"] in _netns()
     finally:
         sandboxctl("down", instance=inst.number)
 
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    namespaces = _netns()
     assert not [ln for ln in namespaces.splitlines() if ln.startswith(inst.name_prefix)], namespaces
     mounts = Path("/proc/mounts").read_text()
     for marker in (str(inst.work_dir), str(inst.state_dir), f"/run/netns/{inst.name_prefix}"):

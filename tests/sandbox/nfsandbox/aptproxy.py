@@ -65,6 +65,10 @@ def machine_mirrors(apt_dir: Path = APT_SOURCES) -> tuple[str, str]:
     return mirror, security or "http://deb.debian.org/debian-security"
 
 
+def _hostpath(url: str) -> str:
+    return url.split("://", 1)[1]
+
+
 class AptProxy:
     def __init__(self, inst: Instance, records: Records):
         self.inst = inst
@@ -78,9 +82,8 @@ class AptProxy:
         return f"http://{self.inst.gateway}:{self.port}"
 
     def config(self, mirror: str, security: str) -> str:
-        strip = lambda u: u.split("://", 1)[1]  # noqa: E731
-        deb = " ".join(dict.fromkeys((strip(mirror), *DEBIAN_ALIASES)))
-        sec = " ".join(dict.fromkeys((strip(security), *SECURITY_ALIASES)))
+        deb = " ".join(dict.fromkeys((_hostpath(mirror), *DEBIAN_ALIASES)))
+        sec = " ".join(dict.fromkeys((_hostpath(security), *SECURITY_ALIASES)))
         return "\n".join(
             [
                 f"CacheDir: {self.inst.apt_cache_dir}",

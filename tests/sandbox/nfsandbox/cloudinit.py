@@ -91,7 +91,7 @@ def ssh_keys(spec: dict[str, Any]) -> dict[str, dict[str, str]]:
     """`ssh_keys: {ed25519_private: ..., ed25519_public: ...}` → {"ed25519": {...}}."""
     keys: dict[str, dict[str, str]] = {}
     for name, value in spec.items():
-        ktype, _, part = str(name).rpartition("_")
+        ktype, _sep, part = str(name).rpartition("_")
         if ktype in KEY_TYPES and part in ("private", "public"):
             keys.setdefault(ktype, {})[part] = str(value)
         else:

@@ -66,7 +66,7 @@ class Records:
     def all(self, kind: str | None = None) -> list[tuple[str, str, dict]]:
         out = []
         for path in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
-            k, _, name = path.stem.partition(".")
+            k, _sep, name = path.stem.partition(".")
             if kind is None or k == kind:
                 try:
                     out.append((k, name, json.loads(path.read_text())))
@@ -169,7 +169,7 @@ def remove_cgroup(rel: str, only_if_empty: bool = False) -> None:
 
 
 def _rmdir(path: Path, tries: int = 20) -> None:
-    for _ in range(tries):
+    for _attempt in range(tries):
         try:
             path.rmdir()
             return

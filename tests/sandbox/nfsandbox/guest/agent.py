@@ -64,7 +64,7 @@ def write_file(spec):
     with open(path, "ab" if spec.get("append") else "wb") as fh:
         fh.write(data)
     os.chmod(path, int(spec.get("permissions", "0644"), 8))
-    user, _, group = spec.get("owner", "root:root").partition(":")
+    user, _sep, group = spec.get("owner", "root:root").partition(":")
     try:
         os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
     except KeyError as exc:
