@@ -59,7 +59,7 @@ lint: ruff ansible-lint changelog-lint docs-lint
 ruff: venv
 	@echo "== ruff"
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check plugins tests benchmarks
+	$(BIN)/ruff format --check .
 
 ansible-lint: collection
 	@echo "== ansible-lint (production profile)"
