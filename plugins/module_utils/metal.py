@@ -300,7 +300,7 @@ class MetalClient:
         items: List[Dict[str, Any]] = []
         page = 1
         while True:
-            params = {k: quote(str(v), safe="") for k, v in query.items() if v is not None}
+            params: Dict[str, Any] = {k: quote(str(v), safe="") for k, v in query.items() if v is not None}
             params.update(page=page, per_page=PER_PAGE)
             data = self.call(path, params=params, what=what) or {}
             items.extend(data.get(key) or [])
@@ -362,11 +362,13 @@ class Catalogue:
         facilities: List[Dict[str, Any]],
         operating_systems: List[Dict[str, Any]],
     ) -> None:
-        self.plans = {p.get("slug"): p for p in plans if p.get("slug")}
-        self.metros = {m.get("code"): m for m in metros if m.get("code")}
-        self.metro_ids = {m.get("id"): m.get("code") for m in metros}
-        self.facilities = {f.get("code"): f for f in facilities if f.get("code")}
-        self.operating_systems = {o.get("slug"): o for o in operating_systems if o.get("slug")}
+        self.plans: Dict[str, Dict[str, Any]] = {str(p["slug"]): p for p in plans if p.get("slug")}
+        self.metros: Dict[str, Dict[str, Any]] = {str(m["code"]): m for m in metros if m.get("code")}
+        self.metro_ids: Dict[str, str] = {str(m["id"]): str(m["code"]) for m in metros if m.get("id") and m.get("code")}
+        self.facilities: Dict[str, Dict[str, Any]] = {str(f["code"]): f for f in facilities if f.get("code")}
+        self.operating_systems: Dict[str, Dict[str, Any]] = {
+            str(o["slug"]): o for o in operating_systems if o.get("slug")
+        }
 
     @classmethod
     def load(cls, client: MetalClient) -> Catalogue:
@@ -468,7 +470,7 @@ class Catalogue:
         return [
             s
             for s, o in self.operating_systems.items()
-            if o.get("provisionable_on") is None or plan_slug in o.get("provisionable_on")
+            if o.get("provisionable_on") is None or plan_slug in (o.get("provisionable_on") or [])
         ]
 
     @staticmethod
@@ -557,7 +559,7 @@ def _literal_dumper() -> Any:
     """A SafeDumper writing multi-line strings (the private key) as ``|`` blocks."""
     yaml = _yaml()
 
-    class Dumper(yaml.SafeDumper):
+    class Dumper(yaml.SafeDumper):  # type: ignore[name-defined,misc]
         pass
 
     def text(dumper: Any, value: str) -> Any:
