@@ -1,4 +1,4 @@
-"""sandboxctl: up | down | status | resources [--json] | env | boot.
+"""sandboxctl: up | down | status | resources [--json] | env | boot | gc.
 
 The instance is chosen with NIXFORGE_SANDBOX_INSTANCE (default 0) or --instance.
 """
@@ -6,6 +6,8 @@ The instance is chosen with NIXFORGE_SANDBOX_INSTANCE (default 0) or --instance.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -15,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import cleanup, client
+from . import cleanup, client, procs, rootfs
+from .aptproxy import machine_mirrors
 from .config import INSTANCE_ENV, Instance, instance_from_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # tests/sandbox, for PYTHONPATH
@@ -28,6 +31,15 @@ def require_root(action: str) -> None:
             f"sandboxctl {action}: needs root (it creates network namespaces, a bridge, mounts and "
             "containers); run it as root, e.g. `sudo make sandbox-up`"
         )
+
+
+@contextlib.contextmanager
+def instance_lock(inst: Instance):
+    """One `up`/`down` at a time per instance (two test sessions may race for it)."""
+    inst.state_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(inst.state_dir.parent / f"{inst.number}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _follow(path: Path, pos: int) -> int:
@@ -201,6 +213,24 @@ def env(inst: Instance) -> int:
     return 0
 
 
+def gc() -> int:
+    """Delete base images of older recipes; refused while any instance runs."""
+    require_root("gc")
+    running = [
+        d.name
+        for d in sorted(Instance(0).state_dir.parent.glob("*"))
+        if d.is_dir() and any(r["name"] == "daemon" for r in procs.Records(d / "records").live_pids())
+    ]
+    if running:
+        print(
+            f"sandboxctl gc: instance(s) {', '.join(running)} running; their hosts may use old images", file=sys.stderr
+        )
+        return 1
+    for path in rootfs.collect_garbage(rootfs.BaseImages(*machine_mirrors())):
+        print(f"removed {path}")
+    return 0
+
+
 def boot(inst: Instance, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"owner": args.owner, "suite": args.suite, "arch": args.arch}
     if args.userdata:
@@ -219,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--json", action="store_true")
     sub.add_parser("env", help="print export lines for clients of the sandbox")
+    sub.add_parser("gc", help="delete cached base images of older recipes (no instance may run)")
     p = sub.add_parser("boot", help="boot a host by hand (debugging)")
     p.add_argument("--userdata", help="file with user data")
     p.add_argument("--owner", default="sandboxctl")
@@ -230,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        if args.command == "up":
-            return up(inst)
-        if args.command == "down":
-            return down(inst)
+        if args.command in ("up", "down"):
+            require_root(args.command)
+            with instance_lock(inst):
+                return up(inst) if args.command == "up" else down(inst)
+        if args.command == "gc":
+            return gc()
         if args.command == "status":
             return status(inst, args.json)
         if args.command == "resources":

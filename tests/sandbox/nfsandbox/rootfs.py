@@ -168,8 +168,14 @@ class BaseImages:
         debs.mkdir(parents=True, exist_ok=True)
         log.info("building the %s base image with debootstrap (about a minute, once)", suite)
         try:
+            # in a mount namespace of its own: the /proc and /sys debootstrap mounts in the
+            # new tree vanish with it even if it is killed half-way
             run(
                 [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
                     "debootstrap",
                     "--variant=minbase",
                     f"--include={','.join(PACKAGES)}",
@@ -227,3 +233,24 @@ class BaseImages:
         )
         self._install(tmp, dest, tar)
         log.info("unpacked %s in %.1fs", tar.name, time.monotonic() - started)
+
+
+def current_keys(base: BaseImages) -> set[str]:
+    return {f"{suite}-{base.key(suite)}" for suite in SUITES.values()}
+
+
+def collect_garbage(base: BaseImages) -> list[Path]:
+    """Remove images built from older recipes (call only while no instance runs:
+    a running host's overlay may use any of them as its lower layer)."""
+    keep = current_keys(base)
+    removed = []
+    for path in sorted((base.root / "base").glob("*")) + sorted((base.root / "rootfs").glob("*.tar.zst")):
+        stem = path.name.removesuffix(".tar.zst").removesuffix(".ready")
+        if stem in keep or path.name.startswith("."):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
