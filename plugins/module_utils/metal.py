@@ -196,7 +196,7 @@ def translate_metal_error(exc: BaseException, what: str, parameter: Optional[str
     if status is not None and 400 <= status < 500:
         return UserInputError(
             "HTTP %d: %s" % (status, message),
-            hint="Check the parameter%s named in the message" % (" '%s'" % parameter if parameter else "s"),
+            hint=("Check the parameter '%s'" % parameter) if parameter else "Check the parameters named in the message",
             parameter=parameter,
             what=what,
             status=status,

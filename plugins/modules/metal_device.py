@@ -480,7 +480,7 @@ class MetalDevice(NixforgeModule):
         self.ident.require_future_expiry()
 
         # The catalogue and the project (the first calls: a bad token fails here).
-        self.client.call("projects/%s" % self.project_id, what="Reading the project", parameter="project_id")
+        self.check_project()
         catalogue = Catalogue.load(self.client)
         plan = catalogue.plan(params["plan"])
         metro, facility = catalogue.metro_for(params.get("metro"), params.get("facility"))
@@ -847,7 +847,20 @@ class MetalDevice(NixforgeModule):
             describe=lambda remaining: "still there: %s" % ", ".join(remaining),
         )
 
+    def check_project(self) -> None:
+        """The first call of a run: a bad token or project fails here, naming the parameter."""
+        project = self.client.call(
+            "projects/%s" % self.project_id, what="Reading the project", parameter="project_id", missing_ok=True
+        )
+        if project is None:
+            raise UserInputError(
+                "no project %s is visible with this token" % self.project_id,
+                hint="Check 'project_id' (or METAL_PROJECT_ID), and that the token belongs to that project",
+                parameter="project_id",
+            )
+
     def absent(self) -> None:
+        self.check_project()
         devices = self.build_devices(include_gone=True)
         keys = self.build_keys()
         removed: Dict[str, List[str]] = {"devices": [], "ssh_keys": []}

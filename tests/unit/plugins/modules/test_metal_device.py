@@ -256,7 +256,7 @@ def test_spot_default_bid_is_the_on_demand_price(api, exits):
         ({"spot_price_max": 0.5}, "spot_price_max", "spot_instance"),
         ({"auth_token": "wrong-token"}, "auth_token", "METAL_AUTH_TOKEN"),
         ({"project_id": "not-a-uuid"}, "project_id", "UUID"),
-        ({"project_id": "00000000-0000-0000-0000-000000000000"}, "project_id", "404"),
+        ({"project_id": "00000000-0000-0000-0000-000000000000"}, "project_id", "no project 00000000"),
         ({"ssh_public_key": "hello"}, "ssh_public_key", "OpenSSH"),
         ({"host_key_public": None}, "host_key_public", "go together"),
         ({"host_key_private": "not a key"}, "host_key_private", "private key"),
@@ -272,6 +272,13 @@ def test_bad_input_fails_naming_the_parameter(api, exits, args, parameter, text)
     assert text in out.result["msg"]
     assert api.resources() == []
     assert "Traceback" not in out.result["msg"]
+
+
+def test_absent_with_a_wrong_project_or_token_names_the_parameter(api, exits):
+    out = run(api, state="absent", project_id="00000000-0000-0000-0000-000000000000")
+    assert out.kind == "fail" and out.result["parameter"] == "project_id"
+    out = run(api, state="absent", auth_token="nope")
+    assert out.kind == "fail" and out.result["parameter"] == "auth_token"
 
 
 def test_missing_token_and_project(api, exits, monkeypatch):
