@@ -40,7 +40,7 @@ SAVE_EVERY = 32 * BLOCK  # bytes between two saves of a range's progress
 class State:
     """PART.state: the ranges and how far each got, rewritten atomically."""
 
-    def __init__(self, path, size, streams, method):
+    def __init__(self, path, size, streams, method, appended=None):
         self.path = path
         self.lock = threading.Lock()
         self.data = None
@@ -54,6 +54,8 @@ class State:
                 self.data = None
         if self.data is None:
             self.data = {"size": size, "method": method, "ranges": _ranges(size, streams)}
+        if appended is not None:  # rsync --append: the partial file's length is the progress
+            self.data["ranges"][0]["done"] = min(appended, size)
         self.data.update({"finished": False, "rc": None, "error": "", "started_at": time.time()})
         self.data["resumed_bytes"] = self.done()
         self.save()
@@ -251,14 +253,15 @@ def cmd_fetch(args):
     args.target = args.host
     streams = args.streams if args.method == "ssh" else 1
     _stop_earlier(args.dest + ".state")
-    state = State(args.dest + ".state", args.size, streams, args.method)
+    appended = None
+    if args.method == "rsync":
+        appended = os.path.getsize(args.dest) if os.path.exists(args.dest) else 0
+    state = State(args.dest + ".state", args.size, streams, args.method, appended)
     if args.background and not daemonize(args.dest + ".log"):
         print(json.dumps({"started": True, "state": state.path}))
         return 0
     state.data["pid"] = os.getpid()
     state.save()
-    if args.method == "rsync" and os.path.exists(args.dest):
-        state.advance(0, os.path.getsize(args.dest))
     try:
         error = fetch_ssh(args, ssh, state) if args.method == "ssh" else fetch_rsync(args, ssh, state)
     except Exception as exc:  # noqa: BLE001 - reported to the role, which fails with it

@@ -8,8 +8,9 @@
 # ../digital-ocean), and the user's NixOS module is taken the same way (a
 # `nixforge-module` file or directory placed next to this flake.nix by the
 # nixos_image role), so that the role's code path is exactly the one of a real build.
-# The module is parsed (a syntax error fails the build, as it would for real) and its
-# sha256 is written into the image; it is not evaluated as a NixOS module.
+# The module is parsed (a syntax error fails the build, as it would for real) and the
+# sha256 of each of its files is written into the image; it is not evaluated as a
+# NixOS module.
 {
   description = "nixforge.images sandbox images: a tiny MBR .img.zst and a tiny qcow2.gz";
 

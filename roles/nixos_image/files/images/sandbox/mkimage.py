@@ -22,23 +22,21 @@ SECTOR = 512
 SD_DISK_ID = 0x2178694E
 
 
-def module_digest(path):
-    """sha256 over the user's NixOS module (file, or directory walked in order)."""
-    digest = hashlib.sha256()
+def module_lines(path):
+    """One line per file of the user's NixOS module: its path and sha256."""
     if not path:
-        return "none"
+        return "module: none\n"
+    files = []
     if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            digest.update(fh.read())
-        return digest.hexdigest()
-    for root, dirs, files in os.walk(path):
+        files.append((os.path.basename(path), path))
+    for root, dirs, names in os.walk(path):
         dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode() + b"\0")
-            with open(full, "rb") as fh:
-                digest.update(fh.read())
-    return digest.hexdigest()
+        files += [(os.path.relpath(os.path.join(root, n), path), os.path.join(root, n)) for n in sorted(names)]
+    lines = []
+    for rel, full in files:
+        with open(full, "rb") as fh:
+            lines.append("module: %s sha256:%s\n" % (rel, hashlib.sha256(fh.read()).hexdigest()))
+    return "".join(lines)
 
 
 def mbr(disk_id, partitions):
@@ -145,7 +143,7 @@ def products(out, kind, path):
 def main(argv):
     kind, out = argv[1], argv[2]
     module = argv[3] if len(argv) > 3 else ""
-    label = "nixforge sandbox image (%s)\nmodule-sha256: %s\n" % (kind, module_digest(module))
+    label = "nixforge sandbox image (%s)\n%s" % (kind, module_lines(module))
     if kind == "sd":
         # Like nixpkgs' sd-image: a FAT32 (LBA) firmware partition, then the Linux root,
         # bootable, under the nixpkgs disk identifier. 8 MiB in all.

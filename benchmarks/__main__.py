@@ -1,0 +1,203 @@
+"""Fetch benchmark: the nixos_image role's transfer against plain scp, in the same run.
+
+    python -m benchmarks [--size-mib 1024] [--rounds 3] [--methods ssh,rsync] [--check]
+    (make benchmark)
+
+Boots one host in the sandbox (instance NIXFORGE_SANDBOX_INSTANCE, brought up if it is
+down and taken down again if this run started it), writes a file of random bytes there,
+then fetches it to the controller, in alternating order each round:
+
+- with plain `scp` over the same ssh config (pinned known_hosts, the per-run key);
+- with the role: `include_role: nixforge.images.nixos_image, tasks_from: fetch`
+  through ansible-playbook, for each method asked (default: the role's default `ssh`,
+  and `rsync`).
+
+The role's time is the transfer as its helper measures it (first byte requested to last
+byte written, SSH connections included); the playbook's own overhead and the sha256
+check that follows are reported apart. scp's time is its process's wall time. The
+ratio is scp seconds / role seconds: above 1 the role is faster; the target is 0.9 or
+better. Medians over the rounds; every sample is printed. Not a test: the machine's
+load moves the numbers, so only --check turns a missed target into a failing exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
+
+from conftest import (  # noqa: E402
+    VENV_BIN,
+    SandboxHandle,
+    client,
+    sandboxctl,
+    ssh_keypair,
+    write_inventory,
+)
+from nfsandbox.config import instance_from_env  # noqa: E402
+
+SRC = "/var/tmp/nixforge-benchmark.bin"
+
+FETCH_PLAYBOOK = """\
+- name: Fetch with the nixos_image role
+  hosts: builders
+  gather_facts: false
+  tasks:
+    - name: Run the fetch entry point
+      ansible.builtin.include_role:
+        name: nixforge.images.nixos_image
+        tasks_from: fetch
+    - name: Save the result
+      ansible.builtin.copy:
+        content: "{{ nixos_image_fetch_result | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0644"
+      delegate_to: localhost
+"""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def ssh(inv, host, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ssh", "-F", str(inv.ssh_config), f"admin@{host['ip']}", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+def time_scp(inv, host, dest: Path) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        ["scp", "-q", "-F", str(inv.ssh_config), f"admin@{host['ip']}:{SRC}", str(dest)],
+        check=True,
+        timeout=1800,
+    )
+    return time.monotonic() - started
+
+
+def time_role(inv, playbook: Path, dest_dir: Path, method: str, sha256: str, work: Path) -> tuple[float, float]:
+    result_file = work / f"result-{method}.json"
+    extra = {
+        "nixos_image_fetch_src": SRC,
+        "nixos_image_fetch_sha256": sha256,
+        "nixos_image_dest_dir": str(dest_dir),
+        "nixos_image_fetch_method": method,
+        "result_file": str(result_file),
+    }
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inv.path), str(playbook), "-e", json.dumps(extra)],
+        env=inv.env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"the role's fetch failed:\n{proc.stdout}\n{proc.stderr}")
+    result = json.loads(result_file.read_text())
+    if result["sha256"] != sha256 or result["already_there"]:
+        raise SystemExit(f"unexpected fetch result: {result}")
+    return float(result["seconds"]), wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="nixos_image fetch vs scp")
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--methods", default="ssh,rsync", help="role fetch methods to measure")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the default method misses 0.9x of scp")
+    args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+
+    if os.geteuid() != 0:
+        log("the benchmark needs the sandbox, which needs root")
+        return 2
+    inst = instance_from_env()
+    state = client.read_state(inst)
+    started_here = not (client.daemon_alive(inst) and state and state.get("status") == "ready")
+    if started_here:
+        log(f"starting sandbox instance {inst.number}")
+        sandboxctl("up", instance=inst.number)
+    sandbox = SandboxHandle(inst, started_here)
+    work = Path(tempfile.mkdtemp(prefix="nfbench-", dir="/tmp"))
+    host = None
+    try:
+        key, pubkey = ssh_keypair(work / "keys")
+        host = sandbox.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner="benchmark-fetch")
+        inv = write_inventory(work / "inv", {"builder": host}, key)
+        playbook = work / "fetch.yml"
+        playbook.write_text(FETCH_PLAYBOOK)
+        log(f"host {host['name']} ({host['ip']}): writing {args.size_mib} MiB of random bytes to {SRC}")
+        sha256 = ssh(inv, host, f"head -c {args.size_mib}M /dev/urandom > {SRC} && sha256sum {SRC}").stdout.split()[0]
+        if "rsync" in methods:
+            ssh(inv, host, "command -v rsync >/dev/null || sudo apt-get install -y -qq rsync >/dev/null")
+
+        samples: dict[str, list[float]] = {"scp": [], **{m: [] for m in methods}}
+        walls: dict[str, list[float]] = {m: [] for m in methods}
+        order = ["scp", *methods]
+        for round_no in range(args.rounds):
+            for name in order if round_no % 2 == 0 else list(reversed(order)):
+                dest_dir = work / "dest"
+                subprocess.run(["rm", "-rf", str(dest_dir)], check=True)
+                dest_dir.mkdir()
+                subprocess.run(["sync"], check=True)
+                if name == "scp":
+                    seconds = time_scp(inv, host, dest_dir / "image.bin")
+                else:
+                    seconds, wall = time_role(inv, playbook, dest_dir, name, sha256, work)
+                    walls[name].append(wall)
+                samples[name].append(seconds)
+                log(f"round {round_no + 1}: {name:5s} {seconds:7.2f} s  {args.size_mib / seconds:7.1f} MiB/s")
+
+        scp = statistics.median(samples["scp"])
+        report = {"size_mib": args.size_mib, "rounds": args.rounds, "scp_seconds": samples["scp"], "methods": {}}
+        log("")
+        log(f"{'method':8s} {'median s':>9s} {'MiB/s':>8s} {'vs scp':>7s} {'playbook wall s':>16s}")
+        log(f"{'scp':8s} {scp:9.2f} {args.size_mib / scp:8.1f} {1.0:7.2f}")
+        for method in methods:
+            median = statistics.median(samples[method])
+            ratio = scp / median
+            report["methods"][method] = {
+                "seconds": samples[method],
+                "median_seconds": median,
+                "ratio_vs_scp": round(ratio, 3),
+                "playbook_wall_seconds": walls[method],
+            }
+            log(
+                f"{method:8s} {median:9.2f} {args.size_mib / median:8.1f} {ratio:7.2f}"
+                f" {statistics.median(walls[method]):16.1f}"
+            )
+        default_ratio = report["methods"].get("ssh", {}).get("ratio_vs_scp")
+        log("")
+        if default_ratio is not None:
+            verdict = "met" if default_ratio >= 0.9 else "MISSED"
+            log(f"role default (ssh) at {default_ratio:.2f}x of scp: target 0.9x {verdict}")
+        log("BENCHMARK " + json.dumps(report))
+        return 1 if args.check and default_ratio is not None and default_ratio < 0.9 else 0
+    finally:
+        if host is not None:
+            sandbox.stop_host(host["name"])
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+        if started_here:
+            sandboxctl("down", instance=inst.number)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

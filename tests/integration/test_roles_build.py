@@ -1,0 +1,359 @@
+"""The build roles against a real sandbox host: nix_bootstrap, then nixos_image.
+
+Real, not mocked: one Debian host booted by the sandbox (instance from
+NIXFORGE_SANDBOX_INSTANCE), reached by ansible-playbook over SSH with pinned host keys as
+`admin` with sudo; Nix from Debian's nix-bin (multi-user, nix-daemon); the sandbox image
+definitions (`nixforge:sandbox`) built through exactly the role code path a real flake
+takes; artifacts fetched to the controller and checked byte for byte.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import struct
+import subprocess
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import VENV_BIN, Inventory, SandboxHandle, run_playbook, ssh_keypair, write_inventory
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+# What the sandbox needs in nix.conf (see inventories/sandbox): no network, so no binary
+# cache; the sandbox expressions use the host's own tools, so no Nix build sandbox; the
+# hosts are containers, so binfmt handlers are the machine's business. Everything else
+# is the roles' defaults (multi-user Nix with nix-daemon, Debian's nix-bin).
+BOOTSTRAP_VARS = {
+    "nix_bootstrap_substituters": [],
+    "nix_bootstrap_sandbox": False,
+    "nix_bootstrap_binfmt_register": False,
+    "nix_bootstrap_build_systems": ["aarch64-linux"],
+    "nix_bootstrap_daemon_users": ["admin"],
+}
+
+BOOTSTRAP = """\
+- name: Bootstrap Nix
+  hosts: builders
+  gather_facts: false
+  become: true
+  tasks:
+    - name: Run nix_bootstrap
+      ansible.builtin.include_role:
+        name: nixforge.images.nix_bootstrap
+    - name: Save its result
+      ansible.builtin.copy:
+        content: "{{ nix_bootstrap_result | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0644"
+      delegate_to: localhost
+      become: false
+"""
+
+BUILD = """\
+- name: Build an image
+  hosts: builders
+  gather_facts: false
+  become: true
+  tasks:
+    - name: Run nixos_image
+      ansible.builtin.include_role:
+        name: nixforge.images.nixos_image
+    - name: Save the result
+      ansible.builtin.copy:
+        content: "{{ nixos_image_result | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0644"
+      delegate_to: localhost
+      become: false
+"""
+
+FETCH = """\
+- name: Fetch a file
+  hosts: builders
+  gather_facts: false
+  become: true
+  tasks:
+    - name: Run the fetch entry point
+      ansible.builtin.include_role:
+        name: nixforge.images.nixos_image
+        tasks_from: fetch
+    - name: Save the result
+      ansible.builtin.copy:
+        content: "{{ nixos_image_fetch_result | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0644"
+      delegate_to: localhost
+      become: false
+"""
+
+# A flake that fails the way real builds fail: output, then an error and a non-zero exit.
+FAILING_FLAKE = """\
+{
+  outputs = { self }: {
+    nixosConfigurations.sd-aarch64.config.system.build.sdImage = builtins.derivation {
+      name = "failing-image";
+      system = "aarch64-linux";
+      builder = "/bin/sh";
+      args = [ "-c" ''
+        echo copying the closure; echo writing the partition table
+        echo 'error: No space left on device (simulated)' >&2; exit 7
+      '' ];
+      PATH = "/usr/bin:/bin";
+    };
+  };
+}
+"""
+
+MODULE = '{ lib, ... }: {\n  networking.hostName = lib.mkDefault "pi";\n  services.openssh.enable = true;\n}\n'
+
+
+@dataclass
+class Builder:
+    host: dict[str, Any]
+    inventory: Inventory
+    directory: Path
+    playbooks: Path
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ssh", "-F", str(self.inventory.ssh_config), f"admin@{self.host['ip']}", command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def play(self, playbook: str, extra: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess:
+        path = self.playbooks / f"{playbook}.yml"
+        if check:
+            return run_playbook(self.inventory, path, extra)
+        argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory.path), str(path)]
+        argv += ["-e", json.dumps(extra)]
+        return subprocess.run(argv, env=self.inventory.env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def recap_changed(output: str) -> int:
+    match = re.search(r"^builder\s+:.*?changed=(\d+)", output, re.MULTILINE)
+    assert match, output
+    return int(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def builder(sandbox_instance: SandboxHandle, tmp_path_factory: pytest.TempPathFactory):
+    directory = tmp_path_factory.mktemp("roles-build")
+    key, pubkey = ssh_keypair(directory / "keys")
+    host = sandbox_instance.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner="test-roles-build")
+    try:
+        inventory = write_inventory(directory / "inv", {"builder": host}, key)
+        playbooks = directory / "playbooks"
+        playbooks.mkdir()
+        for name, text in {"bootstrap": BOOTSTRAP, "build": BUILD, "fetch": FETCH}.items():
+            (playbooks / f"{name}.yml").write_text(text)
+        yield Builder(host, inventory, directory, playbooks)
+    finally:
+        sandbox_instance.stop_host(host["name"])
+    left = {r["id"] for r in sandbox_instance.resources() if r.get("type") == "host"}
+    assert host["name"] not in left
+
+
+@pytest.fixture(scope="module")
+def bootstrapped(builder: Builder) -> dict[str, Any]:
+    """nix_bootstrap run twice; the outputs and the role's result fact."""
+    result_file = builder.directory / "bootstrap.json"
+    first = builder.play("bootstrap", {**BOOTSTRAP_VARS, "result_file": str(result_file)})
+    second = builder.play("bootstrap", {**BOOTSTRAP_VARS, "result_file": str(result_file)})
+    return {"first": first.stdout, "second": second.stdout, "result": json.loads(result_file.read_text())}
+
+
+def test_nix_bootstrap_installs_tunes_and_is_idempotent(builder: Builder, bootstrapped: dict[str, Any]) -> None:
+    assert recap_changed(bootstrapped["first"]) > 0
+    assert recap_changed(bootstrapped["second"]) == 0, bootstrapped["second"]
+    result = bootstrapped["result"]
+    assert result["install_method"] == "debian" and result["multi_user"] is True
+    assert result["system"] == "x86_64-linux" and result["extra_platforms"] == ["aarch64-linux"]
+    assert re.match(r"^2\.\d+", result["nix_version"]), result
+    conf = builder.ssh("cat /etc/nix/nix.conf").stdout
+    assert "experimental-features = nix-command flakes" in conf
+    assert f"max-jobs = {result['max_jobs']}" in conf and f"cores = {result['cores']}" in conf
+    assert re.search(r"^substituters = *$", conf, re.MULTILINE) and "sandbox = false" in conf
+    assert "extra-platforms = aarch64-linux" in conf and "build-users-group = nixbld" in conf
+    daemon = builder.ssh("systemctl is-active nix-daemon.service; NIX_REMOTE=daemon nix-store -q --hash /nix/store")
+    assert daemon.stdout.splitlines()[0] == "active", daemon.stdout + daemon.stderr
+
+
+def _mbr_partitions(sector: bytes) -> list[tuple[int, int, int, int]]:
+    assert sector[510:512] == b"\x55\xaa", "no MBR signature at 510"
+    entries = []
+    for index in range(4):
+        boot, ptype, start, count = struct.unpack_from("<B3xB3xII", sector, 446 + 16 * index)
+        if ptype:
+            entries.append((boot, ptype, start, count))
+    return entries
+
+
+def _qcow2_first_sector(data: bytes) -> bytes:
+    """Guest sector 0 of a qcow2 image, read through its L1 and L2 tables."""
+    magic, version = struct.unpack_from(">4sI", data, 0)
+    assert magic == b"QFI\xfb" and version in (2, 3)
+    cluster_bits = struct.unpack_from(">I", data, 20)[0]
+    l1_offset = struct.unpack_from(">Q", data, 40)[0]
+    offset_mask = ((1 << 56) - 1) & ~((1 << 9) - 1)
+    l2_offset = struct.unpack_from(">Q", data, l1_offset)[0] & offset_mask
+    cluster = struct.unpack_from(">Q", data, l2_offset)[0] & offset_mask
+    assert cluster and cluster % (1 << cluster_bits) == 0
+    return data[cluster : cluster + 512]
+
+
+def test_build_and_fetch_the_sandbox_sd_and_do_images(builder: Builder, bootstrapped: dict[str, Any]) -> None:
+    module = builder.directory / "sd-image.nix"
+    module.write_text(MODULE)
+    dest = builder.directory / "artifacts"
+    results = {}
+    for kind in ("sd-aarch64", "do"):
+        result_file = builder.directory / f"build-{kind}.json"
+        out = builder.play(
+            "build",
+            {
+                "nixos_image_kind": kind,
+                "nixos_image_flake": "nixforge:sandbox",
+                "nixos_image_module": str(module),
+                "nixos_image_dest_dir": str(dest),
+                "result_file": str(result_file),
+            },
+        )
+        assert "Run nixos_image" in out.stdout
+        results[kind] = json.loads(result_file.read_text())
+
+    for kind, result in results.items():
+        path = Path(result["path"])
+        data = path.read_bytes()
+        # sha256 on the controller = what the role reports = what the builder computes.
+        assert hashlib.sha256(data).hexdigest() == result["sha256"] and len(data) == result["size"]
+        on_builder = builder.ssh(f"sha256sum {result['builder_path']}").stdout.split()[0]
+        assert on_builder == result["sha256"]
+        assert result["builder_path"].startswith("/nix/store/") and result["builder"] == "builder"
+        assert result["build_seconds"] > 0 and result["fetch_seconds"] > 0 and result["fetch_method"] == "ssh"
+        assert result["kind"] == kind and result["build_method"] == "nix"
+
+    sd = results["sd-aarch64"]
+    assert re.fullmatch(r".*/sd-image/[^/]+\.img\.zst", sd["builder_path"]) and sd["name"].endswith(".img.zst")
+    raw = subprocess.run(["zstd", "-dc", sd["path"]], capture_output=True, check=True).stdout
+    parts = _mbr_partitions(raw[:512])
+    assert [p[1] for p in parts] == [0x0C, 0x83] and parts[1][0] == 0x80  # FAT32 firmware, bootable root
+    assert parts[1][2] * 512 + parts[1][3] * 512 <= len(raw)
+    # The user's module went through the role to the build.
+    assert hashlib.sha256(MODULE.encode()).hexdigest().encode() in raw
+
+    do = results["do"]
+    assert Path(do["path"]).name == "nixos.qcow2.gz" and do["attribute"].endswith("digitalOceanImage")
+    qcow2 = gzip.decompress(Path(do["path"]).read_bytes())
+    assert [p[1] for p in _mbr_partitions(_qcow2_first_sector(qcow2))] == [0x83]
+
+    # Nothing of ours is left on the builder beyond the Nix store.
+    left = builder.ssh("sudo ls -A /var/tmp/nixforge-image /root/.ansible_async 2>&1; true").stdout
+    assert "No such file" in left and not re.search(r"^j\d+", left, re.MULTILINE), left
+    assert sorted(p.name for p in dest.iterdir()) == ["nixos-sd-image-sandbox-aarch64-linux.img.zst", "nixos.qcow2.gz"]
+
+
+def test_failing_build_shows_the_log_tail_and_cleans_up(builder: Builder, bootstrapped: dict[str, Any]) -> None:
+    flake = builder.directory / "failing"
+    flake.mkdir()
+    (flake / "flake.nix").write_text(FAILING_FLAKE)
+    dest = builder.directory / "failed-artifacts"
+    proc = builder.play(
+        "build",
+        {
+            "nixos_image_flake": str(flake),
+            "nixos_image_dest_dir": str(dest),
+            "result_file": str(builder.directory / "never.json"),
+        },
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode != 0
+    assert "The image build failed on builder: the build command exited with code 1" in out, out
+    assert "error: No space left on device (simulated)" in out
+    assert "writing the partition table" in out and "failed with exit code 7" in out
+    log = dest / "nixos-image-sd-aarch64-builder.build.log"
+    assert f"The whole log: {log}" in out and "No space left on device" in log.read_text()
+    assert not (builder.directory / "never.json").exists()
+    left = builder.ssh("ls -A /var/tmp/nixforge-image 2>&1; true").stdout
+    assert "No such file" in left
+
+
+@pytest.mark.parametrize("method", ["ssh", "rsync"])
+def test_fetch_resumes_an_interrupted_transfer(builder: Builder, bootstrapped: dict[str, Any], method: str) -> None:
+    """A transfer cut off part way goes on from where it stopped, and the result checks out."""
+    size = 48 * 1024 * 1024
+    src = f"/var/tmp/nixforge-resume-{method}.bin"
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    made = subprocess.run(
+        ["ssh", "-F", str(builder.inventory.ssh_config), f"admin@{builder.host['ip']}", f"cat > {src}"],
+        input=data,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    dest = builder.directory / f"resume-{method}"
+    dest.mkdir()
+    part = dest / f".image.bin.{sha[:16]}.part"
+    if method == "rsync":
+        # rsync --append continues after the bytes already there.
+        part.write_bytes(data[: 20 * 1024 * 1024])
+        resumed = 20 * 1024 * 1024
+    else:
+        # Two ranges stopped part way, as the helper leaves them when cut off; the bytes
+        # beyond each range's progress are garbage that must be overwritten.
+        half = size // 2
+        done = [8 * 1024 * 1024, 5 * 1024 * 1024]
+        blob = bytearray(b"\xa5" * size)
+        blob[: done[0]] = data[: done[0]]
+        blob[half : half + done[1]] = data[half : half + done[1]]
+        part.write_bytes(bytes(blob))
+        state = {
+            "size": size,
+            "method": "ssh",
+            "ranges": [{"start": 0, "end": half, "done": done[0]}, {"start": half, "end": size, "done": done[1]}],
+            "finished": False,
+        }
+        (dest / (part.name + ".state")).write_text(json.dumps(state))
+        resumed = sum(done)
+    result_file = builder.directory / f"fetch-{method}.json"
+    builder.play(
+        "fetch",
+        {
+            "nixos_image_fetch_src": src,
+            "nixos_image_dest_dir": str(dest),
+            "nixos_image_dest_name": "image.bin",
+            "nixos_image_fetch_method": method,
+            "nixos_image_fetch_streams": 2,
+            "result_file": str(result_file),
+        },
+    )
+    result = json.loads(result_file.read_text())
+    builder.ssh(f"rm -f {src}")
+    assert result["resumed_bytes"] == resumed and result["sha256"] == sha and result["method"] == method
+    assert hashlib.sha256((dest / "image.bin").read_bytes()).hexdigest() == sha
+    assert sorted(p.name for p in dest.iterdir()) == ["image.bin"]  # no part, state or log left
+
+
+def test_bad_inputs_fail_early_with_the_variable_named(builder: Builder, bootstrapped: dict[str, Any]) -> None:
+    cases = [
+        ({"nixos_image_flake": str(builder.directory / "nowhere")}, "has no flake.nix on the controller"),
+        ({"nixos_image_flake": "nixforge:sandbox", "nixos_image_module": "/nonexistent.nix"}, "nixos_image_module"),
+        ({"nixos_image_flake": "github:example/flake", "nixos_image_module": str(builder.directory)}, "only works"),
+        ({"nixos_image_kind": "iso"}, "nixos_image_kind"),
+    ]
+    for extra, needle in cases:
+        proc = builder.play("build", {"result_file": str(builder.directory / "never.json"), **extra}, check=False)
+        assert proc.returncode != 0 and needle in proc.stdout, textwrap.shorten(proc.stdout, 4000)
+        assert "Start the build in the background" not in proc.stdout
