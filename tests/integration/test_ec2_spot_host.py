@@ -222,7 +222,7 @@ def assert_failed_naming(result: dict[str, Any], parameter: str) -> None:
 
 def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2_sandbox, tmp_path: Path):
     # check mode first: reports the creation, creates nothing
-    result, _ = runner.run(runner.present_args(build_id), check_mode=True)
+    result, _output = runner.run(runner.present_args(build_id), check_mode=True)
     assert result["changed"] is True and not result.get("failed"), result
     assert any(a.startswith("launch an instant fleet") for a in result["actions"])
     assert of_build(ec2_sandbox, build_id) == []
@@ -262,7 +262,7 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     assert [v.get("size") for v in volumes] == [16], volumes
 
     # the same build id again: adopted, nothing new
-    again, _ = runner.run(runner.present_args(build_id, ttl="2h"))
+    again, _output = runner.run(runner.present_args(build_id, ttl="2h"))
     assert not again.get("failed"), again.get("msg")
     assert again["changed"] is False and again["adopted"] is True
     assert again["instance_id"] == result["instance_id"]
@@ -270,7 +270,7 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     assert [r["type"] for r in of_build(ec2_sandbox, build_id)].count("instance") == 1
 
     # absent in check mode: reports, removes nothing
-    check, _ = runner.run({"build_id": build_id, "state": "absent"}, check_mode=True)
+    check, _output = runner.run({"build_id": build_id, "state": "absent"}, check_mode=True)
     assert check["changed"] is True and result["instance_id"] in check["removed"]["instances"]
     assert any(r.get("id") == result["instance_id"] for r in of_build(ec2_sandbox, build_id))
 
@@ -285,7 +285,7 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     assert of_build(ec2_sandbox, build_id) == []
 
     # twice: a no-op
-    twice, _ = runner.run({"build_id": build_id, "state": "absent"})
+    twice, _output = runner.run({"build_id": build_id, "state": "absent"})
     assert twice["changed"] is False and not twice.get("failed")
     assert all(ids == [] for ids in twice["removed"].values())
 
@@ -333,7 +333,7 @@ def test_bad_input_fails_early_naming_the_parameter(runner: Runner, build_id: st
         args["build_id"] = "Not_Valid!"
     elif case == "no_host_key":
         del args["host_key_private"], args["host_key_public"]
-    result, _ = runner.run(args, env=env, drop_env=drop)
+    result, _output = runner.run(args, env=env, drop_env=drop)
     assert_failed_naming(result, parameter)
     assert of_build(ec2_sandbox, build_id) == []
     assert ec2_resources(ec2_sandbox) == before  # nothing created, nothing touched
@@ -346,7 +346,7 @@ def test_bad_input_fails_early_naming_the_parameter(runner: Runner, build_id: st
 
 def test_no_capacity_anywhere_fails_clearly_and_leaves_nothing(runner: Runner, build_id: str, ec2_sandbox):
     ec2_sandbox.set_faults("ec2", {"capacity": [{"market": "spot"}]})
-    result, _ = runner.run(runner.present_args(build_id, instance_types=["c7g.2xlarge", "a1.2xlarge"]))
+    result, _output = runner.run(runner.present_args(build_id, instance_types=["c7g.2xlarge", "a1.2xlarge"]))
     assert result.get("failed") is True, result
     assert result["msg"].startswith("Launching the builder failed: no capacity for any candidate:"), result["msg"]
     assert "on_demand_fallback" in result["msg"]
@@ -361,7 +361,7 @@ def test_capacity_error_on_first_candidate_moves_on(runner: Runner, keys: Keys, 
     args = runner.present_args(
         build_id, instance_types=["c7g.2xlarge", "a1.2xlarge"], allocation_strategy="capacity-optimized-prioritized"
     )
-    result, _ = runner.run(args)
+    result, _output = runner.run(args)
     assert not result.get("failed"), result.get("msg")
     assert result["instance_type"] == "a1.2xlarge" and result["lifecycle"] == "spot"
     assert result["candidate_errors"], "the capacity error of the first candidate was not seen"
@@ -369,18 +369,18 @@ def test_capacity_error_on_first_candidate_moves_on(runner: Runner, keys: Keys, 
     assert all(e["code"] == "InsufficientInstanceCapacity" for e in result["candidate_errors"])
     assert all(e["availability_zone"] and e["lifecycle"] == "spot" for e in result["candidate_errors"])
     assert ssh(result, keys, tmp_path / "known_hosts", "true").returncode == 0
-    gone, _ = runner.run({"build_id": build_id, "state": "absent"})
+    gone, _output = runner.run({"build_id": build_id, "state": "absent"})
     assert gone["changed"] is True and not gone.get("failed"), gone.get("msg")
     assert of_build(ec2_sandbox, build_id) == []
 
 
 def test_on_demand_fallback(runner: Runner, build_id: str, ec2_sandbox):
     ec2_sandbox.set_faults("ec2", {"capacity": [{"market": "spot"}]})
-    result, _ = runner.run(runner.present_args(build_id, instance_types=["a1.2xlarge"], on_demand_fallback=True))
+    result, _output = runner.run(runner.present_args(build_id, instance_types=["a1.2xlarge"], on_demand_fallback=True))
     assert not result.get("failed"), result.get("msg")
     assert result["lifecycle"] == "on-demand" and result["spot_price"] is None
     assert result["candidate_errors"] and all(e["lifecycle"] == "spot" for e in result["candidate_errors"])
-    gone, _ = runner.run({"build_id": build_id, "state": "absent"})
+    gone, _output = runner.run({"build_id": build_id, "state": "absent"})
     assert not gone.get("failed"), gone.get("msg")
     assert of_build(ec2_sandbox, build_id) == []
 
@@ -396,7 +396,7 @@ def test_throttling_and_5xx_are_retried(runner: Runner, build_id: str, ec2_sandb
             "server_error": {"count": 2, "code": "Unavailable", "actions": ["DescribeInstanceTypes"]},
         },
     )
-    result, _ = runner.run(runner.present_args(build_id), check_mode=True)
+    result, _output = runner.run(runner.present_args(build_id), check_mode=True)
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True and result["image_name"].startswith("debian-13-arm64-")
     # the faults were consumed by the module's calls: a client without retries now gets through
@@ -439,13 +439,13 @@ def test_ssh_cidr_auto_asks_the_lookup_url(runner: Runner, build_id: str, ec2_sa
     thread.start()
     try:
         url = "http://127.0.0.1:%d/" % server.server_address[1]
-        result, _ = runner.run(
+        result, _output = runner.run(
             runner.present_args(build_id, ssh_cidr=["auto"], ssh_cidr_lookup_url=url), check_mode=True
         )
         assert not result.get("failed"), result.get("msg")
         assert any("allowing SSH from %s/32" % gateway in a for a in result["actions"]), result["actions"]
         # an unreachable lookup fails naming ssh_cidr
-        result, _ = runner.run(
+        result, _output = runner.run(
             runner.present_args(build_id, ssh_cidr=["auto"], ssh_cidr_lookup_url="http://127.0.0.1:9/"),
             check_mode=True,
         )
@@ -468,11 +468,11 @@ def test_existing_key_pair(runner: Runner, keys: Keys, build_id: str, ec2_sandbo
     )
     args = runner.present_args(build_id, key_name="users-own-" + build_id)
     del args["public_key"]
-    result, _ = runner.run(args, check_mode=True)
+    result, _output = runner.run(args, check_mode=True)
     assert_failed_naming(result, "key_name")
     client.import_key_pair(KeyName="users-own-" + build_id, PublicKeyMaterial=keys.user_pub.encode())
     try:
-        result, _ = runner.run(args, check_mode=True)
+        result, _output = runner.run(args, check_mode=True)
         assert not result.get("failed"), result.get("msg")
         assert result["key_name"] == "users-own-" + build_id
         assert not any(a.startswith("import key pair") for a in result["actions"])

@@ -85,7 +85,7 @@ def test_full_jitter_bounds_grow_exponentially_and_cap():
 
 def test_on_retry_callback_and_decorator():
     seen = []
-    fn, _ = flaky(2)
+    fn, _unused = flaky(2)
     call_with_retry(
         fn, classify, RetryPolicy(max_attempts=4), sleep=lambda s: None, on_retry=lambda a, e, d: seen.append(a)
     )

@@ -94,9 +94,11 @@ def test_fleet_errors_and_drop_failed():
 
 def test_drop_failed_type_wide_error_and_anonymous_error():
     candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
-    remaining, _ = m.drop_failed(candidates, [{"instance_type": "c7g.2xlarge", "code": "InsufficientInstanceCapacity"}])
+    remaining, _errors = m.drop_failed(
+        candidates, [{"instance_type": "c7g.2xlarge", "code": "InsufficientInstanceCapacity"}]
+    )
     assert {c["instance_type"] for c in remaining} == {"a1.2xlarge"}
-    remaining, _ = m.drop_failed(candidates, [{"code": "InsufficientInstanceCapacity"}])
+    remaining, _errors = m.drop_failed(candidates, [{"code": "InsufficientInstanceCapacity"}])
     assert remaining == candidates[1:]  # charged to the first candidate: progress guaranteed
 
 
@@ -479,7 +481,7 @@ def test_remove_build_order_and_fleet_fallback():
         "key_pairs": ["nixforge-b1"],
         "volumes": [],
     }
-    ops = [op for op, _ in client.calls if not op.startswith("describe")]
+    ops = [op for op, _args in client.calls if not op.startswith("describe")]
     assert ops == [
         "delete_fleets",
         "delete_fleets",
