@@ -23,21 +23,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import (
+from nfsandbox import client, cloudinit, procs
+from nfsandbox.aptproxy import machine_mirrors
+from nfsandbox.cli import env_lines
+from nfsandbox.config import Instance
+from nfsandbox.rootfs import normalize_suite
+from nfsandbox.testing import (
     SANDBOXCTL,
     SandboxHandle,
-    client,
     run_playbook,
     sandbox_unavailable,
     sandboxctl,
     ssh_keypair,
     write_inventory,
 )
-from nfsandbox import cloudinit, procs
-from nfsandbox.aptproxy import machine_mirrors
-from nfsandbox.cli import env_lines
-from nfsandbox.config import Instance
-from nfsandbox.rootfs import normalize_suite
 
 # -- no root needed ---------------------------------------------------------------------
 

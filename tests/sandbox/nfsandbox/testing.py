@@ -1,0 +1,221 @@
+"""Helpers for tests and scripts that use a sandbox instance (no pytest needed here).
+
+The pytest fixtures live in tests/integration/conftest.py; test modules import these
+helpers from here (`from nfsandbox.testing import ...`), not from `conftest`: with
+conftest files in both tests/unit and tests/integration, the module name `conftest` is
+ambiguous in one pytest run.
+
+- `SandboxHandle`: state, env, control API calls, faults, resources, hosts.
+- `ansible_env(dir)`, `write_inventory(...)`, `run_playbook(...)`: ansible-playbook with
+  its state inside a temporary directory (never $HOME) over real SSH with pinned host keys
+  (never host_key_checking=False).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import client
+from .cli import env_lines
+from .config import Instance
+
+REPO = Path(__file__).resolve().parents[3]
+SANDBOX_DIR = REPO / "tests" / "sandbox"
+SANDBOXCTL = SANDBOX_DIR / "sandboxctl"
+VENV_BIN = REPO / ".venv" / "bin"
+
+# What `sandboxctl up` needs on the machine (installed by `make deps`).
+REQUIRED_TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "apt-cacher-ng": "apt-cacher-ng",
+    "zstd": "zstd",
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+
+
+def sandbox_unavailable() -> str | None:
+    """Why the sandbox cannot run on this machine, or None."""
+    if os.geteuid() != 0:
+        return "the sandbox needs root (network namespaces, a bridge, mounts, containers); run the tests as root"
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        return f"system packages missing for the sandbox: {', '.join(missing)} (run `make deps`)"
+    if not (VENV_BIN / "python").exists():
+        return f"no virtualenv at {VENV_BIN.parent} (run `make venv`)"
+    return None
+
+
+def sandboxctl(*args: str, instance: int | None = None, check: bool = True, timeout: float = 1500):
+    env = dict(os.environ)
+    if instance is not None:
+        env["NIXFORGE_SANDBOX_INSTANCE"] = str(instance)
+    proc = subprocess.run(
+        [str(SANDBOXCTL), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sandboxctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class SandboxHandle:
+    """A running sandbox instance, as tests see it."""
+
+    instance: Instance
+    started_here: bool = False
+
+    def state(self) -> dict[str, Any]:
+        return client.call(self.instance, "GET", "/status")
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients (AWS_ENDPOINT_URL, REQUESTS_CA_BUNDLE, ...)."""
+        return dict(env_lines(self.state()))
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        return client.call(self.instance, method, path, body)
+
+    def set_faults(self, provider: str, faults: dict[str, Any]) -> None:
+        self.call("POST", f"/faults/{provider}", faults)
+
+    def reset(self) -> None:
+        self.call("POST", "/reset", {})
+
+    def resources(self) -> list[dict[str, Any]]:
+        out = sandboxctl("resources", "--json", instance=self.instance.number)
+        return json.loads(out.stdout)["resources"]
+
+    def boot_host(self, userdata: str | None = None, owner: str = "pytest", **kw: Any) -> dict[str, Any]:
+        return self.call("POST", "/hosts", {"owner": owner, "userdata": userdata, **kw})
+
+    def host(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/hosts/{name}")
+
+    def stop_host(self, name: str) -> dict[str, Any]:
+        return self.call("DELETE", f"/hosts/{name}")
+
+
+# -- Ansible ------------------------------------------------------------------------------
+
+
+def _short_dir() -> Path:
+    """A directory with a short path: ssh control sockets must fit in 108 bytes, which a
+    pytest tmp_path does not leave room for. Removed when the test session ends."""
+    global _SHORT_ROOT
+    if _SHORT_ROOT is None:
+        _SHORT_ROOT = Path(tempfile.mkdtemp(prefix="nfs-ans-", dir="/tmp"))
+        atexit.register(shutil.rmtree, _SHORT_ROOT, True)
+    return Path(tempfile.mkdtemp(dir=_SHORT_ROOT))
+
+
+_SHORT_ROOT: Path | None = None
+
+
+def ansible_env(directory: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for ansible-playbook keeping all of Ansible's state in `directory`
+    (control sockets in a short-named directory of their own)."""
+    home = directory / "ansible-home"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if (REPO / "ansible.cfg").exists():
+        env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")  # the project's settings (pipelining, ...)
+    env.update(
+        {
+            "ANSIBLE_HOME": str(home),
+            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(_short_dir()),
+            "ANSIBLE_RETRY_FILES_ENABLED": "false",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+            "ANSIBLE_HOST_KEY_CHECKING": "true",
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Inventory:
+    path: Path
+    ssh_config: Path
+    known_hosts: Path
+    env: dict[str, str]
+
+
+def write_inventory(
+    directory: Path,
+    hosts: dict[str, dict[str, Any]],
+    private_key: Path,
+    user: str = "admin",
+    group: str = "builders",
+) -> Inventory:
+    """Inventory + ssh config + known_hosts for sandbox hosts.
+
+    `hosts` maps an inventory name to a host as the control API returns it (`ip`,
+    `host_public_keys`). Host keys are pinned from what the sandbox reports, and ssh
+    runs with its own `-F` config, so nothing of the user's ~/.ssh is read or written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    known = directory / "known_hosts"
+    known.write_text("".join(f"{h['ip']} {key}\n" for h in hosts.values() for key in h["host_public_keys"].values()))
+    ssh_config = directory / "ssh_config"
+    ssh_config.write_text(
+        textwrap.dedent(
+            f"""\
+            Host *
+                IdentityFile {private_key}
+                IdentitiesOnly yes
+                UserKnownHostsFile {known}
+                GlobalKnownHostsFile /dev/null
+                StrictHostKeyChecking yes
+                BatchMode yes
+                ConnectTimeout 10
+            """
+        )
+    )
+    lines = [f"[{group}]"]
+    for name, h in hosts.items():
+        lines.append(f"{name} ansible_host={h['ip']} ansible_user={user}")
+    lines += [f"[{group}:vars]", f"ansible_ssh_common_args='-F {ssh_config}'"]
+    path = directory / "inventory.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return Inventory(path, ssh_config, known, ansible_env(directory))
+
+
+def run_playbook(
+    inventory: Inventory, playbook: Path, extra_vars: dict[str, Any] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """ansible-playbook against `inventory`; fails the test with the whole output."""
+    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory.path), str(playbook)]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    proc = subprocess.run(argv, env=inventory.env, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"ansible-playbook {playbook.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def ssh_keypair(directory: Path, name: str = "id_ed25519", comment: str = "nixforge-test") -> tuple[Path, str]:
+    """A fresh ed25519 key pair: (private key path, public key line)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True, capture_output=True
+    )
+    return key, (directory / f"{name}.pub").read_text().strip()
