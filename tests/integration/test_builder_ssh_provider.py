@@ -48,6 +48,7 @@ PROVISION_AND_TEARDOWN = """
 - name: Use it
   hosts: nixforge_builders
   gather_facts: false
+  become: true
   tasks:
     - name: Make it a remote builder (recorded)
       ansible.builtin.include_role:

@@ -1,0 +1,218 @@
+"""playbooks/build-sd-aarch64.yml end to end in the sandbox: EC2 spot builder (moto +
+real hosts), Nix, the sandbox SD expression, fetch, teardown. Real SSH and real Nix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pipeline import ROOT, playbook_env, resources_of, run_playbook, sandbox_env, set_faults
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+PLAYBOOK = ROOT / "playbooks" / "build-sd-aarch64.yml"
+# A secret nobody else uses, so that finding it in the output means it leaked (moto
+# accepts any credentials).
+SECRET = "nfTEST" + secrets.token_hex(16)
+
+PROVISION_ONLY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: nixforge.images.builder_host
+"""
+
+
+@pytest.fixture(scope="module")
+def env(sandbox_instance: object) -> dict[str, str]:
+    out = sandbox_env()
+    assert out is not None
+    out["AWS_SECRET_ACCESS_KEY"] = SECRET
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_faults(env: dict[str, str]) -> Any:
+    set_faults(env, "ec2", {})
+    yield
+    set_faults(env, "ec2", {})
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def run(env: dict[str, str], tmp_path: Path, build_id: str, *args: str, **extra: Any) -> subprocess.CompletedProcess:
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        **extra,
+    }
+    return run_playbook(PLAYBOOK, playbook_env(env), variables, *args)
+
+
+def ec2_client(env: dict[str, str]) -> Any:
+    import boto3
+
+    return boto3.client(
+        "ec2",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def instances_ever(env: dict[str, str], build_id: str) -> list[dict[str, Any]]:
+    """Every instance of the build, terminated ones included (moto keeps them listed)."""
+    pages = ec2_client(env).describe_instances(Filters=[{"Name": "tag:nixforge-build-id", "Values": [build_id]}])
+    return [i for r in pages["Reservations"] for i in r["Instances"]]
+
+
+def summary(stdout: str) -> dict[str, str]:
+    out = {}
+    for key in ("Image", "Size", "sha256", "Builder", "Price", "Elapsed", "Cost (est)", "Build id"):
+        m = re.search(r"""(?m)^\s*-?\s*['"]?%s:\s+(.*?)['"]?$""" % re.escape(key), stdout)
+        if m:
+            out[key] = m.group(1)
+    return out
+
+
+def check_image(path: Path, sha256: str) -> None:
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == sha256
+    assert data[:4] == b"\x28\xb5\x2f\xfd"  # zstd frame
+    raw = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+    assert raw[510:512] == b"\x55\xaa"  # MBR boot signature
+
+
+def test_end_to_end_with_vvvv(env: dict[str, str], tmp_path: Path) -> None:
+    """Succeeds, the fetched image matches the builder's sha256, nothing is left, and
+    -vvvv shows neither the AWS secret key nor a private SSH key."""
+    build_id = new_id("t-sd")
+    proc = run(env, tmp_path, build_id, "-vvvv")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
+    s = summary(proc.stdout)
+    image = Path(s["Image"])
+    assert image.is_file() and image.parent == tmp_path / "artifacts"
+    assert image.name.endswith(".img.zst")
+    # the sha256 the builder computed (reported in the summary) is the fetched file's
+    check_image(image, s["sha256"])
+    assert str(image.stat().st_size) in s["Size"]
+    assert "USD/h" in s["Price"] and s["Cost (est)"].endswith("USD")
+    assert resources_of(build_id) == []
+    assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
+    # no secret at any verbosity
+    assert SECRET not in output
+    assert "PRIVATE KEY-----" not in output
+    assert not (tmp_path / "state" / "id_ed25519").exists()
+    assert not (tmp_path / "state" / "ssh_host_ed25519_key").exists()
+    # never an AMI
+    images = ec2_client(env).describe_images(Owners=["self"])["Images"]
+    assert [i for i in images if build_id in json.dumps(i)] == []
+
+
+def test_rerun_adopts_the_running_builder(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = new_id("t-adopt")
+    first = tmp_path / "provision.yml"
+    first.write_text(PROVISION_ONLY)
+    variables = {"nixforge_build_id": build_id, "builder_host_state_dir": str(tmp_path / "state")}
+    try:
+        proc = run_playbook(first, playbook_env(env), variables)
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        assert len(instances_ever(env, build_id)) == 1
+        proc = run(env, tmp_path, build_id)
+        assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
+        assert "(adopted)" in summary(proc.stdout)["Builder"]
+        assert len(instances_ever(env, build_id)) == 1  # the same instance, no second one
+    finally:
+        reap = run_playbook(ROOT / "playbooks" / "reap.yml", playbook_env(env), variables)
+        assert reap.returncode == 0, reap.stdout[-4000:]
+    assert resources_of(build_id) == []
+
+
+def test_failing_build_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = new_id("t-fail")
+    proc = run(env, tmp_path, build_id, nixos_image_attribute="nixosConfigurations.nope.config.system.build.sdImage")
+    assert proc.returncode != 0
+    assert f"Build {build_id} failed and everything it created was removed" in proc.stdout
+    assert "nope" in proc.stdout  # the reason is in the message
+    assert resources_of(build_id) == []
+    assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
+
+
+def test_no_spot_capacity_anywhere(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = new_id("t-nocap")
+    set_faults(env, "ec2", {"capacity": [{"market": "spot"}]})
+    proc = run(env, tmp_path, build_id)
+    assert proc.returncode != 0
+    assert f"Build {build_id}: provisioning the builder failed" in proc.stdout
+    assert "capacity" in proc.stdout.lower()
+    assert resources_of(build_id) == []
+    assert instances_ever(env, build_id) == []
+
+
+def test_no_capacity_on_first_candidate_only(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = new_id("t-cap1")
+    set_faults(env, "ec2", {"capacity": [{"instance_type": "a1.2xlarge", "market": "spot"}]})
+    proc = run(env, tmp_path, build_id)
+    assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
+    builder = summary(proc.stdout)["Builder"]
+    assert not builder.startswith("a1.2xlarge")
+    assert resources_of(build_id) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "env_change", "named"),
+    [
+        ({"builder_host_ec2_region": "mars-north-1"}, {}, "region"),
+        ({"builder_host_ssh_cidr": "10.0.0.300/33"}, {}, "builder_host_ssh_cidr"),
+        ({"builder_host_ec2_instance_types": ["c5.2xlarge"]}, {}, "instance_types"),
+        ({"builder_host_ec2_debian_release": "11"}, {}, "builder_host_ec2_debian_release"),
+        ({"nixforge_build_id": "Not_A_Valid_Id"}, {}, "nixforge_build_id"),
+        (
+            {},
+            {
+                "AWS_ACCESS_KEY_ID": "",
+                "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                "AWS_CONFIG_FILE": "/nonexistent",
+            },
+            "credentials",
+        ),
+    ],
+    ids=["region", "cidr", "arch", "debian", "build-id", "credentials"],
+)
+def test_bad_input_fails_before_creating(
+    env: dict[str, str], tmp_path: Path, extra: dict, env_change: dict, named: str
+) -> None:
+    build_id = new_id("t-bad")
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        **extra,
+    }
+    run_env = playbook_env(env)
+    for key, value in env_change.items():
+        if value:
+            run_env[key] = value
+        else:
+            run_env.pop(key, None)
+    proc = run_playbook(PLAYBOOK, run_env, variables)
+    assert proc.returncode != 0
+    assert named in proc.stdout, proc.stdout[-4000:]
+    assert instances_ever(env, build_id) == []
+    assert resources_of(build_id) == []
+    assert not os.path.exists(tmp_path / "artifacts")
