@@ -105,10 +105,14 @@ PLAY = """
         tasks_from: build
       vars:
         nix_remote_builder_build_file: "{{ nix_remote_builder_client_dir }}/probe.nix"
-        nix_remote_builder_build_extra_args: [--argstr, nonce, "{{ nonce }}", --argstr, system, "{{ rb.rb_builder.system }}"]
+        nix_remote_builder_build_extra_args:
+          [--argstr, nonce, "{{ nonce }}", --argstr, system, "{{ rb.rb_builder.system }}"]
     - name: Read the output and the machines file
       ansible.builtin.command:
-        argv: [sh, -c, "cat {{ nix_remote_builder_build_result.out_link }}; cat {{ nix_remote_builder_client.machines_file }}"]
+        argv:
+          - sh
+          - -c
+          - "cat {{ nix_remote_builder_build_result.out_link }}; cat {{ nix_remote_builder_client.machines_file }}"
       register: probe_out
       changed_when: false
     - name: Keep them for the test
