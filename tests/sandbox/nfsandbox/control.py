@@ -111,7 +111,10 @@ class ControlAPI:
                 provider = sb.providers.get(parts[1])
             except KeyError as exc:
                 raise ApiError(404, str(exc.args[0])) from None
-            provider.set_faults(body)
+            try:
+                provider.set_faults(body)
+            except ValueError as exc:  # a malformed fault document is the caller's mistake
+                raise ApiError(400, f"faults for {parts[1]}: {exc}") from None
             return 200, {"provider": parts[1], "faults": body}
         if method == "POST" and parts == ["reset"]:
             sb.reset()

@@ -56,7 +56,8 @@ class Providers:
             self.running[name] = provider
             self.endpoints.update(published)
             self.status[name] = "running"
-            log.info("provider %s running: %s", name, published)
+            # Names only: published values include the emulators' tokens.
+            log.info("provider %s running, publishes %s", name, sorted(published))
 
     def stop(self) -> None:
         for name, provider in reversed(list(self.running.items())):
