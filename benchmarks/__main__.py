@@ -71,13 +71,16 @@ def log(message: str) -> None:
 
 
 def ssh(inv, host, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    proc = subprocess.run(
         ["ssh", "-F", str(inv.ssh_config), f"admin@{host['ip']}", command],
         capture_output=True,
         text=True,
         timeout=timeout,
-        check=True,
+        check=False,
     )
+    if proc.returncode != 0:
+        raise SystemExit(f"on {host['name']}: {command!r} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
 
 
 def time_scp(inv, host, dest: Path) -> float:
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"host {host['name']} ({host['ip']}): writing {args.size_mib} MiB of random bytes to {SRC}")
         sha256 = ssh(inv, host, f"head -c {args.size_mib}M /dev/urandom > {SRC} && sha256sum {SRC}").stdout.split()[0]
         if "rsync" in methods:
-            ssh(inv, host, "command -v rsync >/dev/null || sudo apt-get install -y -qq rsync >/dev/null")
+            install = "{ sudo apt-get update -qq && sudo apt-get install -y -qq rsync; } >/dev/null"
+            ssh(inv, host, f"command -v rsync >/dev/null || {install}")
 
         samples: dict[str, list[float]] = {"scp": [], **{m: [] for m in methods}}
         walls: dict[str, list[float]] = {m: [] for m in methods}
