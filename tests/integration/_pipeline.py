@@ -45,7 +45,7 @@ def sandbox_env() -> dict[str, str] | None:
     out: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
+            key, _sep, value = line[len("export ") :].partition("=")
             out[key] = shlex.split(value)[0] if value else ""
     return out
 

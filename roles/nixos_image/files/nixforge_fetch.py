@@ -169,7 +169,7 @@ def _stop_earlier(path):
             os.killpg(os.getpgid(pid), 15)
         except OSError:
             return
-        for _ in range(50):
+        for _attempt in range(50):
             if not _alive(pid):
                 return
             time.sleep(0.1)
