@@ -179,3 +179,47 @@ def test_teardown_without_provisioning_is_safe(sandbox: dict[str, str], existing
     variables = provision_vars(existing, "t-ssh-never", tmp_path, "root")
     proc = run_playbook(play, playbook_env(sandbox), variables)
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+LOCAL = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: nixforge.images.builder_host
+    - ansible.builtin.copy:
+        dest: "{{ builder_host_result.work_dir }}/scratch.txt"
+        content: "x\\n"
+        mode: "0644"
+      delegate_to: "{{ builder_host_result.inventory_hostname }}"
+    - ansible.builtin.stat:
+        path: "{{ builder_host_result.work_dir }}/scratch.txt"
+      register: scratch
+    - ansible.builtin.assert:
+        that: [scratch.stat.exists]
+    - ansible.builtin.include_role:
+        name: nixforge.images.builder_host
+        tasks_from: teardown
+"""
+
+
+def test_controller_itself_as_builder(tmp_path: Path) -> None:
+    """builder_host_ssh_connection=local: the controller is the builder; only our work dir comes and goes."""
+    work_dir = tmp_path / "work"
+    play = tmp_path / "local.yml"
+    play.write_text(LOCAL)
+    env = playbook_env({})
+    proc = run_playbook(
+        play,
+        env,
+        {
+            "nixforge_build_id": "t-ssh-local",
+            "builder_host_provider": "ssh",
+            "builder_host_ssh_connection": "local",
+            "builder_host_ssh_work_dir": str(work_dir),
+            "builder_host_state_dir": str(tmp_path / "state"),
+        },
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert not work_dir.exists()
+    assert not (tmp_path / "state" / "id_ed25519").exists()
