@@ -111,6 +111,51 @@ FAILING_FLAKE = """\
 }
 """
 
+# Just enough of nixpkgs (lib.nixosSystem and the three module files the shipped flakes
+# import) to evaluate the real definitions offline: the "image" is a JSON report of the
+# system, the modules in order and the merged settings, under the artifact's real name.
+STUB_NIXPKGS = {
+    "flake.nix": """\
+{
+  outputs = { self }:
+    let
+      lib = {
+        optional = cond: x: if cond then [ x ] else [ ];
+        mkDefault = x: x;
+        recursiveUpdate = a: b:
+          a // builtins.mapAttrs (n: v:
+            if builtins.isAttrs v && builtins.isAttrs (a.${n} or null) then lib.recursiveUpdate a.${n} v else v) b;
+        nixosSystem = { system, modules }:
+          let
+            args = { config = { }; inherit lib; pkgs = { }; modulesPath = "${self}/nixos/modules"; };
+            load = m: let v = if builtins.isAttrs m then m else import m; in
+              if builtins.isFunction v then v args else v;
+            names = map (m: if builtins.isAttrs m then "<inline>" else baseNameOf (toString m)) modules;
+            settings = builtins.foldl' lib.recursiveUpdate { } (map load modules);
+            report = builtins.toJSON { inherit system names settings; };
+            image = dir: file: builtins.derivation {
+              name = "stub-image";
+              inherit system report;
+              builder = "/bin/sh";
+              args = [ "-c" "mkdir -p $out/${dir} && printf '%s' \\"$report\\" > $out/${dir}/${file}" ];
+              PATH = "/usr/bin:/bin";
+            };
+          in {
+            config.system.build.sdImage = image "sd-image" "nixos-image-sd-card-stub-aarch64-linux.img.zst";
+            config.system.build.digitalOceanImage = image "." "nixos-image-digital-ocean-stub-x86_64-linux.qcow2.gz";
+          };
+      };
+    in { inherit lib; };
+}
+""",
+    "nixos/modules/installer/sd-card/sd-image-aarch64.nix": "{ ... }: { sdImage.firmwareSize = 30; }\n",
+    "nixos/modules/installer/sd-card/sd-image-aarch64-installer.nix": "{ ... }: { sdImage.installer = true; }\n",
+    "nixos/modules/virtualisation/digital-ocean-image.nix": (
+        "{ ... }: { virtualisation.digitalOceanImage.diskSize = 4096; }\n"
+    ),
+}
+STUB_ON_BUILDER = "/var/tmp/nixforge-stub-nixpkgs"
+
 MODULE = '{ lib, ... }: {\n  networking.hostName = lib.mkDefault "pi";\n  services.openssh.enable = true;\n}\n'
 
 
@@ -286,6 +331,79 @@ def test_failing_build_shows_the_log_tail_and_cleans_up(builder: Builder, bootst
     assert not (builder.directory / "never.json").exists()
     left = builder.ssh("ls -A /var/tmp/nixforge-image 2>&1; true").stdout
     assert "No such file" in left
+
+
+def test_shipped_real_flakes_wire_nixpkgs_and_the_module(builder: Builder, bootstrapped: dict[str, Any]) -> None:
+    """The real SD and DO definitions (their flake.nix and flake.lock as shipped), built
+    through the role with nixpkgs overridden by a stub: right system, nixpkgs' image
+    module, the image settings, then the user's module, and the artifact found by its
+    real name (the DO one in the newer nixos-image-digital-ocean-*.qcow2.gz form)."""
+    stub = builder.directory / "stub-nixpkgs"
+    for rel, text in STUB_NIXPKGS.items():
+        (stub / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stub / rel).write_text(text)
+    tar = subprocess.run(["tar", "-C", str(stub), "-cf", "-", "."], capture_output=True, check=True).stdout
+    copied = subprocess.run(
+        [
+            "ssh",
+            "-F",
+            str(builder.inventory.ssh_config),
+            f"admin@{builder.host['ip']}",
+            f"rm -rf {STUB_ON_BUILDER} && mkdir -p {STUB_ON_BUILDER} && tar -C {STUB_ON_BUILDER} -xf -",
+        ],
+        input=tar,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stderr
+    module_dir = builder.directory / "module-dir"
+    module_dir.mkdir()
+    (module_dir / "default.nix").write_text('{ ... }: { imports = [ ./ssh.nix ]; networking.hostName = "pi"; }\n')
+    (module_dir / "ssh.nix").write_text("{ ... }: { services.openssh.enable = true; }\n")
+    expected = {
+        "sd-aarch64": (
+            "aarch64-linux",
+            "sd-image-aarch64.nix",
+            {"sdImage": {"compressImage": True, "firmwareSize": 30}},
+        ),
+        "do": (
+            "x86_64-linux",
+            "digital-ocean-image.nix",
+            {"virtualisation": {"digitalOceanImage": {"compressionMethod": "gzip", "diskSize": 4096}}},
+        ),
+    }
+    try:
+        for kind, (system, nixpkgs_module, settings) in expected.items():
+            result_file = builder.directory / f"real-{kind}.json"
+            builder.play(
+                "build",
+                {
+                    "nixos_image_kind": kind,
+                    "nixos_image_module": str(module_dir),
+                    "nixos_image_nix_args": [
+                        "--override-input",
+                        "nixpkgs",
+                        f"path:{STUB_ON_BUILDER}",
+                        "--no-write-lock-file",
+                    ],
+                    "nixos_image_dest_dir": str(builder.directory / "real-artifacts"),
+                    "result_file": str(result_file),
+                },
+            )
+            result = json.loads(result_file.read_text())
+            assert result["flake"].endswith(
+                "/files/images/" + {"sd-aarch64": "sd-aarch64", "do": "digital-ocean"}[kind]
+            )
+            report = json.loads(Path(result["path"]).read_text())
+            assert report["system"] == system
+            assert report["names"] == [nixpkgs_module, "<inline>", "nixforge-module"], report
+            for key, value in settings.items():
+                assert report["settings"][key] == value, report
+            assert report["settings"]["networking"] == {"hostName": "pi"}
+        assert Path(result["path"]).name == "nixos-image-digital-ocean-stub-x86_64-linux.qcow2.gz"
+    finally:
+        builder.ssh(f"rm -rf {STUB_ON_BUILDER}")
 
 
 @pytest.mark.parametrize("method", ["ssh", "rsync"])
