@@ -33,18 +33,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
-from conftest import (  # noqa: E402
+from nfsandbox import client  # noqa: E402
+from nfsandbox.config import instance_from_env  # noqa: E402
+from nfsandbox.testing import (  # noqa: E402
     VENV_BIN,
     SandboxHandle,
-    client,
     sandboxctl,
     ssh_keypair,
     write_inventory,
 )
-from nfsandbox.config import instance_from_env  # noqa: E402
 
 SRC = "/var/tmp/nixforge-benchmark.bin"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VENV_BIN, Inventory, SandboxHandle, run_playbook, ssh_keypair, write_inventory
+from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, run_playbook, ssh_keypair, write_inventory
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
