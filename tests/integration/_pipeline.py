@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,30 +47,6 @@ def sandbox_env() -> dict[str, str] | None:
             key, _sep, value = line[len("export ") :].partition("=")
             out[key] = shlex.split(value)[0] if value else ""
     return out
-
-
-def ensure_sandbox() -> tuple[dict[str, str], bool]:
-    """Bring the instance up when it is not; returns (env, started_by_us)."""
-    env = sandbox_env()
-    if env is not None:
-        return env, False
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs root (network namespaces)")
-    proc = subprocess.run(
-        [str(SANDBOXCTL), "up"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()},
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    env = sandbox_env()
-    assert env is not None
-    return env, True
-
-
-def sandbox_down() -> None:
-    subprocess.run([str(SANDBOXCTL), "down"], env={**os.environ, "NIXFORGE_SANDBOX_INSTANCE": instance()}, check=False)
 
 
 def resources() -> list[dict[str, Any]]:

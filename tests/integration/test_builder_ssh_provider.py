@@ -17,11 +17,10 @@ from _pipeline import (
     Host,
     boot_host,
     delete_host,
-    ensure_sandbox,
     playbook_env,
     resources_of,
     run_playbook,
-    sandbox_down,
+    sandbox_env,
     snapshot,
 )
 
@@ -87,11 +86,11 @@ PROVISION_AND_TEARDOWN = """
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Iterator[dict[str, str]]:
-    env, started = ensure_sandbox()
-    yield env
-    if started:
-        sandbox_down()
+def sandbox(sandbox_instance) -> dict[str, str]:
+    # The session fixture owns the sandbox's life cycle; this module only reads its endpoints.
+    env = sandbox_env()
+    assert env is not None, f"sandbox instance {sandbox_instance.instance.number} is not up"
+    return env
 
 
 @pytest.fixture(scope="module")
