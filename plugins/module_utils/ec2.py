@@ -30,8 +30,8 @@ from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     redact,
 )
 from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+    RetryingClient,
     RetryPolicy,
-    call_with_retry,
     is_retryable_http_status,
 )
 
@@ -329,7 +329,7 @@ def check_region(region: Optional[str], service: str = "ec2") -> str:
 # -- client ------------------------------------------------------------------------
 
 
-class AwsClient:
+class AwsClient(RetryingClient):
     """A boto3 client whose calls retry with our policy and raise ``NixforgeError``.
 
     ``client.describe_instances(...)`` works like boto3 (with retries and translated
@@ -346,20 +346,11 @@ class AwsClient:
         sleep: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.raw = raw
-        self.policy = policy or DEFAULT_POLICY
-        self.secrets = [s for s in secrets if s]
-        self.retries = 0
-        self._sleep = sleep
-
-    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
-        self.retries += 1
+        super().__init__(policy or DEFAULT_POLICY, secrets, sleep)
 
     def call_raw(self, operation: str, **kwargs: Any) -> Any:
         """Call with retries but without translating the final error."""
-        extra: Dict[str, Any] = {"on_retry": self._on_retry}
-        if self._sleep is not None:
-            extra["sleep"] = self._sleep
-        return call_with_retry(getattr(self.raw, operation), is_retryable_aws_error, self.policy, **extra, **kwargs)
+        return self._with_retry(getattr(self.raw, operation), is_retryable_aws_error, **kwargs)
 
     def call(
         self,

@@ -33,8 +33,8 @@ from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     redact,
 )
 from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+    RetryingClient,
     RetryPolicy,
-    call_with_retry,
     is_retryable_http_status,
 )
 
@@ -207,7 +207,7 @@ def translate_metal_error(exc: BaseException, what: str, parameter: Optional[str
 # -- client ------------------------------------------------------------------------
 
 
-class MetalClient:
+class MetalClient(RetryingClient):
     """A packet-python Manager whose calls retry with our policy and raise ``NixforgeError``."""
 
     def __init__(
@@ -218,22 +218,11 @@ class MetalClient:
         sleep: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.manager = manager
-        self.policy = policy or DEFAULT_POLICY
-        self.secrets = [s for s in secrets if s]
-        self.retries = 0
-        self._sleep = sleep
-
-    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
-        self.retries += 1
+        super().__init__(policy or DEFAULT_POLICY, secrets, sleep)
 
     def call_raw(self, path: str, method: str = "GET", params: Optional[Mapping[str, Any]] = None) -> Any:
         """Call with retries but without translating the final error."""
-        extra: Dict[str, Any] = {"on_retry": self._on_retry}
-        if self._sleep is not None:
-            extra["sleep"] = self._sleep
-        return call_with_retry(
-            self.manager.call_api, is_retryable_metal_error, self.policy, path, method, dict(params or {}), **extra
-        )
+        return self._with_retry(self.manager.call_api, is_retryable_metal_error, path, method, dict(params or {}))
 
     def call(
         self,
@@ -281,11 +270,8 @@ class MetalClient:
             attempts[0] += 1
             return self.manager.call_api(path, "POST", dict(params))
 
-        extra: Dict[str, Any] = {"on_retry": self._on_retry}
-        if self._sleep is not None:
-            extra["sleep"] = self._sleep
         try:
-            return call_with_retry(attempt, is_retryable_metal_error, self.policy, **extra)
+            return self._with_retry(attempt, is_retryable_metal_error)
         except NixforgeError:
             raise
         except Exception as exc:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import random
 import time
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
 __all__ = ["RetryPolicy", "backoff_delays", "call_with_retry", "is_retryable_http_status", "retrying"]
 
@@ -130,3 +130,28 @@ def retrying(
         return wrapper
 
     return decorate
+
+
+class RetryingClient:
+    """What every provider client shares: its retry policy, the secrets its error
+    messages must not show, and a count of the retries it made (reported by modules)."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        secrets: Iterable[Optional[str]] = (),
+        sleep: Optional[Callable[[float], None]] = None,
+    ) -> None:
+        self.policy = policy
+        self.secrets = [s for s in secrets if s]
+        self.retries = 0
+        self._sleep = sleep
+
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.retries += 1
+
+    def _with_retry(self, fn: Callable[..., T], classify: Classifier, *args: Any, **kwargs: Any) -> T:
+        extra: Dict[str, Any] = {"on_retry": self._on_retry}
+        if self._sleep is not None:
+            extra["sleep"] = self._sleep
+        return call_with_retry(fn, classify, self.policy, *args, **extra, **kwargs)
