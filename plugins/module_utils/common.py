@@ -3,23 +3,38 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The module base class and the build identity every cloud resource carries.
 
-A module subclasses :class:`NixforgeModule`, declares its own ``argument_spec`` and
-implements ``run()``; the base class adds the shared options (``build_id``,
-``pipeline``, ``expires_at``/``ttl``, ``tags``, ``wait``, ``wait_timeout``), validates
-the build identity, and turns ``NixforgeError`` into a ``fail_json`` whose message
-names the parameter or resource and the fix::
+A module subclasses :class:`NixforgeModule` and declares its own ``argument_spec``;
+the base class adds the shared options (``build_id``, ``pipeline``,
+``expires_at``/``ttl``, ``tags``, ``wait``, ``wait_timeout``), validates the build
+identity, and turns ``NixforgeError`` into a ``fail_json`` whose message names the
+parameter or resource and the fix.
 
-    class Ec2SpotHost(NixforgeModule):
-        argument_spec = dict(state=dict(choices=["present", "absent"], default="present"))
+Every module follows one flow (``run()``; a module overrides the hooks, not ``run``):
 
-        def run(self):
-            tags = self.build.tags()              # the three nixforge-* tags + user tags
-            if self.would_change("create instance"):
-                ...                               # skipped in check mode
-            self.result["instance_id"] = ...
+1. ``prepare()``  validate input and look up what exists; changes nothing;
+2. ``plan()``     the list of :class:`Action` (text, do, undo) that would reach the
+                  desired state; an empty plan means "nothing to change";
+3. check mode:    ``actions`` lists the texts of the plan and nothing is done;
+   real run:      each action's ``do()`` runs in order and its text is recorded, so both
+                  modes report the same list for the same input;
+4. on failure:    ``undo()`` of the actions this run completed, newest first
+                  (``rolled_back`` in the result), then the error;
+5. ``describe()`` the result (merged into the module's return values)::
+
+    class DoCustomImage(NixforgeModule):
+        def prepare(self):
+            self.image = self.client.find_image(self.params["name"], self.build.build_id)
+
+        def plan(self):
+            if self.image is None:
+                return [Action("import image %s" % name, self.import_image, undo=self.delete_image)]
+            return []
+
+        def describe(self):
+            return {"image": self.image_dict()}
 
     def main():
-        Ec2SpotHost().execute()
+        DoCustomImage().execute()
 
 Every cloud resource is tagged ``nixforge-build-id``, ``nixforge-pipeline`` and
 ``nixforge-expires-at`` (UTC ISO-8601 with a ``Z`` suffix).
@@ -29,7 +44,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.nixforge.images.plugins.module_utils.errors import (
@@ -45,6 +60,7 @@ __all__ = [
     "TAG_BUILD_ID",
     "TAG_EXPIRES_AT",
     "TAG_PIPELINE",
+    "Action",
     "BuildIdentity",
     "NixforgeModule",
     "build_tags",
@@ -288,6 +304,20 @@ def wait_argument_spec(default_timeout: int = 600) -> Dict[str, Any]:
     )
 
 
+class Action:
+    """One step of a module's plan: what it does (``text``, the same in check mode and
+    in a real run), how (``do``) and, for something this run creates, how to remove it
+    again if a later step fails (``undo``)."""
+
+    def __init__(self, text: str, do: Callable[[], Any], undo: Optional[Callable[[], Any]] = None) -> None:
+        self.text = text
+        self.do = do
+        self.undo = undo
+
+    def __repr__(self) -> str:
+        return "Action(%r)" % self.text
+
+
 class NixforgeModule:
     """Base class of the collection's modules.
 
@@ -351,8 +381,50 @@ class NixforgeModule:
 
     # -- running -----------------------------------------------------------------
 
-    def run(self) -> None:
+    def prepare(self) -> None:
+        """Validate input and look up existing resources; must not change anything."""
+
+    def plan(self) -> List[Action]:
+        """The actions that reach the desired state (empty: nothing to do)."""
         raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        """Return values describing the resulting state (merged into the result)."""
+        return {}
+
+    def run(self) -> None:
+        """The one flow: prepare, plan, (check mode: report) apply, rollback, describe."""
+        self.prepare()
+        actions = self.plan()
+        self.apply(actions)
+        self.result.update(self.describe())
+
+    def apply(self, actions: List[Action]) -> None:
+        """Run ``actions`` (or only record them in check mode); undo on failure."""
+        done: List[Action] = []
+        for action in actions:
+            if not self.would_change(action.text):
+                continue
+            try:
+                action.do()
+            except BaseException:
+                self.rollback(done)
+                raise
+            done.append(action)
+
+    def rollback(self, done: List[Action]) -> None:
+        """Undo what this run created, newest first; failures to undo are reported, not raised."""
+        rolled_back: List[str] = []
+        for action in reversed(done):
+            if action.undo is None:
+                continue
+            try:
+                action.undo()
+                rolled_back.append(action.text)
+            except Exception as exc:  # noqa: BLE001 - the original error is what the user must see
+                self.warn("could not undo %r after the failure: %s" % (action.text, exc))
+        if rolled_back:
+            self.result["rolled_back"] = rolled_back
 
     def execute(self) -> NoReturn:
         """Run the module; ``NixforgeError`` becomes ``fail_json``, success ``exit_json``."""

@@ -257,3 +257,67 @@ def test_constants():
         "nixforge-pipeline",
         "nixforge-expires-at",
     )
+
+
+# -- the one flow: prepare, plan, apply, rollback, describe ---------------------------
+
+
+class Flow(NixforgeModule):
+    argument_spec = dict(fail_at=dict(type="str"), exists=dict(type="bool", default=False))
+    log: list = []
+
+    def prepare(self):
+        self.log.append("prepare")
+
+    def step(self, name):
+        def do():
+            if self.params["fail_at"] == name:
+                raise ProviderError("%s refused" % name, what="Creating %s" % name)
+            self.log.append("do " + name)
+
+        return do
+
+    def plan(self):
+        if self.params["exists"]:
+            return []
+        return [
+            common.Action("create key", self.step("key"), undo=lambda: self.log.append("undo key")),
+            common.Action("tag key", self.step("tag")),
+            common.Action("create host", self.step("host"), undo=lambda: self.log.append("undo host")),
+        ]
+
+    def describe(self):
+        return {"described": True}
+
+
+def run_flow(args):
+    Flow.log = []
+    with patch_module_args(args):
+        with pytest.raises(_Exit) as info:
+            Flow().execute()
+    return info.value
+
+
+def test_flow_check_mode_and_real_run_report_the_same_actions(exits):
+    check = run_flow({"build_id": "b1", "_ansible_check_mode": True})
+    assert Flow.log == ["prepare"]
+    real = run_flow({"build_id": "b1"})
+    assert Flow.log == ["prepare", "do key", "do tag", "do host"]
+    assert check.result["actions"] == real.result["actions"] == ["create key", "tag key", "create host"]
+    assert check.result["changed"] is real.result["changed"] is True
+    assert real.result["described"] is True
+
+
+def test_flow_nothing_to_do_is_not_changed(exits):
+    out = run_flow({"build_id": "b1", "exists": True})
+    assert out.kind == "exit"
+    assert out.result["changed"] is False
+    assert "actions" not in out.result
+
+
+def test_flow_failure_rolls_back_what_this_run_created(exits):
+    out = run_flow({"build_id": "b1", "fail_at": "host"})
+    assert out.kind == "fail"
+    assert Flow.log == ["prepare", "do key", "do tag", "undo key"]
+    assert out.result["rolled_back"] == ["create key"]
+    assert out.result["msg"].startswith("Creating host failed: host refused")
