@@ -18,7 +18,8 @@ SANITY_ROOT := $(BUILD)/sanity/ansible_collections/nixforge/images
 export ANSIBLE_HOME := $(BUILD)/ansible-home
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_LOCAL_TEMP := $(BUILD)/ansible-home/tmp
-export ANSIBLE_SSH_CONTROL_PATH_DIR := $(BUILD)/ansible-home/cp
+# SSH control sockets: a short path (Unix sockets allow 108 bytes), whatever the checkout's.
+export ANSIBLE_SSH_CONTROL_PATH_DIR := /tmp/nixforge-cp-$(shell printf %s '$(REPO)' | sha1sum | cut -c1-12)
 export ANSIBLE_CONFIG := $(REPO)/ansible.cfg
 # ansible-lint, ansible-compat and pip keep caches here instead of ~/.cache
 export XDG_CACHE_HOME := $(BUILD)/cache
