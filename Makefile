@@ -25,6 +25,10 @@ export ANSIBLE_CONFIG := $(REPO)/ansible.cfg
 export XDG_CACHE_HOME := $(BUILD)/cache
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
+# Integration tests run side by side on several sandbox instances (one per xdist worker:
+# NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a test module stays on one worker.
+PYTEST_WORKERS ?= 3
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \
         pytest unit integration demo benchmark constraints clean
@@ -90,13 +94,13 @@ sanity: collection
 # One pytest run so that its summary line is the last line of `make test`.
 pytest: collection
 	@echo "== pytest (unit + integration)"
-	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 unit: collection
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 integration: collection
-	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 demo: collection
 	@$(REPO)/scripts/demo.sh
