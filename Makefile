@@ -94,13 +94,13 @@ sanity: collection
 # One pytest run so that its summary line is the last line of `make test`.
 pytest: collection
 	@echo "== pytest (unit + integration)"
-	$(BIN)/pytest tests/unit tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
+	NIXFORGE_REQUIRE_SANDBOX=1 $(BIN)/pytest tests/unit tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 unit: collection
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 integration: collection
-	$(BIN)/pytest tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
+	NIXFORGE_REQUIRE_SANDBOX=1 $(BIN)/pytest tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 demo: collection
 	@$(REPO)/scripts/demo.sh
