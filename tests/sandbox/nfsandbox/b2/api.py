@@ -51,6 +51,7 @@ CAPABILITIES = [
 TOKEN_TTL = 24 * 3600.0  # account and upload tokens, as on B2
 MAX_DOWNLOAD_AUTH = 604800
 MAX_JSON_BODY = 1 << 20
+MAX_TOKENS = 20000
 JSON_HEADERS = {"Cache-Control": "max-age=0, no-cache, no-store"}
 SPECIAL_INFO_HEADERS = {
     "b2-content-disposition": "Content-Disposition",
@@ -97,6 +98,7 @@ class Token:
     target: str = ""  # upload: the bucket or large file id; download: the bucket id
     prefix: str = ""  # download: fileNamePrefix
     valid_for: float = 0.0  # download: validDurationInSeconds
+    busy: bool = False  # upload: an upload is running with it (B2 allows one at a time)
 
 
 def b2_encode(value: str) -> str:
@@ -202,8 +204,15 @@ class B2API:
         if kind == "download":
             value = "3_" + value[2:]
         with self.lock:
+            if len(self.tokens) > MAX_TOKENS:
+                self._prune()
             self.tokens[value] = Token(value, kind, time.time(), target, prefix, valid_for)
         return value
+
+    def _prune(self) -> None:
+        """Forget tokens that expired (called with the lock held; keeps the table bounded)."""
+        limit = time.time() - max(TOKEN_TTL, MAX_DOWNLOAD_AUTH)
+        self.tokens = {k: t for k, t in self.tokens.items() if t.issued > limit}
 
     def _check(self, value: str | None, kinds: tuple[str, ...], call: str) -> Token:
         token = self.tokens.get(value or "")
@@ -365,9 +374,17 @@ class B2API:
             raise B2Error(411, "bad_request", "Content-Length is required")
         length = int(length_header)
         sha1_header = req.headers.get("X-Bz-Content-Sha1") or ""
-        if call == "b2_upload_file":
-            return Response(200, self._upload_file(req, target, length, sha1_header), dict(JSON_HEADERS))
-        return Response(200, self._upload_part(req, target, length, sha1_header), dict(JSON_HEADERS))
+        with self.lock:
+            if token.busy:
+                # B2's words, which b2sdk parses into UploadTokenUsedConcurrently
+                raise bad_request(f"more than one upload using auth token {token.value}", "auth_token_limit")
+            token.busy = True
+        try:
+            if call == "b2_upload_file":
+                return Response(200, self._upload_file(req, target, length, sha1_header), dict(JSON_HEADERS))
+            return Response(200, self._upload_part(req, target, length, sha1_header), dict(JSON_HEADERS))
+        finally:
+            token.busy = False
 
     def _upload_file(self, req: Request, bucket_id: str, length: int, sha1_header: str) -> Any:
         bucket = self.store.bucket(bucket_id)
