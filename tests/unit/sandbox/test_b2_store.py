@@ -16,7 +16,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
 from nfsandbox.b2.api import parse_range, slice_segments
-from nfsandbox.b2.store import MIN_PART_SIZE, B2Error, Store, check_bucket_name, check_file_name, receive
+from nfsandbox.b2.store import (
+    MIN_PART_SIZE,
+    B2Error,
+    Store,
+    check_bucket_name,
+    check_file_name,
+    copy_hashing,
+    receive,
+)
 
 
 def sha1(data: bytes) -> str:
@@ -76,6 +84,28 @@ def test_receive_refuses_a_short_body(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         receive(io.BytesIO(b"abc"), 10, sha1(b"abc"), tmp_path / "short")
     assert not (tmp_path / "short").exists()
+
+
+class Trickle(io.BytesIO):
+    """Takes at most 1000 bytes per write, as an unbuffered file may."""
+
+    def write(self, data) -> int:
+        return super().write(bytes(data[:1000]))
+
+
+class Full(io.BytesIO):
+    def write(self, data) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_copy_hashing_survives_partial_writes_and_reports_write_errors() -> None:
+    data = bytes(range(256)) * 20000  # several chunks
+    out = Trickle()
+    digest = hashlib.sha1(usedforsecurity=False)
+    copy_hashing(io.BytesIO(data), out, len(data), digest)
+    assert out.getvalue() == data and digest.hexdigest() == sha1(data)
+    with pytest.raises(OSError, match="No space"):
+        copy_hashing(io.BytesIO(data), Full(), len(data), hashlib.sha1(usedforsecurity=False))
 
 
 def test_names_follow_b2_rules() -> None:

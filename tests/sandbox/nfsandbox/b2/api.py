@@ -446,8 +446,8 @@ class B2API:
         }
 
     def _list_parts(self, params: dict[str, Any]) -> Any:
-        start = _int(params, "startPartNumber", 1, 1, MAX_PARTS)
-        count = _int(params, "maxPartCount", 100, 1, 1000)
+        start = int_param(params, "startPartNumber", 1, 1, MAX_PARTS)
+        count = int_param(params, "maxPartCount", 100, 1, 1000)
         parts, nxt = self.store.list_parts(params.get("fileId"), start, count)
         views = [
             {"fileId": params["fileId"], "partNumber": p.number, "contentLength": p.size, "contentSha1": p.sha1,
@@ -458,7 +458,7 @@ class B2API:
 
     def _list_unfinished(self, params: dict[str, Any]) -> Any:
         bucket = self.store.bucket(params.get("bucketId"))
-        count = _int(params, "maxFileCount", 100, 1, 100)
+        count = int_param(params, "maxFileCount", 100, 1, 100)
         prefix = params.get("namePrefix") or ""
         files, nxt = self.store.list_unfinished(bucket, prefix, params.get("startFileId"), count)
         return {"files": [self._file_view(f) for f in files], "nextFileId": nxt}
@@ -466,7 +466,7 @@ class B2API:
     # -- listing, hiding, deleting -------------------------------------------------
     def _list_file_names(self, params: dict[str, Any]) -> Any:
         bucket = self.store.bucket(params.get("bucketId"))
-        count = _int(params, "maxFileCount", 100, 1, 10000)
+        count = int_param(params, "maxFileCount", 100, 1, 10000)
         items, nxt = self.store.list_names(
             bucket, params.get("startFileName"), count, params.get("prefix") or "", params.get("delimiter")
         )
@@ -480,7 +480,7 @@ class B2API:
 
     def _list_file_versions(self, params: dict[str, Any]) -> Any:
         bucket = self.store.bucket(params.get("bucketId"))
-        count = _int(params, "maxFileCount", 100, 1, 10000)
+        count = int_param(params, "maxFileCount", 100, 1, 10000)
         items, next_name, next_id = self.store.list_versions(
             bucket, params.get("startFileName"), params.get("startFileId"), count, params.get("prefix") or ""
         )
@@ -506,7 +506,7 @@ class B2API:
         prefix = params.get("fileNamePrefix")
         if not isinstance(prefix, str):
             raise bad_request("fileNamePrefix is required")
-        duration = _int(params, "validDurationInSeconds", None, 1, MAX_DOWNLOAD_AUTH)
+        duration = int_param(params, "validDurationInSeconds", None, 1, MAX_DOWNLOAD_AUTH)
         token = self._issue("download", bucket.id, prefix, float(duration))
         return {"bucketId": bucket.id, "fileNamePrefix": prefix, "authorizationToken": token}
 
@@ -535,7 +535,7 @@ class B2API:
             bucket = self.store.buckets.get(version.bucket_id)
         if bucket is None or version is None:
             # authentication still comes first, as on B2, so that ids cannot be probed
-            self._check(_auth(req), ("account",), call)
+            self._check(auth_of(req), ("account",), call)
             raise B2Error(404, "not_found", f"File not present: {params.get('fileId')}")
         self._download_auth(req, bucket, version.name, call)
         self._fault(call)
@@ -544,7 +544,7 @@ class B2API:
     def _download_auth(self, req: Request, bucket: Bucket, name: str, call: str) -> None:
         if bucket.type == "allPublic":
             return
-        value = _auth(req)
+        value = auth_of(req)
         if not value:
             raise B2Error(401, "unauthorized", f"bucket {bucket.name} is private: an authorization token is required")
         token = self._check(value, ("account", "download"), call)
@@ -611,14 +611,14 @@ class B2API:
         self.faults.reset()
 
 
-def _auth(req: Request) -> str | None:
+def auth_of(req: Request) -> str | None:
     value = req.headers.get("Authorization")
     if not value and req.query.get("Authorization"):
         value = req.query["Authorization"][0]
     return value or None
 
 
-def _int(params: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
+def int_param(params: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
     value = params.get(name, default)
     if value is None:
         raise bad_request(f"{name} is required")
