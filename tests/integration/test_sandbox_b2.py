@@ -19,43 +19,11 @@ import pytest
 import requests
 from b2sdk.v2 import B2Api, InMemoryAccountInfo, UploadSourceLocalFile
 from b2sdk.v2.exception import B2Error, BadRequest, FileNotPresent, Unauthorized
+from nfsandbox.b2.testing import B2Sandbox
 
 pytestmark = [pytest.mark.sandbox]
 
 TAGS = {"nixforge-build-id": "b2-test", "nixforge-pipeline": "sandbox", "nixforge-expires-at": "2026-12-01T00:00:00Z"}
-
-
-class B2Sandbox:
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.env = handle.env()
-        self.url = self.env["B2_API_URL"]
-        self.public = self.env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"]
-        self.private = self.env["NIXFORGE_SANDBOX_B2_PRIVATE_BUCKET"]
-
-    def api(self) -> B2Api:
-        api = B2Api(InMemoryAccountInfo())
-        api.authorize_account(self.url, self.env["B2_APPLICATION_KEY_ID"], self.env["B2_APPLICATION_KEY"])
-        return api
-
-    def resources(self) -> list[dict[str, Any]]:
-        return [r for r in self.handle.resources() if r["provider"] == "b2"]
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        self.handle.set_faults("b2", faults)
-
-    def served(self) -> dict[str, Any]:
-        return self.handle.call("GET", "/faults/b2")["faults"]["served"]
-
-    def clean(self) -> None:
-        api = self.api()
-        for bucket in api.list_buckets():
-            for version, _ in bucket.ls(latest_only=False, recursive=True):
-                api.delete_file_version(version.id_, version.file_name)
-            for unfinished in bucket.list_unfinished_large_files():
-                api.cancel_large_file(unfinished.file_id)
-            if bucket.name not in (self.public, self.private):
-                api.delete_bucket(bucket)
 
 
 @pytest.fixture
@@ -102,7 +70,7 @@ def test_published_settings_authorize_and_list_the_fixture_buckets(b2: B2Sandbox
     assert buckets == {b2.public: "allPublic", b2.private: "allPrivate"}
     bad = B2Api(InMemoryAccountInfo())
     with pytest.raises(Unauthorized) as err:
-        bad.authorize_account(b2.url, b2.env["B2_APPLICATION_KEY_ID"], "K00wrong")
+        bad.authorize_account(b2.url, b2.key_id, "K00wrong")
     assert err.value.code == "unauthorized"
 
 
@@ -251,6 +219,7 @@ def test_b2sdk_rides_through_429_503_and_expired_tokens(b2: B2Sandbox, tmp_path:
     b2.set_faults({"token_ttl": 1})
     time.sleep(1.5)
     assert len(list(bucket.ls(recursive=True))) == 5  # b2sdk authorizes again on expired_auth_token
+    bucket.upload_bytes(b"after expiry", "late")  # an expired upload token: b2sdk gets a new URL
     assert b2.served()["expired_auth_token"] >= 1
     b2.set_faults({})
     delete_all(api, bucket)
