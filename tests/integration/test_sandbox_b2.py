@@ -59,7 +59,7 @@ def sha256_of(path: Path) -> str:
 
 
 def delete_all(api: B2Api, bucket: Any) -> None:
-    for version, _ in bucket.ls(latest_only=False, recursive=True):
+    for version, _folder in bucket.ls(latest_only=False, recursive=True):
         api.delete_file_version(version.id_, version.file_name)
 
 
@@ -189,7 +189,7 @@ def test_versions_hide_and_delete(b2: B2Sandbox) -> None:
     assert requests.get(url, timeout=30).content == b"two"
     bucket.hide_file("v/file")
     assert requests.get(url, timeout=30).status_code == 404
-    versions = [(v.id_, v.action) for v, _ in bucket.ls(latest_only=False, recursive=True)]
+    versions = [(v.id_, v.action) for v, _folder in bucket.ls(latest_only=False, recursive=True)]
     assert versions[1:] == [(second.id_, "upload"), (first.id_, "upload")] and versions[0][1] == "hide"
     assert len(b2.resources()) == 3
     api.delete_file_version(versions[0][0], "v/file")

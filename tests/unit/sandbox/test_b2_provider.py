@@ -82,6 +82,6 @@ def test_files_are_resources_on_disk_until_reset(provider) -> None:
 
 
 def test_bad_fault_knobs_are_a_value_error(provider) -> None:
-    prov, _ = provider
+    prov = provider[0]
     with pytest.raises(ValueError, match="unknown b2 fault knob"):
         prov.set_faults({"sometimes": True})

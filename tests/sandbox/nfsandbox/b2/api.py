@@ -234,7 +234,7 @@ class B2API:
         key_id = key = None
         if header.startswith("Basic "):
             try:
-                key_id, _, key = base64.b64decode(header[6:], validate=True).decode().partition(":")
+                key_id, _sep, key = base64.b64decode(header[6:], validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 pass
         if key_id != self.key_id or not key or not secrets.compare_digest(key, self.key):
@@ -412,7 +412,7 @@ class B2API:
         if length > MAX_PART_SIZE + 40:
             raise bad_request(f"parts must be at most {MAX_PART_SIZE} bytes")
         tmp = self.store.incoming()
-        size, sha1, _ = receive(req.stream, length, sha1_header, tmp)
+        size, sha1, _verified = receive(req.stream, length, sha1_header, tmp)
         part = self.store.add_part(file_id, int(raw), tmp, size, sha1)
         return {
             "fileId": file_id,

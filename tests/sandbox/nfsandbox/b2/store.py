@@ -145,7 +145,7 @@ def copy_hashing(stream: BinaryIO, out: BinaryIO, size: int, digest: Any) -> Non
     """
     free: queue.Queue[bytearray] = queue.Queue()
     full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-    for _ in range(BUFFERS):
+    for _index in range(BUFFERS):
         free.put(bytearray(CHUNK))
     failure: list[OSError] = []
 

@@ -51,7 +51,7 @@ class B2Sandbox:
         self.set_faults({})
         api = self.api()
         for bucket in api.list_buckets():
-            for version, _ in bucket.ls(latest_only=False, recursive=True):
+            for version, _folder in bucket.ls(latest_only=False, recursive=True):
                 api.delete_file_version(version.id_, version.file_name)
             for unfinished in bucket.list_unfinished_large_files():
                 api.cancel_large_file(unfinished.file_id)
