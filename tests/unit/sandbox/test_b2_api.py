@@ -124,6 +124,17 @@ def test_upload_stores_file_info_and_serves_download_headers(api: B2API) -> None
     assert call(api, "GET", "/file/public-bucket/nothing").status == 404
 
 
+def test_upload_refuses_bad_names_and_oversized_file_info(api: B2API) -> None:
+    token = authorize(api)["authorizationToken"]
+    assert upload(api, token, "public-bucket", "a//b", b"x").payload["code"] == "bad_request"
+    too_much = {f"k{i}": "v" * 800 for i in range(9)}
+    resp = upload(api, token, "public-bucket", "fat-info", b"x", too_much)
+    assert resp.status == 400 and "more than 7000" in resp.payload["message"]
+    eleven = {f"k{i}": "v" for i in range(11)}
+    assert "too many file info" in upload(api, token, "public-bucket", "many", b"x", eleven).payload["message"]
+    assert api.resources() == []
+
+
 def test_upload_token_is_bound_to_its_url(api: B2API) -> None:
     token = authorize(api)["authorizationToken"]
     target = api_call(api, token, "b2_get_upload_url", bucketId=bucket_id(api, "public-bucket")).payload

@@ -52,6 +52,7 @@ TOKEN_TTL = 24 * 3600.0  # account and upload tokens, as on B2
 MAX_DOWNLOAD_AUTH = 604800
 MAX_JSON_BODY = 1 << 20
 MAX_TOKENS = 20000
+MAX_NAME_AND_INFO = 7000  # B2's limit on the upload headers they travel in
 JSON_HEADERS = {"Cache-Control": "max-age=0, no-cache, no-store"}
 SPECIAL_INFO_HEADERS = {
     "b2-content-disposition": "Content-Disposition",
@@ -396,6 +397,9 @@ class B2API:
             if key.lower().startswith("x-bz-info-"):
                 info[key[len("x-bz-info-") :]] = unquote_plus(value)
         info = check_file_info(info)
+        header_bytes = len(name.encode()) + sum(len(k) + len(v.encode()) for k, v in info.items())
+        if header_bytes > MAX_NAME_AND_INFO:
+            raise bad_request(f"file name and file info take {header_bytes} bytes, more than {MAX_NAME_AND_INFO}")
         tmp = self.store.incoming()
         size, sha1, verified = receive(req.stream, length, sha1_header, tmp)
         version = self.store.add_upload(
