@@ -345,3 +345,17 @@ def test_a_key_pair_named_at_launch_logs_in_the_default_user(sandbox, ec2, keys)
         wait_for(ec2, iid, "terminated")
     finally:
         ec2.delete_key_pair(KeyName="it-keypair")
+
+
+def test_termination_goes_through_shutting_down_and_holds_the_security_group(sandbox, ec2, keys):
+    group = ec2.create_security_group(GroupName="it-held", Description="held by a terminating instance")["GroupId"]
+    iid = launch(ec2, keys, InstanceType="t3.micro", SecurityGroupIds=[group])
+    wait_for(ec2, iid, "running")
+    reply = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert reply["CurrentState"]["Name"] == "shutting-down"
+    with pytest.raises(ClientError) as err:
+        ec2.delete_security_group(GroupId=group)
+    assert err.value.response["Error"]["Code"] == "DependencyViolation"
+    inst = wait_for(ec2, iid, "terminated", timeout=30)
+    assert inst["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
+    ec2.delete_security_group(GroupId=group)
