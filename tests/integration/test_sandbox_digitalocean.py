@@ -230,5 +230,5 @@ def test_faults_fire_and_are_counted(do, files):
 def test_bad_token_and_control_api_fault_validation(do, sandbox_instance):
     with pytest.raises(DataReadError, match="Unable to authenticate"):
         do.manager(token="dop_v1_wrong").get_all_regions()
-    with pytest.raises(RuntimeError, match="HTTP 400.*0..1"):
+    with pytest.raises(RuntimeError, match=r"HTTP 400.*0\.\.1"):
         sandbox_instance.set_faults("digitalocean", {"throttle_rate": 5})
