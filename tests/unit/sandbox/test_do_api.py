@@ -290,3 +290,53 @@ def test_reset_forgets_everything(do):
     do.api.set_faults({"throttle_rate": 1.0})
     do.api.reset()
     assert do.api.resources() == [] and do.raw("GET", "/v2/tags").json()["tags"] == []
+
+
+def test_provider_contract(tmp_path, monkeypatch):
+    """What the daemon sees: start() publishes the end point and token, faults round-trip,
+    resources() lists live images, stop() removes the download folder."""
+    import ipaddress
+    from types import SimpleNamespace
+
+    from nfsandbox.digitalocean import Provider
+
+    instance = SimpleNamespace(work_dir=tmp_path / "var", network=ipaddress.ip_network("10.213.9.0/24"))
+    provider = Provider(SimpleNamespace(instance=instance, port=lambda name: 0))
+    published = provider.start()
+    try:
+        assert set(published) == {
+            "digitalocean_endpoint",
+            "DIGITALOCEAN_TOKEN",
+            "DIGITALOCEAN_API_URL",
+            "DIGITALOCEAN_END_POINT",
+        }
+        assert published["DIGITALOCEAN_API_URL"] == published["digitalocean_endpoint"] + "/v2/"
+        assert provider.api.networks == ["10.213.9.0/24"]
+        provider.set_faults({"import_delay": 0, "throttle": 1})
+        monkeypatch.setenv("DIGITALOCEAN_END_POINT", published["DIGITALOCEAN_API_URL"])
+        manager = digitalocean.Manager(
+            token=published["DIGITALOCEAN_TOKEN"], end_point=published["DIGITALOCEAN_API_URL"]
+        )
+        with pytest.raises(DataReadError, match="Rate limit"):
+            manager.get_account()
+        assert provider.get_faults()["served"]["429"] == 1 and provider.get_faults()["throttle"] == 0
+        with pytest.raises(ValueError, match="unknown digitalocean fault knob"):
+            provider.set_faults({"nope": 1})
+        root = tmp_path / "www"
+        root.mkdir()
+        (root / "d.img").write_bytes(mbr_image())
+        with FileServer(root) as files:
+            image = digitalocean.Image(
+                token=published["DIGITALOCEAN_TOKEN"],
+                end_point=published["DIGITALOCEAN_API_URL"],
+                name="p",
+                url=files.url("d.img"),
+                region="sgp1",
+            )
+            image.create()
+            assert [r["id"] for r in provider.resources()] == [image.id]
+            provider.reset()
+            assert provider.resources() == []
+    finally:
+        provider.stop()
+    assert not (tmp_path / "var" / "digitalocean").exists()

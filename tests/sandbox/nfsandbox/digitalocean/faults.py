@@ -1,8 +1,9 @@
 """Fault knobs of the DigitalOcean emulator (control API `POST /faults/digitalocean`).
 
 A call replaces the whole table; `{}` restores the defaults. What was served is counted
-in `served` (never reset by a new table, only by `reset()`), so a test can prove that
-the faults it asked for really fired: `GET /_sandbox/faults` on the emulator.
+by status in `served` and by "METHOD /v2/path" in `served_by_route` (never reset by a new
+table, only by `reset()`), so a test can prove that the faults it asked for really
+fired: `GET /faults/digitalocean` on the control API shows the knobs and the counters.
 
     {"throttle_rate": 0.2,          # fraction of requests answered 429 too_many_requests
      "server_error_rate": 0.1,      # ... 500 server_error
@@ -178,7 +179,7 @@ class Faults:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "knobs": dict(self.values),
+                **self.values,
                 "served": dict(self.served),
                 "served_by_route": {k: dict(v) for k, v in self.served_by_route.items()},
             }
