@@ -120,7 +120,7 @@ def _openapi(spec: dict[str, Any], sandbox: DOSandbox) -> Any:
 def _as_requests(sandbox: DOSandbox, entry: dict[str, Any]) -> tuple[Any, Any]:
     import requests
 
-    path, _, query = entry["path"].partition("?")
+    path, _sep, query = entry["path"].partition("?")
     url = sandbox.endpoint + (path.rstrip("/") or "/") + (f"?{query}" if query else "")
     headers = dict(entry["request_headers"])
     headers["Authorization"] = "Bearer recorded"  # the recorder drops the token; the scheme needs it

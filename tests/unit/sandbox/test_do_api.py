@@ -96,7 +96,7 @@ def test_import_qcow2_gz_goes_from_new_to_available_with_its_real_size(do):
     assert image.error_message == "" and image.tags == ["nixforge-build-id:b1"]
     [res] = do.api.resources()
     assert res["sha256"] == hashlib.sha256(body).hexdigest() and res["type"] == "do_image"
-    assert [m for m, _ in do.files.requests] == ["HEAD", "GET"]
+    assert [method for method, _path in do.files.requests] == ["HEAD", "GET"]
     actions = do.raw("GET", f"/v2/images/{image.id}/actions").json()["actions"]
     assert [(a["type"], a["status"]) for a in actions] == [("import", "completed")]
 
@@ -250,7 +250,7 @@ def test_droplets_list_is_empty(do):
 
 def test_fault_rates_and_counters(do):
     do.api.set_faults({"throttle_rate": 0.3, "server_error_rate": 0.2, "unavailable_rate": 0.2, "seed": 3})
-    statuses = [do.raw("GET", "/v2/regions").status_code for _ in range(200)]
+    statuses = [do.raw("GET", "/v2/regions").status_code for _attempt in range(200)]
     served = do.api.faults.snapshot()["served"]
     assert served == {"429": statuses.count(429), "500": statuses.count(500), "503": statuses.count(503)}
     for status, share in ((429, 0.3), (500, 0.2), (503, 0.2)):
@@ -278,7 +278,7 @@ def test_per_route_faults_and_counters(do):
 
 def test_rate_limit_budget_and_headers(do):
     do.api.set_faults({"ratelimit_limit": 3})
-    answers = [do.raw("GET", "/v2/account") for _ in range(4)]
+    answers = [do.raw("GET", "/v2/account") for _attempt in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert [a.headers["ratelimit-remaining"] for a in answers] == ["2", "1", "0", "0"]
     assert answers[3].json()["id"] == "too_many_requests"

@@ -261,7 +261,7 @@ class DigitalOceanAPI:
 
     def authorized(self, headers: Any) -> bool:
         auth = headers.get("Authorization") or ""
-        scheme, _, value = auth.partition(" ")
+        scheme, _sep, value = auth.partition(" ")
         return scheme.lower() == "bearer" and secrets.compare_digest(value.strip(), self.token)
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes) -> Response:
