@@ -252,7 +252,12 @@ def test_fault_rates_and_counters(do):
     do.api.set_faults({"throttle_rate": 0.3, "server_error_rate": 0.2, "unavailable_rate": 0.2, "seed": 3})
     statuses = [do.raw("GET", "/v2/regions").status_code for _attempt in range(200)]
     served = do.api.faults.snapshot()["served"]
-    assert served == {"429": statuses.count(429), "500": statuses.count(500), "503": statuses.count(503)}
+    assert served == {
+        "429": statuses.count(429),
+        "500": statuses.count(500),
+        "503": statuses.count(503),
+        "lost_answer": 0,
+    }
     for status, share in ((429, 0.3), (500, 0.2), (503, 0.2)):
         assert abs(statuses.count(status) / 200 - share) < 0.12
     failed = do.raw("GET", "/v2/regions")
@@ -268,12 +273,27 @@ def test_per_route_faults_and_counters(do):
     with pytest.raises(DataReadError, match="temporarily unavailable"):
         do.image(name="x", url=do.files.url("x.img"), region="nyc3").create()
     snap = do.api.faults.snapshot()
-    assert snap["served"] == {"429": 1, "500": 0, "503": 1}
+    assert snap["served"] == {"429": 1, "500": 0, "503": 1, "lost_answer": 0}
     assert snap["served_by_route"]["POST /v2/images"] == {"503": 1}
     with pytest.raises(ValueError, match="unknown digitalocean fault knob"):
         do.api.set_faults({"throttle_ratio": 1})
     with pytest.raises(ValueError, match=r"0\.\.1"):
         do.api.set_faults({"throttle_rate": 2})
+
+
+def test_lost_answer_applies_the_request_and_answers_500(do):
+    do.api.set_faults({"lost_answer": 1, "match": "^POST /v2/images$", "import_delay": 0.1})
+    assert do.raw("GET", "/v2/account").status_code == 200  # not matched: untouched
+    answer = do.raw(
+        "POST", "/v2/images", json={"name": "lost", "url": do.serve("d.img", mbr_image()), "region": "nyc3"}
+    )
+    assert answer.status_code == 500 and answer.json()["id"] == "server_error"
+    [image] = do.manager().get_my_images()  # ... but the image was created
+    assert image.name == "lost"
+    assert do.api.faults.snapshot()["served"]["lost_answer"] == 1
+    do.api.set_faults({"lost_answer_rate": 1.0, "match": "^DELETE "})
+    assert do.raw("DELETE", f"/v2/images/{image.id}").status_code == 500
+    assert do.api.resources() == []
 
 
 def test_rate_limit_budget_and_headers(do):

@@ -290,6 +290,9 @@ class DigitalOceanAPI:
                 except ValueError:
                     raise ApiError(400, "error parsing request body") from None
             status, answer = self._route(method, path, query, payload)
+            if self.faults.draw_lost(line):
+                log.info("digitalocean: answer to %s lost (applied, answered 500)", line)
+                raise ApiError(500, FAULT_MESSAGES[500])
             return status, answer, extra
         except ApiError as err:
             return err.status, {"id": err.error_id, "message": err.message, "request_id": request_id}, extra
