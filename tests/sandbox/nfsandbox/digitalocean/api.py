@@ -262,7 +262,7 @@ class DigitalOceanAPI:
     def authorized(self, headers: Any) -> bool:
         auth = headers.get("Authorization") or ""
         scheme, _sep, value = auth.partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(value.strip(), self.token)
+        return scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), self.token.encode())
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes) -> Response:
         method = method.upper()
