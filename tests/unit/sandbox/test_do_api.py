@@ -83,6 +83,9 @@ def test_bearer_token_is_required(do):
     assert answer.headers["ratelimit-limit"] == "5000"
     with pytest.raises(DataReadError, match="Unable to authenticate you"):
         do.manager(token="wrong").get_all_regions()
+    assert do.raw("GET", "/v2/account", token="caf\u00e9").status_code == 401
+    no_header = requests.get(do.api.base_url + "/v2/account", timeout=10)
+    assert no_header.status_code == 401 and no_header.json()["id"] == "unauthorized"
 
 
 def test_import_qcow2_gz_goes_from_new_to_available_with_its_real_size(do):
