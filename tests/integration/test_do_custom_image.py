@@ -133,14 +133,14 @@ def test_import_transfer_rerun_absent_and_no_token_in_vvvv(do, files, tmp_path):
     assert do.token not in output
     assert files.url("nixos.qcow2.gz") not in output
 
-    (gone, again), _ = play(do, tmp_path, [{"build_id": "it-do-main", "state": "absent"}] * 2)
+    (gone, again) = play(do, tmp_path, [{"build_id": "it-do-main", "state": "absent"}] * 2)[0]
     assert gone["changed"] is True and gone["deleted"] == [image["id"]]
     assert again["changed"] is False and again["deleted"] == []
     assert mine(do, "it-do-main") == []
 
 
 def test_check_mode_creates_nothing(do, files, tmp_path):
-    [result], _ = play(do, tmp_path, [{**image_args(files, "it-do-check", regions=["ams3"]), "_check": True}])
+    [result] = play(do, tmp_path, [{**image_args(files, "it-do-check", regions=["ams3"]), "_check": True}])[0]
     assert result["changed"] is True and result["image"] == {}
     assert result["actions"] == [
         "import image nixos-it-do-check from http://127.0.0.1/... into nyc3",
@@ -171,7 +171,7 @@ def test_refused_image_and_unreachable_url_fail_with_digitaloceans_message(do, f
 
 def test_timeout_fails_naming_wait_timeout(do, files, tmp_path):
     do.set_faults({"import_delay": 60})
-    [result], _ = play(do, tmp_path, [image_args(files, "it-do-slow", wait_timeout=3)])
+    [result] = play(do, tmp_path, [image_args(files, "it-do-slow", wait_timeout=3)])[0]
     assert result["failed"] and "'wait_timeout'" in result["msg"] and "timed out" in result["msg"]
     assert result["changed"] is True and result["image"]["id"]
     assert result["rolled_back"] == ["import image nixos-it-do-slow from http://127.0.0.1/... into nyc3"]
@@ -179,7 +179,7 @@ def test_timeout_fails_naming_wait_timeout(do, files, tmp_path):
 
 
 def test_bad_input_fails_before_anything_is_created(do, files, tmp_path):
-    results, _ = play(
+    results = play(
         do,
         tmp_path,
         [
@@ -189,7 +189,7 @@ def test_bad_input_fails_before_anything_is_created(do, files, tmp_path):
             image_args(files, "it-do-bad", oauth_token="dop_v1_not_the_right_one"),
             image_args(files, "it-do-bad", tags={"bad tag": "x"}),
         ],
-    )
+    )[0]
     assert [r.get("parameter") for r in results] == ["region", "regions", "distribution", "oauth_token", "tags"]
     assert all(r["failed"] and r["changed"] is False for r in results)
     assert posts(do) == 0 and do.leftovers() == []
@@ -208,7 +208,7 @@ def test_throttling_and_server_errors_still_succeed(do, files, tmp_path):
     )
     before = do.served_faults()
     args = image_args(files, "it-do-faults", regions=["ams3", "fra1"], poll_interval=0.2)
-    (result, gone), _ = play(do, tmp_path, [args, {"build_id": "it-do-faults", "state": "absent"}])
+    (result, gone) = play(do, tmp_path, [args, {"build_id": "it-do-faults", "state": "absent"}])[0]
     assert not result.get("failed"), result.get("msg")
     assert sorted(result["image"]["regions"]) == ["ams3", "fra1", "nyc3"]
     assert result["retries"] > 0
