@@ -3,10 +3,9 @@
 Plain HTTP on 127.0.0.1: python-digitalocean takes the whole end point URL
 (`DIGITALOCEAN_API_URL`, e.g. http://127.0.0.1:PORT/v2/), so no TLS is needed.
 
-Not part of the DigitalOcean API (the emulator's token is required):
-- `GET /_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them):
-  the contract test validates them against DigitalOcean's OpenAPI document;
-- `GET /_sandbox/faults`: the fault knobs in effect and how many faults were served.
+Not part of the DigitalOcean API (the emulator's token is required): `GET
+/_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them); the
+contract test validates them against DigitalOcean's OpenAPI document.
 """
 
 from __future__ import annotations
@@ -97,8 +96,6 @@ class _Handler(BaseHTTPRequestHandler):
         if what == "exchanges" and self.command == "DELETE":
             self.server.recorder.clear()
             return 204, None, {}
-        if what == "faults" and self.command == "GET":
-            return 200, api.faults.snapshot(), {}
         return 404, {"id": "not_found", "message": "no such sandbox endpoint"}, {}
 
     def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
