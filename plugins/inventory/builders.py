@@ -23,8 +23,8 @@ description:
   - The credential options accept templates (for example C({{ lookup('ansible.builtin.env', 'MY_TOKEN') }})), as
     AWX injects credentials into the environment of an inventory update.
 extends_documentation_fragment:
-  - ansible.builtin.constructed
-  - ansible.builtin.inventory_cache
+  - constructed
+  - inventory_cache
 requirements:
   - boto3 >= 1.34.0 (for C(ec2))
   - packet-python >= 1.44.0 (for C(equinix_metal))
