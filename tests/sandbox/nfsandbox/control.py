@@ -8,7 +8,7 @@ POST /hosts                boot a host {"owner", "userdata" | "userdata_b64",
 GET  /hosts/<name>         a host, also after it terminated or powered off
 DELETE /hosts/<name>       terminate it
 POST /faults/<provider>    JSON body → provider.set_faults(body)
-GET  /faults/<provider>    the faults still armed, counts as they are now (tests count calls)
+GET  /faults/<provider>    the faults still armed and the ones served (provider.get_faults())
 POST /reset                every provider's reset(), then terminate all hosts
 POST /shutdown             stop the daemon (what `sandboxctl down` asks first)
 """
@@ -110,7 +110,10 @@ class ControlAPI:
                 provider = sb.providers.get(parts[1])
             except KeyError as exc:
                 raise ApiError(404, str(exc.args[0])) from None
-            return 200, {"provider": parts[1], "faults": provider.get_faults()}
+            getter = getattr(provider, "get_faults", None)
+            if getter is None:
+                raise ApiError(404, f"provider {parts[1]} does not report its faults")
+            return 200, {"provider": parts[1], "faults": getter()}
         if method == "POST" and len(parts) == 2 and parts[0] == "faults":
             if not isinstance(body, dict):
                 raise ApiError(400, "faults must be a JSON object")
