@@ -4,7 +4,8 @@ example file inventories/sandbox-builders/, with their hostvars and groups; the 
 spares the APIs (counted in the emulators); `ansible -m ping` goes through the inventory
 with host key checking on, and a wrong pinned key is refused.
 
-DigitalOcean is covered by unit tests only until the sandbox has a DigitalOcean emulator.
+DigitalOcean: the plugin reads the sandbox's DigitalOcean emulator when the sandbox has one
+(which has no droplets yet); the droplet records themselves are covered by unit tests.
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ def check_inventory(sandbox: Any, env: dict[str, str], run: Run, builders: list[
     proc = run.inventory("--list", "--flush-cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     listed = plain(json.loads(proc.stdout))
+    # DigitalOcean: read through the emulator when the sandbox has one, else skipped, saying why
+    skipped_do = "skipping digitalocean" in proc.stderr
+    assert skipped_do == ("DIGITALOCEAN_TOKEN" not in env), proc.stderr[-2000:]
     hostvars = listed["_meta"]["hostvars"]
     for name in (a, b, c):
         assert name in hostvars, sorted(hostvars)
