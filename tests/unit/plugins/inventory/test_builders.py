@@ -211,3 +211,26 @@ def test_verify_file_wants_the_suffix(tmp_path: Path) -> None:
 )
 def test_public_key_of(text: str, key: str | None) -> None:
     assert builders.public_key_of(text) == key
+
+
+def test_providers_without_credentials_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    warnings: list[str] = []
+    monkeypatch.setattr(builders.display, "warning", warnings.append)
+    from ansible.inventory.data import InventoryData
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    path = tmp_path / "nixforge.builders.yml"
+    path.write_text(config(tmp_path))
+    plugin = new_plugin()
+    loader = DataLoader()
+    plugin.templar = Templar(loader=loader)
+    inventory = InventoryData()
+    plugin.parse(inventory, loader, str(path), cache=False)
+    assert [h for h in inventory.hosts] == []
+    assert len(warnings) == 3
+    assert any("AWS_REGION" in w for w in warnings) and any("DIGITALOCEAN_TOKEN" in w for w in warnings)
