@@ -7,6 +7,7 @@ served counters read back from `GET /faults/b2`.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -20,6 +21,7 @@ import requests
 from b2sdk.v2 import B2Api, InMemoryAccountInfo, UploadSourceLocalFile
 from b2sdk.v2.exception import B2Error, BadRequest, FileNotPresent, Unauthorized
 from nfsandbox.b2.testing import B2Sandbox
+from nfsandbox.digitalocean.testing import DOSandbox, qcow2_image
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -238,3 +240,32 @@ def test_buckets_made_through_the_api_are_resources(b2: B2Sandbox) -> None:
     delete_all(api, bucket)
     api.delete_bucket(bucket)
     assert b2.resources() == []
+
+
+def test_digitalocean_imports_from_a_public_bucket_url(b2: B2Sandbox, sandbox_instance) -> None:
+    """The DigitalOcean emulator fetches (HEAD, then GET) the B2 URL from the daemon itself."""
+    state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
+    if state is None:
+        pytest.skip(reason)
+    do = DOSandbox(state)
+    do.set_faults({"import_delay": 0.2})
+    body = gzip.compress(qcow2_image(1024**3))
+    api = b2.api()
+    bucket = api.get_bucket_by_name(b2.public)
+    bucket.upload_bytes(body, f"images/{os.urandom(8).hex()}/nixos.qcow2.gz", file_info=TAGS)
+    [name] = [r["name"] for r in b2.resources()]
+    image = do.image(name="from-b2", url=b2.public_url(name), region="fra1", distribution="Unknown")
+    try:
+        image.create()
+        deadline = time.time() + 60
+        while image.status != "available":
+            assert image.status == "NEW", getattr(image, "error_message", image.status)
+            assert time.time() < deadline, "the import from B2 did not finish in 60 s"
+            time.sleep(0.2)
+            image.load()
+        [listed] = do.do_resources()
+        assert listed["sha256"] == hashlib.sha256(body).hexdigest() and listed["format"] == "qcow2"
+    finally:
+        image.destroy()
+        do.set_faults({})
+    delete_all(api, bucket)
