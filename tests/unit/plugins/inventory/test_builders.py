@@ -231,6 +231,6 @@ def test_providers_without_credentials_are_skipped(tmp_path: Path, monkeypatch: 
     plugin.templar = Templar(loader=loader)
     inventory = InventoryData()
     plugin.parse(inventory, loader, str(path), cache=False)
-    assert [h for h in inventory.hosts] == []
+    assert list(inventory.hosts) == []
     assert len(warnings) == 3
     assert any("AWS_REGION" in w for w in warnings) and any("DIGITALOCEAN_TOKEN" in w for w in warnings)
