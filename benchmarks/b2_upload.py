@@ -160,7 +160,7 @@ def run_module(args: dict[str, Any], work: Path, env: dict[str, str]) -> tuple[d
         proc = subprocess.Popen(
             [str(VENV_BIN / "python"), str(MODULE), str(args_file)], stdout=stdout, stderr=stderr, env=env
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        status, usage = os.wait4(proc.pid, 0)[1:]
     seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     try:

@@ -181,16 +181,20 @@ def hash_file(path: str, chunk: int = HASH_CHUNK) -> FileDigest:
 # -- errors ------------------------------------------------------------------------
 
 
-def _exc(name: str) -> tuple:
-    cls = getattr(b2_exceptions, name, None) if b2_exceptions is not None else None
-    return (cls,) if isinstance(cls, type) else ()
+def _is(exc: BaseException, *names: str) -> bool:
+    """Whether ``exc`` is one of b2sdk's exceptions of these class names (by name: b2sdk may be missing)."""
+    for name in names:
+        cls = getattr(b2_exceptions, name, None) if b2_exceptions is not None else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def is_retryable_b2_error(exc: BaseException) -> bool:
     """Throttling, 5xx, timeouts and dropped connections; never a refusal of the input."""
-    if not isinstance(exc, B2Error) or isinstance(exc, _exc("Unauthorized") + _exc("AccessDenied")):
+    if not isinstance(exc, B2Error) or _is(exc, "Unauthorized", "AccessDenied"):
         return False
-    if isinstance(exc, _exc("MaxRetriesExceeded")):
+    if _is(exc, "MaxRetriesExceeded"):
         # an upload that ran out of b2sdk's attempts: retry only when every cause was transient
         causes = getattr(exc, "exception_info_list", None) or []
         return all(isinstance(c, B2Error) and is_retryable_b2_error(c) for c in causes)
@@ -209,7 +213,7 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
     """A b2sdk exception as the collection's error, naming the parameter to fix where one is at fault."""
     text = _b2_text(exc)
     code = getattr(exc, "code", None)
-    if isinstance(exc, _exc("Unauthorized")):
+    if _is(exc, "Unauthorized"):
         return UserInputError(
             "B2 refused the credentials (%s)" % text,
             hint="Check 'application_key_id' and 'application_key' (or %s / %s) and 'api_url'" % (KEY_ID_ENV, KEY_ENV),
@@ -217,21 +221,21 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
             what=what,
             code=code,
         )
-    if isinstance(exc, _exc("InvalidJsonResponse")):
+    if _is(exc, "InvalidJsonResponse"):
         return UserInputError(
             "the endpoint did not answer like the B2 native API (%s)" % text,
             hint="Set 'api_url' to a B2 realm URL such as 'https://api.backblazeb2.com' (not an S3 endpoint)",
             parameter="api_url",
             what=what,
         )
-    if isinstance(exc, _exc("NonExistentBucket") + _exc("BucketIdNotFound")):
+    if _is(exc, "NonExistentBucket", "BucketIdNotFound"):
         return UserInputError(
             "the bucket does not exist or the key cannot see it (%s)" % text,
             hint="Check 'bucket', and that the application key is not restricted to another bucket",
             parameter="bucket",
             what=what,
         )
-    if isinstance(exc, _exc("NotAllowedByAppKeyError") + _exc("AccessDenied") + _exc("RestrictedBucket")):
+    if _is(exc, "NotAllowedByAppKeyError", "AccessDenied", "RestrictedBucket"):
         return UserInputError(
             "the application key may not do this (%s)" % text,
             hint="Use a key with the listBuckets, listFiles, readFiles, writeFiles, deleteFiles and shareFiles "
@@ -240,7 +244,7 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
             what=what,
             code=code,
         )
-    if isinstance(exc, _exc("B2ConnectionError") + _exc("B2RequestTimeout") + _exc("UnknownHost")):
+    if _is(exc, "B2ConnectionError", "B2RequestTimeout", "UnknownHost"):
         return ProviderError(
             "B2 did not answer (%s)" % text, hint="Check 'api_url' and the network", what=what, retryable=True
         )
@@ -248,7 +252,7 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
         return ProviderError(
             text, hint="B2 kept throttling or failing after retries; try again later", what=what, retryable=True
         )
-    if isinstance(exc, _exc("BadRequest") + _exc("InvalidUserInput")) and parameter:
+    if _is(exc, "BadRequest", "InvalidUserInput") and parameter:
         return UserInputError(text, hint="Check the parameter '%s'" % parameter, parameter=parameter, what=what)
     return ProviderError(text, what=what, code=code if isinstance(code, str) else None)
 
@@ -356,8 +360,10 @@ class B2Client(RetryingClient):
         def delete() -> None:
             try:
                 self.api.session.delete_file_version(file_id, name)
-            except _exc("FileNotPresent") + _exc("FileOrBucketNotFound"):
-                pass  # gone already (a retried call that had succeeded)
+            except B2Error as exc:
+                # gone already: a retried call that had succeeded
+                if not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
+                    raise
 
         self.call(delete, what="Deleting %s (version %s)" % (name, file_id))
 
@@ -365,8 +371,9 @@ class B2Client(RetryingClient):
         def cancel() -> None:
             try:
                 self.api.session.cancel_large_file(file_id)
-            except _exc("FileNotPresent") + _exc("FileOrBucketNotFound"):
-                pass
+            except B2Error as exc:
+                if not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
+                    raise
 
         self.call(cancel, what="Cancelling the unfinished large file %s (%s)" % (name, file_id))
 

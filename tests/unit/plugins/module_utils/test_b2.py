@@ -49,7 +49,7 @@ def test_normalize_api_url():
 
 
 def test_generated_names_are_unguessable_and_keep_the_file_name():
-    names = {b2.generate_name("do-1", "/var/tmp/out/nixos.qcow2.gz") for _ in range(50)}
+    names = {b2.generate_name("do-1", "/var/tmp/out/nixos.qcow2.gz") for attempt in range(50)}
     assert len(names) == 50
     for name in names:
         assert re.match(r"^nixforge/do-1/[0-9a-f]{32}/nixos\.qcow2\.gz$", name)

@@ -44,7 +44,7 @@ class Cloud:
         return client
 
     def files(self, bucket):
-        return [(v.file_name, v.file_info) for v, _ in bucket.ls(latest_only=False, recursive=True)]
+        return [(v.file_name, v.file_info) for v, folder in bucket.ls(latest_only=False, recursive=True)]
 
     def unfinished(self, bucket):
         return list(bucket.list_unfinished_large_files())
@@ -218,7 +218,7 @@ def test_absent_with_name_removes_only_that_name(cloud, exits, tmp_path):
     b = run(cloud, src=str(src), name="nixforge/b1/named/image.img").result["object"]["name"]
     out = run(cloud, state="absent", name=b)
     assert [d["name"] for d in out.result["deleted"]] == [b]
-    assert [n for n, _ in cloud.files(cloud.public)] == [a]
+    assert [n for n, info in cloud.files(cloud.public)] == [a]
 
 
 def test_authorized_url_for_a_private_bucket(cloud, exits, tmp_path):
@@ -226,7 +226,7 @@ def test_authorized_url_for_a_private_bucket(cloud, exits, tmp_path):
     write(src, 1000)
     out = run(cloud, src=str(src), bucket="priv-bucket", url_mode="authorized", url_ttl="2h")
     assert out.kind == "exit", out.result
-    base, _, query = out.result["url"].partition("?")
+    base, query = out.result["url"].split("?", 1)
     assert base.endswith("/file/priv-bucket/" + out.result["object"]["name"])
     assert query.startswith("Authorization=") and len(query) > len("Authorization=")
     too_long = run(cloud, src=str(src), bucket="priv-bucket", url_mode="authorized", url_ttl="8d")
