@@ -206,7 +206,7 @@ build:
 import functools
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
     FILE_INFO_SHA256,
@@ -276,6 +276,27 @@ class B2Object(NixforgeModule):
     def secret_values(self) -> List[str]:
         client = getattr(self, "client", None)
         return super().secret_values() + (list(client.secrets) if client is not None else [])
+
+    def exit(self, **kwargs: Any) -> NoReturn:
+        self.unmask_key_id_in_url()
+        super().exit(**kwargs)
+
+    def unmask_key_id_in_url(self) -> None:
+        """B2 tokens may embed the application key id (account tokens do, and so do the sandbox's download
+        tokens). Ansible masks every occurrence of a no_log value in the result, which would break the
+        returned URL. The key id is an identifier, not the secret: it is unmasked in the result, while the
+        invocation still shows it masked, and errors and warnings still mask it."""
+        key_id = self.params.get("application_key_id")
+        if not key_id or key_id not in str(self.result.get("url") or ""):
+            return
+        spec = self.full_argument_spec()
+        self.result["invocation"] = {
+            "module_args": {
+                k: "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" if spec.get(k, {}).get("no_log") and v is not None else v
+                for k, v in self.params.items()
+            }
+        }
+        self.module.no_log_values.discard(key_id)
 
     # -- prepare: input first, then the bucket, then what exists ------------------------
 

@@ -349,3 +349,19 @@ def test_no_secret_in_results(cloud, exits, tmp_path):
     assert cloud.key not in text
     token = cloud.clients[-1].api.account_info.get_account_auth_token()
     assert token not in text
+
+
+def test_key_id_inside_the_url_is_not_masked(cloud, exits, tmp_path, monkeypatch):
+    # B2 tokens may embed the key id; Ansible's masking of no_log values must not break the URL
+    def token_url(self, bucket, name, seconds):
+        return "http://dl.test/file/%s/%s?Authorization=3_%s_abc" % (bucket.name, name, cloud.key_id)
+
+    monkeypatch.setattr(b2.B2Client, "authorized_url", token_url)
+    src = tmp_path / "image.img"
+    write(src, 1000)
+    out = run(cloud, src=str(src), bucket="priv-bucket", url_mode="authorized")
+    assert out.kind == "exit", out.result
+    assert out.result["url"].endswith("Authorization=3_%s_abc" % cloud.key_id)
+    args = out.result["invocation"]["module_args"]
+    assert args["application_key_id"] == args["application_key"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert cloud.key not in json.dumps(out.result)
