@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import Uploader
 from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     NixforgeError,
     ProviderError,
@@ -39,7 +40,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import (
 )
 
 try:
-    from b2sdk.v2 import B2Api, InMemoryAccountInfo, UploadSourceLocalFile, WriteIntent
+    from b2sdk.v2 import B2Api, InMemoryAccountInfo
     from b2sdk.v2 import exception as b2_exceptions
 
     HAS_B2SDK = True
@@ -154,18 +155,16 @@ def validate_object_name(name: str, parameter: str = "name") -> str:
 
 
 class FileDigest:
-    """Size and hashes of a local file, from one streaming read."""
+    """Size and sha256 of a local file."""
 
-    def __init__(self, size: int, sha256: str, sha1: str) -> None:
+    def __init__(self, size: int, sha256: str) -> None:
         self.size = size
         self.sha256 = sha256
-        self.sha1 = sha1
 
 
 def hash_file(path: str, chunk: int = HASH_CHUNK) -> FileDigest:
-    """sha256 (what we publish) and sha1 (what B2 stores as ``large_file_sha1``) in one read."""
+    """The sha256 of a file, from one streaming read."""
     sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1()  # noqa: S324 - B2's integrity checksum, not a security measure
     size = 0
     with open(path, "rb") as handle:
         while True:
@@ -173,9 +172,8 @@ def hash_file(path: str, chunk: int = HASH_CHUNK) -> FileDigest:
             if not block:
                 break
             sha256.update(block)
-            sha1.update(block)
             size += len(block)
-    return FileDigest(size, sha256.hexdigest(), sha1.hexdigest())
+    return FileDigest(size, sha256.hexdigest())
 
 
 # -- errors ------------------------------------------------------------------------
@@ -378,33 +376,22 @@ class B2Client(RetryingClient):
         self.call(cancel, what="Cancelling the unfinished large file %s (%s)" % (name, file_id))
 
     def upload(
-        self, bucket: Any, path: str, name: str, file_info: Mapping[str, str], digest: FileDigest, part_size: int
+        self,
+        bucket: Any,
+        path: str,
+        name: str,
+        file_info: Mapping[str, str],
+        size: int,
+        part_size: int,
+        threads: int,
+        verify: Optional[str] = None,
     ) -> Dict[str, Any]:
-        """Upload ``path`` as ``name``: one request up to ``part_size``, parallel parts above.
-
-        The source is read from disk part by part (never whole into memory). A retry of
-        the whole upload resumes the unfinished large file b2sdk left behind.
-        """
-        source = UploadSourceLocalFile(local_path=path, content_sha1=digest.sha1)
-        version = self.call(
-            bucket.create_file,
-            [WriteIntent(source)],
-            name,
-            file_info=dict(file_info),
-            recommended_upload_part_size=part_size,
-            min_part_size=min(part_size, self.absolute_minimum_part_size),
-            max_part_size=max(part_size, MAX_PART_SIZE),
-            large_file_sha1=digest.sha1,
-            what="Uploading %s" % name,
-        )
-        return {
-            "file_id": version.id_,
-            "name": version.file_name,
-            "size": version.size,
-            "action": "upload",
-            "file_info": dict(version.file_info or {}),
-            "upload_timestamp": version.upload_timestamp,
-        }
+        """Upload ``path`` as ``name``: one request up to ``part_size``, parallel parts above,
+        every byte read once (see ``_b2_upload``); with ``verify`` the sha256 is checked in the
+        same pass and a mismatch fails before the upload is finished."""
+        engine = Uploader(self.api.session, self.call, threads)
+        response = engine.upload(bucket.id_, path, name, size, file_info, part_size, verify)
+        return _version_dict(response)
 
     def public_url(self, bucket_name: str, name: str) -> str:
         return "%s/file/%s/%s" % (self.api.account_info.get_download_url(), bucket_name, quote(name, safe="/"))
