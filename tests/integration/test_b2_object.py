@@ -193,7 +193,10 @@ def test_public_small_and_multipart_upload_adopt_and_absent(b2, clean, tmp_path)
         assert obj["file_info"]["nixforge-expires-at"].endswith("Z")
         # the public URL serves the exact bytes without any authorization
         assert fetch(result["url"], b2.env) == (200, digest)
-    assert "large_file_sha1" in first_large["object"]["file_info"]  # it went up as a large file, in parts
+    # the large one went up as a B2 large file (in parts: B2 keeps no whole-file sha1), the small one in one request
+    assert stored(b2, first_large["object"]["file_id"])["contentSha1"] == "none"
+    small_bytes = small.read_bytes()
+    assert stored(b2, first_small["object"]["file_id"])["contentSha1"] == hashlib.sha1(small_bytes).hexdigest()  # noqa: S324
     assert "in parts of 5000000 bytes" in first_large["actions"][0]
     for again, first in ((again_small, first_small), (again_large, first_large)):
         assert again["changed"] is False and again["uploaded"] is False
@@ -327,11 +330,8 @@ def fault_counters(b2: B2Sandbox) -> dict[str, int]:
 def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:
     """Every token-like string of ``text`` that the emulator accepts as an account
     authorization token (tried against b2_list_buckets): none may be printed."""
-    import base64
-
     env = b2.env
-    basic = base64.b64encode(("%s:%s" % (env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"])).encode())
-    auth = b2_call(env, env["B2_API_URL"].rstrip("/") + "/b2api/v3/b2_authorize_account", "Basic " + basic.decode())
+    auth = authorize(b2)
     api_url = auth["apiInfo"]["storageApi"]["apiUrl"]
     assert b2_call(env, api_url + "/b2api/v3/b2_list_buckets", auth["authorizationToken"], auth["accountId"])
     leaked = []
@@ -339,6 +339,24 @@ def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:
         if b2_call(env, api_url + "/b2api/v3/b2_list_buckets", candidate, auth["accountId"]) is not None:
             leaked.append(candidate)
     return leaked
+
+
+def authorize(b2: B2Sandbox) -> dict[str, Any]:
+    import base64
+
+    env = b2.env
+    basic = base64.b64encode(("%s:%s" % (env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"])).encode())
+    return b2_call(env, env["B2_API_URL"].rstrip("/") + "/b2api/v3/b2_authorize_account", "Basic " + basic.decode())
+
+
+def stored(b2: B2Sandbox, file_id: str) -> dict[str, Any]:
+    """b2_get_file_info of one file version."""
+    auth = authorize(b2)
+    url = auth["apiInfo"]["storageApi"]["apiUrl"] + "/b2api/v3/b2_get_file_info"
+    request = urllib.request.Request(url, data=json.dumps({"fileId": file_id}).encode(), method="POST")  # noqa: S310
+    request.add_header("Authorization", auth["authorizationToken"])
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - sandbox B2 (plain http)
+        return json.loads(response.read())
 
 
 def b2_call(env: dict[str, str], url: str, token: str, account_id: str | None = None) -> Any:
