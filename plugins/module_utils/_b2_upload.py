@@ -185,7 +185,7 @@ class Uploader:
                         raise mismatch(path, str(stream.actual_sha256), verify) from None
                     raise
 
-        return self.call(attempt, what="Uploading %s" % name)
+        return self.call(attempt, what="Uploading %s" % name, upload=True)
 
     def large(
         self,
@@ -235,7 +235,7 @@ class Uploader:
                         raise OSError("B2 stored part %d with sha1 %s, not %s" % (number, stored, stream.hash))
                     return stream.hash
 
-            return self.call(attempt, what="Uploading part %d of %s" % (number, file_id))
+            return self.call(attempt, what="Uploading part %d of %s" % (number, file_id), upload=True)
 
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="b2-part")
         futures = [pool.submit(one, *r) for r in ranges]

@@ -202,6 +202,17 @@ def is_retryable_b2_error(exc: BaseException) -> bool:
         return False
 
 
+def is_retryable_upload_error(exc: BaseException) -> bool:
+    """For one upload request: also what B2 answers to "take another upload URL" (an expired or
+    busy upload token); the failed URL is not reused, so the next attempt gets a new one."""
+    if is_retryable_b2_error(exc):
+        return True
+    try:
+        return isinstance(exc, B2Error) and bool(exc.should_retry_upload())
+    except Exception:  # noqa: BLE001 - a foreign error type
+        return False
+
+
 def _b2_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 500 else text[:497] + "..."
@@ -292,10 +303,18 @@ class B2Client(RetryingClient):
         if value and value not in self.secrets:
             self.secrets.append(value)
 
-    def call(self, fn: Callable[..., Any], *args: Any, what: str, parameter: Optional[str] = None, **kw: Any) -> Any:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        what: str,
+        parameter: Optional[str] = None,
+        classify: Callable[[BaseException], bool] = is_retryable_b2_error,
+        **kw: Any,
+    ) -> Any:
         """``fn(*args, **kw)`` with retries; a b2sdk error becomes a ``NixforgeError``."""
         try:
-            return self._with_retry(fn, is_retryable_b2_error, *args, **kw)
+            return self._with_retry(fn, classify, *args, **kw)
         except NixforgeError:
             raise
         except B2Error as exc:
@@ -389,7 +408,13 @@ class B2Client(RetryingClient):
         """Upload ``path`` as ``name``: one request up to ``part_size``, parallel parts above,
         every byte read once (see ``_b2_upload``); with ``verify`` the sha256 is checked in the
         same pass and a mismatch fails before the upload is finished."""
-        engine = Uploader(self.api.session, self.call, threads)
+
+        def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+            if kw.pop("upload", False):
+                kw["classify"] = is_retryable_upload_error
+            return self.call(fn, *args, **kw)
+
+        engine = Uploader(self.api.session, call, threads)
         response = engine.upload(bucket.id_, path, name, size, file_info, part_size, verify)
         return _version_dict(response)
 

@@ -288,10 +288,28 @@ def test_throttling_and_server_errors_are_survived(b2, clean, tmp_path):
     result = ok(results[0])
     assert result["object"]["sha256"] == digest
     assert fetch(result["url"], b2.env) == (200, digest)
-    assert sum(fired.values()) > 0, fired
+    assert fired["429"] + fired["503"] > 0, fired
     print("faults fired: %s in %.1fs" % (fired, time.monotonic() - started))
     results = tasks_results(b2, "faults-absent", [absent(b2.public, build)])
     ok(results[0])
+    assert b2.files_of(build) == []
+
+
+def test_expired_tokens_are_renewed(b2, clean, tmp_path):
+    build = "it-b2-tokens"
+    clean.append(build)
+    src = tmp_path / "nixos.qcow2.gz"
+    digest = random_file(src, 100 * MB)
+    b2.set_faults({"token_ttl": 0.2})  # account and upload tokens expire while the parts go up
+    results = tasks_results(
+        b2, "tokens", [{"bucket": b2.public, "build_id": build, "src": str(src), "part_size": "5MB", "threads": 1}]
+    )
+    fired = fault_counters(b2)
+    b2.set_faults({})
+    result = ok(results[0])
+    assert fired["expired_auth_token"] > 0, fired
+    assert fetch(result["url"], b2.env) == (200, digest)
+    assert len(ok(tasks_results(b2, "tokens-absent", [absent(b2.public, build)])[0])["deleted"]) == 1
     assert b2.files_of(build) == []
 
 
@@ -324,7 +342,7 @@ FAULTS_20_PERCENT: dict[str, Any] = {"rate_429": 0.1, "rate_503": 0.1, "retry_af
 def fault_counters(b2: B2Sandbox) -> dict[str, int]:
     """What the emulator served since the faults were set: {"429": n, "503": n}."""
     served = b2.handle.call("GET", "/faults/b2")["faults"]["served"]
-    return {"429": int(served.get("429", 0)), "503": int(served.get("503", 0))}
+    return {k: int(served.get(k, 0)) for k in ("429", "503", "expired_auth_token")}
 
 
 def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:

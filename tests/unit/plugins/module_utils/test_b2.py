@@ -216,3 +216,12 @@ def test_part_stream_refuses_the_trailer_on_sha256_mismatch(tmp_path):
     good = hashlib.sha256(b"x" * 100).hexdigest()
     with PartStream(str(path), 0, 100, expected_sha256=good) as stream:
         assert len(stream.read(1000)) == 140
+
+
+def test_upload_classifier_also_takes_another_upload_url():
+    # an expired or refused upload token: retry the request with a new upload URL
+    expired = b2exc.InvalidAuthToken("expired", "expired_auth_token")
+    assert b2.is_retryable_upload_error(expired) is True
+    assert b2.is_retryable_b2_error(expired) is False
+    assert b2.is_retryable_upload_error(b2exc.BadRequest("bad", "bad_request")) is False
+    assert b2.is_retryable_upload_error(ValueError("x")) is False
