@@ -97,7 +97,7 @@ options:
     description:
       - Size of the parts of a large file, in bytes or with a unit (V(100MB), V(64MiB)). Files up to this size go
         up in one request.
-      - At least B2's minimum of 5 MB; at most 10,000 parts per file.
+      - At least B2's minimum of 5 MB, at most 5 GB; at most 10,000 parts per file.
     type: raw
     default: 100MB
   threads:
@@ -213,6 +213,7 @@ from typing import Any, Dict, List, NoReturn, Optional
 
 from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
     FILE_INFO_SHA256,
+    MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
     REQUIRED_LIBRARIES,
@@ -338,6 +339,12 @@ class B2Object(NixforgeModule):
             raise UserInputError(
                 "%d bytes is below B2's minimum part size" % self.part_size,
                 hint="Use at least 5MB (the default, 100MB, is what B2 recommends)",
+                parameter="part_size",
+            )
+        if self.part_size > MAX_PART_SIZE:
+            raise UserInputError(
+                "%d bytes is above B2's maximum part (and single upload) size of 5 GB" % self.part_size,
+                hint="Use at most 5GB",
                 parameter="part_size",
             )
         self.src_stat = os.stat(src)

@@ -248,6 +248,7 @@ def test_authorized_url_for_a_private_bucket(cloud, exits, tmp_path):
         ({"sha256": "not-hex"}, "sha256"),
         ({"part_size": "4MB"}, "part_size"),
         ({"part_size": "lots"}, "part_size"),
+        ({"part_size": "6GB"}, "part_size"),
         ({"threads": 0}, "threads"),
         ({"name": "/leading/slash"}, "name"),
         ({"tags": {"nixforge-build-id": "x"}}, "tags"),
