@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from urllib.parse import quote
@@ -316,8 +317,17 @@ class B2Client(RetryingClient):
         **kw: Any,
     ) -> Any:
         """``fn(*args, **kw)`` with retries; a b2sdk error becomes a ``NixforgeError``."""
+
+        def classify_and_wait(exc: BaseException) -> bool:
+            # B2 says how long to wait in Retry-After (429 and 503): at least that, then our backoff
+            retry = classify(exc)
+            after = getattr(exc, "retry_after_seconds", None)
+            if retry and after:
+                (self._sleep or time.sleep)(min(float(after), 60.0))
+            return retry
+
         try:
-            return self._with_retry(fn, classify, *args, **kw)
+            return self._with_retry(fn, classify_and_wait, *args, **kw)
         except NixforgeError:
             raise
         except B2Error as exc:

@@ -225,3 +225,18 @@ def test_upload_classifier_also_takes_another_upload_url():
     assert b2.is_retryable_b2_error(expired) is False
     assert b2.is_retryable_upload_error(b2exc.BadRequest("bad", "bad_request")) is False
     assert b2.is_retryable_upload_error(ValueError("x")) is False
+
+
+def test_call_waits_at_least_retry_after():
+    sleeps: list = []
+    c = client(sleeps)
+    answers = [b2exc.TooManyRequests(retry_after_seconds="3"), "ok"]
+
+    def fn():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert c.call(fn, what="Listing") == "ok"
+    assert sleeps[0] == 3.0 and len(sleeps) == 2  # Retry-After, then the jittered backoff
