@@ -130,14 +130,13 @@ options:
     type: str
     env:
       - name: DIGITALOCEAN_TOKEN
-      - name: DIGITALOCEAN_ACCESS_TOKEN
+      - name: DO_API_TOKEN
   do_api_url:
     description: Base URL of the DigitalOcean API (or a compatible endpoint).
     type: str
     default: https://api.digitalocean.com/v2/
     env:
       - name: DIGITALOCEAN_API_URL
-      - name: DIGITALOCEAN_END_POINT
   state_dirs:
     description:
       - Folders holding per-build state directories (C(<folder>/<build id>/)) as the C(nixforge.images.builder_host)
@@ -264,6 +263,13 @@ def read_state_dir(roots: List[str], build_id: str) -> Dict[str, Optional[str]]:
     return found
 
 
+# (module option, this plugin's option) per provider, for error messages
+OPTION_NAMES = {
+    "digitalocean": (("oauth_token", "do_api_token"), ("api_url", "do_api_url")),
+    "equinix_metal": (("auth_token", "metal_auth_token"), ("api_url", "metal_api_url")),
+}
+
+
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     NAME = "nixforge.images.builders"
 
@@ -315,7 +321,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             try:
                 records.extend(readers[provider](build_ids, pipelines))
             except NixforgeError as exc:
-                raise AnsibleError("nixforge.images.builders, provider %s: %s" % (provider, to_native(exc))) from None
+                message = to_native(exc)
+                # the clients name the modules' options; name this plugin's instead
+                for module_option, option in OPTION_NAMES.get(provider, ()):
+                    message = message.replace("'%s'" % module_option, "'%s'" % option)
+                raise AnsibleError("nixforge.images.builders, provider %s: %s" % (provider, message)) from None
         return records
 
     def _skip(self, provider: str, why: str) -> List[Dict[str, Any]]:
@@ -376,8 +386,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         token = self._opt("do_api_token")
         if not token:
             return self._skip("digitalocean", "no token (set 'do_api_token', or DIGITALOCEAN_TOKEN)")
-        reader = _discovery_do.DoReader(token, self._opt("do_api_url"))
-        return _discovery_do.list_builders(reader, build_ids, pipelines)
+        from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import digitalocean_client
+
+        client = digitalocean_client({"oauth_token": token, "api_url": self._opt("do_api_url")})
+        return _discovery_do.list_builders(client, build_ids, pipelines)
 
     # -- inventory ---------------------------------------------------------------------
 

@@ -359,3 +359,36 @@ def test_termination_goes_through_shutting_down_and_holds_the_security_group(san
     inst = wait_for(ec2, iid, "terminated", timeout=30)
     assert inst["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
     ec2.delete_security_group(GroupId=group)
+
+
+def test_create_fleet_honours_client_tokens(sandbox, ec2, keys):
+    template = ec2.create_launch_template(
+        LaunchTemplateName="it-token",
+        LaunchTemplateData={
+            "ImageId": newest_ami(ec2),
+            "UserData": base64.b64encode(user_data(keys).encode()).decode(),
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+            "SecurityGroupIds": [ssh_group(ec2)],
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    request = {
+        "Type": "instant",
+        "ClientToken": "it-token-1",
+        "TargetCapacitySpecification": {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "on-demand"},
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": template, "Version": "$Latest"},
+                "Overrides": [{"InstanceType": "t3.micro"}],
+            }
+        ],
+    }
+    first = ec2.create_fleet(**request)
+    again = ec2.create_fleet(**request)  # a retry after a lost answer
+    assert again["FleetId"] == first["FleetId"]
+    ids = [i for entry in first["Instances"] for i in entry["InstanceIds"]]
+    assert len(ids) == 1
+    wait_for(ec2, ids[0], "running")
+    ec2.delete_fleets(FleetIds=[first["FleetId"]], TerminateInstances=True)
+    wait_for(ec2, ids[0], "terminated", timeout=30)
+    ec2.delete_launch_template(LaunchTemplateId=template)

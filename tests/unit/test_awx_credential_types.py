@@ -71,7 +71,7 @@ def test_metal_primary_variables_are_injected() -> None:
 
 
 def test_digitalocean_primary_variables_are_injected() -> None:
-    from ansible_collections.nixforge.images.plugins.module_utils import _discovery_do
+    from ansible_collections.nixforge.images.plugins.module_utils import digitalocean
 
-    wanted = {_discovery_do.TOKEN_ENV[0], _discovery_do.API_URL_ENV[0]}
+    wanted = {digitalocean.TOKEN_ENV[0], digitalocean.API_URL_ENV[0]}
     assert wanted <= set(load("digitalocean.yml")["injectors"]["env"])

@@ -739,7 +739,21 @@ def _response_run_instances(self: Any):
 
 
 def _response_create_fleet(self: Any):
-    # Gap: moto's CreateFleet reply has no Errors[].
+    # Gaps: moto's CreateFleet reply has no Errors[], and it ignores ClientToken (EC2
+    # answers a repeated token with the fleet it created the first time).
+    token = self._get_param("ClientToken") if _hooks is not None else None
+    known = getattr(self.ec2_backend, "_nf_fleet_tokens", None)
+    if known is None:
+        known = self.ec2_backend._nf_fleet_tokens = {}
+    if token and token in known:
+        return ActionResult(dict(known[token]))
+    result = _create_fleet_reply(self)
+    if token and isinstance(result, ActionResult) and isinstance(result.result, dict):
+        known[token] = dict(result.result)
+    return result
+
+
+def _create_fleet_reply(self: Any):
     result = _orig(Fleets, "create_fleet")(self)
     if _hooks is not None and isinstance(result, ActionResult) and isinstance(result.result, dict):
         fleet = self.ec2_backend.get_fleet(result.result["FleetId"])

@@ -12,7 +12,8 @@ from ansible_collections.nixforge.images.plugins.module_utils import (
     _discovery_ec2,
     _discovery_metal,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import do_tags
+from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
 
 NOW = datetime.datetime(2026, 11, 28, 9, 0, tzinfo=datetime.timezone.utc)
 FUTURE = "2026-11-28T12:00:00Z"
@@ -187,30 +188,18 @@ def test_metal_by_build_id_asks_the_api_with_the_tag() -> None:
 # -- DigitalOcean -----------------------------------------------------------------------
 
 
-class FakeResponse:
-    def __init__(self, status: int, body: Any) -> None:
-        self.status_code = status
-        self.body = body
-        self.text = str(body)
-        self.reason = "reason"
+class FakeClient:
+    """What list_builders needs of module_utils/digitalocean's client (paging and retries
+    are tested with that client in test_digitalocean.py)."""
 
-    def json(self) -> Any:
-        return self.body
+    def __init__(self, droplets: list[dict[str, Any]]) -> None:
+        self.droplets = droplets
+        self.calls: list[dict[str, Any]] = []
 
-
-class FakeSession:
-    def __init__(self, answers: list[FakeResponse]) -> None:
-        self.answers = answers
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-
-    def get(self, url: str, params: dict[str, Any], headers: dict[str, str], timeout: int) -> FakeResponse:
-        self.requests.append((url, params))
-        return self.answers.pop(0)
-
-
-class FakeManager:
-    def __init__(self, answers: list[FakeResponse]) -> None:
-        self._session = FakeSession(answers)
+    def paginate(self, path: str, key: str, what: str, **query: Any) -> list[dict[str, Any]]:
+        self.calls.append({"path": path, "key": key, **query})
+        tag = query.get("tag_name")
+        return [d for d in self.droplets if tag is None or tag in d.get("tags", [])]
 
 
 def droplet(did: int, build: str, expires: str = FUTURE) -> dict[str, Any]:
@@ -218,7 +207,7 @@ def droplet(did: int, build: str, expires: str = FUTURE) -> dict[str, Any]:
         "id": did,
         "name": "nixforge-%s" % build,
         "status": "active",
-        "tags": [*_discovery_do.do_tag_list(tags(build, "do-image", expires)), "unrelated"],
+        "tags": [*do_tags(tags(build, "do-image", expires)), "unrelated"],
         "size_slug": "s-2vcpu-4gb",
         "size": {"price_hourly": 0.03571},
         "region": {"slug": "ams3"},
@@ -230,50 +219,19 @@ def droplet(did: int, build: str, expires: str = FUTURE) -> dict[str, Any]:
     }
 
 
-def reader(answers: list[FakeResponse]) -> _discovery_do.DoReader:
-    manager = FakeManager(answers)
-    return _discovery_do.DoReader(TOKEN, "http://127.0.0.1:9/v2", manager=manager, sleep=lambda s: None)
-
-
-def test_do_tags_round_trip() -> None:
-    data = tags("b1", "p", "2026-11-28T10:00:00Z")
-    assert _discovery_do.do_tag_dict(_discovery_do.do_tag_list(data)) == data
-    assert "nixforge-expires-at:2026-11-28T10:00:00Z" in _discovery_do.do_tag_list(data)
-
-
-def test_do_pages_retries_and_records() -> None:
-    r = reader(
-        [
-            FakeResponse(429, {"id": "too_many_requests", "message": "slow down"}),
-            FakeResponse(200, {"droplets": [droplet(1, "b1")], "links": {"pages": {"next": "x"}}}),
-            FakeResponse(200, {"droplets": [droplet(2, "b2", PAST), {"id": 3, "tags": []}], "links": {}}),
-        ]
-    )
-    records = _discovery_do.list_builders(r, now=NOW)
+def test_do_records() -> None:
+    client = FakeClient([droplet(1, "b1"), droplet(2, "b2", PAST), {"id": 3, "tags": []}])
+    records = _discovery_do.list_builders(client, now=NOW)
     assert [x["id"] for x in records] == ["1", "2"]
     first = records[0]
     assert first["address"] == "192.0.2.9" and first["price_per_hour"] == pytest.approx(0.03571)
     assert first["instance_type"] == "s-2vcpu-4gb" and first["location"] == "ams3" and first["pipeline"] == "do-image"
     assert records[1]["expired"] is True
-    assert r.retries == 1
-    urls = r.manager._session.requests
-    assert urls[0][0] == "http://127.0.0.1:9/v2/droplets" and [p["page"] for _, p in urls] == [1, 1, 2]
+    assert client.calls == [{"path": "droplets", "key": "droplets", "tag_name": None}]
 
 
 def test_do_by_build_id_uses_the_tag_filter() -> None:
-    r = reader([FakeResponse(200, {"droplets": [droplet(1, "b1")]})])
-    _discovery_do.list_builders(r, build_ids=["b1"], now=NOW)
-    assert r.manager._session.requests[0][1]["tag_name"] == "nixforge-build-id:b1"
-
-
-def test_do_bad_token_names_the_option_and_hides_it() -> None:
-    r = reader([FakeResponse(401, {"id": "unauthorized", "message": "Unable to authenticate you (%s)" % TOKEN})])
-    with pytest.raises(UserInputError) as info:
-        r.droplets()
-    assert info.value.parameter == "do_api_token" and "s3cr3t" not in str(info.value)
-
-
-def test_do_needs_a_token() -> None:
-    with pytest.raises(UserInputError) as info:
-        _discovery_do.DoReader("", manager=object())
-    assert "DIGITALOCEAN_TOKEN" in str(info.value)
+    client = FakeClient([droplet(1, "b1"), droplet(2, "b2")])
+    records = _discovery_do.list_builders(client, build_ids=["b1"], now=NOW)
+    assert [x["id"] for x in records] == ["1"]
+    assert client.calls[0]["tag_name"] == "nixforge-build-id:b1"
