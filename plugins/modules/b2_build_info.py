@@ -15,7 +15,9 @@ description:
     (else by the build id in their name C(nixforge/<id>/...)) and dated by C(nixforge-expires-at).
   - A build whose resources carry no readable C(nixforge-expires-at) counts as expired (a leak); a build
     found in several buckets expires at the latest expiry any of its resources carries.
-  - Reads only. Pair it with the provider's removal module in O(state=absent), as C(playbooks/reap.yml) does.
+  - Reads only. Pair it with M(nixforge.images.b2_object) in C(state=absent), as C(playbooks/reap.yml) does.
+author:
+  - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
   - nixforge.images.b2
   - nixforge.images.attributes

@@ -17,7 +17,9 @@ description:
     only images stuck in another state (a failed or hanging import), unless you name the build id.
   - A build whose resources carry no readable C(nixforge-expires-at) counts as expired (a leak); a build
     found in several places expires at the latest expiry any of its resources carries.
-  - Reads only. Pair it with the provider's removal module in O(state=absent), as C(playbooks/reap.yml) does.
+  - Reads only. Pair it with M(nixforge.images.do_custom_image) in C(state=absent), as C(playbooks/reap.yml) does.
+author:
+  - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
   - nixforge.images.digitalocean
   - nixforge.images.attributes

@@ -15,7 +15,9 @@ description:
     the C(nixforge-build-id) tag. Tags are filtered on the EC2 side.
   - A build whose resources carry no readable C(nixforge-expires-at) counts as expired (a leak); a build
     found in several regions expires at the latest expiry any of its resources carries.
-  - Reads only. Pair it with the provider's removal module in O(state=absent), as C(playbooks/reap.yml) does.
+  - Reads only. Pair it with M(nixforge.images.ec2_spot_host) in C(state=absent), as C(playbooks/reap.yml) does.
+author:
+  - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
   - nixforge.images.ec2
   - nixforge.images.attributes

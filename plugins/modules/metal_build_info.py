@@ -15,7 +15,9 @@ description:
     C(nixforge-<id>-ssh) as M(nixforge.images.metal_device) names them.
   - A build whose resources carry no readable C(nixforge-expires-at) counts as expired (a leak); a build
     found in several projects expires at the latest expiry any of its resources carries.
-  - Reads only. Pair it with the provider's removal module in O(state=absent), as C(playbooks/reap.yml) does.
+  - Reads only. Pair it with M(nixforge.images.metal_device) in C(state=absent), as C(playbooks/reap.yml) does.
+author:
+  - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
   - nixforge.images.metal
   - nixforge.images.attributes
