@@ -279,7 +279,7 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     assert not gone.get("failed"), gone.get("msg")
     assert gone["changed"] is True
     assert gone["removed"]["instances"] == [result["instance_id"]]
-    assert gone["removed"]["key_pairs"] == ["nixforge-%s" % build_id]
+    assert gone["removed"]["key_pairs"] == ["nixforge-%s-ssh" % build_id]
     assert len(gone["removed"]["security_groups"]) == 1 and len(gone["removed"]["launch_templates"]) == 1
     assert SECRET_KEY not in proc.stdout + proc.stderr
     assert of_build(ec2_sandbox, build_id) == []
@@ -288,6 +288,18 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     twice, _output = runner.run({"build_id": build_id, "state": "absent"})
     assert twice["changed"] is False and not twice.get("failed")
     assert all(ids == [] for ids in twice["removed"].values())
+
+
+def test_check_mode_and_real_run_report_the_same_actions(runner: Runner, build_id: str, ec2_sandbox):
+    """The plan check mode reports is, text for text, what a real run then does."""
+    for args in (runner.present_args(build_id), {"build_id": build_id, "state": "absent"}):
+        check, _output = runner.run(args, check_mode=True)
+        real, _output = runner.run(args)
+        assert not check.get("failed") and not real.get("failed"), (check.get("msg"), real.get("msg"))
+        assert check["changed"] is True and real["changed"] is True
+        assert check["actions"] == real["actions"], (check["actions"], real["actions"])
+        assert len(real["actions"]) >= 3  # key pair, security group, launch template / instance, fleet, ...
+    assert of_build(ec2_sandbox, build_id) == []
 
 
 # -- bad input fails before anything is created -------------------------------------------------

@@ -279,14 +279,14 @@ def test_catalogue(metal):
 
 def test_nixos_device_gets_host_key_and_userdata_file(sandbox, metal, tmp_path):
     collection_on_path()
-    from ansible_collections.nixforge.images.plugins.module_utils.metal import render_nixos_userdata
+    from ansible_collections.nixforge.images.plugins.module_utils._metal_userdata import render_nixos_userdata
+    from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import validate_host_key
 
     keys = write_keys(tmp_path)
     userdata = render_nixos_userdata(
         "emulator-test",
         "nixos_23_11",
-        keys["host_key_private"],
-        keys["host_key_public"],
+        validate_host_key(keys["host_key_private"], keys["host_key_public"]),
         [keys["ssh_public_key"]],
         ["kvm", "big-parallel"],
     )
