@@ -175,29 +175,27 @@ def ec2_argument_spec() -> Dict[str, Any]:
 # -- error classification ------------------------------------------------------------
 
 
-def aws_error_code(exc: BaseException) -> Optional[str]:
+def _response_field(exc: BaseException, section: str, key: str) -> Any:
+    """``exc.response[section][key]`` of a botocore error, or None."""
     response = getattr(exc, "response", None)
     if isinstance(response, Mapping):
-        code = response.get("Error", {}).get("Code")
-        return str(code) if code else None
+        return (response.get(section) or {}).get(key)
     return None
+
+
+def aws_error_code(exc: BaseException) -> Optional[str]:
+    code = _response_field(exc, "Error", "Code")
+    return str(code) if code else None
 
 
 def aws_error_message(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        message = response.get("Error", {}).get("Message")
-        if message:
-            return str(message)
-    return str(exc)
+    message = _response_field(exc, "Error", "Message")
+    return str(message) if message else str(exc)
 
 
 def aws_error_status(exc: BaseException) -> Optional[int]:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status else None
-    return None
+    status = _response_field(exc, "ResponseMetadata", "HTTPStatusCode")
+    return int(status) if status else None
 
 
 def classify_aws_error(exc: BaseException) -> str:
@@ -388,11 +386,6 @@ class AwsClient(RetryingClient):
             if not token:
                 return items
             kwargs[token_name] = token
-
-    def __getattr__(self, operation: str) -> Callable[..., Any]:
-        if operation.startswith("_"):
-            raise AttributeError(operation)
-        return functools.partial(self.call, operation)
 
 
 def _is_aws_exception(exc: BaseException) -> bool:

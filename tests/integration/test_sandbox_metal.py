@@ -19,18 +19,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
+from nfsandbox import testing  # noqa: E402
 from nfsandbox.metal_testing import MetalSandbox, collection_on_path, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
+metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> MetalSandbox:
-    """The Metal side of the session's sandbox (conftest brings it up)."""
-    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        pytest.skip(reason)
-    return MetalSandbox(state)
+def sandbox(metal_sandbox: MetalSandbox) -> MetalSandbox:
+    return metal_sandbox
 
 
 @pytest.fixture
