@@ -330,9 +330,8 @@ def check_region(region: Optional[str], service: str = "ec2") -> str:
 class AwsClient(RetryingClient):
     """A boto3 client whose calls retry with our policy and raise ``NixforgeError``.
 
-    ``client.describe_instances(...)`` works like boto3 (with retries and translated
-    errors); ``call(op, what=..., parameter=..., **kwargs)`` names the action and the
-    parameter for the error message; ``paginate`` returns a flat list. ``raw`` is the
+    ``call(op, what=..., parameter=..., **kwargs)`` calls boto3's ``op`` with retries and
+    translated errors naming the action and the parameter; ``paginate`` returns a flat list. ``raw`` is the
     boto3 client, for the rare call that needs the untranslated ``ClientError``.
     """
 
