@@ -21,6 +21,7 @@ pytestmark = pytest.mark.sandbox
 
 DEBIAN = "136693071363"
 BUILD_TAG = {"Key": "nixforge-build-id", "Value": "it-sandbox-ec2"}
+SSH_GROUP = "it-sandbox-ec2-ssh"
 
 
 def api_resources(sandbox):
@@ -39,8 +40,17 @@ def ec2(sandbox):
     assert leftovers(api_resources(sandbox)) == [], "the sandbox was not clean before the test"
     sandbox.set_faults("ec2", {})
     client = make_client(sandbox)
+    # security groups are enforced: SSH only from the controller (the bridge's gateway)
+    group = client.create_security_group(GroupName=SSH_GROUP, Description="SSH from the controller")["GroupId"]
+    client.authorize_security_group_ingress(
+        GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="%s/32" % sandbox.instance.gateway
+    )
     yield client
     sandbox.set_faults("ec2", {})
+    running = [r["id"] for r in leftovers(api_resources(sandbox)) if r["type"] == "instance"]
+    if running:
+        client.terminate_instances(InstanceIds=running)
+    client.delete_security_group(GroupId=group)
     left = leftovers(sandbox.resources())  # what `sandboxctl resources --json` says
     if left:  # clean up for the next test, then fail this one
         ids = [r["id"] for r in left if r["type"] == "instance"]
@@ -131,6 +141,10 @@ def hosts_of(sandbox, instance_id):
     return [r for r in api_resources(sandbox) if r["type"] == "host" and r["owner"] == instance_id]
 
 
+def ssh_group(ec2):
+    return ec2.describe_security_groups(GroupNames=[SSH_GROUP])["SecurityGroups"][0]["GroupId"]
+
+
 def launch(ec2, keys, **kwargs):
     params = {
         "ImageId": newest_ami(ec2),
@@ -140,6 +154,7 @@ def launch(ec2, keys, **kwargs):
         "UserData": user_data(keys),
         "InstanceInitiatedShutdownBehavior": "terminate",
         "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+        "SecurityGroupIds": [ssh_group(ec2)],
     }
     params.update(kwargs)
     return ec2.run_instances(**params)["Instances"][0]["InstanceId"]
@@ -214,6 +229,7 @@ def test_an_instant_fleet_falls_back_to_the_next_override(sandbox, ec2, keys):
             "UserData": base64.b64encode(user_data(keys).encode()).decode(),
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+            "SecurityGroupIds": [ssh_group(ec2)],
         },
     )["LaunchTemplate"]["LaunchTemplateId"]
     sandbox.set_faults("ec2", {"capacity": [{"instance_type": "c6g.2xlarge", "market": "spot"}]})
@@ -247,3 +263,132 @@ def test_an_instant_fleet_falls_back_to_the_next_override(sandbox, ec2, keys):
     wait_for(ec2, iid, "terminated")
     ec2.delete_launch_template(LaunchTemplateId=template)
     assert hosts_of(sandbox, iid) == []
+
+
+# -- failure knobs: an answer lost on the way back, a spot interruption ---------------
+
+
+def test_a_lost_answer_is_applied_but_never_heard_of(sandbox, ec2, keys):
+    impatient = make_client(sandbox, retries={"mode": "standard", "total_max_attempts": 1})
+    sandbox.set_faults("ec2", {"lost_answer": {"count": 1, "actions": ["RunInstances"]}})
+    with pytest.raises(ClientError) as err:
+        launch(impatient, keys, InstanceType="t3.micro")
+    assert err.value.response["Error"]["Code"] == "InternalError"
+    served = sandbox.call("GET", "/faults/ec2")["faults"]["served"]
+    assert served == {"lost_answer": {"RunInstances": 1}}
+    # ... yet the instance exists: only a client token or adoption by tags avoids a second one
+    found = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:nixforge-build-id", "Values": [BUILD_TAG["Value"]]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    [iid] = [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+    wait_for(ec2, iid, "running")  # a host still booting would outlive the fixture's leak check
+    ec2.terminate_instances(InstanceIds=[iid])
+    wait_for(ec2, iid, "terminated")
+
+
+def test_a_spot_interruption_terminates_the_instance_and_stops_its_host(sandbox, ec2, keys):
+    iid = launch(ec2, keys, InstanceType="t3.micro", InstanceMarketOptions={"MarketType": "spot"})
+    ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+    assert ssh(keys, ip, "true").returncode == 0
+    sandbox.set_faults("ec2", {"spot_interruption": {"build_id": BUILD_TAG["Value"], "after_seconds": 1}})
+    inst = wait_for(ec2, iid, "terminated", timeout=60)
+    assert inst["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    deadline = time.monotonic() + 30  # the host goes down while the instance shows terminated
+    while hosts_of(sandbox, iid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hosts_of(sandbox, iid) == []
+    assert sandbox.call("GET", "/faults/ec2")["faults"]["served"] == {"spot_interruption": {iid: 1}}
+
+
+# -- security groups and key pairs, as EC2 applies them --------------------------------
+
+
+def test_security_groups_are_enforced_and_follow_rule_changes(sandbox, ec2, keys):
+    closed = ec2.create_security_group(GroupName="it-closed", Description="SSH from elsewhere only")["GroupId"]
+    try:
+        ec2.authorize_security_group_ingress(
+            GroupId=closed, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="192.0.2.7/32"
+        )
+        iid = launch(ec2, keys, InstanceType="t3.micro", SecurityGroupIds=[closed])
+        ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+        refused = ssh(keys, ip, "true", timeout=30)
+        assert refused.returncode != 0 and "timed out" in refused.stderr, refused.stderr
+        # opening the group to the controller lets SSH in, as on EC2
+        ec2.authorize_security_group_ingress(
+            GroupId=closed, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="%s/32" % sandbox.instance.gateway
+        )
+        deadline = time.monotonic() + 20
+        while ssh(keys, ip, "true", timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, "SSH stayed closed after the ingress rule was added"
+            time.sleep(1)
+        ec2.terminate_instances(InstanceIds=[iid])
+        wait_for(ec2, iid, "terminated")
+    finally:
+        ec2.delete_security_group(GroupId=closed)
+
+
+def test_a_key_pair_named_at_launch_logs_in_the_default_user(sandbox, ec2, keys):
+    ec2.import_key_pair(KeyName="it-keypair", PublicKeyMaterial=(keys / "client.pub").read_bytes())
+    try:
+        host_only = user_data(keys).replace(
+            "ssh_authorized_keys:\n  - %s\n" % (keys / "client.pub").read_text().strip(), ""
+        )
+        assert "ssh_authorized_keys" not in host_only
+        iid = launch(ec2, keys, InstanceType="t3.micro", KeyName="it-keypair", UserData=host_only)
+        ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+        done = ssh(keys, ip, "id -un")
+        assert done.returncode == 0 and done.stdout.strip() == "admin", done.stderr
+        ec2.terminate_instances(InstanceIds=[iid])
+        wait_for(ec2, iid, "terminated")
+    finally:
+        ec2.delete_key_pair(KeyName="it-keypair")
+
+
+def test_termination_goes_through_shutting_down_and_holds_the_security_group(sandbox, ec2, keys):
+    group = ec2.create_security_group(GroupName="it-held", Description="held by a terminating instance")["GroupId"]
+    iid = launch(ec2, keys, InstanceType="t3.micro", SecurityGroupIds=[group])
+    wait_for(ec2, iid, "running")
+    reply = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert reply["CurrentState"]["Name"] == "shutting-down"
+    with pytest.raises(ClientError) as err:
+        ec2.delete_security_group(GroupId=group)
+    assert err.value.response["Error"]["Code"] == "DependencyViolation"
+    inst = wait_for(ec2, iid, "terminated", timeout=30)
+    assert inst["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
+    ec2.delete_security_group(GroupId=group)
+
+
+def test_create_fleet_honours_client_tokens(sandbox, ec2, keys):
+    template = ec2.create_launch_template(
+        LaunchTemplateName="it-token",
+        LaunchTemplateData={
+            "ImageId": newest_ami(ec2),
+            "UserData": base64.b64encode(user_data(keys).encode()).decode(),
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+            "SecurityGroupIds": [ssh_group(ec2)],
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    request = {
+        "Type": "instant",
+        "ClientToken": "it-token-1",
+        "TargetCapacitySpecification": {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "on-demand"},
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": template, "Version": "$Latest"},
+                "Overrides": [{"InstanceType": "t3.micro"}],
+            }
+        ],
+    }
+    first = ec2.create_fleet(**request)
+    again = ec2.create_fleet(**request)  # a retry after a lost answer
+    assert again["FleetId"] == first["FleetId"]
+    ids = [i for entry in first["Instances"] for i in entry["InstanceIds"]]
+    assert len(ids) == 1
+    wait_for(ec2, ids[0], "running")
+    ec2.delete_fleets(FleetIds=[first["FleetId"]], TerminateInstances=True)
+    wait_for(ec2, ids[0], "terminated", timeout=30)
+    ec2.delete_launch_template(LaunchTemplateId=template)
