@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from nfsandbox.testing import ansible_env, ansible_playbook
+from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOXCTL = ROOT / "tests" / "sandbox" / "sandboxctl"
+BIN = VENV_BIN  # for the tests that start ansible-playbook themselves
 INVENTORY = ROOT / "inventories" / "sandbox"
 
 
