@@ -351,7 +351,7 @@ removed:
   returned: state is absent
   type: dict
   sample: {instances: [i-0abc], fleets: [fleet-1], launch_templates: [lt-1], security_groups: [sg-1],
-           key_pairs: [nixforge-b1], volumes: []}
+           key_pairs: [nixforge-b1-ssh], volumes: []}
 """
 
 from typing import Any, Dict, List, Optional
