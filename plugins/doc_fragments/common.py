@@ -62,3 +62,27 @@ options:
     type: int
     default: 600
 """
+
+    # A builder's SSH keys and user data: the same names and rules for every provider
+    # (plugins/module_utils/_sshkeys.py and _userdata.py implement them).
+    BUILDER = r"""
+options:
+  public_key:
+    description:
+      - The per-build OpenSSH public key to log in with (the content of a C(.pub) file generated on the
+        controller). The provider gets it as a key named C(nixforge-<build_id>-ssh), tagged with the build and
+        removed with it; it is also put in the user data as an authorized key.
+    type: str
+    aliases: [ssh_public_key]
+  host_key_private:
+    description:
+      - Private SSH host key (OpenSSH or PEM format, without passphrase) the builder uses, generated on the
+        controller so that its public half can be pinned in a known_hosts file before the first connection.
+        Injected through the user data. Never logged or returned.
+      - Give it together with O(host_key_public).
+    type: str
+  host_key_public:
+    description:
+      - Public half of O(host_key_private) (for example C(ssh-ed25519 AAAA...)); ed25519, ecdsa or rsa.
+    type: str
+"""

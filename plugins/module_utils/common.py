@@ -274,6 +274,11 @@ class BuildIdentity:
         """A provider-side name for one of this build's resources: ``nixforge-<id>-<kind>``."""
         return "nixforge-%s-%s" % (self.build_id, kind)
 
+    @property
+    def ssh_key_name(self) -> str:
+        """The name of the build's login key at every provider (key pair, project key)."""
+        return self.resource_name("ssh")
+
     def require_future_expiry(self, now: Optional[datetime.datetime] = None) -> None:
         """Fail when creating something that would already be expired."""
         if self.expires_at <= (now or utcnow()):
@@ -379,6 +384,13 @@ class NixforgeModule:
         if cls.uses_build_identity:
             kwargs["mutually_exclusive"] = [*kwargs.get("mutually_exclusive", []), ["expires_at", "ttl"]]
         return kwargs
+
+    @property
+    def identity(self) -> BuildIdentity:
+        """The build identity; the one accessor every module uses."""
+        if self.build is None:
+            raise UserInputError("no build id given", hint="Set 'build_id'", parameter="build_id")
+        return self.build
 
     # -- running -----------------------------------------------------------------
 

@@ -175,29 +175,27 @@ def ec2_argument_spec() -> Dict[str, Any]:
 # -- error classification ------------------------------------------------------------
 
 
-def aws_error_code(exc: BaseException) -> Optional[str]:
+def _response_field(exc: BaseException, section: str, key: str) -> Any:
+    """``exc.response[section][key]`` of a botocore error, or None."""
     response = getattr(exc, "response", None)
     if isinstance(response, Mapping):
-        code = response.get("Error", {}).get("Code")
-        return str(code) if code else None
+        return (response.get(section) or {}).get(key)
     return None
+
+
+def aws_error_code(exc: BaseException) -> Optional[str]:
+    code = _response_field(exc, "Error", "Code")
+    return str(code) if code else None
 
 
 def aws_error_message(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        message = response.get("Error", {}).get("Message")
-        if message:
-            return str(message)
-    return str(exc)
+    message = _response_field(exc, "Error", "Message")
+    return str(message) if message else str(exc)
 
 
 def aws_error_status(exc: BaseException) -> Optional[int]:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status else None
-    return None
+    status = _response_field(exc, "ResponseMetadata", "HTTPStatusCode")
+    return int(status) if status else None
 
 
 def classify_aws_error(exc: BaseException) -> str:
@@ -332,9 +330,8 @@ def check_region(region: Optional[str], service: str = "ec2") -> str:
 class AwsClient(RetryingClient):
     """A boto3 client whose calls retry with our policy and raise ``NixforgeError``.
 
-    ``client.describe_instances(...)`` works like boto3 (with retries and translated
-    errors); ``call(op, what=..., parameter=..., **kwargs)`` names the action and the
-    parameter for the error message; ``paginate`` returns a flat list. ``raw`` is the
+    ``call(op, what=..., parameter=..., **kwargs)`` calls boto3's ``op`` with retries and
+    translated errors naming the action and the parameter; ``paginate`` returns a flat list. ``raw`` is the
     boto3 client, for the rare call that needs the untranslated ``ClientError``.
     """
 
@@ -388,11 +385,6 @@ class AwsClient(RetryingClient):
             if not token:
                 return items
             kwargs[token_name] = token
-
-    def __getattr__(self, operation: str) -> Callable[..., Any]:
-        if operation.startswith("_"):
-            raise AttributeError(operation)
-        return functools.partial(self.call, operation)
 
 
 def _is_aws_exception(exc: BaseException) -> bool:

@@ -71,6 +71,10 @@ class NixforgeError(Exception):
     def format(self) -> str:
         return format_error(self.what, self.msg, self.hint)
 
+    def add_hint(self, text: str) -> None:
+        """Append a sentence to the hint (for example what a rollback removed)."""
+        self.hint = (self.hint.rstrip(".") + ". " if self.hint else "") + text
+
     def __str__(self) -> str:
         return self.format()
 

@@ -10,21 +10,17 @@ dropped connections). Anything else, in particular 4xx user errors, is raised at
     policy = RetryPolicy(max_attempts=6, max_total_delay=60)
     result = call_with_retry(client.describe_images, is_retryable, policy, Owners=[...])
 
-    @retrying(is_retryable)
-    def flaky(): ...
-
 Full jitter: the n-th sleep is uniform in [0, min(max_delay, base_delay * 2**n)], which
 spreads concurrent clients apart better than a fixed or "equal" jitter.
 """
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
-__all__ = ["RetryPolicy", "backoff_delays", "call_with_retry", "is_retryable_http_status", "retrying"]
+__all__ = ["RetryPolicy", "backoff_delays", "call_with_retry", "is_retryable_http_status"]
 
 T = TypeVar("T")
 Classifier = Callable[[BaseException], bool]
@@ -115,21 +111,6 @@ def call_with_retry(
             sleep(delay)
             slept += delay
             attempt += 1
-
-
-def retrying(
-    classify: Classifier, policy: Optional[RetryPolicy] = None, sleep: Callable[[float], None] = time.sleep
-) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorator form of :func:`call_with_retry`."""
-
-    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> T:
-            return call_with_retry(fn, classify, policy, *args, sleep=sleep, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 class RetryingClient:

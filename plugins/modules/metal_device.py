@@ -30,6 +30,7 @@ author:
 extends_documentation_fragment:
   - nixforge.images.common
   - nixforge.images.common.wait
+  - nixforge.images.common.builder
   - nixforge.images.metal
   - nixforge.images.attributes
   - nixforge.images.attributes.cloud
@@ -53,7 +54,7 @@ options:
   plan:
     description:
       - Plan (machine type) slug, for example V(c3.small.x86), V(m3.large.x86) or V(c3.large.arm64).
-      - Required with O(state=present).
+      - Required with O(state=present), and so is O(public_key).
     type: str
   metro:
     description:
@@ -75,42 +76,29 @@ options:
     description:
       - Hostname of the device. Default C(nixforge-<build_id>).
     type: str
-  userdata:
+  user_data:
     description:
       - Your own part of the user data, merged with what the module needs (host key, SSH keys).
-      - For Debian/Ubuntu, a C(#cloud-config) document; its keys are merged (the host key always comes from
-        O(host_key_private)). Shell scripts are not accepted; put commands under C(runcmd).
+      - For Debian/Ubuntu, a C(#cloud-config) document merged into the module's own (lists such as C(runcmd) are
+        appended; the SSH host key settings cannot be overridden). Shell scripts are not accepted; put commands
+        under C(runcmd).
       - "For NixOS, a NixOS module (a Nix expression such as C({ pkgs, ... }: { environment.systemPackages =
         [ pkgs.git ]; })); it is imported by the module's own configuration."
       - Never returned by the module (the user data carries the host's private key).
     type: str
-  ssh_public_key:
-    description:
-      - The per-build OpenSSH public key allowed to log in as C(root). A project SSH key labelled
-        C(nixforge-<build_id>-ssh) is created from it, attached to the device only, and removed with it.
-      - Required with O(state=present).
-    type: str
-  host_key_private:
-    description:
-      - The device's SSH host private key (OpenSSH format), generated on the controller so that the controller can
-        pin the host key. Injected through the user data. Never logged or returned.
-      - Give it together with O(host_key_public).
-    type: str
-  host_key_public:
-    description:
-      - The public half of O(host_key_private) (C(ssh-ed25519 AAAA...)). Returned as RV(device.host_public_key).
-    type: str
+    aliases: [userdata]
   spot_instance:
     description:
       - Bid for a spot market device (cheaper, can be reclaimed).
     type: bool
     default: false
-  spot_price_max:
+  max_price:
     description:
       - Highest price per hour (USD) to pay for a spot device. Only with O(spot_instance=true).
       - Default is the plan's on-demand price in the metro. A bid below the current spot price fails before
         anything is created.
     type: float
+    aliases: [spot_price_max]
   require_kvm:
     description:
       - Fail (before creating anything) when the plan has no hardware virtualisation (C(/dev/kvm)), for example
@@ -151,9 +139,9 @@ EXAMPLES = r"""
     metro: da
     operating_system: debian_12
     spot_instance: true
-    spot_price_max: 0.5
+    max_price: 0.5
     require_kvm: true
-    ssh_public_key: "{{ lookup('ansible.builtin.file', state_dir ~ '/id_ed25519.pub') }}"
+    public_key: "{{ lookup('ansible.builtin.file', state_dir ~ '/id_ed25519.pub') }}"
     host_key_private: "{{ lookup('ansible.builtin.file', state_dir ~ '/ssh_host_ed25519_key') }}"
     host_key_public: "{{ lookup('ansible.builtin.file', state_dir ~ '/ssh_host_ed25519_key.pub') }}"
   register: builder
@@ -171,9 +159,9 @@ EXAMPLES = r"""
     plan: m3.large.x86
     metro: sv
     operating_system: nixos_23_11
-    userdata: |
+    user_data: |
       { pkgs, ... }: { environment.systemPackages = [ pkgs.git ]; }
-    ssh_public_key: "{{ lookup('ansible.builtin.file', state_dir ~ '/id_ed25519.pub') }}"
+    public_key: "{{ lookup('ansible.builtin.file', state_dir ~ '/id_ed25519.pub') }}"
     host_key_private: "{{ lookup('ansible.builtin.file', state_dir ~ '/ssh_host_ed25519_key') }}"
     host_key_public: "{{ lookup('ansible.builtin.file', state_dir ~ '/ssh_host_ed25519_key.pub') }}"
 
@@ -194,7 +182,7 @@ EXAMPLES = r"""
         build_id: sd-aarch64-7
         plan: c3.large.arm64
         metro: da
-        ssh_public_key: "{{ my_build_public_key }}"
+        public_key: "{{ my_build_public_key }}"
 """
 
 RETURN = r"""
@@ -300,6 +288,32 @@ device:
       description: The device's tags as a dictionary (Metal stores them as C(key=value) strings).
       type: dict
       sample: {"nixforge-build-id": "do-image-42", "nixforge-pipeline": "default"}
+ssh_host:
+  description: Address to connect to (RV(device.public_ipv4)); the same name as in M(nixforge.images.ec2_spot_host).
+  returned: when O(state=present) and not in check mode
+  type: str
+ssh_port:
+  description: SSH port.
+  returned: when O(state=present)
+  type: int
+  sample: 22
+ssh_user:
+  description: User to log in as.
+  returned: when O(state=present)
+  type: str
+  sample: root
+host_public_key:
+  description: The pinned SSH host public key (O(host_key_public)).
+  returned: when O(state=present)
+  type: str
+lifecycle:
+  description: V(spot) or V(on-demand).
+  returned: when O(state=present) and not in check mode
+  type: str
+max_price:
+  description: Upper bound of the hourly price in USD (RV(device.price_per_hour)).
+  returned: when O(state=present) and not in check mode
+  type: float
 removed:
   description: What O(state=absent) deleted (or would delete in check mode).
   returned: when O(state=absent)
@@ -320,36 +334,22 @@ build:
   sample: {"build_id": "do-image-42", "pipeline": "default", "expires_at": "2026-11-22T18:00:00Z"}
 """
 
-import re
+from functools import partial
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
-    TAG_BUILD_ID,
-    BuildIdentity,
-    NixforgeModule,
+from ansible_collections.nixforge.images.plugins.module_utils._metal_device import (
+    GONE_STATES,
+    Device,
+    DeviceBuild,
+    check_device_input,
+    project_id_of,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
-    NixforgeError,
-    ProviderError,
-    UserInputError,
-)
+from ansible_collections.nixforge.images.plugins.module_utils.common import Action, NixforgeModule
+from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError, ProviderError
 from ansible_collections.nixforge.images.plugins.module_utils.metal import (
     REQUIRED_LIBRARIES,
-    Catalogue,
-    MetalClient,
-    check_host_key_pair,
     metal_argument_spec,
     metal_client,
-    render_cloud_config,
-    render_nixos_userdata,
-    tag_dict,
-    tag_list,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
-
-GONE_STATES = ("deprovisioning", "deleted")
-PUBLIC_KEY_RE = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+"
 )
 
 
@@ -361,210 +361,41 @@ class MetalDevice(NixforgeModule):
         facility=dict(type="str"),
         operating_system=dict(type="str", default="debian_12"),
         hostname=dict(type="str"),
-        userdata=dict(type="str"),
-        ssh_public_key=dict(type="str", no_log=False),
+        user_data=dict(type="str", aliases=["userdata"]),
+        public_key=dict(type="str", no_log=False, aliases=["ssh_public_key"]),
         host_key_private=dict(type="str", no_log=True),
         host_key_public=dict(type="str", no_log=False),
         spot_instance=dict(type="bool", default=False),
-        spot_price_max=dict(type="float"),
+        max_price=dict(type="float", aliases=["spot_price_max"]),
         require_kvm=dict(type="bool", default=False),
         nix_system_features=dict(type="list", elements="str"),
     )
-    module_kwargs = dict(required_if=[["state", "present", ["plan", "ssh_public_key"]]])
+    module_kwargs = dict(required_if=[["state", "present", ["plan", "public_key"]]])
     provider_argument_spec = metal_argument_spec()
     default_wait_timeout = 900
     required_libraries = REQUIRED_LIBRARIES
 
-    client: MetalClient
-    project_id: str
+    device: Optional[Device] = None
+    key: Optional[Dict[str, Any]] = None
+    waited = False
 
-    @property
-    def ident(self) -> BuildIdentity:
-        if self.build is None:  # the base class sets it whenever build_id is given (it is required)
-            raise UserInputError("no build id given", hint="Set 'build_id'", parameter="build_id")
-        return self.build
+    # -- prepare: check the input, look up what exists -------------------------------------
 
-    # -- entry -----------------------------------------------------------------------
-
-    def run(self) -> None:
-        self.result["build"] = self.ident.as_dict()
-        self.client = metal_client(self.params)
-        self.project_id = self._project_id()
+    def prepare(self) -> None:
+        self.result["build"] = self.identity.as_dict()
+        client = metal_client(self.params)
+        self.engine = DeviceBuild(client, project_id_of(self.params), self.identity, self.params, self.warn)
         if self.params["state"] == "absent":
-            self.absent()
-        else:
-            self.present()
-
-    def _project_id(self) -> str:
-        project_id = (self.params.get("project_id") or "").strip()
-        if not project_id:
-            raise UserInputError(
-                "no project given",
-                hint="Set 'project_id' (or METAL_PROJECT_ID) to the UUID of your Metal project",
-                parameter="project_id",
-            )
-        if not re.match(r"^[0-9a-fA-F-]{36}$", project_id):
-            raise UserInputError(
-                "%r is not a project UUID" % project_id,
-                hint="Copy the project's UUID from the Metal console or 'metal project get'",
-                parameter="project_id",
-            )
-        return project_id
-
-    # -- lookups ---------------------------------------------------------------------
-
-    @property
-    def build_tag(self) -> str:
-        return "%s=%s" % (TAG_BUILD_ID, self.ident.build_id)
-
-    @property
-    def key_label(self) -> str:
-        return self.ident.resource_name("ssh")
-
-    def build_devices(self, include_gone: bool = False) -> List[Dict[str, Any]]:
-        devices = self.client.paginate(
-            "projects/%s/devices" % self.project_id,
-            "devices",
-            what="Listing the build's devices",
-            tag=self.build_tag,
-        )
-        # The tag filter is applied by the API; checked again here in case an endpoint ignores it.
-        mine = [d for d in devices if self.build_tag in (d.get("tags") or [])]
-        if not include_gone:
-            mine = [d for d in mine if d.get("state") not in GONE_STATES]
-        return sorted(mine, key=lambda d: str(d.get("created_at") or ""))
-
-    def build_keys(self) -> List[Dict[str, Any]]:
-        data = self.client.call("projects/%s/ssh-keys" % self.project_id, what="Listing the build's SSH keys") or {}
-        return [
-            k
-            for k in data.get("ssh_keys") or []
-            if k.get("label") == self.key_label or self.build_tag in (k.get("tags") or [])
-        ]
-
-    def get_device(self, device_id: str) -> Optional[Dict[str, Any]]:
-        return self.client.call("devices/%s" % device_id, what="Reading device %s" % device_id, missing_ok=True)
-
-    # -- present ---------------------------------------------------------------------
-
-    def validate(self) -> Dict[str, Any]:
-        """Every check that can fail on the input, before anything is created."""
-        params = self.params
-        public_key = (params.get("ssh_public_key") or "").strip()
-        if not PUBLIC_KEY_RE.match(public_key):
-            raise UserInputError(
-                "not an OpenSSH public key",
-                hint="Give the content of the per-build key's .pub file (for example 'ssh-ed25519 AAAA...')",
-                parameter="ssh_public_key",
-            )
-        check_host_key_pair(params.get("host_key_private"), params.get("host_key_public"))
-        if params.get("spot_price_max") is not None and not params["spot_instance"]:
-            raise UserInputError(
-                "a spot bid is set but spot_instance is false",
-                hint="Set 'spot_instance: true', or drop 'spot_price_max'",
-                parameter="spot_price_max",
-            )
-        if params.get("spot_price_max") is not None and params["spot_price_max"] <= 0:
-            raise UserInputError(
-                "%s is not a positive price" % params["spot_price_max"],
-                hint="Give the highest price per hour in USD, for example 0.5",
-                parameter="spot_price_max",
-            )
-        hostname = params.get("hostname") or "nixforge-%s" % self.ident.build_id
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", hostname):
-            raise UserInputError(
-                "%r is not a valid hostname" % hostname,
-                hint="Use letters, digits, dots and hyphens",
-                parameter="hostname",
-            )
-        self.ident.require_future_expiry()
-
-        # The catalogue and the project (the first calls: a bad token fails here).
-        self.check_project()
-        catalogue = Catalogue.load(self.client)
-        plan = catalogue.plan(params["plan"])
-        metro, facility = catalogue.metro_for(params.get("metro"), params.get("facility"))
-        catalogue.check_plan_in_metro(plan, metro, "facility" if facility and not params.get("metro") else "metro")
-        os_entry = catalogue.operating_system(params["operating_system"], plan)
-        kvm = catalogue.has_kvm(plan)
-        if params["require_kvm"] and not kvm:
-            kvm_plans = [
-                s for s, p in catalogue.plans.items() if catalogue.has_kvm(p) and metro in catalogue.plan_metros(p)
-            ]
-            raise UserInputError(
-                "plan %s has no hardware virtualisation (KVM), and require_kvm is true" % plan.get("slug"),
-                hint="Pick a plan with KVM%s"
-                % (" in %s: %s" % (metro, ", ".join(sorted(kvm_plans))) if kvm_plans else ""),
-                parameter="plan",
-            )
-        on_demand = catalogue.hourly_price(plan, metro, catalogue.metro_ids)
-        bid = None
-        if params["spot_instance"]:
-            bid = params.get("spot_price_max")
-            if bid is None:
-                if on_demand is None:
-                    raise UserInputError(
-                        "the catalogue has no price for plan %s to bid with" % plan.get("slug"),
-                        hint="Set 'spot_price_max'",
-                        parameter="spot_price_max",
-                    )
-                bid = on_demand
-            current = self.spot_price(plan.get("slug"), metro)
-            if current is not None and bid < current:
-                raise UserInputError(
-                    "the bid %.4f is below the current spot price %.4f of %s in %s"
-                    % (bid, current, plan["slug"], metro),
-                    hint="Raise 'spot_price_max' to at least %.4f, or use 'spot_instance: false'" % current,
-                    parameter="spot_price_max",
-                )
-        is_nixos = (os_entry.get("distro") or "").lower() == "nixos" or params["operating_system"].startswith("nixos")
-        features = params.get("nix_system_features")
-        if features is None:
-            features = ["big-parallel", "benchmark"] + (["kvm", "nixos-test"] if kvm else [])
-        if is_nixos:
-            userdata = render_nixos_userdata(
-                self.ident.build_id,
-                params["operating_system"],
-                params.get("host_key_private"),
-                params.get("host_key_public"),
-                [public_key],
-                features,
-                params.get("userdata"),
-            )
-        else:
-            userdata = render_cloud_config(
-                self.ident.build_id,
-                params.get("host_key_private"),
-                params.get("host_key_public"),
-                [public_key],
-                params.get("userdata"),
-            )
-        return dict(
-            plan=plan,
-            metro=metro,
-            facility=facility,
-            os=os_entry,
-            kvm=kvm,
-            bid=bid,
-            on_demand=on_demand,
-            hostname=hostname,
-            userdata=userdata,
-            public_key=public_key,
-            architecture=catalogue.architecture(plan),
-        )
-
-    def spot_price(self, plan: Any, metro: str) -> Optional[float]:
-        data = self.client.call("market/spot/prices/metros", what="Reading spot prices", missing_ok=True)
-        if not data:
-            return None
-        entry = ((data.get("spot_market_prices") or {}).get(metro) or {}).get(plan) or {}
-        price = entry.get("price")
-        return float(price) if price is not None else None
-
-    def present(self) -> None:
-        spec = self.validate()
-        devices = self.build_devices()
-        failed = [d for d in devices if d.get("state") == "failed"]
+            self.engine.check_project()
+            self.devices = self.engine.devices(include_gone=True)
+            self.keys = self.engine.keys()
+            return
+        checked = check_device_input(self.params, self.identity)
+        # The project and the catalogue are the first calls: a bad token fails here.
+        self.engine.check_project()
+        self.spec = self.engine.spec(checked)
+        devices = self.engine.devices()
+        self.failed = [d for d in devices if d.get("state") == "failed"]  # never usable: replaced
         live = [d for d in devices if d.get("state") != "failed"]
         if len(live) > 1:
             raise ProviderError(
@@ -573,315 +404,112 @@ class MetalDevice(NixforgeModule):
                 hint="Run with 'state: absent' for this build id to remove them, then again with 'state: present'",
                 what="Adopting the build's device",
             )
-        for dev in failed:
-            # A failed device never becomes usable: remove it (and start afresh below).
-            if self.would_change("delete failed device %s" % dev.get("id")):
-                self.delete_device(dev)
-        keys = self.build_keys()
-        device = live[0] if live else None
-        self.result["adopted"] = device is not None
-        key = self.ensure_key(keys, spec["public_key"], device)
-        created = False
-        if device is None:
-            summary = "create device %s (%s in %s, %s%s)" % (
+        self.device = live[0] if live else None
+        self.result["adopted"] = self.device is not None
+        self.key, self.stale = self.engine.choose_key(self.spec["public_key"], self.device)
+
+    # -- plan: the same texts in check mode and in a real run ------------------------------
+
+    def plan(self) -> List[Action]:
+        engine = self.engine
+        if self.params["state"] == "absent":
+            self.result["removed"] = {
+                "devices": [d["id"] for d in self.devices],
+                "ssh_keys": [k["id"] for k in self.keys],
+            }
+            live = [d for d in self.devices if d.get("state") not in GONE_STATES]  # others are already going
+            return [Action("delete device %s" % d["id"], partial(engine.delete_device, d)) for d in live] + [
+                Action("delete project SSH key %s" % k["id"], partial(engine.delete_key, k["id"])) for k in self.keys
+            ]
+        actions = [
+            Action("delete failed device %s" % d.get("id"), partial(engine.delete_device, d)) for d in self.failed
+        ]
+        actions += [
+            Action("delete stale project SSH key %s" % k.get("id"), partial(engine.delete_key, k["id"]))
+            for k in self.stale
+        ]
+        if self.key is None:
+            actions.append(
+                Action("create project SSH key %s" % self.identity.ssh_key_name, self.create_key, self.delete_key)
+            )
+        spec = self.spec
+        if self.device is None:
+            text = "create device %s (%s in %s, %s%s)" % (
                 spec["hostname"],
                 spec["plan"]["slug"],
                 spec["facility"] or spec["metro"],
                 self.params["operating_system"],
                 ", spot bid %.4f" % spec["bid"] if spec["bid"] is not None else "",
             )
-            if not self.would_change(summary):
-                self.result["device"] = {}
-                return
-            device = self.create_device(spec, key)
-            created = True
-        elif device.get("state") == "inactive":
-            if self.would_change("power on device %s" % device.get("id")) and not self.check_mode:
-                self.client.call(
-                    "devices/%s/actions" % device["id"], "POST", {"type": "power_on"}, what="Powering the device on"
-                )
-        if self.check_mode:
-            self.result["device"] = self.describe(device, spec, key)
+            actions.append(Action(text, self.create_device))
+        elif self.device.get("state") == "inactive":
+            actions.append(
+                Action("power on device %s" % self.device["id"], partial(engine.power_on, self.device["id"]))
+            )
+        return actions
+
+    # -- the actions -------------------------------------------------------------------------
+
+    def create_key(self) -> None:
+        self.key = self.engine.create_key(self.spec["public_key"])
+
+    def delete_key(self) -> None:
+        if self.key and self.key.get("id"):
+            self.engine.delete_key(self.key["id"])
+
+    def create_device(self) -> None:
+        self.device = self.engine.create_device(self.spec, self.key or {})
+        self.wait_active()
+
+    def wait_active(self) -> None:
+        """Wait until the device is active; one that does not get there is deleted with the build's keys."""
+        if not self.params["wait"] or self.device is None:
             return
-        if self.params["wait"]:
-            try:
-                device = self.wait_active(device)
-            except NixforgeError as exc:
-                self.cleanup_after_failure(device, exc, created)
-        self.result["device"] = self.describe(device, spec, key)
-
-    def ensure_key(
-        self, keys: List[Dict[str, Any]], public_key: str, device: Optional[Dict[str, Any]]
-    ) -> Dict[str, Any]:
-        body = public_key.split()[:2]
-        matching = [k for k in keys if (k.get("key") or "").split()[:2] == body]
-        stale = [k for k in keys if k not in matching]
-        if stale and device is not None and not matching:
-            raise UserInputError(
-                "the build's device was created with another SSH key than 'ssh_public_key'",
-                hint="Give the key this build started with, or remove the build ('state: absent') and start again",
-                parameter="ssh_public_key",
-            )
-        for key in stale:
-            if self.would_change("delete stale project SSH key %s" % key.get("id")):
-                self.client.call("ssh-keys/%s" % key["id"], "DELETE", what="Deleting a stale SSH key", missing_ok=True)
-        if matching:
-            return matching[0]
-        # Metal refuses a second project key with the same fingerprint: a key somebody added to
-        # the project by hand is used as is, and left in place at the end (it is not ours).
-        data = self.client.call("projects/%s/ssh-keys" % self.project_id, what="Listing the project's SSH keys") or {}
-        for other in data.get("ssh_keys") or []:
-            if (other.get("key") or "").split()[:2] == body:
-                self.module.warn(
-                    "ssh_public_key is already the project's SSH key %s (%s); using it and leaving it in place"
-                    % (other.get("id"), other.get("label"))
-                )
-                return other
-        if not self.would_change("create project SSH key %s" % self.key_label):
-            return {}
-        params = {"label": self.key_label, "key": public_key, "tags": tag_list(self.ident.tags())}
-        path = "projects/%s/ssh-keys" % self.project_id
-
-        def find() -> Optional[Dict[str, Any]]:
-            found = [k for k in self.build_keys() if (k.get("key") or "").split()[:2] == body]
-            return found[0] if found else None
-
-        return self.client.create_idempotent(path, params, find, "Creating the per-build SSH key", "ssh_public_key")
-
-    def create_device(self, spec: Dict[str, Any], key: Dict[str, Any]) -> Dict[str, Any]:
-        body: Dict[str, Any] = {
-            "hostname": spec["hostname"],
-            "plan": spec["plan"]["slug"],
-            "operating_system": self.params["operating_system"],
-            "billing_cycle": "hourly",
-            "tags": tag_list(self.ident.tags()),
-            "userdata": spec["userdata"],
-            "project_ssh_keys": [key["id"]] if key.get("id") else [],
-            "termination_time": self.ident.expires_at_str,
-            "locked": False,
-            "customdata": {"nixforge": self.ident.as_dict()},
-        }
-        if spec["facility"] and not self.params.get("metro"):
-            body["facility"] = spec["facility"]
-        else:
-            body["metro"] = spec["metro"]
-        if spec["bid"] is not None:
-            body["spot_instance"] = True
-            body["spot_price_max"] = spec["bid"]
-
-        def find() -> Optional[Dict[str, Any]]:
-            found = [d for d in self.build_devices() if d.get("state") != "failed"]
-            return found[0] if found else None
-
+        device_id = self.device["id"]
+        self.waited = True
         try:
-            return self.client.create_idempotent(
-                "projects/%s/devices" % self.project_id, body, find, "Creating the device", "plan"
-            )
+            self.device = self.engine.wait_active(device_id)
         except NixforgeError as exc:
-            # Nothing usable was created; the key was made for this device only.
-            self.delete_build_keys()
-            raise exc from None
-
-    def wait_active(self, device: Dict[str, Any]) -> Dict[str, Any]:
-        device_id = device["id"]
-        last: Dict[str, Any] = {"device": device}
-
-        def probe() -> Dict[str, Any]:
-            current = self.get_device(device_id)
-            if current is None:
-                raise ProviderError(
-                    "device %s disappeared while provisioning" % device_id,
-                    hint="Its termination_time may have passed; check 'ttl'/'expires_at'",
-                    what="Waiting for the device to become active",
+            cleaned = ["device %s" % device_id]
+            try:
+                self.engine.remove_device(device_id)
+                for key in self.engine.keys():
+                    self.engine.delete_key(key["id"])
+                    cleaned.append("SSH key %s" % key["id"])
+            except NixforgeError as cleanup_error:
+                self.fail(
+                    "%s Cleaning up failed too: %s" % (exc.format(), cleanup_error.format()),
+                    hint="Run this task again with 'state: absent' for build %s" % self.identity.build_id,
                 )
-            last["device"] = current
-            state = current.get("state")
-            if state == "failed":
-                raise ProviderError(
-                    "device %s ended in state 'failed' (%s)" % (device_id, self.failure_reason(current)),
-                    hint="The provider could not provision it; try again, or another plan or metro",
-                    what="Provisioning the device",
-                )
-            if state in GONE_STATES:
-                raise ProviderError(
-                    "device %s is %s" % (device_id, state),
-                    hint="It was deleted or reached its termination_time; check 'ttl'/'expires_at'",
-                    what="Waiting for the device to become active",
-                )
-            return current
+            self.result["changed"] = True
+            exc.add_hint("Deleted what the build had created (%s); nothing is left behind" % ", ".join(cleaned))
+            raise
 
-        return wait_for(
-            probe,
-            timeout=self.params["wait_timeout"],
-            what="device %s to become active" % device_id,
-            done=lambda d: d.get("state") == "active" and bool(self.public_ipv4(d)),
-            interval=1.0,
-            max_interval=10.0,
-            describe=lambda d: (
-                "state %s%s"
-                % (
-                    d.get("state"),
-                    " (%s%%)" % d.get("provisioning_percentage")
-                    if d.get("provisioning_percentage") is not None
-                    else "",
-                )
-            ),
-        )
+    # -- describe ----------------------------------------------------------------------------
 
-    @staticmethod
-    def failure_reason(device: Dict[str, Any]) -> str:
-        for event in reversed(device.get("provisioning_events") or []):
-            if "fail" in str(event.get("type", "")) or event.get("state") == "failed":
-                return str(event.get("body") or event.get("interpolated") or event.get("type"))
-        return "no reason given"
-
-    def cleanup_after_failure(self, device: Dict[str, Any], exc: NixforgeError, created: bool) -> None:
-        """Delete the device and key of this build, then fail with what happened."""
-        cleaned = []
-        try:
-            current = self.get_device(device["id"])
-            if current is not None and current.get("state") not in GONE_STATES:
-                self.delete_device(current)
-            self.wait_gone([device["id"]], min(self.params["wait_timeout"], 600))
-            cleaned.append("device %s" % device["id"])
-            cleaned.extend("SSH key %s" % k for k in self.delete_build_keys())
-        except NixforgeError as cleanup_error:
-            self.fail(
-                "%s Cleaning up failed too: %s" % (exc.format(), cleanup_error.format()),
-                hint="Run this task again with 'state: absent' for build %s" % self.params["build_id"],
-            )
-        self.result["changed"] = True
-        exc.hint = ((exc.hint.rstrip(".") + ". ") if exc.hint else "") + (
-            "Deleted what the build had created (%s); nothing is left behind" % ", ".join(cleaned)
-        )
-        raise exc
-
-    def describe(self, device: Dict[str, Any], spec: Dict[str, Any], key: Dict[str, Any]) -> Dict[str, Any]:
-        plan = device.get("plan") or spec["plan"]
-        metro = (device.get("metro") or {}).get("code") or spec["metro"]
-        facility = (device.get("facility") or {}).get("code") or spec["facility"]
-        addresses = [
-            {
-                "address": a.get("address"),
-                "address_family": a.get("address_family"),
-                "public": a.get("public"),
-                "cidr": a.get("cidr"),
-                "gateway": a.get("gateway"),
-            }
-            for a in device.get("ip_addresses") or []
-        ]
-        spot = bool(device.get("spot_instance"))
-        bid = device.get("spot_price_max") if spot else None
+    def describe(self) -> Dict[str, Any]:
+        if self.params["state"] == "absent":
+            if self.devices and self.params["wait"] and not self.check_mode:
+                self.engine.wait_gone([d["id"] for d in self.devices], self.params["wait_timeout"])
+            return {}
+        if self.device is None:  # check mode, would be created
+            return {"device": {}, "ssh_port": 22, "ssh_user": "root", "host_public_key": self.host_public_key}
+        if not self.check_mode and not self.waited:
+            self.wait_active()
+        device = self.engine.describe(self.device, self.spec, self.key or {})
         return {
-            "id": device.get("id"),
-            "hostname": device.get("hostname"),
-            "state": device.get("state"),
-            "plan": plan.get("slug") if isinstance(plan, dict) else plan,
-            "metro": metro,
-            "facility": facility,
-            "operating_system": (device.get("operating_system") or {}).get("slug") or self.params["operating_system"],
-            "architecture": spec["architecture"],
-            "kvm": spec["kvm"],
-            "public_ipv4": self.public_ipv4(device),
-            "private_ipv4": self.address(device, 4, False),
-            "public_ipv6": self.address(device, 6, True),
-            "ip_addresses": addresses,
-            "ssh_user": "root",
-            "ssh_key_id": key.get("id"),
-            "host_public_key": (self.params.get("host_key_public") or "").strip() or None,
-            "spot_instance": spot,
-            "spot_price_max": bid,
-            "price_per_hour": bid if bid is not None else spec["on_demand"],
-            "termination_time": device.get("termination_time"),
-            "created_at": device.get("created_at"),
-            "tags": tag_dict(device.get("tags")),
+            "device": device,
+            "ssh_host": device["public_ipv4"],
+            "ssh_port": 22,
+            "ssh_user": device["ssh_user"],
+            "host_public_key": device["host_public_key"],
+            "lifecycle": "spot" if device["spot_instance"] else "on-demand",
+            "max_price": device["price_per_hour"],
         }
 
-    @staticmethod
-    def address(device: Dict[str, Any], family: int, public: bool) -> Optional[str]:
-        for entry in device.get("ip_addresses") or []:
-            if entry.get("address_family") == family and bool(entry.get("public")) == public:
-                return entry.get("address")
-        return None
-
-    def public_ipv4(self, device: Dict[str, Any]) -> Optional[str]:
-        return self.address(device, 4, True)
-
-    # -- absent ----------------------------------------------------------------------
-
-    def delete_device(self, device: Dict[str, Any]) -> None:
-        if device.get("locked"):
-            raise UserInputError(
-                "device %s is locked against deletion" % device.get("id"),
-                hint="Unlock it in the Metal console (or with 'metal device update --locked=false'), then run again",
-                what="Deleting the device",
-            )
-        self.client.call(
-            "devices/%s" % device["id"], "DELETE", what="Deleting device %s" % device["id"], missing_ok=True
-        )
-
-    def delete_key(self, key_id: str) -> None:
-        self.client.call("ssh-keys/%s" % key_id, "DELETE", what="Deleting the build's SSH key", missing_ok=True)
-
-    def delete_build_keys(self) -> List[str]:
-        removed = []
-        for key in self.build_keys():
-            self.delete_key(key["id"])
-            removed.append(key["id"])
-        return removed
-
-    def wait_gone(self, device_ids: List[str], timeout: float) -> None:
-        if not device_ids:
-            return
-
-        def probe() -> List[str]:
-            return [i for i in device_ids if self.get_device(i) is not None]
-
-        wait_for(
-            probe,
-            timeout=timeout,
-            what="device(s) %s to be gone" % ", ".join(device_ids),
-            done=lambda remaining: not remaining,
-            interval=1.0,
-            max_interval=10.0,
-            describe=lambda remaining: "still there: %s" % ", ".join(remaining),
-        )
-
-    def check_project(self) -> None:
-        """The first call of a run: a bad token or project fails here, naming the parameter."""
-        project = self.client.call(
-            "projects/%s" % self.project_id, what="Reading the project", parameter="project_id", missing_ok=True
-        )
-        if project is None:
-            raise UserInputError(
-                "no project %s is visible with this token" % self.project_id,
-                hint="Check 'project_id' (or METAL_PROJECT_ID), and that the token belongs to that project",
-                parameter="project_id",
-            )
-
-    def absent(self) -> None:
-        self.check_project()
-        devices = self.build_devices(include_gone=True)
-        keys = self.build_keys()
-        removed: Dict[str, List[str]] = {"devices": [], "ssh_keys": []}
-        self.result["removed"] = removed
-        for device in devices:
-            removed["devices"].append(device["id"])
-            if device.get("state") in GONE_STATES:
-                continue  # already going; waited for below
-            if self.would_change("delete device %s" % device["id"]):
-                self.delete_device(device)
-        for key in keys:
-            removed["ssh_keys"].append(key["id"])
-            if self.would_change("delete project SSH key %s" % key["id"]):
-                self.client.call(
-                    "ssh-keys/%s" % key["id"], "DELETE", what="Deleting the build's SSH key", missing_ok=True
-                )
-        if devices and self.params["wait"] and not self.check_mode:
-            self.wait_gone([d["id"] for d in devices], self.params["wait_timeout"])
-        if devices and not self.result["changed"]:
-            # Only devices already deprovisioning were found: nothing changed by us.
-            self.result["changed"] = False
+    @property
+    def host_public_key(self) -> Optional[str]:
+        return self.spec["host_key"].public if self.spec.get("host_key") else None
 
 
 def main() -> None:

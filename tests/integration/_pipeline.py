@@ -12,17 +12,17 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOXCTL = ROOT / "tests" / "sandbox" / "sandboxctl"
-BIN = Path(sys.executable).parent
+BIN = VENV_BIN  # for the tests that start ansible-playbook themselves
 INVENTORY = ROOT / "inventories" / "sandbox"
 
 
@@ -146,21 +146,11 @@ def delete_host(env: dict[str, str], host: Host) -> None:
 
 
 def playbook_env(env: dict[str, str], **extra: str) -> dict[str, str]:
-    out = dict(os.environ)
-    out.update(env)
-    out.update(
-        {
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".build" / "collections"),
-            "ANSIBLE_HOME": str(ROOT / ".build" / "ansible-home"),
-            "ANSIBLE_LOCAL_TEMP": str(ROOT / ".build" / "ansible-home" / "tmp"),
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(ROOT / ".build" / "ansible-home" / "cp"),
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_NOCOLOR": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-    )
-    out.update(extra)
+    """`nfsandbox.testing.ansible_env` (state in .build/ansible-home, control sockets in a short
+    directory) with the sandbox's variables; the inventory chooses the Python interpreters."""
+    out = ansible_env(ROOT / ".build", {**env, **extra})
+    if "ANSIBLE_PYTHON_INTERPRETER" not in {**env, **extra}:
+        out.pop("ANSIBLE_PYTHON_INTERPRETER", None)
     return out
 
 
@@ -171,11 +161,11 @@ def run_playbook(
     *args: str,
     timeout: int = 1800,
 ) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook)]
+    """The sandbox inventory's playbook through `nfsandbox.testing.ansible_playbook`."""
+    cmd = ["-i", str(INVENTORY), str(playbook)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
-    cmd += list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+    return ansible_playbook(cmd + list(args), env, timeout=timeout)
 
 
 def snapshot(host: Host) -> str:

@@ -9,20 +9,18 @@ Needs root (the `sandbox` fixture brings up the instance from NIXFORGE_SANDBOX_I
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from nfsandbox import testing
+from nfsandbox.testing import play_module
 
 pytestmark = pytest.mark.sandbox
+ec2_sandbox = testing.ec2_sandbox  # the fixture, shared by the tests of every EC2 part
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 MODULE = "nixforge.images.ec2_spot_host"
 # A secret nobody else uses, so that finding it in the output means we leaked it.
 SECRET_KEY = "nfSecret" + uuid.uuid4().hex
@@ -57,16 +55,6 @@ def keys(tmp_path: Path) -> Keys:
 
 
 @pytest.fixture
-def ec2_sandbox(sandbox):
-    """The sandbox with its EC2 up, faults cleared before and after the test."""
-    if "ec2_endpoint" not in (sandbox.state().get("endpoints") or {}):
-        pytest.fail("the sandbox runs without EC2: %s" % sandbox.state().get("providers"))
-    sandbox.set_faults("ec2", {})
-    yield sandbox
-    sandbox.set_faults("ec2", {})
-
-
-@pytest.fixture
 def build_id(ec2_sandbox, keys: Keys, tmp_path: Path):
     """A fresh build id; whatever the test leaves of it is removed (and the test fails)."""
     bid = "it-spot-" + uuid.uuid4().hex[:8]
@@ -87,34 +75,24 @@ def ec2_resources(sandbox) -> list[dict[str, Any]]:
 
 
 class Runner:
-    """Runs the module in a play on localhost and returns its registered result."""
+    """Runs the module in a play on localhost (`nfsandbox.testing.play_module`) and returns
+    its registered result."""
 
     def __init__(self, sandbox, keys: Keys, directory: Path) -> None:
         self.sandbox = sandbox
         self.keys = keys
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        home = self.dir / "ansible-home"
-        (home / "tmp").mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(sandbox.env())
-        env.update(
+        self.env = dict(sandbox.env())
+        self.env.update(
             {
-                "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-                "ANSIBLE_HOME": str(home),
-                "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-                "ANSIBLE_NOCOLOR": "1",
-                "ANSIBLE_FORCE_COLOR": "0",
-                "PATH": "%s%s%s" % (VENV_BIN, os.pathsep, os.environ.get("PATH", "")),
                 "AWS_REGION": "us-east-1",
                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_EC2_METADATA_DISABLED": "true",
                 "AWS_CONFIG_FILE": str(self.dir / "no-aws-config"),
                 "AWS_SHARED_CREDENTIALS_FILE": str(self.dir / "no-aws-credentials"),
-                "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build" / "collections"),
             }
         )
-        self.env = env
         self.gateway = sandbox.instance.gateway  # the controller as the builders see it
         self.count = 0
 
@@ -140,37 +118,16 @@ class Runner:
         drop_env: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], subprocess.CompletedProcess]:
         self.count += 1
-        out = self.dir / ("result-%d.json" % self.count)
-        task: dict[str, Any] = {"name": "ec2_spot_host", MODULE: args, "register": "r", "ignore_errors": True}
-        if check_mode:
-            task["check_mode"] = True
-        play = [
-            {
-                "hosts": "localhost",
-                "connection": "local",
-                "gather_facts": False,
-                "vars": {"ansible_python_interpreter": sys.executable},
-                "tasks": [
-                    task,
-                    {
-                        "name": "save the result",
-                        "ansible.builtin.copy": {"content": "{{ r | to_nice_json }}", "dest": str(out), "mode": "0600"},
-                    },
-                ],
-            }
-        ]
-        playbook = self.dir / ("play-%d.yml" % self.count)
-        playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-        run_env = dict(self.env)
-        run_env.update(env or {})
-        for name in drop_env:
-            run_env.pop(name, None)
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-        if verbosity:
-            argv.append("-" + "v" * verbosity)
-        proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=900, check=False)
-        assert out.exists(), "the play did not get to save the result:\n%s\n%s" % (proc.stdout, proc.stderr)
-        return json.loads(out.read_text()), proc
+        results, proc = play_module(
+            MODULE,
+            [args],
+            self.dir / ("run-%d" % self.count),
+            {**self.env, **(env or {})},
+            check_mode=check_mode,
+            verbosity=verbosity,
+            unset_env=drop_env,
+        )
+        return results[0], proc
 
 
 @pytest.fixture
@@ -279,7 +236,7 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     assert not gone.get("failed"), gone.get("msg")
     assert gone["changed"] is True
     assert gone["removed"]["instances"] == [result["instance_id"]]
-    assert gone["removed"]["key_pairs"] == ["nixforge-%s" % build_id]
+    assert gone["removed"]["key_pairs"] == ["nixforge-%s-ssh" % build_id]
     assert len(gone["removed"]["security_groups"]) == 1 and len(gone["removed"]["launch_templates"]) == 1
     assert SECRET_KEY not in proc.stdout + proc.stderr
     assert of_build(ec2_sandbox, build_id) == []
@@ -288,6 +245,18 @@ def test_present_ssh_adopt_absent(runner: Runner, keys: Keys, build_id: str, ec2
     twice, _output = runner.run({"build_id": build_id, "state": "absent"})
     assert twice["changed"] is False and not twice.get("failed")
     assert all(ids == [] for ids in twice["removed"].values())
+
+
+def test_check_mode_and_real_run_report_the_same_actions(runner: Runner, build_id: str, ec2_sandbox):
+    """The plan check mode reports is, text for text, what a real run then does."""
+    for args in (runner.present_args(build_id), {"build_id": build_id, "state": "absent"}):
+        check, _output = runner.run(args, check_mode=True)
+        real, _output = runner.run(args)
+        assert not check.get("failed") and not real.get("failed"), (check.get("msg"), real.get("msg"))
+        assert check["changed"] is True and real["changed"] is True
+        assert check["actions"] == real["actions"], (check["actions"], real["actions"])
+        assert len(real["actions"]) >= 3  # key pair, security group, launch template / instance, fleet, ...
+    assert of_build(ec2_sandbox, build_id) == []
 
 
 # -- bad input fails before anything is created -------------------------------------------------

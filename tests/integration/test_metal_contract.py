@@ -26,12 +26,22 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC = REPO.parent / "shared" / "specs" / "equinix-metal-v1.json"
+# The shared specs folder sits next to the repository, or next to the folder of worktrees.
+SPEC = next(
+    (
+        p / "shared" / "specs" / "equinix-metal-v1.json"
+        for p in (REPO.parent, REPO.parent.parent)
+        if (p / "shared").is_dir()
+    ),
+    REPO.parent / "shared" / "specs" / "equinix-metal-v1.json",
+)
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox.metal_testing import MetalSandbox, run_playbook, write_keys  # noqa: E402
+from nfsandbox import testing  # noqa: E402
+from nfsandbox.metal_testing import MetalSandbox, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
+metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
 
 OPERATIONS = {
     "findProjects",
@@ -62,12 +72,8 @@ def spec() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> MetalSandbox:
-    """The Metal side of the session's sandbox (conftest brings it up)."""
-    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        pytest.skip(reason)
-    return MetalSandbox(state)
+def sandbox(metal_sandbox: MetalSandbox) -> MetalSandbox:
+    return metal_sandbox
 
 
 def _openapi(spec: dict[str, Any], sandbox: MetalSandbox) -> Any:
@@ -273,7 +279,7 @@ def test_metal_device_module_traffic_matches_the_spec(spec, sandbox, tmp_path):
     keys = write_keys(tmp_path)
     sandbox.clear_exchanges()
     args = {"build_id": "contract-mod", "plan": "c3.small.x86", "metro": "da", "spot_instance": True, **keys}
-    run_playbook(sandbox, tmp_path, [dict(args), {"build_id": "contract-mod", "state": "absent"}])
+    sandbox.play(tmp_path, [dict(args), {"build_id": "contract-mod", "state": "absent"}])
     seen = _validate(api, spec, sandbox, sandbox.exchanges())
     for operation in ("createDevice", "findDeviceById", "findProjectDevices", "deleteDevice", "createProjectSSHKey"):
         assert operation in seen

@@ -19,18 +19,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox.metal_testing import MetalSandbox, run_playbook, write_keys  # noqa: E402
+from nfsandbox import testing  # noqa: E402
+from nfsandbox.metal_testing import MetalSandbox, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
+metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> MetalSandbox:
-    """The Metal side of the session's sandbox (conftest brings it up)."""
-    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        pytest.skip(reason)
-    return MetalSandbox(state)
+def sandbox(metal_sandbox: MetalSandbox) -> MetalSandbox:
+    return metal_sandbox
 
 
 @pytest.fixture
@@ -104,8 +102,7 @@ def ssh_root(workdir: Path, result: dict[str, Any], command: str) -> subprocess.
 
 def test_create_adopt_absent(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results = run_playbook(
-        clean,
+    results = clean.play(
         tmp_path,
         [
             base(keys, "it-create", spot_instance=True),
@@ -132,7 +129,7 @@ def test_create_adopt_absent(clean, tmp_path):
     assert [d["id"] for d in devices] == [dev["id"]]
     assert [k["name"] for k in keys_left] == ["nixforge-it-create-ssh"]
 
-    results = run_playbook(clean, tmp_path, [absent("it-create"), absent("it-create")])[0]
+    results = clean.play(tmp_path, [absent("it-create"), absent("it-create")])[0]
     assert results[0]["changed"] is True
     assert results[0]["removed"] == {"devices": [dev["id"]], "ssh_keys": [keys_left[0]["id"]]}
     assert results[1]["changed"] is False
@@ -141,7 +138,7 @@ def test_create_adopt_absent(clean, tmp_path):
 
 def test_check_mode_creates_nothing(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results, proc = run_playbook(clean, tmp_path, [base(keys, "it-check")], extra_args=["--check"])
+    results, proc = clean.play(tmp_path, [base(keys, "it-check")], extra_args=["--check"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = results[0]
     assert result["changed"] is True and result["device"] == {}
@@ -152,7 +149,7 @@ def test_check_mode_creates_nothing(clean, tmp_path):
 def test_provisioning_failure_is_clear_and_leaves_nothing(clean, tmp_path):
     keys = write_keys(tmp_path)
     clean.set_faults({"fail_provisioning": 1})
-    results = run_playbook(clean, tmp_path, [base(keys, "it-fail")])[0]
+    results = clean.play(tmp_path, [base(keys, "it-fail")])[0]
     result = results[0]
     assert result["failed"] is True
     assert result["msg"].startswith("Provisioning the device failed: device ")
@@ -165,7 +162,7 @@ def test_provisioning_failure_is_clear_and_leaves_nothing(clean, tmp_path):
 def test_termination_time_ends_the_device(clean, tmp_path):
     """The device goes away by itself at the build's expiry; absent then removes the key."""
     keys = write_keys(tmp_path)
-    results = run_playbook(clean, tmp_path, [base(keys, "it-expiry", ttl="25s")])[0]
+    results = clean.play(tmp_path, [base(keys, "it-expiry", ttl="25s")])[0]
     result = results[0]
     assert not result.get("failed"), result.get("msg")
     device_id = result["device"]["id"]
@@ -175,14 +172,14 @@ def test_termination_time_ends_the_device(clean, tmp_path):
     left = clean.metal_resources()
     assert [r["type"] for r in left] == ["ssh_key"], left
     assert not [r for r in clean.resources() if str(r.get("owner", "")).endswith(device_id)]
-    results = run_playbook(clean, tmp_path, [absent("it-expiry")])[0]
+    results = clean.play(tmp_path, [absent("it-expiry")])[0]
     assert results[0]["changed"] is True and results[0]["removed"]["devices"] == []
     assert clean.metal_resources() == []
 
 
 def test_an_expired_build_is_refused(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results = run_playbook(clean, tmp_path, [base(keys, "it-past", ttl=None, expires_at="2020-01-01T00:00:00Z")])[0]
+    results = clean.play(tmp_path, [base(keys, "it-past", ttl=None, expires_at="2020-01-01T00:00:00Z")])[0]
     assert results[0]["failed"] is True
     assert results[0]["msg"].startswith("Parameter 'expires_at' failed")
     assert clean.metal_resources() == []
@@ -200,7 +197,7 @@ def test_an_expired_build_is_refused(clean, tmp_path):
 def test_throttling_and_server_errors_are_retried(clean, tmp_path, faults, what):
     keys = write_keys(tmp_path)
     clean.set_faults(faults)
-    results = run_playbook(clean, tmp_path, [base(keys, "it-retry"), absent("it-retry")])[0]
+    results = clean.play(tmp_path, [base(keys, "it-retry"), absent("it-retry")])[0]
     assert not results[0].get("failed"), (what, results[0].get("msg"))
     assert not results[1].get("failed"), (what, results[1].get("msg"))
     assert results[1]["removed"]["devices"] == [results[0]["device"]["id"]]
@@ -220,7 +217,7 @@ def test_throttling_and_server_errors_are_retried(clean, tmp_path, faults, what)
 )
 def test_bad_input_fails_before_anything_is_created(clean, tmp_path, args, parameter, text):
     keys = write_keys(tmp_path)
-    results, proc = run_playbook(clean, tmp_path, [base(keys, "it-bad", **args)])
+    results, proc = clean.play(tmp_path, [base(keys, "it-bad", **args)])
     result = results[0]
     assert result["failed"] is True
     assert result["msg"].startswith("Parameter '%s' failed" % parameter), result["msg"]
@@ -232,8 +229,7 @@ def test_bad_input_fails_before_anything_is_created(clean, tmp_path, args, param
 
 def test_nixos_device_answers_with_the_pinned_host_key(clean, tmp_path):
     keys = write_keys(tmp_path)
-    results = run_playbook(
-        clean,
+    results = clean.play(
         tmp_path,
         [base(keys, "it-nixos", plan="c3.large.arm64", operating_system="nixos_23_11", require_kvm=True)],
     )[0]
@@ -243,7 +239,7 @@ def test_nixos_device_answers_with_the_pinned_host_key(clean, tmp_path):
     login = ssh_root(tmp_path, result, "grep -c nix.settings.system-features /etc/nixos/packet/userdata.nix")
     assert login.returncode == 0, login.stderr
     assert login.stdout.strip() == "1"
-    results = run_playbook(clean, tmp_path, [absent("it-nixos")])[0]
+    results = clean.play(tmp_path, [absent("it-nixos")])[0]
     assert results[0]["changed"] is True
     assert clean.metal_resources() == []
 
@@ -258,7 +254,7 @@ def test_no_secret_in_verbose_output(clean, tmp_path):
         {**base(keys, "it-secret-bad", auth_token=token), "plan": "c9.huge.x86"},
         {"build_id": "it-secret", "state": "absent", "auth_token": token},
     ]
-    results, proc = run_playbook(clean, tmp_path, tasks, verbosity=4)
+    results, proc = clean.play(tmp_path, tasks, verbosity=4)
     assert not results[0].get("failed"), results[0].get("msg")
     assert results[1]["failed"] is True
     output = proc.stdout + proc.stderr

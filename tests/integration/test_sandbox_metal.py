@@ -19,18 +19,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
+from nfsandbox import testing  # noqa: E402
 from nfsandbox.metal_testing import MetalSandbox, collection_on_path, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
+metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> MetalSandbox:
-    """The Metal side of the session's sandbox (conftest brings it up)."""
-    state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        pytest.skip(reason)
-    return MetalSandbox(state)
+def sandbox(metal_sandbox: MetalSandbox) -> MetalSandbox:
+    return metal_sandbox
 
 
 @pytest.fixture
@@ -279,14 +277,14 @@ def test_catalogue(metal):
 
 def test_nixos_device_gets_host_key_and_userdata_file(sandbox, metal, tmp_path):
     collection_on_path()
-    from ansible_collections.nixforge.images.plugins.module_utils.metal import render_nixos_userdata
+    from ansible_collections.nixforge.images.plugins.module_utils._metal_userdata import render_nixos_userdata
+    from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import validate_host_key
 
     keys = write_keys(tmp_path)
     userdata = render_nixos_userdata(
         "emulator-test",
         "nixos_23_11",
-        keys["host_key_private"],
-        keys["host_key_public"],
+        validate_host_key(keys["host_key_private"], keys["host_key_public"]),
         [keys["ssh_public_key"]],
         ["kvm", "big-parallel"],
     )

@@ -108,6 +108,15 @@ class MetalSandbox:
         )
         return self.metal_resources(json.loads(proc.stdout)["resources"])
 
+    def play(
+        self, workdir: Path, tasks: list[dict[str, Any]], env: dict[str, str] | None = None, **kwargs: Any
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """`metal_device` once per entry of `tasks` through `testing.play_module`, with the
+        endpoint, token, project and CA from the environment, the way a user sets them."""
+        from .testing import play_module
+
+        return play_module("nixforge.images.metal_device", tasks, workdir, env={**self.env(), **(env or {})}, **kwargs)
+
     # -- the emulator's exchange recorder (not part of the Metal API) ----------------
     def _https(self, method: str, path: str) -> Any:
         context = ssl.create_default_context(cafile=self.ca_bundle)
@@ -124,7 +133,7 @@ class MetalSandbox:
         self._https("DELETE", "/_sandbox/exchanges")
 
 
-# -- running metal_device through ansible-playbook ----------------------------------------
+# -- keys and the collection for tests of metal_device ---------------------------------------
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -155,97 +164,3 @@ def collection_on_path() -> None:
         link.symlink_to(REPO)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-
-
-def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment `make` gives Ansible: state inside the repository, the collection linked."""
-    build = REPO / ".build"
-    env = dict(os.environ)
-    env.update(
-        {
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_HOME": str(build / "ansible-home"),
-            "ANSIBLE_COLLECTIONS_PATH": str(build / "collections"),
-            "ANSIBLE_LOCAL_TEMP": str(build / "ansible-home" / "tmp"),
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(build / "ansible-home" / "cp"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-        }
-    )
-    link = build / "collections" / "ansible_collections" / "nixforge" / "images"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO)
-    env.update(extra or {})
-    return env
-
-
-def run_playbook(
-    sandbox: MetalSandbox,
-    workdir: Path,
-    tasks: list[dict[str, Any]],
-    verbosity: int = 0,
-    env: dict[str, str] | None = None,
-    timeout: float = 600,
-    extra_args: list[str] | None = None,
-) -> tuple[list[dict[str, Any]], Any]:
-    """Run `metal_device` once per entry of `tasks` (module arguments) on localhost.
-
-    Every task runs (ignore_errors) and its registered result is written to a JSON file;
-    returns (results, completed process). The sandbox's endpoint, token, project and CA
-    come from the environment, the way a user would set them.
-    """
-    import subprocess
-    import sys
-
-    import yaml
-
-    out = workdir / "results.json"
-    play_tasks: list[dict[str, Any]] = []
-    for index, args in enumerate(tasks):
-        play_tasks.append(
-            {
-                "name": f"metal_device #{index}",
-                "nixforge.images.metal_device": args,
-                "register": f"r{index}",
-                "ignore_errors": True,
-            }
-        )
-    results = "[" + ", ".join(f"r{i}" for i in range(len(tasks))) + "]"
-    play_tasks.append(
-        {
-            "name": "Write the results",
-            "ansible.builtin.copy": {"dest": str(out), "content": "{{ %s | to_json }}" % results, "mode": "0600"},
-            "check_mode": False,
-        }
-    )
-    play = [
-        {
-            "name": "metal_device against the sandbox",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": sys.executable},
-            "tasks": play_tasks,
-        }
-    ]
-    playbook = workdir / "play.yml"
-    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    if out.exists():
-        out.unlink()
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-    if verbosity:
-        command.append("-" + "v" * verbosity)
-    command += extra_args or []
-    proc = subprocess.run(
-        command,
-        env=ansible_env({**sandbox.env(), **(env or {})}),
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if not out.exists():
-        raise AssertionError(f"the playbook did not finish (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(out.read_text()), proc

@@ -6,9 +6,15 @@ conftest files in both tests/unit and tests/integration, the module name `confte
 ambiguous in one pytest run.
 
 - `SandboxHandle`: state, env, control API calls, faults, resources, hosts.
-- `ansible_env(dir)`, `write_inventory(...)`, `run_playbook(...)`: ansible-playbook with
-  its state inside a temporary directory (never $HOME) over real SSH with pinned host keys
-  (never host_key_checking=False).
+- `ansible_env(dir)`: the one environment every ansible-playbook of the tests runs with:
+  its state inside a directory (never $HOME), ssh control sockets in a short directory (the
+  long-path bug), the collection of this worktree on the collections path.
+- `ansible_playbook(...)`: the one place ansible-playbook is started; `run_playbook(...)`
+  (an inventory of sandbox hosts over real SSH with pinned host keys, never
+  host_key_checking=False) and `play_module(...)` (a module's tasks on localhost, their
+  registered results returned) are built on it.
+- Fixtures, one per emulator (import them into the test module): `ec2_sandbox`,
+  `metal_sandbox`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 from . import client
 from .cli import env_lines
 from .config import Instance
+from .metal_testing import MetalSandbox
 
 REPO = Path(__file__).resolve().parents[3]
 SANDBOX_DIR = REPO / "tests" / "sandbox"
@@ -129,6 +136,12 @@ def ansible_env(directory: Path, extra: dict[str, str] | None = None) -> dict[st
     home = directory / "ansible-home"
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    collections = REPO / ".build" / "collections"
+    link = collections / "ansible_collections" / "nixforge" / "images"
+    if not link.exists() and not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REPO)
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(collections)
     if (REPO / "ansible.cfg").exists():
         env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")  # the project's settings (pipelining, ...)
     env.update(
@@ -196,19 +209,92 @@ def write_inventory(
     return Inventory(path, ssh_config, known, ansible_env(directory))
 
 
+def ansible_playbook(
+    args: list[str], env: dict[str, str], timeout: float = 900, verbosity: int = 0
+) -> subprocess.CompletedProcess:
+    """ansible-playbook with `args` (inventory, playbook, ...) in the repository; `env` comes
+    from `ansible_env` (directly or through `write_inventory`)."""
+    argv = [str(VENV_BIN / "ansible-playbook"), *args]
+    if verbosity:
+        argv.append("-" + "v" * verbosity)
+    return subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def run_playbook(
     inventory: Inventory, playbook: Path, extra_vars: dict[str, Any] | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """ansible-playbook against `inventory`; fails the test with the whole output."""
-    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory.path), str(playbook)]
+    args = ["-i", str(inventory.path), str(playbook)]
     if extra_vars:
-        argv += ["-e", json.dumps(extra_vars)]
-    proc = subprocess.run(argv, env=inventory.env, capture_output=True, text=True, timeout=timeout, check=False)
+        args += ["-e", json.dumps(extra_vars)]
+    proc = ansible_playbook(args, inventory.env, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"ansible-playbook {playbook.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def play_module(
+    module: str,
+    tasks: list[dict[str, Any]],
+    directory: Path,
+    env: dict[str, str] | None = None,
+    check_mode: bool = False,
+    verbosity: int = 0,
+    timeout: float = 900,
+    extra_args: list[str] | None = None,
+    unset_env: tuple[str, ...] = (),
+) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess]:
+    """Run `module` once per entry of `tasks` (its arguments) on localhost, in one play.
+
+    Every task runs (ignore_errors) and its registered result is saved; returns (results,
+    completed process). `env` adds to `ansible_env(directory)` (endpoints, credentials),
+    `unset_env` names variables to remove from it.
+    """
+    import sys
+
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / "results.json"
+    play_tasks: list[dict[str, Any]] = []
+    for index, args in enumerate(tasks):
+        task: dict[str, Any] = {"name": f"{module} #{index}", module: args, "register": f"r{index}"}
+        task["ignore_errors"] = True
+        if check_mode:
+            task["check_mode"] = True
+        play_tasks.append(task)
+    results = "[" + ", ".join(f"r{i}" for i in range(len(tasks))) + "]"
+    play_tasks.append(
+        {
+            "name": "Write the results",
+            "ansible.builtin.copy": {"dest": str(out), "content": "{{ %s | to_json }}" % results, "mode": "0600"},
+            "check_mode": False,
+        }
+    )
+    play = [
+        {
+            "name": f"{module} on localhost",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": sys.executable},
+            "tasks": play_tasks,
+        }
+    ]
+    playbook = directory / "play.yml"
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    if out.exists():
+        out.unlink()
+    args = ["-i", "localhost,", str(playbook), *(extra_args or [])]
+    run_env = ansible_env(directory, env)
+    for name in unset_env:
+        run_env.pop(name, None)
+    proc = ansible_playbook(args, run_env, timeout=timeout, verbosity=verbosity)
+    if not out.exists():
+        raise AssertionError(f"the playbook did not finish (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(out.read_text()), proc
 
 
 def ssh_keypair(directory: Path, name: str = "id_ed25519", comment: str = "nixforge-test") -> tuple[Path, str]:
@@ -219,3 +305,30 @@ def ssh_keypair(directory: Path, name: str = "id_ed25519", comment: str = "nixfo
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True, capture_output=True
     )
     return key, (directory / f"{name}.pub").read_text().strip()
+
+
+# -- fixtures, one per emulator --------------------------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - scripts use the helpers above without pytest
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def ec2_sandbox(sandbox_instance: SandboxHandle):
+        """The session's sandbox with its EC2 emulator, faults cleared before and after the test."""
+        if "ec2_endpoint" not in (sandbox_instance.state().get("endpoints") or {}):
+            pytest.fail("the sandbox runs without EC2: %s" % sandbox_instance.state().get("providers"))
+        sandbox_instance.set_faults("ec2", {})
+        yield sandbox_instance
+        sandbox_instance.set_faults("ec2", {})
+
+    @pytest.fixture(scope="module")
+    def metal_sandbox(sandbox_instance: SandboxHandle) -> MetalSandbox:
+        """The Metal emulator of the session's sandbox (skips, saying why, without one)."""
+        state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
+        if state is None:
+            pytest.skip(reason)
+        return MetalSandbox(state)

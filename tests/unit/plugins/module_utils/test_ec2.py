@@ -85,7 +85,7 @@ class FakeRaw:
 def test_aws_client_retries_throttling_then_succeeds():
     raw = FakeRaw([client_error("RequestLimitExceeded", 503), {"Things": [1]}])
     client = ec2.AwsClient(raw, policy=RetryPolicy(max_attempts=3), sleep=lambda s: None)
-    assert client.describe_things(Filter="x") == {"Things": [1]}
+    assert client.call("describe_things", Filter="x") == {"Things": [1]}
     assert len(raw.calls) == 2 and client.retries == 1
 
 
@@ -103,7 +103,7 @@ def test_aws_client_masks_secrets_in_messages():
     raw = FakeRaw([client_error("Mystery", 400, "key SECRETSECRET leaked")])
     client = ec2.AwsClient(raw, secrets=["SECRETSECRET"], sleep=lambda s: None)
     with pytest.raises(UserInputError) as info:
-        client.describe_things()
+        client.call("describe_things")
     assert "SECRETSECRET" not in str(info.value)
 
 
@@ -117,7 +117,7 @@ def test_aws_client_paginate():
 def test_aws_client_leaves_programming_errors_alone():
     raw = FakeRaw([TypeError("bug")])
     with pytest.raises(TypeError):
-        ec2.AwsClient(raw, sleep=lambda s: None).describe_things()
+        ec2.AwsClient(raw, sleep=lambda s: None).call("describe_things")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import (
     backoff_delays,
     call_with_retry,
     is_retryable_http_status,
-    retrying,
 )
 
 
@@ -83,25 +82,13 @@ def test_full_jitter_bounds_grow_exponentially_and_cap():
     assert len(set(delays)) > 1
 
 
-def test_on_retry_callback_and_decorator():
+def test_on_retry_callback():
     seen = []
     fn, _unused = flaky(2)
     call_with_retry(
         fn, classify, RetryPolicy(max_attempts=4), sleep=lambda s: None, on_retry=lambda a, e, d: seen.append(a)
     )
     assert seen == [1, 2]
-
-    state = {"n": 0}
-
-    @retrying(classify, RetryPolicy(max_attempts=3), sleep=lambda s: None)
-    def decorated(x):
-        state["n"] += 1
-        if state["n"] < 3:
-            raise Throttled()
-        return x * 2
-
-    assert decorated(21) == 42
-    assert decorated.__name__ == "decorated"
 
 
 @pytest.mark.parametrize(

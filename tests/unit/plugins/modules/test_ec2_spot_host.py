@@ -12,6 +12,8 @@ import sys
 
 import pytest
 import yaml
+from ansible_collections.nixforge.images.plugins.module_utils import _ec2_build, _ec2_fleet, _ec2_input, _sshkeys
+from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
 from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
 from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
 from ansible_collections.nixforge.images.plugins.modules import ec2_spot_host as m
@@ -36,7 +38,7 @@ def identity():
 
 
 def test_candidates_keep_type_preference_and_sort_zones():
-    candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+    candidates = _ec2_fleet.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
     assert [(c["instance_type"], c["availability_zone"]) for c in candidates] == [
         ("c7g.2xlarge", "us-east-2a"),
         ("c7g.2xlarge", "us-east-2b"),
@@ -47,17 +49,20 @@ def test_candidates_keep_type_preference_and_sort_zones():
 
 
 def test_default_types_follow_architecture_and_dedupe():
-    assert m.instance_type_list(None, "arm64") == ["a1.2xlarge", "c6g.2xlarge", "c7g.2xlarge", "m7g.2xlarge"]
-    assert m.instance_type_list(None, "x86_64")[0] == "c6i.2xlarge"
-    assert m.instance_type_list(["c7g.2xlarge", " c7g.2xlarge", "a1.2xlarge"], "arm64") == ["c7g.2xlarge", "a1.2xlarge"]
+    assert _ec2_fleet.instance_type_list(None, "arm64") == ["a1.2xlarge", "c6g.2xlarge", "c7g.2xlarge", "m7g.2xlarge"]
+    assert _ec2_fleet.instance_type_list(None, "x86_64")[0] == "c6i.2xlarge"
+    assert _ec2_fleet.instance_type_list(["c7g.2xlarge", " c7g.2xlarge", "a1.2xlarge"], "arm64") == [
+        "c7g.2xlarge",
+        "a1.2xlarge",
+    ]
     with pytest.raises(UserInputError) as info:
-        m.instance_type_list(["", " "], "arm64")
+        _ec2_fleet.instance_type_list(["", " "], "arm64")
     assert info.value.parameter == "instance_types"
 
 
 def test_default_arm64_types_are_all_priced():
-    for instance_type in m.DEFAULT_INSTANCE_TYPES["arm64"] + m.DEFAULT_INSTANCE_TYPES["x86_64"]:
-        assert instance_type in m.ON_DEMAND_PRICES
+    for instance_type in _ec2_fleet.DEFAULT_INSTANCE_TYPES["arm64"] + _ec2_fleet.DEFAULT_INSTANCE_TYPES["x86_64"]:
+        assert instance_type in _ec2_fleet.ON_DEMAND_PRICES
 
 
 def test_fleet_errors_and_drop_failed():
@@ -71,7 +76,7 @@ def test_fleet_errors_and_drop_failed():
             }
         ]
     }
-    errors = m.fleet_errors(reply)
+    errors = _ec2_fleet.fleet_errors(reply)
     assert errors == [
         {
             "instance_type": "c7g.2xlarge",
@@ -82,8 +87,8 @@ def test_fleet_errors_and_drop_failed():
             "message": "no capacity",
         }
     ]
-    candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
-    remaining, others = m.drop_failed(candidates, errors)
+    candidates = _ec2_fleet.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+    remaining, others = _ec2_fleet.drop_failed(candidates, errors)
     assert others == []
     assert [(c["instance_type"], c["subnet_id"]) for c in remaining] == [
         ("c7g.2xlarge", "subnet-b"),
@@ -93,18 +98,20 @@ def test_fleet_errors_and_drop_failed():
 
 
 def test_drop_failed_type_wide_error_and_anonymous_error():
-    candidates = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
-    remaining, _errors = m.drop_failed(
+    candidates = _ec2_fleet.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+    remaining, _errors = _ec2_fleet.drop_failed(
         candidates, [{"instance_type": "c7g.2xlarge", "code": "InsufficientInstanceCapacity"}]
     )
     assert {c["instance_type"] for c in remaining} == {"a1.2xlarge"}
-    remaining, _errors = m.drop_failed(candidates, [{"code": "InsufficientInstanceCapacity"}])
+    remaining, _errors = _ec2_fleet.drop_failed(candidates, [{"code": "InsufficientInstanceCapacity"}])
     assert remaining == candidates[1:]  # charged to the first candidate: progress guaranteed
 
 
 def test_drop_failed_keeps_other_errors_apart():
-    candidates = m.order_candidates(["c7g.2xlarge"], SUBNETS)
-    remaining, others = m.drop_failed(candidates, [{"instance_type": "c7g.2xlarge", "code": "InvalidParameterValue"}])
+    candidates = _ec2_fleet.order_candidates(["c7g.2xlarge"], SUBNETS)
+    remaining, others = _ec2_fleet.drop_failed(
+        candidates, [{"instance_type": "c7g.2xlarge", "code": "InvalidParameterValue"}]
+    )
     assert remaining == candidates
     assert others[0]["code"] == "InvalidParameterValue"
 
@@ -114,29 +121,29 @@ def test_drop_failed_keeps_other_errors_apart():
 
 def test_price_defaults():
     # nothing sent: EC2's default max price is the region's on-demand price; table value reported
-    assert m.price_for("c7g.2xlarge", None, {}) == (None, 0.289, "table")
-    assert m.price_for("x9.huge", None, {}) == (None, None, "unknown")
-    assert m.price_for("c7g.2xlarge", "0.1", {}) == ("0.1", 0.1, "max_price")
-    assert m.price_for("c7g.2xlarge", None, {"c7g.2xlarge": 0.31}) == ("0.31", 0.31, "on_demand_prices")
+    assert _ec2_fleet.price_for("c7g.2xlarge", None, {}) == (None, 0.289, "table")
+    assert _ec2_fleet.price_for("x9.huge", None, {}) == (None, None, "unknown")
+    assert _ec2_fleet.price_for("c7g.2xlarge", "0.1", {}) == ("0.1", 0.1, "max_price")
+    assert _ec2_fleet.price_for("c7g.2xlarge", None, {"c7g.2xlarge": 0.31}) == ("0.31", 0.31, "on_demand_prices")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf"])
 def test_max_price_validation(value):
     with pytest.raises(UserInputError) as info:
-        m.validate_max_price(value)
+        _ec2_fleet.validate_max_price(value)
     assert info.value.parameter == "max_price"
 
 
 def test_max_price_empty_means_default():
-    assert m.validate_max_price("") is None
-    assert m.validate_max_price(None) is None
-    assert m.validate_max_price(" 0.25 ") == "0.25"
+    assert _ec2_fleet.validate_max_price("") is None
+    assert _ec2_fleet.validate_max_price(None) is None
+    assert _ec2_fleet.validate_max_price(" 0.25 ") == "0.25"
 
 
 def test_price_override_validation():
-    assert m.validate_price_overrides({"a1.2xlarge": "0.2"}) == {"a1.2xlarge": 0.2}
+    assert _ec2_fleet.validate_price_overrides({"a1.2xlarge": "0.2"}) == {"a1.2xlarge": 0.2}
     with pytest.raises(UserInputError) as info:
-        m.validate_price_overrides({"a1.2xlarge": "cheap"})
+        _ec2_fleet.validate_price_overrides({"a1.2xlarge": "cheap"})
     assert info.value.parameter == "on_demand_prices"
 
 
@@ -144,9 +151,9 @@ def test_price_override_validation():
 
 
 def test_cidrs_valid():
-    assert m.parse_ssh_cidrs(["203.0.113.7/32", "2001:db8::/64"]) == ["203.0.113.7/32", "2001:db8::/64"]
-    assert m.is_wide_open(["0.0.0.0/0"])
-    assert not m.is_wide_open(["10.0.0.0/8"])
+    assert _ec2_input.parse_ssh_cidrs(["203.0.113.7/32", "2001:db8::/64"]) == ["203.0.113.7/32", "2001:db8::/64"]
+    assert _ec2_input.is_wide_open(["0.0.0.0/0"])
+    assert not _ec2_input.is_wide_open(["10.0.0.0/8"])
 
 
 @pytest.mark.parametrize(
@@ -161,7 +168,7 @@ def test_cidrs_valid():
 )
 def test_cidrs_malformed_name_parameter(value, fragment):
     with pytest.raises(UserInputError) as info:
-        m.parse_ssh_cidrs([value])
+        _ec2_input.parse_ssh_cidrs([value])
     assert info.value.parameter == "ssh_cidr"
     assert fragment in str(info.value)
     assert str(info.value).startswith("Parameter 'ssh_cidr' failed:")
@@ -169,40 +176,40 @@ def test_cidrs_malformed_name_parameter(value, fragment):
 
 def test_cidr_host_bits_hint_suggests_both_forms():
     with pytest.raises(UserInputError) as info:
-        m.parse_ssh_cidrs(["10.0.0.1/24"])
+        _ec2_input.parse_ssh_cidrs(["10.0.0.1/24"])
     assert "10.0.0.0/24" in str(info.value) and "10.0.0.1/32" in str(info.value)
 
 
 def test_cidrs_empty():
     with pytest.raises(UserInputError) as info:
-        m.parse_ssh_cidrs([])
+        _ec2_input.parse_ssh_cidrs([])
     assert info.value.parameter == "ssh_cidr"
 
 
 def test_public_key_validation_never_echoes_private_key():
-    assert m.validate_public_key(USER_PUB + "\n", "public_key") == USER_PUB
+    assert _sshkeys.validate_public_key(USER_PUB + "\n", "public_key") == USER_PUB
     with pytest.raises(UserInputError) as info:
-        m.validate_public_key(HOST_PRIV, "public_key")
+        _sshkeys.validate_public_key(HOST_PRIV, "public_key")
     assert "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU" not in str(info.value)
     assert info.value.parameter == "public_key"
     for bad in ["", "hello", "ssh-ed25519", "ssh-ed25519 !!!notbase64!!!"]:
         with pytest.raises(UserInputError):
-            m.validate_public_key(bad, "public_key")
+            _sshkeys.validate_public_key(bad, "public_key")
 
 
 def test_host_keys():
-    key_type, private, public = m.validate_host_keys(HOST_PRIV, HOST_PUB)
+    key_type, private, public = _sshkeys.validate_host_key(HOST_PRIV, HOST_PUB)
     assert key_type == "ed25519"
     assert private.endswith("-----\n") and public == HOST_PUB
     with pytest.raises(UserInputError) as info:
-        m.validate_host_keys(None, HOST_PUB)
+        _sshkeys.validate_host_key(None, HOST_PUB)
     assert info.value.parameter == "host_key_private"
     with pytest.raises(UserInputError) as info:
-        m.validate_host_keys("not a key", HOST_PUB)
+        _sshkeys.validate_host_key("not a key", HOST_PUB)
     assert info.value.parameter == "host_key_private"
     assert "not a key" not in str(info.value)
     with pytest.raises(UserInputError) as info:
-        m.validate_host_keys(HOST_PRIV, "ssh-dss AAAAB3NzaC1kc3M= x")
+        _sshkeys.validate_host_key(HOST_PRIV, "ssh-dss AAAAB3NzaC1kc3M= x")
     assert info.value.parameter == "host_key_public"
 
 
@@ -215,7 +222,7 @@ def load_cloud_config(text):
 
 
 def test_user_data_has_host_key_authorized_key_and_poweroff():
-    text = m.render_user_data(identity(), "ed25519", HOST_PRIV + "\n", HOST_PUB, [USER_PUB])
+    text = _ec2_input.render_user_data(identity(), HostKey("ed25519", HOST_PRIV + "\n", HOST_PUB), [USER_PUB])
     config = load_cloud_config(text)
     assert config["ssh_deletekeys"] is True
     assert config["ssh_keys"] == {"ed25519_private": HOST_PRIV + "\n", "ed25519_public": HOST_PUB}
@@ -232,7 +239,9 @@ def test_user_data_has_host_key_authorized_key_and_poweroff():
 
 def test_user_data_merges_cloud_config():
     extra = "#cloud-config\nruncmd:\n  - [touch, /tmp/x]\nbootcmd:\n  - echo hi\npackages: [zstd]\n"
-    config = load_cloud_config(m.render_user_data(identity(), "ed25519", HOST_PRIV, HOST_PUB, [], extra))
+    config = load_cloud_config(
+        _ec2_input.render_user_data(identity(), HostKey("ed25519", HOST_PRIV, HOST_PUB), [], extra)
+    )
     assert config["runcmd"] == [["touch", "/tmp/x"]]
     assert config["bootcmd"][-1] == "echo hi" and config["bootcmd"][1][0] == "systemd-run"
     assert config["packages"] == ["zstd"]
@@ -245,12 +254,12 @@ def test_user_data_merges_cloud_config():
 )
 def test_user_data_bad_cloud_config_names_parameter(extra):
     with pytest.raises(UserInputError) as info:
-        m.render_user_data(identity(), "ed25519", HOST_PRIV, HOST_PUB, [], extra)
+        _ec2_input.render_user_data(identity(), HostKey("ed25519", HOST_PRIV, HOST_PUB), [], extra)
     assert info.value.parameter == "user_data"
 
 
 def test_user_data_script_becomes_multipart():
-    text = m.render_user_data(identity(), "ed25519", HOST_PRIV, HOST_PUB, [], "#!/bin/sh\necho hi\n")
+    text = _ec2_input.render_user_data(identity(), HostKey("ed25519", HOST_PRIV, HOST_PUB), [], "#!/bin/sh\necho hi\n")
     message = email.message_from_string(text)
     parts = [p for p in message.walk() if not p.is_multipart()]
     assert [p.get_content_type() for p in parts] == ["text/cloud-config", "text/x-shellscript"]
@@ -258,9 +267,9 @@ def test_user_data_script_becomes_multipart():
 
 
 def test_encode_user_data_limit():
-    assert base64.b64decode(m.encode_user_data("#cloud-config\n")) == b"#cloud-config\n"
+    assert base64.b64decode(_ec2_input.encode_user_data("#cloud-config\n")) == b"#cloud-config\n"
     with pytest.raises(UserInputError) as info:
-        m.encode_user_data("x" * (m.USER_DATA_LIMIT + 1))
+        _ec2_input.encode_user_data("x" * (_ec2_input.USER_DATA_LIMIT + 1))
     assert info.value.parameter == "user_data"
 
 
@@ -328,25 +337,9 @@ class FakeClient:
         return [kw for op, kw in self.calls if op == name]
 
 
-def make_module(client, **params):
-    from ansible.module_utils.testing import patch_module_args
-
-    args = {
-        "build_id": "b1",
-        "region": "us-east-1",
-        "access_key": "AKIA",
-        "secret_key": "s",
-        "host_key_private": HOST_PRIV,
-        "host_key_public": HOST_PUB,
-        "public_key": USER_PUB,
-        "ssh_cidr": ["10.0.0.1/32"],
-    }
-    args.update(params)
-    with patch_module_args(args):
-        module = m.Ec2SpotHost()
-    module._client = client
-    module.result["candidate_errors"] = []
-    return module
+def make_fleet(client, max_price=None):
+    """The fleet loop as ec2_spot_host runs it (default allocation strategy)."""
+    return _ec2_fleet.Fleet(client, "price-capacity-optimized", max_price, {}, {}, warn=lambda msg: None)
 
 
 def capacity(instance_type, subnet, code="InsufficientInstanceCapacity"):
@@ -372,7 +365,7 @@ def launched(instance_type, subnet, lifecycle="spot"):
     }
 
 
-CANDIDATES = m.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
+CANDIDATES = _ec2_fleet.order_candidates(["c7g.2xlarge", "a1.2xlarge"], SUBNETS)
 
 
 def test_fleet_loop_errors_in_reply_then_next_candidates():
@@ -387,8 +380,8 @@ def test_fleet_loop_errors_in_reply_then_next_candidates():
             ]
         }
     )
-    module = make_module(client)
-    fleet_id, instance_id, lifecycle, candidate = module.launch_in_market("spot", CANDIDATES, "lt-1", None, {}, {})
+    module = make_fleet(client)
+    fleet_id, instance_id, lifecycle, candidate = module.launch_in_market("spot", CANDIDATES, "lt-1")
     assert (fleet_id, instance_id, lifecycle, candidate["instance_type"]) == ("fleet-ok", "i-1", "spot", "a1.2xlarge")
     first, second = client.ops("create_fleet")
     assert len(first["LaunchTemplateConfigs"][0]["Overrides"]) == 4
@@ -396,8 +389,8 @@ def test_fleet_loop_errors_in_reply_then_next_candidates():
     assert first["SpotOptions"] == {"AllocationStrategy": "price-capacity-optimized"}
     assert first["TargetCapacitySpecification"] == {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "spot"}
     assert "MaxPrice" not in first["LaunchTemplateConfigs"][0]["Overrides"][0]  # EC2's default: on-demand price
-    assert [e["availability_zone"] for e in module.result["candidate_errors"]] == ["us-east-2a", "us-east-2b"]
-    assert module.result["fleet_ids"] == ["fleet-1", "fleet-ok"]  # both recorded for removal
+    assert [e["availability_zone"] for e in module.candidate_errors] == ["us-east-2a", "us-east-2b"]
+    assert module.fleet_ids == ["fleet-1", "fleet-ok"]  # both recorded for removal
 
 
 def test_fleet_loop_raised_capacity_error_is_charged_to_first_candidate():
@@ -405,8 +398,8 @@ def test_fleet_loop_raised_capacity_error_is_charged_to_first_candidate():
 
     error = ProviderError("InsufficientInstanceCapacity: none", code="InsufficientInstanceCapacity")
     client = FakeClient({"create_fleet": [error, launched("c7g.2xlarge", "subnet-b")]})
-    module = make_module(client)
-    result = module.launch_in_market("spot", CANDIDATES, "lt-1", "0.5", {}, {})
+    module = make_fleet(client, "0.5")
+    result = module.launch_in_market("spot", CANDIDATES, "lt-1")
     assert result is not None and result[3]["subnet_id"] == "subnet-b"
     second = client.ops("create_fleet")[1]["LaunchTemplateConfigs"][0]["Overrides"]
     assert len(second) == 3 and all(o["MaxPrice"] == "0.5" for o in second)
@@ -415,10 +408,10 @@ def test_fleet_loop_raised_capacity_error_is_charged_to_first_candidate():
 def test_fleet_loop_all_candidates_fail_returns_none():
     errors = [capacity(c["instance_type"], c["subnet_id"]) for c in CANDIDATES]
     client = FakeClient({"create_fleet": [{"FleetId": "fleet-1", "Errors": errors}]})
-    module = make_module(client)
-    assert module.launch_in_market("spot", CANDIDATES, "lt-1", None, {}, {}) is None
+    module = make_fleet(client)
+    assert module.launch_in_market("spot", CANDIDATES, "lt-1") is None
     assert len(client.ops("create_fleet")) == 1
-    assert len(module.result["candidate_errors"]) == 4
+    assert len(module.candidate_errors) == 4
 
 
 def test_fleet_loop_other_error_fails_at_once():
@@ -427,16 +420,16 @@ def test_fleet_loop_other_error_fails_at_once():
     client = FakeClient(
         {"create_fleet": [{"FleetId": "f", "Errors": [capacity("c7g.2xlarge", "subnet-a", "InvalidParameterValue")]}]}
     )
-    module = make_module(client)
+    module = make_fleet(client)
     with pytest.raises(ProviderError) as info:
-        module.launch_in_market("spot", CANDIDATES, "lt-1", None, {}, {})
+        module.launch_in_market("spot", CANDIDATES, "lt-1")
     assert info.value.code == "InvalidParameterValue"
 
 
 def test_on_demand_uses_priorities():
     client = FakeClient({"create_fleet": [launched("c7g.2xlarge", "subnet-a", "on-demand")]})
-    module = make_module(client)
-    module.launch_in_market("on-demand", CANDIDATES, "lt-1", None, {}, {})
+    module = make_fleet(client)
+    module.launch_in_market("on-demand", CANDIDATES, "lt-1")
     request = client.ops("create_fleet")[0]
     assert request["OnDemandOptions"] == {"AllocationStrategy": "prioritized"}
     assert [o["Priority"] for o in request["LaunchTemplateConfigs"][0]["Overrides"]] == [0.0, 1.0, 2.0, 3.0]
@@ -471,8 +464,8 @@ def test_remove_build_order_and_fleet_fallback():
             "delete_security_group": [ProviderError("in use", code="DependencyViolation"), {}],
         }
     )
-    module = make_module(client, state="absent", wait_timeout=30)
-    removed = module.remove_build()
+    resources = _ec2_build.BuildResources(client, identity(), wait=True, wait_timeout=30)
+    removed = resources.remove_all()
     assert removed == {
         "instances": ["i-1"],
         "fleets": ["f-1"],

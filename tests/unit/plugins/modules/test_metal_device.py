@@ -21,7 +21,8 @@ import pytest
 import responses
 import yaml
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.nixforge.images.plugins.module_utils import metal
+from ansible_collections.nixforge.images.plugins.module_utils import _metal_catalogue, _metal_userdata, metal
+from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import validate_host_key
 from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
 from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
 from ansible_collections.nixforge.images.plugins.modules import metal_device
@@ -41,6 +42,7 @@ fHMfOIiOV/xo567EVfePAAAABGhvc3QB
 HOST_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKLV2GFFyn8iBQ/7B6J0mgdPfHMfOIiOV/xo567EVfeP host"
 USER_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOWMetpWakesAGI8G780M1J2TV/jWtcoqPQSzLKo5Yev nixforge-b1"
 OTHER_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKLV2GFFyn8iBQ/7B6J0mgdPfHMfOIiOV/xo567EVfeP other"
+HOST_KEY = validate_host_key(HOST_PRIVATE, HOST_PUBLIC)
 
 
 # -- an in-process Metal API ---------------------------------------------------------
@@ -211,6 +213,23 @@ def test_check_mode_creates_nothing(api, exits):
     assert kinds(api) == ["device", "ssh_key"]
 
 
+def test_check_mode_and_real_run_report_the_same_actions(api, exits):
+    """The plan check mode reports is, text for text, what a real run then does."""
+    api.set_faults({**api.fast, "fail_provisioning": 1})
+    assert run(api, wait=False).kind == "exit"  # leaves a device that fails: replaced below
+    deadline = time.time() + 10
+    while time.time() < deadline and [d.state for d in api.devices.values()] != ["failed"]:
+        time.sleep(0.05)
+    for args in ({}, {"state": "absent"}):
+        check = run(api, _ansible_check_mode=True, **args)
+        real = run(api, **args)
+        assert check.kind == real.kind == "exit", (check.result, real.result)
+        assert check.result["changed"] is True and real.result["changed"] is True
+        assert check.result["actions"] == real.result["actions"]
+    assert check.result["actions"][0].startswith("delete device ")
+    assert api.resources() == []
+
+
 def test_spot_and_facility_and_nixos(api, exits):
     out = run(
         api,
@@ -252,15 +271,15 @@ def test_spot_default_bid_is_the_on_demand_price(api, exits):
         ({"plan": "c3.large.arm64", "operating_system": "nixos_22_11"}, "operating_system", "cannot be installed"),
         ({"plan": "c3.large.arm64", "metro": "ny"}, "metro", "Metros offering c3.large.arm64: da, sv"),
         ({"plan": "s3.xlarge.x86", "require_kvm": True}, "plan", "Pick a plan with KVM in da: c3.large.arm64"),
-        ({"spot_instance": True, "spot_price_max": 0.01}, "spot_price_max", "at least"),
-        ({"spot_price_max": 0.5}, "spot_price_max", "spot_instance"),
+        ({"spot_instance": True, "spot_price_max": 0.01}, "max_price", "at least"),
+        ({"spot_price_max": 0.5}, "max_price", "spot_instance"),
         ({"auth_token": "wrong-token"}, "auth_token", "METAL_AUTH_TOKEN"),
         ({"project_id": "not-a-uuid"}, "project_id", "UUID"),
         ({"project_id": "00000000-0000-0000-0000-000000000000"}, "project_id", "no project 00000000"),
-        ({"ssh_public_key": "hello"}, "ssh_public_key", "OpenSSH"),
+        ({"ssh_public_key": "hello"}, "public_key", "OpenSSH"),
         ({"host_key_public": None}, "host_key_public", "go together"),
         ({"host_key_private": "not a key"}, "host_key_private", "private key"),
-        ({"userdata": "#!/bin/sh\necho hi\n"}, "userdata", "runcmd"),
+        ({"userdata": "#!/bin/sh\necho hi\n"}, "user_data", "runcmd"),
         ({"api_url": "http://metal.test/metal/v1"}, "api_url", "https"),
     ],
 )
@@ -410,7 +429,7 @@ def test_other_key_for_existing_device_is_refused(api, exits):
     run(api)
     out = run(api, ssh_public_key=OTHER_PUBLIC)
     assert out.kind == "fail"
-    assert out.result["parameter"] == "ssh_public_key"
+    assert out.result["parameter"] == "public_key"
 
 
 def test_two_devices_of_one_build_fail_clearly(api, exits):
@@ -465,16 +484,16 @@ def test_normalize_api_url_rejects(value):
 
 
 def test_cloud_config_merges_user_config():
-    text = metal.render_cloud_config(
+    text = _metal_userdata.render_cloud_config(
         "b1",
-        HOST_PRIVATE,
-        HOST_PUBLIC,
+        HOST_KEY,
         [USER_PUBLIC],
         "#cloud-config\nruncmd:\n  - echo hi\nssh_authorized_keys: [k1]\n",
     )
     config = yaml.safe_load(text)
     assert config["runcmd"] == ["echo hi"]
-    assert config["ssh_authorized_keys"] == ["k1", USER_PUBLIC]
+    # one rule for every provider: the module's entries first, then the user's
+    assert config["ssh_authorized_keys"] == [USER_PUBLIC, "k1"]
     assert config["disable_root"] is False
     assert config["ssh_keys"] == {"ed25519_private": HOST_PRIVATE, "ed25519_public": HOST_PUBLIC}
     assert config["ssh_genkeytypes"] == [] and config["ssh_deletekeys"] is True
@@ -483,21 +502,21 @@ def test_cloud_config_merges_user_config():
 
 def test_cloud_config_rejects_bad_user_data():
     with pytest.raises(UserInputError, match="runcmd"):
-        metal.render_cloud_config("b1", user_userdata="#!/bin/sh\n")
+        _metal_userdata.render_cloud_config("b1", user_data="#!/bin/sh\n")
     with pytest.raises(UserInputError, match="valid YAML"):
-        metal.render_cloud_config("b1", user_userdata="#cloud-config\n: [\n")
+        _metal_userdata.render_cloud_config("b1", user_data="#cloud-config\n: [\n")
     with pytest.raises(UserInputError, match="mapping"):
-        metal.render_cloud_config("b1", user_userdata="#cloud-config\n- a\n")
+        _metal_userdata.render_cloud_config("b1", user_data="#cloud-config\n- a\n")
 
 
 def _extract_host_key(userdata: str) -> str:
     """What the activation script's sed does, in Python."""
     inside, lines = False, []
     for line in userdata.splitlines():
-        if line.startswith(metal.HOST_KEY_BEGIN):
+        if line.startswith(_metal_userdata.HOST_KEY_BEGIN):
             inside = True
             continue
-        if line.startswith(metal.HOST_KEY_END):
+        if line.startswith(_metal_userdata.HOST_KEY_END):
             inside = False
             continue
         if inside:
@@ -506,8 +525,8 @@ def _extract_host_key(userdata: str) -> str:
 
 
 def test_nixos_userdata_current_and_legacy(tmp_path):
-    text = metal.render_nixos_userdata(
-        "b1", "nixos_23_11", HOST_PRIVATE, HOST_PUBLIC, [USER_PUBLIC], ["kvm", "big-parallel"], "{ ... }: { }"
+    text = _metal_userdata.render_nixos_userdata(
+        "b1", "nixos_23_11", HOST_KEY, [USER_PUBLIC], ["kvm", "big-parallel"], "{ ... }: { }"
     )
     assert _extract_host_key(text) == HOST_PRIVATE
     assert 'nix.settings.system-features = [ "kvm" "big-parallel" ];' in text
@@ -517,9 +536,9 @@ def test_nixos_userdata_current_and_legacy(tmp_path):
     for line in text.splitlines():
         if "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ" in line:
             assert line.startswith("# ")
-    legacy = metal.render_nixos_userdata("b1", "nixos_21_11", None, None, [], ["big-parallel"])
+    legacy = _metal_userdata.render_nixos_userdata("b1", "nixos_21_11", None, [], ["big-parallel"])
     assert "nix.systemFeatures" in legacy and "nix.trustedUsers" in legacy
-    assert metal.HOST_KEY_BEGIN not in legacy
+    assert _metal_userdata.HOST_KEY_BEGIN not in legacy
     nix = shutil.which("nix-instantiate")
     if nix is None:
         pytest.skip("nix-instantiate is not installed: the Nix syntax check did not run")
@@ -531,7 +550,7 @@ def test_nixos_userdata_current_and_legacy(tmp_path):
 
 
 def test_nixos_activation_script_sed_extracts_the_key(tmp_path):
-    text = metal.render_nixos_userdata("b1", "nixos_23_11", HOST_PRIVATE, HOST_PUBLIC, [], [])
+    text = _metal_userdata.render_nixos_userdata("b1", "nixos_23_11", HOST_KEY, [], [])
     src = tmp_path / "userdata.nix"
     src.write_text(text)
     line = next(x for x in text.splitlines() if "/bin/sed " in x)
@@ -541,7 +560,7 @@ def test_nixos_activation_script_sed_extracts_the_key(tmp_path):
 
 
 def test_nix_string_escapes():
-    assert metal.nix_string('a"b${c}\\d\n') == '"a\\"b\\${c}\\\\d\\n"'
+    assert _metal_userdata.nix_string('a"b${c}\\d\n') == '"a\\"b\\${c}\\\\d\\n"'
 
 
 def test_retry_classifier():
@@ -561,7 +580,7 @@ def test_retry_classifier():
 
 
 def test_catalogue_kvm_defaults_to_bare_metal():
-    assert metal.Catalogue.has_kvm({"slug": "x", "line": "baremetal", "specs": {}})
-    assert not metal.Catalogue.has_kvm({"slug": "x", "specs": {"features": {"kvm": False}}})
-    assert metal.Catalogue.architecture({"slug": "c3.large.arm64"}) == "aarch64"
-    assert metal.Catalogue.architecture({"slug": "m3.large.x86"}) == "x86_64"
+    assert _metal_catalogue.Catalogue.has_kvm({"slug": "x", "line": "baremetal", "specs": {}})
+    assert not _metal_catalogue.Catalogue.has_kvm({"slug": "x", "specs": {"features": {"kvm": False}}})
+    assert _metal_catalogue.Catalogue.architecture({"slug": "c3.large.arm64"}) == "aarch64"
+    assert _metal_catalogue.Catalogue.architecture({"slug": "m3.large.x86"}) == "x86_64"

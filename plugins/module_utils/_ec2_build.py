@@ -1,0 +1,248 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""EC2 engine, part 2: the resources of one build (key pair, security group, launch template,
+fleets, instances, volumes): lookups, creation and teardown.
+
+Used by ec2_spot_host and meant for the reaper and the inventory plugin: everything is
+found by the ``nixforge-build-id`` tag.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+from ansible_collections.nixforge.images.plugins.module_utils.common import (
+    TAG_BUILD_ID,
+    Action,
+    BuildIdentity,
+)
+from ansible_collections.nixforge.images.plugins.module_utils.ec2 import filters, tag_dict
+from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+    NixforgeError,
+    ProviderError,
+    UserInputError,
+)
+from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
+
+SSH_PORT = 22
+LIVE_STATES = ["pending", "running"]
+NOT_TERMINATED_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+# kind of resource in ``removed`` -> (text in actions, id field)
+RESOURCE_KINDS = {
+    "fleets": ("fleet", "FleetId"),
+    "instances": ("instance", "InstanceId"),
+    "launch_templates": ("launch template", "LaunchTemplateId"),
+    "key_pairs": ("key pair", "KeyName"),
+    "security_groups": ("security group", "GroupId"),
+    "volumes": ("volume", "VolumeId"),
+}
+REMOVED_ORDER = ("instances", "fleets", "launch_templates", "security_groups", "key_pairs", "volumes")
+
+
+class BuildResources:
+    """The EC2 resources of one build, by its tag."""
+
+    def __init__(self, client: Any, build: BuildIdentity, wait: bool = True, wait_timeout: int = 600) -> None:
+        self.client = client
+        self.build = build
+        self.build_id = build.build_id
+        self.wait = wait
+        self.wait_timeout = wait_timeout
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def find_instances(self, states: List[str]) -> List[Dict[str, Any]]:
+        reservations = self.client.paginate(
+            "describe_instances",
+            "Reservations",
+            what="Looking up the instances of build %s" % self.build_id,
+            Filters=filters({"tag:" + TAG_BUILD_ID: self.build_id, "instance-state-name": states}),
+        )
+        instances = [i for r in reservations for i in r.get("Instances", [])]
+        return sorted(instances, key=lambda i: str(i.get("LaunchTime", "")))
+
+    def find(self) -> Dict[str, List[Any]]:
+        """Every resource of the build, by kind."""
+        tag_filter = filters({"tag:" + TAG_BUILD_ID: self.build_id})
+        fleets = [
+            f
+            for f in self.client.paginate("describe_fleets", "Fleets", what="Looking up the build's fleets")
+            if tag_dict(f.get("Tags")).get(TAG_BUILD_ID) == self.build_id
+            and not str(f.get("FleetState", "")).startswith("deleted")
+        ]
+        paginate = self.client.paginate
+        return {
+            "instances": self.find_instances(NOT_TERMINATED_STATES),
+            "fleets": fleets,
+            "launch_templates": paginate(
+                "describe_launch_templates",
+                "LaunchTemplates",
+                what="Looking up the launch templates",
+                Filters=tag_filter,
+            ),
+            "security_groups": paginate(
+                "describe_security_groups", "SecurityGroups", what="Looking up the security groups", Filters=tag_filter
+            ),
+            "key_pairs": self.client.call(
+                "describe_key_pairs", what="Looking up the key pairs", Filters=tag_filter
+            ).get("KeyPairs", []),
+            "volumes": paginate("describe_volumes", "Volumes", what="Looking up the volumes", Filters=tag_filter),
+        }
+
+    def owned(self, kind: str, name: str, found: List[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+        """``found`` (resources named ``name``), refusing one that belongs to another build."""
+        for resource in found:
+            if tag_dict(resource.get("Tags")).get(TAG_BUILD_ID) != self.build_id:
+                raise UserInputError(
+                    "a %s named %r exists and does not belong to build %s" % (kind, name, self.build_id),
+                    hint="Choose another 'build_id', or delete or rename that %s" % kind,
+                    parameter="build_id",
+                )
+        return found
+
+    def find_security_group(self, vpc_id: str) -> List[Mapping[str, Any]]:
+        name = self.build.resource_name("ssh")
+        groups = self.client.call(
+            "describe_security_groups",
+            what="Looking up the security group",
+            Filters=filters({"group-name": name, "vpc-id": vpc_id}),
+        ).get("SecurityGroups", [])
+        return self.owned("security group", name, groups[:1])
+
+    # -- removal -----------------------------------------------------------------------
+
+    def removal(self, found: Mapping[str, List[Any]]) -> Tuple[Dict[str, List[str]], List[Action]]:
+        """``(removed ids by kind, the actions removing them in a safe order)``."""
+        removed = {kind: [r[RESOURCE_KINDS[kind][1]] for r in found[kind]] for kind in REMOVED_ORDER}
+        do: Dict[str, Callable[[str], Any]] = {
+            "fleets": self.delete_fleet,
+            "instances": self.terminate_instance,
+            "launch_templates": self.delete_launch_template,
+            "key_pairs": self.delete_key_pair,
+            "security_groups": self.delete_security_group,
+            "volumes": self.delete_volume,
+        }
+        actions = [
+            Action("remove %s %s" % (RESOURCE_KINDS[kind][0], rid), functools.partial(do[kind], rid))
+            for kind in RESOURCE_KINDS
+            for rid in removed[kind]
+        ]
+        return removed, actions
+
+    def remove_all(self) -> Dict[str, List[str]]:
+        """Remove every resource of the build now (teardown, or rollback after a failure)."""
+        removed, actions = self.removal(self.find())
+        for action in actions:
+            action.do()
+        return removed
+
+    def terminate_instance(self, instance_id: str) -> None:
+        self.client.call("terminate_instances", what="Terminating instance %s" % instance_id, InstanceIds=[instance_id])
+        if self.wait:
+            wait_for(
+                lambda: [i for i in self.find_instances(NOT_TERMINATED_STATES) if i["InstanceId"] == instance_id],
+                timeout=self.wait_timeout,
+                what="instance %s of build %s to terminate" % (instance_id, self.build_id),
+                done=lambda left: not left,
+                describe=lambda left: ", ".join(
+                    "%s %s" % (i["InstanceId"], i.get("State", {}).get("Name")) for i in left
+                ),
+            )
+
+    def delete_launch_template(self, template_id: str) -> None:
+        self.client.call(
+            "delete_launch_template",
+            what="Deleting launch template %s" % template_id,
+            ignore_codes=["InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException"],
+            LaunchTemplateId=template_id,
+        )
+
+    def delete_key_pair(self, key_name: str) -> None:
+        self.client.call(
+            "delete_key_pair",
+            what="Deleting key pair %s" % key_name,
+            ignore_codes=["InvalidKeyPair.NotFound"],
+            KeyName=key_name,
+        )
+
+    def delete_fleet(self, fleet_id: str) -> None:
+        what = "Deleting fleet %s" % fleet_id
+        try:
+            reply = self.client.call(
+                "delete_fleets",
+                what=what,
+                ignore_codes=["InvalidFleetId.NotFound", "FleetNotFound"],
+                FleetIds=[fleet_id],
+                TerminateInstances=True,
+            )
+        except NixforgeError as exc:
+            # The fleet's instances are gone already: some EC2 implementations then refuse
+            # TerminateInstances=true; deleting the bare fleet is what is left to do.
+            if exc.code not in ("InvalidParameterCombination", "IncorrectState"):
+                raise
+            reply = self.client.call("delete_fleets", what=what, FleetIds=[fleet_id], TerminateInstances=False)
+        for failure in (reply or {}).get("UnsuccessfulFleetDeletions") or []:
+            error = failure.get("Error") or {}
+            if error.get("Code") not in ("fleetIdDoesNotExist", "fleetIdNotInDeletableState"):
+                raise ProviderError(
+                    "%s: %s" % (error.get("Code"), error.get("Message")),
+                    hint="Delete it in the EC2 console if it persists",
+                    what=what,
+                )
+
+    def delete_security_group(self, group_id: str) -> None:
+        client = self.client
+
+        def attempt() -> str:
+            try:
+                client.call(
+                    "delete_security_group",
+                    what="Deleting security group %s" % group_id,
+                    ignore_codes=["InvalidGroup.NotFound"],
+                    GroupId=group_id,
+                )
+            except NixforgeError as exc:
+                if exc.code == "DependencyViolation":
+                    return "still in use (%s)" % (exc.details.get("provider_message") or exc.msg)
+                raise
+            return "deleted"
+
+        wait_for(
+            attempt,
+            timeout=max(60, self.wait_timeout),
+            what="security group %s to be deletable (its network interfaces to go)" % group_id,
+            done=lambda state: state == "deleted",
+            interval=2.0,
+            max_interval=10.0,
+        )
+
+    def delete_volume(self, volume_id: str) -> None:
+        state = self.volume_state(volume_id)
+        if state not in ("gone", "available", "deleting"):
+            # attached to an instance that is terminating: it goes with it
+            # (DeleteOnTermination), or becomes available and is deleted below
+            state = wait_for(
+                functools.partial(self.volume_state, volume_id),
+                timeout=max(60, self.wait_timeout),
+                what="volume %s to be released" % volume_id,
+                done=lambda state: state in ("gone", "available", "deleting"),
+            )
+        if state == "available":
+            self.client.call(
+                "delete_volume",
+                what="Deleting volume %s" % volume_id,
+                ignore_codes=["InvalidVolume.NotFound"],
+                VolumeId=volume_id,
+            )
+
+    def volume_state(self, volume_id: str) -> str:
+        reply = self.client.call(
+            "describe_volumes",
+            what="Describing volume %s" % volume_id,
+            ignore_codes=["InvalidVolume.NotFound"],
+            VolumeIds=[volume_id],
+        )
+        volumes = (reply or {}).get("Volumes") or []
+        return str(volumes[0].get("State")) if volumes else "gone"
