@@ -203,12 +203,12 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.module_utils._discovery import matches
+from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HOST_KEY_TYPES
 from ansible_collections.nixforge.images.plugins.module_utils.common import is_expired, utcnow
 from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
 
 display = Display()
 
-HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
 # Options that may hold templates (AWX injects credentials into the environment).
 TEMPLATED = (
     "regions",

@@ -7,6 +7,7 @@ Each emulator keeps only what differs: its routes, its error bodies, its auth he
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -73,6 +74,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         self.log.debug("%s " + format, self.address_string(), *args)
+
+    def send_json(self, status: int, payload: Any, extra: dict[str, str]) -> None:
+        """Answer with ``payload`` as JSON (no body for ``None`` and for HEAD)."""
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if data and self.command != "HEAD":
+            self.wfile.write(data)
 
     def handle_one_request(self) -> None:
         try:

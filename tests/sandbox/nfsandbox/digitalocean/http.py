@@ -10,7 +10,6 @@ contract test validates them against DigitalOcean's OpenAPI document.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +31,7 @@ class _Handler(Handler):
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         if parts.path.startswith(SANDBOX_PREFIX):
-            self._send(*self._sandbox(parts.path[len(SANDBOX_PREFIX) :].rstrip("/")))
+            self.send_json(*self._sandbox(parts.path[len(SANDBOX_PREFIX) :].rstrip("/")))
             return
         query = parse_qs(parts.query, keep_blank_values=True)
         api = self.server.api
@@ -42,7 +41,7 @@ class _Handler(Handler):
             log.exception("digitalocean emulator failed on %s %s", self.command, self.path)
             status, payload, extra = 500, {"id": "server_error", "message": "Unexpected server-side error"}, {}
         self.server.recorder.add(self.command, self.path, dict(self.headers.items()), body, status, payload, extra)
-        self._send(status, payload, extra)
+        self.send_json(status, payload, extra)
 
     def _sandbox(self, what: str) -> tuple[int, Any, dict[str, str]]:
         api = self.server.api
@@ -54,18 +53,6 @@ class _Handler(Handler):
             self.server.recorder.clear()
             return 204, None, {}
         return 404, {"id": "not_found", "message": "no such sandbox endpoint"}, {}
-
-    def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
-        data = b"" if payload is None else json.dumps(payload).encode()
-        self.send_response(status)
-        if payload is not None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if data and self.command != "HEAD":
-            self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
 
