@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from ansible.errors import AnsibleFilterError
-
 from ansible_collections.nixforge.images.plugins.filter.kvm import FilterModule, kvm_capable, without_kvm
 
 
