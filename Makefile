@@ -18,12 +18,17 @@ SANITY_ROOT := $(BUILD)/sanity/ansible_collections/nixforge/images
 export ANSIBLE_HOME := $(BUILD)/ansible-home
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_LOCAL_TEMP := $(BUILD)/ansible-home/tmp
-export ANSIBLE_SSH_CONTROL_PATH_DIR := $(BUILD)/ansible-home/cp
+# SSH control sockets: a short path (Unix sockets allow 108 bytes), whatever the checkout's.
+export ANSIBLE_SSH_CONTROL_PATH_DIR := /tmp/nixforge-cp-$(shell printf %s '$(REPO)' | sha1sum | cut -c1-12)
 export ANSIBLE_CONFIG := $(REPO)/ansible.cfg
 # ansible-lint, ansible-compat and pip keep caches here instead of ~/.cache
 export XDG_CACHE_HOME := $(BUILD)/cache
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
+# Integration tests run side by side on several sandbox instances (one per xdist worker:
+# NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a test module stays on one worker.
+PYTEST_WORKERS ?= 3
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \
         pytest unit integration demo benchmark constraints clean
@@ -89,13 +94,13 @@ sanity: collection
 # One pytest run so that its summary line is the last line of `make test`.
 pytest: collection
 	@echo "== pytest (unit + integration)"
-	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	NIXFORGE_REQUIRE_SANDBOX=1 $(BIN)/pytest tests/unit tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 unit: collection
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 integration: collection
-	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	NIXFORGE_REQUIRE_SANDBOX=1 $(BIN)/pytest tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 demo: collection
 	@$(REPO)/scripts/demo.sh

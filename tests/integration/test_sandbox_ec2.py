@@ -247,3 +247,41 @@ def test_an_instant_fleet_falls_back_to_the_next_override(sandbox, ec2, keys):
     wait_for(ec2, iid, "terminated")
     ec2.delete_launch_template(LaunchTemplateId=template)
     assert hosts_of(sandbox, iid) == []
+
+
+# -- failure knobs: an answer lost on the way back, a spot interruption ---------------
+
+
+def test_a_lost_answer_is_applied_but_never_heard_of(sandbox, ec2, keys):
+    impatient = make_client(sandbox, retries={"mode": "standard", "total_max_attempts": 1})
+    sandbox.set_faults("ec2", {"lost_answer": {"count": 1, "actions": ["RunInstances"]}})
+    with pytest.raises(ClientError) as err:
+        launch(impatient, keys, InstanceType="t3.micro")
+    assert err.value.response["Error"]["Code"] == "InternalError"
+    served = sandbox.call("GET", "/faults/ec2")["faults"]["served"]
+    assert served == {"lost_answer": {"RunInstances": 1}}
+    # ... yet the instance exists: only a client token or adoption by tags avoids a second one
+    found = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:nixforge-build-id", "Values": [BUILD_TAG["Value"]]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    [iid] = [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+    wait_for(ec2, iid, "running")  # a host still booting would outlive the fixture's leak check
+    ec2.terminate_instances(InstanceIds=[iid])
+    wait_for(ec2, iid, "terminated")
+
+
+def test_a_spot_interruption_terminates_the_instance_and_stops_its_host(sandbox, ec2, keys):
+    iid = launch(ec2, keys, InstanceType="t3.micro", InstanceMarketOptions={"MarketType": "spot"})
+    ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+    assert ssh(keys, ip, "true").returncode == 0
+    sandbox.set_faults("ec2", {"spot_interruption": {"build_id": BUILD_TAG["Value"], "after_seconds": 1}})
+    inst = wait_for(ec2, iid, "terminated", timeout=60)
+    assert inst["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    deadline = time.monotonic() + 30  # the host goes down while the instance shows terminated
+    while hosts_of(sandbox, iid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hosts_of(sandbox, iid) == []
+    assert sandbox.call("GET", "/faults/ec2")["faults"]["served"] == {"spot_interruption": {iid: 1}}

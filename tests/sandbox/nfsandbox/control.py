@@ -8,6 +8,7 @@ POST /hosts                boot a host {"owner", "userdata" | "userdata_b64",
 GET  /hosts/<name>         a host, also after it terminated or powered off
 DELETE /hosts/<name>       terminate it
 POST /faults/<provider>    JSON body → provider.set_faults(body)
+GET  /faults/<provider>    the faults still armed and the ones served (provider.get_faults())
 POST /reset                every provider's reset(), then terminate all hosts
 POST /shutdown             stop the daemon (what `sandboxctl down` asks first)
 """
@@ -104,6 +105,15 @@ class ControlAPI:
             elif method != "GET":
                 raise ApiError(405, f"{method} not allowed on {path}")
             return 200, self._view(host)
+        if method == "GET" and len(parts) == 2 and parts[0] == "faults":
+            try:
+                provider = sb.providers.get(parts[1])
+            except KeyError as exc:
+                raise ApiError(404, str(exc.args[0])) from None
+            getter = getattr(provider, "get_faults", None)
+            if getter is None:
+                raise ApiError(404, f"provider {parts[1]} does not report its faults")
+            return 200, {"provider": parts[1], "faults": getter()}
         if method == "POST" and len(parts) == 2 and parts[0] == "faults":
             if not isinstance(body, dict):
                 raise ApiError(400, "faults must be a JSON object")

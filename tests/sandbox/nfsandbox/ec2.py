@@ -120,6 +120,43 @@ class Provider:
         """Replace the fault table (``{}`` clears it); ValueError says what is wrong."""
         self.faults.set(faults)
         log.info("EC2 faults set: %s", faults)
+        if "spot_interruption" in faults:
+            watcher = threading.Thread(target=self._interrupt_when_due, name="ec2-spot-interruption", daemon=True)
+            watcher.start()
+
+    def _interrupt_when_due(self) -> None:
+        """Interrupt the spot instances the armed ``spot_interruption`` names, once due."""
+        from . import ec2_moto
+
+        running_since: dict[str, float] = {}
+        while True:
+            entry = self.faults.interruption()
+            if entry is None:
+                return
+            now = time.monotonic()
+            for iid, att in list(self.attached_hosts_full().items()):
+                instance = att.instance
+                tags = {t["key"]: t["value"] for t in getattr(instance, "get_tags", lambda: [])()}
+                wanted = iid in (entry.get("instance_ids") or []) or (
+                    entry.get("build_id") and tags.get("nixforge-build-id") == entry["build_id"]
+                )
+                if not wanted or getattr(instance, "lifecycle", None) != "spot":
+                    continue
+                since = running_since.setdefault(iid, now)
+                if now - since < float(entry.get("after_seconds") or 0):
+                    continue
+                log.info("instance %s: spot interruption (fault)", iid)
+                ec2_moto.set_reason(instance, "Server.SpotInstanceTermination", "Spot instance termination")
+                instance.terminate()
+                self.on_gone(instance)
+                self.faults.interrupted(iid)
+                break
+            time.sleep(0.5)
+
+    def attached_hosts_full(self) -> dict[str, _Attachment]:
+        """instance id -> attachment, for instances whose host is up."""
+        with self._lock:
+            return {iid: att for iid, att in self._attached.items() if att.host is not None}
 
     def get_faults(self) -> dict[str, Any]:
         return self.faults.snapshot()
@@ -410,9 +447,16 @@ class _FaultMiddleware:
         delay, answer = self.provider.faults.http_fault(action)
         if delay:
             time.sleep(delay)
+        from .ec2_moto import error_xml
+
+        if answer is None and self.provider.faults.lose_answer(action):
+            # applied by moto, but the caller never hears of it
+            reply = self.app(environ, lambda *args, **kwargs: None)
+            for _chunk in reply:
+                pass
+            answer = (500, "InternalError", "An internal error has occurred")
         if answer is None:
             return self.app(environ, start_response)
-        from .ec2_moto import error_xml
 
         status, code, message = answer
         log.info("EC2 fault: %s answered %d %s", action, status, code)

@@ -14,7 +14,9 @@ The document replaces the previous one as a whole (``{}`` clears everything)::
       ],
       "throttle":     {"count": 3, "code": "RequestLimitExceeded", "actions": ["RunInstances"]},
       "server_error": {"count": 2, "code": "InternalError", "status": 500, "actions": ["CreateFleet"]},
-      "delay":        {"seconds": 0.5, "count": 10, "actions": ["DescribeInstances"]}
+      "delay":        {"seconds": 0.5, "count": 10, "actions": ["DescribeInstances"]},
+      "lost_answer":  {"count": 1, "actions": ["CreateFleet"]},
+      "spot_interruption": {"build_id": "b1", "after_seconds": 5, "count": 1}
     }
 
 ``throttle`` answers the next ``count`` EC2 requests (those whose action is listed in
@@ -25,6 +27,15 @@ request). Capacity faults make ``RunInstances`` / ``RequestSpotInstances`` fail 
 ``InsufficientInstanceCapacity`` (HTTP 500, as EC2 sends it, so SDKs retry it before
 giving up) and make instant fleets record an ``Errors[]`` entry and move on to the next
 candidate.
+
+``lost_answer`` lets moto apply the next ``count`` matching requests and then answers
+them with a 500 ``InternalError``, as when the reply is lost on the way back: a client
+that retries blindly creates a second resource. ``spot_interruption`` interrupts up to
+``count`` (default 1) running spot instances tagged ``nixforge-build-id`` = ``build_id``
+(or listed in ``instance_ids``) once they have run ``after_seconds``: EC2 records
+``Server.SpotInstanceTermination`` and the host stops, as on a real reclaim.
+``GET /faults/ec2`` returns what is still armed and, under ``served``, how many times
+each fault fired per action (tests use it to prove that their faults really fired).
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ _HTTP_KEYS = {
     "throttle": {"count", "code", "status", "message", "actions"},
     "server_error": {"count", "code", "status", "message", "actions"},
     "delay": {"seconds", "count", "actions"},
+    "lost_answer": {"count", "actions"},
+    "spot_interruption": {"build_id", "instance_ids", "after_seconds", "count"},
 }
 
 THROTTLE_DEFAULTS = {
@@ -77,12 +90,14 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._doc: dict[str, Any] = {}
+        self._served: dict[str, dict[str, int]] = {}
 
     # -- configuration ------------------------------------------------------------
     def set(self, doc: dict[str, Any] | None) -> None:
         self.validate(doc or {})
         with self._lock:
             self._doc = _copy(doc or {})
+            self._served = {}
 
     def clear(self) -> None:
         self.set({})
@@ -90,17 +105,25 @@ class Faults:
     def snapshot(self) -> dict[str, Any]:
         """The faults still armed (counts as they are now)."""
         with self._lock:
-            return _copy(self._doc)
+            out = _copy(self._doc)
+            out["served"] = {kind: dict(actions) for kind, actions in self._served.items()}
+            return out
+
+    def served(self, kind: str, action: str) -> None:
+        """Count one fault of ``kind`` answered for ``action``."""
+        with self._lock:
+            per_action = self._served.setdefault(kind, {})
+            per_action[action] = per_action.get(action, 0) + 1
 
     @staticmethod
     def validate(doc: Any) -> None:
         if not isinstance(doc, dict):
             raise FaultError("the EC2 fault document must be a JSON object")
-        unknown = set(doc) - {"capacity", "throttle", "server_error", "delay"}
+        unknown = set(doc) - {"capacity", *_HTTP_KEYS}
         if unknown:
             raise FaultError(
-                "unknown EC2 fault kind(s) %s; known: capacity, throttle, server_error, delay"
-                % ", ".join(sorted(unknown))
+                "unknown EC2 fault kind(s) %s; known: %s"
+                % (", ".join(sorted(unknown)), ", ".join(sorted({"capacity", *_HTTP_KEYS})))
             )
         capacity = doc.get("capacity", [])
         if isinstance(capacity, dict):
@@ -117,7 +140,7 @@ class Faults:
             if entry.get("market") not in (None, "spot", "on-demand"):
                 raise FaultError("%s.market must be 'spot' or 'on-demand'" % where)
             _count(entry.get("count"), where)
-        for kind in ("throttle", "server_error", "delay"):
+        for kind in _HTTP_KEYS:
             if kind not in doc:
                 continue
             entry = doc[kind]
@@ -142,6 +165,10 @@ class Faults:
                 seconds = entry.get("seconds")
                 if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 120:
                     raise FaultError("delay.seconds must be a number between 0 and 120")
+            if kind == "spot_interruption":
+                if not entry.get("build_id") and not entry.get("instance_ids"):
+                    raise FaultError("spot_interruption needs build_id or instance_ids")
+                continue
             if kind != "delay" and entry.get("count") is None:
                 raise FaultError("%s.count is required (how many requests fail)" % kind)
 
@@ -185,7 +212,35 @@ class Faults:
                     code = entry.get("code", default_code)
                     status, message = defaults.get(code, (500, "An internal error has occurred"))
                     answer = (int(entry.get("status") or status), code, entry.get("message") or message)
+        if delay:
+            self.served("delay", action)
+        if answer is not None:
+            self.served("throttle" if answer[1] in THROTTLE_DEFAULTS else "server_error", action)
         return delay, answer
+
+    def lose_answer(self, action: str) -> bool:
+        """Whether to apply this request but answer it with a 500 (consumes one count)."""
+        with self._lock:
+            entry = self._doc.get("lost_answer")
+            fires = bool(entry) and self._fires(entry, action)
+        if fires:
+            self.served("lost_answer", action)
+        return fires
+
+    def interruption(self) -> dict[str, Any] | None:
+        """The armed spot interruption, or None."""
+        with self._lock:
+            entry = self._doc.get("spot_interruption")
+            if not entry or entry.get("count", 1) <= 0:
+                return None
+            return dict(entry)
+
+    def interrupted(self, instance_id: str) -> None:
+        with self._lock:
+            entry = self._doc.get("spot_interruption")
+            if entry:
+                entry["count"] = entry.get("count", 1) - 1
+        self.served("spot_interruption", instance_id)
 
     @staticmethod
     def _fires(entry: dict[str, Any], action: str) -> bool:

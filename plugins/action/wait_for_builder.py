@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin: wait until Ansible can log in to a builder; fail at once on an SSH error
+that waiting cannot heal (see module_utils/ssh_errors.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+from ansible_collections.nixforge.images.plugins.module_utils.ssh_errors import classify_ssh_error
+
+display = Display()
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("timeout", "sleep", "connect_timeout", "permanent_error_grace"))
+
+    def probe(self, task_vars: Dict[str, Any]) -> None:
+        try:
+            self._connection.reset()
+        except AttributeError:
+            pass
+        if self._discovered_interpreter_key:
+            task_vars.get("ansible_facts", {}).pop(self._discovered_interpreter_key, None)
+        reply = self._execute_module(module_name="ansible.legacy.ping", module_args={}, task_vars=task_vars)
+        if reply.get("ping") != "pong":
+            raise RuntimeError(reply.get("msg") or "the ping module did not answer pong")
+
+    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        if self._task.check_mode:
+            result["skipped"] = True
+            return result
+        args = self._task.args
+        timeout = float(args.get("timeout", 600))
+        sleep = float(args.get("sleep", 2))
+        grace = float(args.get("permanent_error_grace", 20))
+        start = time.monotonic()
+        first_permanent: Optional[float] = None
+        attempts = 0
+        last = ""
+        while True:
+            attempts += 1
+            try:
+                self.probe(task_vars)
+                result.update(elapsed=round(time.monotonic() - start, 1), attempts=attempts, changed=False)
+                return result
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                last = to_text(exc).strip()
+            now = time.monotonic()
+            known = classify_ssh_error(last)
+            if known is not None:
+                immediate, hint = known
+                first_permanent = first_permanent if first_permanent is not None else now
+                if immediate or now - first_permanent >= grace:
+                    result.update(failed=True, attempts=attempts, elapsed=round(now - start, 1))
+                    result["msg"] = "SSH to the builder failed in a way waiting cannot fix: %s. %s." % (
+                        last.splitlines()[-1] if last else "unknown error",
+                        hint,
+                    )
+                    return result
+            else:
+                first_permanent = None
+            if now - start >= timeout:
+                result.update(failed=True, attempts=attempts, elapsed=round(now - start, 1))
+                result["msg"] = (
+                    "The builder did not accept an SSH login within %d s (builder_host_wait_timeout); last error: %s"
+                    % (int(timeout), last or "none")
+                )
+                return result
+            display.vvv("wait_for_builder: not ready yet (%s), retrying in %.0f s" % (last[:200], sleep))
+            time.sleep(sleep)
