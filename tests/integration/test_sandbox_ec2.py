@@ -21,6 +21,7 @@ pytestmark = pytest.mark.sandbox
 
 DEBIAN = "136693071363"
 BUILD_TAG = {"Key": "nixforge-build-id", "Value": "it-sandbox-ec2"}
+SSH_GROUP = "it-sandbox-ec2-ssh"
 
 
 def api_resources(sandbox):
@@ -39,8 +40,17 @@ def ec2(sandbox):
     assert leftovers(api_resources(sandbox)) == [], "the sandbox was not clean before the test"
     sandbox.set_faults("ec2", {})
     client = make_client(sandbox)
+    # security groups are enforced: SSH only from the controller (the bridge's gateway)
+    group = client.create_security_group(GroupName=SSH_GROUP, Description="SSH from the controller")["GroupId"]
+    client.authorize_security_group_ingress(
+        GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="%s/32" % sandbox.instance.gateway
+    )
     yield client
     sandbox.set_faults("ec2", {})
+    running = [r["id"] for r in leftovers(api_resources(sandbox)) if r["type"] == "instance"]
+    if running:
+        client.terminate_instances(InstanceIds=running)
+    client.delete_security_group(GroupId=group)
     left = leftovers(sandbox.resources())  # what `sandboxctl resources --json` says
     if left:  # clean up for the next test, then fail this one
         ids = [r["id"] for r in left if r["type"] == "instance"]
@@ -131,6 +141,10 @@ def hosts_of(sandbox, instance_id):
     return [r for r in api_resources(sandbox) if r["type"] == "host" and r["owner"] == instance_id]
 
 
+def ssh_group(ec2):
+    return ec2.describe_security_groups(GroupNames=[SSH_GROUP])["SecurityGroups"][0]["GroupId"]
+
+
 def launch(ec2, keys, **kwargs):
     params = {
         "ImageId": newest_ami(ec2),
@@ -140,6 +154,7 @@ def launch(ec2, keys, **kwargs):
         "UserData": user_data(keys),
         "InstanceInitiatedShutdownBehavior": "terminate",
         "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+        "SecurityGroupIds": [ssh_group(ec2)],
     }
     params.update(kwargs)
     return ec2.run_instances(**params)["Instances"][0]["InstanceId"]
@@ -214,6 +229,7 @@ def test_an_instant_fleet_falls_back_to_the_next_override(sandbox, ec2, keys):
             "UserData": base64.b64encode(user_data(keys).encode()).decode(),
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+            "SecurityGroupIds": [ssh_group(ec2)],
         },
     )["LaunchTemplate"]["LaunchTemplateId"]
     sandbox.set_faults("ec2", {"capacity": [{"instance_type": "c6g.2xlarge", "market": "spot"}]})
@@ -285,3 +301,47 @@ def test_a_spot_interruption_terminates_the_instance_and_stops_its_host(sandbox,
         time.sleep(0.5)
     assert hosts_of(sandbox, iid) == []
     assert sandbox.call("GET", "/faults/ec2")["faults"]["served"] == {"spot_interruption": {iid: 1}}
+
+
+# -- security groups and key pairs, as EC2 applies them --------------------------------
+
+
+def test_security_groups_are_enforced_and_follow_rule_changes(sandbox, ec2, keys):
+    closed = ec2.create_security_group(GroupName="it-closed", Description="SSH from elsewhere only")["GroupId"]
+    try:
+        ec2.authorize_security_group_ingress(
+            GroupId=closed, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="192.0.2.7/32"
+        )
+        iid = launch(ec2, keys, InstanceType="t3.micro", SecurityGroupIds=[closed])
+        ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+        refused = ssh(keys, ip, "true", timeout=30)
+        assert refused.returncode != 0 and "timed out" in refused.stderr, refused.stderr
+        # opening the group to the controller lets SSH in, as on EC2
+        ec2.authorize_security_group_ingress(
+            GroupId=closed, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="%s/32" % sandbox.instance.gateway
+        )
+        deadline = time.monotonic() + 20
+        while ssh(keys, ip, "true", timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, "SSH stayed closed after the ingress rule was added"
+            time.sleep(1)
+        ec2.terminate_instances(InstanceIds=[iid])
+        wait_for(ec2, iid, "terminated")
+    finally:
+        ec2.delete_security_group(GroupId=closed)
+
+
+def test_a_key_pair_named_at_launch_logs_in_the_default_user(sandbox, ec2, keys):
+    ec2.import_key_pair(KeyName="it-keypair", PublicKeyMaterial=(keys / "client.pub").read_bytes())
+    try:
+        host_only = user_data(keys).replace(
+            "ssh_authorized_keys:\n  - %s\n" % (keys / "client.pub").read_text().strip(), ""
+        )
+        assert "ssh_authorized_keys" not in host_only
+        iid = launch(ec2, keys, InstanceType="t3.micro", KeyName="it-keypair", UserData=host_only)
+        ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
+        done = ssh(keys, ip, "id -un")
+        assert done.returncode == 0 and done.stdout.strip() == "admin", done.stderr
+        ec2.terminate_instances(InstanceIds=[iid])
+        wait_for(ec2, iid, "terminated")
+    finally:
+        ec2.delete_key_pair(KeyName="it-keypair")

@@ -60,12 +60,16 @@ class Plan:
     config: dict[str, Any] = field(default_factory=dict)
     user_scripts: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # keys from instance metadata (EC2 KeyName, a provider's project keys): cloud-init
+    # installs them for the default user whatever the user data says
+    metadata_keys: list[str] = field(default_factory=list)
 
     def to_guest(self) -> dict[str, Any]:
         """The JSON plan the in-host agent applies (everything decoded already)."""
         c = self.config
         out: dict[str, Any] = {"default_user": self.default_user, "user_scripts": self.user_scripts}
-        out["ssh_authorized_keys"] = [str(k) for k in _as_list(c.get("ssh_authorized_keys"))]
+        keys = [str(k) for k in _as_list(c.get("ssh_authorized_keys"))]
+        out["ssh_authorized_keys"] = keys + [k for k in self.metadata_keys if k not in keys]
         out["disable_root"] = bool(c.get("disable_root", True))
         out["ssh_deletekeys"] = bool(c.get("ssh_deletekeys", True))
         out["ssh_genkeytypes"] = [str(t) for t in _as_list(c.get("ssh_genkeytypes", list(KEY_TYPES)))]

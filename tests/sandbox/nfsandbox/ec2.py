@@ -25,7 +25,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import ec2_catalog
+from . import ec2_catalog, ec2_firewall
 from .ec2_faults import Faults
 
 log = logging.getLogger("nfsandbox.ec2")
@@ -69,6 +69,10 @@ class Provider:
         self._saved_env: dict[str, str | None] = {}
         self._saved_settings: dict[str, Any] = {}
         self.endpoint: str | None = None
+        # security groups are enforced with nftables in each host's netns (real pools only)
+        self.enforce_groups = getattr(self.pool, "enforces_firewalls", False)
+        self._applied_rules: dict[str, str] = {}
+        self._stopping = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -91,10 +95,18 @@ class Provider:
         host, bound = self._server.get_host_and_port()
         self.endpoint = "http://%s:%d" % (host, bound)
         self._reset_moto()
+        if self.enforce_groups:
+            import shutil
+
+            if shutil.which("nft") is None:
+                raise RuntimeError("the sandbox EC2 enforces security groups with nft: install nftables (make deps)")
+            self._stopping.clear()
+            threading.Thread(target=self._firewall_loop, name="ec2-security-groups", daemon=True).start()
         log.info("EC2 (moto) listening on %s with %d Debian AMIs", self.endpoint, len(ec2_catalog.debian_amis()))
         return {"ec2_endpoint": self.endpoint}
 
     def stop(self) -> None:
+        self._stopping.set()
         self._release_all()
         if self._server is not None:
             self._server.stop()
@@ -246,6 +258,10 @@ class Provider:
         from . import ec2_moto
 
         started = time.monotonic()
+        extra: dict[str, Any] = {}
+        key = _key_pair_public_key(att.instance)
+        if key:  # KeyName: installed for the default user, as cloud-init does from metadata
+            extra["metadata_keys"] = [key]
         try:
             host = self.pool.boot(
                 owner=att.instance_id,
@@ -254,7 +270,10 @@ class Provider:
                 on_poweroff=lambda: self._powered_off(att),
                 arch=arch,
                 suite=suite,
+                **extra,
             )
+            if self.enforce_groups:
+                self._apply_groups(att.instance_id, host, att.instance)
         except Exception as exc:  # noqa: BLE001 - any failure ends the instance, as on EC2
             log.error("instance %s: no host could be booted: %s", att.instance_id, exc)
             with self._lock:
@@ -279,6 +298,30 @@ class Provider:
         log.info(
             "instance %s -> host %s (%s) in %.2fs", att.instance_id, host.name, host.ip, time.monotonic() - started
         )
+
+    # -- security groups ------------------------------------------------------------
+    def _apply_groups(self, instance_id: str, host: Any, instance: Any) -> None:
+        members: dict[str, list[str]] = {}
+        with self._lock:
+            others = [(a.instance, a.host) for a in self._attached.values() if a.host is not None]
+        for other, other_host in [*others, (instance, host)]:
+            for group in _groups_of(other):
+                members.setdefault(group.id, []).append(other_host.ip)
+        script = ec2_firewall.ruleset(ec2_firewall.rules_of(_groups_of(instance), members))
+        if self._applied_rules.get(instance_id) == script:
+            return
+        ec2_firewall.apply(host.name, script)
+        self._applied_rules[instance_id] = script
+        log.debug("instance %s: security groups applied", instance_id)
+
+    def _firewall_loop(self) -> None:
+        """Follow rule changes (authorize/revoke ingress) on every running instance."""
+        while not self._stopping.wait(1.0):
+            for iid, att in list(self.attached_hosts_full().items()):
+                try:
+                    self._apply_groups(iid, att.host, att.instance)
+                except Exception as exc:  # noqa: BLE001 - a host going down races with this
+                    log.debug("instance %s: security groups not applied: %s", iid, exc)
 
     def _powered_off(self, att: _Attachment) -> None:
         """The host powered itself off: EC2 applies the instance's shutdown behaviour."""
@@ -394,6 +437,25 @@ class Provider:
                         if not subnet.default_for_az:
                             add("subnet", subnet.id, {"vpc_id": subnet.vpc_id})
         return out
+
+
+def _groups_of(instance: Any) -> list[Any]:
+    """The security groups of an instance (launch parameters and network interfaces)."""
+    groups = list(getattr(instance, "security_groups", None) or [])
+    nics = getattr(instance, "nics", None) or {}
+    for nic in nics.values() if isinstance(nics, dict) else nics:
+        groups += list(getattr(nic, "group_set", None) or [])
+    unique: dict[str, Any] = {}
+    for group in groups:
+        unique.setdefault(getattr(group, "id", str(group)), group)
+    return [g for g in unique.values() if hasattr(g, "ingress_rules")]
+
+
+def _key_pair_public_key(instance: Any) -> str | None:
+    name = getattr(instance, "key_name", None)
+    backend = getattr(instance, "ec2_backend", None)
+    pair = getattr(backend, "key_pairs", {}).get(name) if name and backend is not None else None
+    return pair.public_key.strip() if pair is not None and getattr(pair, "material_public", None) else None
 
 
 def _userdata(value: Any) -> str | bytes | None:

@@ -71,6 +71,9 @@ class Host:
 
 
 class HostPool:
+    # providers may put firewalls into the hosts' network namespaces (EC2 security groups)
+    enforces_firewalls = True
+
     def __init__(
         self,
         inst: Instance,
@@ -99,6 +102,7 @@ class HostPool:
         on_poweroff: Callable[[], None] | None = None,
         arch: str = "x86_64",
         suite: str = "bookworm",
+        metadata_keys: list[str] | None = None,
     ) -> Host:
         """Boot a fresh host and return it once its sshd answers; raise on failure."""
         if arch not in ARCHES:
@@ -111,7 +115,7 @@ class HostPool:
             host.on_poweroff = on_poweroff
             self._hosts[host.name] = host
         try:
-            self._start(host, userdata)
+            self._start(host, userdata, metadata_keys or [])
         except BaseException:
             self._cleanup(host, TERMINATED)
             raise
@@ -161,12 +165,13 @@ class HostPool:
                 return index
         raise RuntimeError(f"sandbox instance {self.inst.number} has no free host address left")
 
-    def _start(self, host: Host, userdata: str | bytes | None) -> None:
+    def _start(self, host: Host, userdata: str | bytes | None, metadata_keys: list[str]) -> None:
         started = time.monotonic()
         c = host.container
         self.records.put("netns", host.name, netns=host.name, ip=host.ip, dir=str(c.dir))
         self.network.add_host(c.index)
         plan = cloudinit.parse(userdata, host.default_user)
+        plan.metadata_keys = list(metadata_keys)
         c.prepare(cloudinit.guest_files(plan) + self._system_files(host))
         c.launch(self.records)
         c.wait_ssh(self.boot_timeout)

@@ -250,6 +250,10 @@ class Faults:
         "server_error_match": str,  # regex on "METHOD /path" restricting `server_error`
         "provision_delay": float,  # extra seconds every device spends provisioning
         "deprovision_delay": float,  # seconds a deleted device spends deprovisioning
+        "lost_answer": int,  # the next N (matching) requests are applied, then answered 500
+        "lost_answer_match": str,  # regex on "METHOD /path" restricting `lost_answer`
+        "reclaim": str,  # reclaim (spot market) the active device whose tags or id contain this
+        "reclaim_after": float,  # ... once it has been active this many seconds
     }
     DEFAULTS: dict[str, Any] = {
         "fail_provisioning": 0,
@@ -261,11 +265,16 @@ class Faults:
         "server_error_match": "",
         "provision_delay": 0.5,
         "deprovision_delay": 0.5,
+        "lost_answer": 0,
+        "lost_answer_match": "",
+        "reclaim": "",
+        "reclaim_after": 0.0,
     }
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.values: dict[str, Any] = dict(self.DEFAULTS)
+        self.served: dict[str, int] = {}
 
     def set(self, faults: dict[str, Any]) -> None:
         """Replace the whole table: knobs not given go back to their defaults (`{}` clears all)."""
@@ -281,7 +290,7 @@ class Faults:
                 values[key] = kind(value)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metal fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-        for key in ("throttle_match", "server_error_match"):
+        for key in ("throttle_match", "server_error_match", "lost_answer_match"):
             if values[key]:
                 try:
                     re.compile(values[key])
@@ -291,10 +300,17 @@ class Faults:
             raise ValueError(f"server_error_status must be a 5xx, not {values['server_error_status']}")
         with self.lock:
             self.values = values
+            self.served = {}
 
     def reset(self) -> None:
         with self.lock:
             self.values = dict(self.DEFAULTS)
+            self.served = {}
+
+    def count(self, key: str) -> None:
+        """Count one fault of ``key`` served (tests prove with it that their faults fired)."""
+        with self.lock:
+            self.served[key] = self.served.get(key, 0) + 1
 
     def get(self, key: str) -> Any:
         with self.lock:
@@ -309,11 +325,12 @@ class Faults:
             if request_line is not None and pattern and not re.search(pattern, request_line):
                 return False
             self.values[key] -= 1
+            self.served[key] = self.served.get(key, 0) + 1
             return True
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return dict(self.values)
+            return {**self.values, "served": dict(self.served)}
 
 
 class MetalAPI:
@@ -528,8 +545,30 @@ class MetalAPI:
             dev.event("deprovisioning.started", reason)
         self._spawn(self._deprovision, dev, name=f"metal-deprovision-{dev.short_id}")
 
+    def _reclaim_due(self) -> None:
+        """The `reclaim` fault: the spot market takes back a matching device once due."""
+        needle = self.faults.get("reclaim")
+        if not needle:
+            return
+        with self.lock:
+            devices = [d for d in self.devices.values() if d.state == "active" and not d.deleted]
+        for dev in devices:
+            if needle != dev.id and not any(needle in tag for tag in dev.tags):
+                continue
+            active_since = dev.__dict__.setdefault("_nf_active_since", now())
+            if now() - active_since < self.faults.get("reclaim_after"):
+                continue
+            with self.faults.lock:
+                self.faults.values["reclaim"] = ""
+            self.faults.count("reclaim")
+            log.info("metal: device %s reclaimed by the spot market (fault)", dev.id)
+            dev.event("termination.spot_market", "Device reclaimed: the spot market price exceeded the bid")
+            self._start_deprovision(dev, "Device reclaimed by the spot market")
+            return
+
     def _reap_loop(self) -> None:
         while not self.stopping.wait(0.25):
+            self._reclaim_due()
             t = now()
             with self.lock:
                 due = [d for d in self.devices.values() if d.termination_time is not None and d.termination_time <= t]
@@ -591,7 +630,11 @@ class MetalAPI:
                     payload = json.loads(body)
                 except ValueError as exc:
                     raise ApiError(422, f"Request body is not valid JSON: {exc}") from exc
-            return self._route(method, path, query, payload)
+            reply = self._route(method, path, query, payload)
+            if self.faults.take("lost_answer", line):
+                # applied, but the caller never hears of it
+                raise ApiError(500, "Internal server error, please try again later")
+            return reply
         except ApiError as err:
             return err.status, {"errors": err.errors}, err.headers
 
