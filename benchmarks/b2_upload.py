@@ -8,8 +8,11 @@ down, and down again if this run started it). Writes a file of random bytes, the
 it, in alternating order each round:
 
 - with the module: `plugins/modules/b2_object.py` run as its own process, the way
-  Ansible runs a module (arguments in a JSON file); its wall time and its peak RSS
-  (`wait4` rusage of that process) are measured, the sha256 pre-pass included;
+  Ansible runs a module (arguments in a JSON file); its wall time (Python start and
+  imports included) and its peak RSS (`wait4` rusage of that process) are measured.
+  Twice: `module` gives `sha256` as the do_image_publish role does (checked in the same
+  pass as the upload), `module-prepass` leaves it out (the module then reads the file
+  once before uploading, to compute it);
 - with one plain stream: `b2_get_upload_url` then a single `b2_upload_file` POST of the
   same bytes, the sha1 computed while sending and appended (`hex_digits_at_end`), as a
   simple client would do it. No pre-pass, one connection.
@@ -28,6 +31,7 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import ssl
 import statistics
 import subprocess
@@ -150,8 +154,9 @@ def module_env() -> dict[str, str]:
     return env
 
 
-def run_module(args: dict[str, Any], work: Path, env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
-    """Run b2_object as Ansible does (its own process, arguments in a file): (result, seconds, peak RSS MB)."""
+def run_module(args: dict[str, Any], work: Path, env: dict[str, str]) -> tuple[dict[str, Any], float, float, float]:
+    """Run b2_object as Ansible does (its own process, arguments in a file):
+    (result, seconds, peak RSS MB, CPU seconds)."""
     args_file = work / "args.json"
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     out, err = work / "module.out", work / "module.err"
@@ -160,7 +165,7 @@ def run_module(args: dict[str, Any], work: Path, env: dict[str, str]) -> tuple[d
         proc = subprocess.Popen(
             [str(VENV_BIN / "python"), str(MODULE), str(args_file)], stdout=stdout, stderr=stderr, env=env
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        status, usage = os.wait4(proc.pid, 0)[1:]
     seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     try:
@@ -169,7 +174,7 @@ def run_module(args: dict[str, Any], work: Path, env: dict[str, str]) -> tuple[d
         raise SystemExit("b2_object printed no JSON:\n%s\n%s" % (out.read_text(), err.read_text())) from None
     if result.get("failed"):
         raise SystemExit("b2_object failed: %s" % result.get("msg"))
-    return result, seconds, usage.ru_maxrss / 1024.0  # Linux: KiB
+    return result, seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB
 
 
 def download_sha256(url: str, env: dict[str, str]) -> str:
@@ -224,14 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         sha256 = write_random(src, size)
         raw = RawB2(env)
         bucket_id = raw.bucket_id(bucket)
-        samples: dict[str, list[float]] = {"module": [], "single": []}
+        samples: dict[str, list[float]] = {"module": [], "module-prepass": [], "single": []}
         rss: list[float] = []
+        cpus: dict[str, list[float]] = {}
         for round_no in range(args.rounds):
-            order = ["single", "module"] if round_no % 2 == 0 else ["module", "single"]
-            for name in order:
+            order = ["single", "module", "module-prepass"]
+            for name in order if round_no % 2 == 0 else list(reversed(order)):
                 subprocess.run(["sync"], check=True)
-                if name == "module":
-                    result, seconds, peak = run_module(module_args, work, env)
+                if name.startswith("module"):
+                    given = {"sha256": sha256} if name == "module" else {}
+                    result, seconds, peak, cpu = run_module({**module_args, **given}, work, env)
                     obj = result["object"]
                     if not result["uploaded"] or obj["size"] != size or obj["sha256"] != sha256:
                         raise SystemExit(f"unexpected module result: {obj}")
@@ -239,22 +246,30 @@ def main(argv: list[str] | None = None) -> int:
                         raise SystemExit("the module's object does not download as the same bytes")
                     run_module({**module_args, "state": "absent"}, work, env)
                     rss.append(peak)
-                    extra = f"  peak RSS {peak:6.1f} MB"
+                    cpus.setdefault(name, []).append(round(cpu, 2))
+                    extra = f"  CPU {cpu:6.2f} s  peak RSS {peak:6.1f} MB"
                 else:
+                    before = resource.getrusage(resource.RUSAGE_SELF)
                     started = time.monotonic()
                     uploaded = raw.upload_single_stream(bucket_id, src, f"nixforge/{build_id}/single/image.bin")
                     seconds = time.monotonic() - started
                     if int(uploaded["contentLength"]) != size:
                         raise SystemExit(f"unexpected single-stream result: {uploaded}")
+                    after = resource.getrusage(resource.RUSAGE_SELF)
+                    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
                     raw.delete(uploaded["fileId"], uploaded["fileName"])
-                    extra = ""
+                    extra = f"  CPU {cpu:6.2f} s"
                 samples[name].append(seconds)
+                if name == "single":
+                    cpus.setdefault(name, []).append(round(cpu, 2))
                 mib_s = args.size_mib / seconds
-                log(f"round {round_no + 1}: {name:6s} {seconds:7.2f} s  {mib_s:7.1f} MiB/s{extra}")
+                log(f"round {round_no + 1}: {name:14s} {seconds:7.2f} s  {mib_s:7.1f} MiB/s{extra}")
 
         module_s = statistics.median(samples["module"])
+        prepass_s = statistics.median(samples["module-prepass"])
         single_s = statistics.median(samples["single"])
         ratio = single_s / module_s
+        prepass_ratio = single_s / prepass_s
         peak = max(rss)
         report = {
             "size_mib": args.size_mib,
@@ -262,15 +277,20 @@ def main(argv: list[str] | None = None) -> int:
             "part_size": args.part_size,
             "threads": args.threads,
             "module_seconds": samples["module"],
+            "module_prepass_seconds": samples["module-prepass"],
             "single_stream_seconds": samples["single"],
             "ratio_single_over_module": round(ratio, 3),
+            "ratio_single_over_module_prepass": round(prepass_ratio, 3),
             "module_peak_rss_mb": round(peak, 1),
+            "cpu_seconds": cpus,
+            "load_average": os.getloadavg(),
         }
         log("")
         log(
-            f"module {module_s:7.2f} s, single stream {single_s:7.2f} s: {ratio:.2f}x "
+            f"module (sha256 given) {module_s:7.2f} s, single stream {single_s:7.2f} s: {ratio:.2f}x "
             f"(target {RATIO_TARGET}x {'met' if ratio >= RATIO_TARGET else 'MISSED'})"
         )
+        log(f"module (sha256 pre-pass) {prepass_s:7.2f} s: {prepass_ratio:.2f}x of the single stream")
         log(
             f"module peak RSS {peak:.1f} MB (target < {RSS_TARGET_MB:.0f} MB "
             f"{'met' if peak < RSS_TARGET_MB else 'MISSED'})"

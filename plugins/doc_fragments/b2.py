@@ -30,7 +30,7 @@ options:
     default: https://api.backblazeb2.com
     aliases: [realm]
 requirements:
-  - b2sdk >= 2.0.0
+  - b2sdk >= 2.5.0
 notes:
   - b2sdk retries throttled (HTTP 429, honouring C(Retry-After)) and failed (5xx, dropped connection) calls
     itself; the module retries each call once more with exponential backoff and full jitter, so a longer burst

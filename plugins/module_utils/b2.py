@@ -22,11 +22,13 @@ import hashlib
 import logging
 import os
 import re
+import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import Uploader
 from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     NixforgeError,
     ProviderError,
@@ -39,7 +41,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import (
 )
 
 try:
-    from b2sdk.v2 import B2Api, InMemoryAccountInfo, UploadSourceLocalFile, WriteIntent
+    from b2sdk.v2 import B2Api, InMemoryAccountInfo
     from b2sdk.v2 import exception as b2_exceptions
 
     HAS_B2SDK = True
@@ -56,6 +58,8 @@ __all__ = [
     "DEFAULT_PART_SIZE",
     "FILE_INFO_SHA256",
     "HAS_B2SDK",
+    "MAX_PARTS",
+    "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "REQUIRED_LIBRARIES",
     "B2Client",
@@ -66,6 +70,7 @@ __all__ = [
     "generate_name",
     "hash_file",
     "is_retryable_b2_error",
+    "is_retryable_upload_error",
     "normalize_api_url",
     "parse_size",
     "translate_b2_error",
@@ -154,18 +159,16 @@ def validate_object_name(name: str, parameter: str = "name") -> str:
 
 
 class FileDigest:
-    """Size and hashes of a local file, from one streaming read."""
+    """Size and sha256 of a local file."""
 
-    def __init__(self, size: int, sha256: str, sha1: str) -> None:
+    def __init__(self, size: int, sha256: str) -> None:
         self.size = size
         self.sha256 = sha256
-        self.sha1 = sha1
 
 
 def hash_file(path: str, chunk: int = HASH_CHUNK) -> FileDigest:
-    """sha256 (what we publish) and sha1 (what B2 stores as ``large_file_sha1``) in one read."""
+    """The sha256 of a file, from one streaming read."""
     sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1()  # noqa: S324 - B2's integrity checksum, not a security measure
     size = 0
     with open(path, "rb") as handle:
         while True:
@@ -173,30 +176,44 @@ def hash_file(path: str, chunk: int = HASH_CHUNK) -> FileDigest:
             if not block:
                 break
             sha256.update(block)
-            sha1.update(block)
             size += len(block)
-    return FileDigest(size, sha256.hexdigest(), sha1.hexdigest())
+    return FileDigest(size, sha256.hexdigest())
 
 
 # -- errors ------------------------------------------------------------------------
 
 
-def _exc(name: str) -> tuple:
-    cls = getattr(b2_exceptions, name, None) if b2_exceptions is not None else None
-    return (cls,) if isinstance(cls, type) else ()
+def _is(exc: BaseException, *names: str) -> bool:
+    """Whether ``exc`` is one of b2sdk's exceptions of these class names (by name: b2sdk may be missing)."""
+    for name in names:
+        cls = getattr(b2_exceptions, name, None) if b2_exceptions is not None else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def is_retryable_b2_error(exc: BaseException) -> bool:
     """Throttling, 5xx, timeouts and dropped connections; never a refusal of the input."""
-    if not isinstance(exc, B2Error) or isinstance(exc, _exc("Unauthorized") + _exc("AccessDenied")):
+    if not isinstance(exc, B2Error) or _is(exc, "Unauthorized", "AccessDenied"):
         return False
-    if isinstance(exc, _exc("MaxRetriesExceeded")):
+    if _is(exc, "MaxRetriesExceeded"):
         # an upload that ran out of b2sdk's attempts: retry only when every cause was transient
         causes = getattr(exc, "exception_info_list", None) or []
         return all(isinstance(c, B2Error) and is_retryable_b2_error(c) for c in causes)
     try:
         return bool(exc.should_retry_http())
     except Exception:  # noqa: BLE001 - a foreign error type: not ours to retry
+        return False
+
+
+def is_retryable_upload_error(exc: BaseException) -> bool:
+    """For one upload request: also what B2 answers to "take another upload URL" (an expired or
+    busy upload token); the failed URL is not reused, so the next attempt gets a new one."""
+    if is_retryable_b2_error(exc):
+        return True
+    try:
+        return isinstance(exc, B2Error) and bool(exc.should_retry_upload())
+    except Exception:  # noqa: BLE001 - a foreign error type
         return False
 
 
@@ -209,7 +226,7 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
     """A b2sdk exception as the collection's error, naming the parameter to fix where one is at fault."""
     text = _b2_text(exc)
     code = getattr(exc, "code", None)
-    if isinstance(exc, _exc("Unauthorized")):
+    if _is(exc, "Unauthorized"):
         return UserInputError(
             "B2 refused the credentials (%s)" % text,
             hint="Check 'application_key_id' and 'application_key' (or %s / %s) and 'api_url'" % (KEY_ID_ENV, KEY_ENV),
@@ -217,21 +234,21 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
             what=what,
             code=code,
         )
-    if isinstance(exc, _exc("InvalidJsonResponse")):
+    if _is(exc, "InvalidJsonResponse"):
         return UserInputError(
             "the endpoint did not answer like the B2 native API (%s)" % text,
             hint="Set 'api_url' to a B2 realm URL such as 'https://api.backblazeb2.com' (not an S3 endpoint)",
             parameter="api_url",
             what=what,
         )
-    if isinstance(exc, _exc("NonExistentBucket") + _exc("BucketIdNotFound")):
+    if _is(exc, "NonExistentBucket", "BucketIdNotFound"):
         return UserInputError(
             "the bucket does not exist or the key cannot see it (%s)" % text,
             hint="Check 'bucket', and that the application key is not restricted to another bucket",
             parameter="bucket",
             what=what,
         )
-    if isinstance(exc, _exc("NotAllowedByAppKeyError") + _exc("AccessDenied") + _exc("RestrictedBucket")):
+    if _is(exc, "NotAllowedByAppKeyError", "AccessDenied", "RestrictedBucket"):
         return UserInputError(
             "the application key may not do this (%s)" % text,
             hint="Use a key with the listBuckets, listFiles, readFiles, writeFiles, deleteFiles and shareFiles "
@@ -240,7 +257,7 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
             what=what,
             code=code,
         )
-    if isinstance(exc, _exc("B2ConnectionError") + _exc("B2RequestTimeout") + _exc("UnknownHost")):
+    if _is(exc, "B2ConnectionError", "B2RequestTimeout", "UnknownHost"):
         return ProviderError(
             "B2 did not answer (%s)" % text, hint="Check 'api_url' and the network", what=what, retryable=True
         )
@@ -248,7 +265,7 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
         return ProviderError(
             text, hint="B2 kept throttling or failing after retries; try again later", what=what, retryable=True
         )
-    if isinstance(exc, _exc("BadRequest") + _exc("InvalidUserInput")) and parameter:
+    if _is(exc, "BadRequest", "InvalidUserInput") and parameter:
         return UserInputError(text, hint="Check the parameter '%s'" % parameter, parameter=parameter, what=what)
     return ProviderError(text, what=what, code=code if isinstance(code, str) else None)
 
@@ -290,10 +307,27 @@ class B2Client(RetryingClient):
         if value and value not in self.secrets:
             self.secrets.append(value)
 
-    def call(self, fn: Callable[..., Any], *args: Any, what: str, parameter: Optional[str] = None, **kw: Any) -> Any:
+    def call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        what: str,
+        parameter: Optional[str] = None,
+        classify: Callable[[BaseException], bool] = is_retryable_b2_error,
+        **kw: Any,
+    ) -> Any:
         """``fn(*args, **kw)`` with retries; a b2sdk error becomes a ``NixforgeError``."""
+
+        def classify_and_wait(exc: BaseException) -> bool:
+            # B2 says how long to wait in Retry-After (429 and 503): at least that, then our backoff
+            retry = classify(exc)
+            after = getattr(exc, "retry_after_seconds", None)
+            if retry and after:
+                (self._sleep or time.sleep)(min(float(after), 60.0))
+            return retry
+
         try:
-            return self._with_retry(fn, is_retryable_b2_error, *args, **kw)
+            return self._with_retry(fn, classify_and_wait, *args, **kw)
         except NixforgeError:
             raise
         except B2Error as exc:
@@ -356,8 +390,10 @@ class B2Client(RetryingClient):
         def delete() -> None:
             try:
                 self.api.session.delete_file_version(file_id, name)
-            except _exc("FileNotPresent") + _exc("FileOrBucketNotFound"):
-                pass  # gone already (a retried call that had succeeded)
+            except B2Error as exc:
+                # gone already: a retried call that had succeeded
+                if not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
+                    raise
 
         self.call(delete, what="Deleting %s (version %s)" % (name, file_id))
 
@@ -365,39 +401,35 @@ class B2Client(RetryingClient):
         def cancel() -> None:
             try:
                 self.api.session.cancel_large_file(file_id)
-            except _exc("FileNotPresent") + _exc("FileOrBucketNotFound"):
-                pass
+            except B2Error as exc:
+                if not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
+                    raise
 
         self.call(cancel, what="Cancelling the unfinished large file %s (%s)" % (name, file_id))
 
     def upload(
-        self, bucket: Any, path: str, name: str, file_info: Mapping[str, str], digest: FileDigest, part_size: int
+        self,
+        bucket: Any,
+        path: str,
+        name: str,
+        file_info: Mapping[str, str],
+        size: int,
+        part_size: int,
+        threads: int,
+        verify: Optional[str] = None,
     ) -> Dict[str, Any]:
-        """Upload ``path`` as ``name``: one request up to ``part_size``, parallel parts above.
+        """Upload ``path`` as ``name``: one request up to ``part_size``, parallel parts above,
+        every byte read once (see ``_b2_upload``); with ``verify`` the sha256 is checked in the
+        same pass and a mismatch fails before the upload is finished."""
 
-        The source is read from disk part by part (never whole into memory). A retry of
-        the whole upload resumes the unfinished large file b2sdk left behind.
-        """
-        source = UploadSourceLocalFile(local_path=path, content_sha1=digest.sha1)
-        version = self.call(
-            bucket.create_file,
-            [WriteIntent(source)],
-            name,
-            file_info=dict(file_info),
-            recommended_upload_part_size=part_size,
-            min_part_size=min(part_size, self.absolute_minimum_part_size),
-            max_part_size=max(part_size, MAX_PART_SIZE),
-            large_file_sha1=digest.sha1,
-            what="Uploading %s" % name,
-        )
-        return {
-            "file_id": version.id_,
-            "name": version.file_name,
-            "size": version.size,
-            "action": "upload",
-            "file_info": dict(version.file_info or {}),
-            "upload_timestamp": version.upload_timestamp,
-        }
+        def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+            if kw.pop("upload", False):
+                kw["classify"] = is_retryable_upload_error
+            return self.call(fn, *args, **kw)
+
+        engine = Uploader(self.api.session, call, threads)
+        response = engine.upload(bucket.id_, path, name, size, file_info, part_size, verify)
+        return _version_dict(response)
 
     def public_url(self, bucket_name: str, name: str) -> str:
         return "%s/file/%s/%s" % (self.api.account_info.get_download_url(), bucket_name, quote(name, safe="/"))

@@ -63,6 +63,7 @@ except ImportError:  # pragma: no cover - python-digitalocean depends on request
     CONNECTION_ERRORS = ()
 
 __all__ = [
+    "API_URL_ENV",
     "DEFAULT_API_URL",
     "DISTRIBUTIONS",
     "HAS_DIGITALOCEAN",
@@ -82,6 +83,7 @@ __all__ = [
 REQUIRED_LIBRARIES = [("python-digitalocean", HAS_DIGITALOCEAN, DIGITALOCEAN_IMPORT_ERROR)]
 DEFAULT_API_URL = "https://api.digitalocean.com/v2/"
 TOKEN_ENV = ("DIGITALOCEAN_TOKEN", "DO_API_TOKEN")
+API_URL_ENV = ("DIGITALOCEAN_API_URL",)
 DEFAULT_POLICY = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=20.0, max_total_delay=120.0)
 REQUEST_TIMEOUT = 60.0
 PER_PAGE = 200
@@ -109,7 +111,7 @@ def digitalocean_argument_spec() -> Dict[str, Any]:
     """Options of ``doc_fragments/digitalocean.py`` (keep both in step)."""
     return dict(
         oauth_token=dict(type="str", no_log=True, aliases=["api_token"], fallback=(env_fallback, list(TOKEN_ENV))),
-        api_url=dict(type="str", default=DEFAULT_API_URL, fallback=(env_fallback, ["DIGITALOCEAN_API_URL"])),
+        api_url=dict(type="str", default=DEFAULT_API_URL, fallback=(env_fallback, list(API_URL_ENV))),
     )
 
 

@@ -12,9 +12,11 @@ version_added: 0.2.0
 description:
   - Uploads a local file (a disk image of several GB) to a Backblaze B2 bucket and returns the URL from which
     another service, such as DigitalOcean's custom image import, can fetch it.
-  - Large files go up in parts of O(part_size), O(threads) at a time, read from disk part by part (never whole
-    into memory). Before the upload the file is read once to compute its sha256 (stored in the file info and
-    returned) and the sha1 B2 keeps as C(large_file_sha1); each part carries its own sha1, which B2 checks.
+  - Large files go up in parts of O(part_size), O(threads) at a time, streamed from disk (never whole in
+    memory); every part carries its sha1, computed while it is sent, which B2 checks.
+  - The sha256 of the file is stored in the file info and returned. Given as O(sha256), it is checked while the
+    file is uploaded and a mismatch fails before the upload is finished; otherwise the file is read once before
+    the upload to compute it (it is needed to find an object to adopt).
   - By default the object gets an unguessable name, C(nixforge/<build_id>/<32 random hex digits>/<file name>),
     so that a public bucket does not make it findable. A second run with the same O(build_id) adopts an object
     of the build with the same file name and sha256 instead of uploading again (RV(uploaded=false),
@@ -68,8 +70,9 @@ options:
     type: str
   sha256:
     description:
-      - Expected sha256 (hex) of O(src). The module fails before anything is uploaded when the file does not
-        match.
+      - Expected sha256 (hex) of O(src), checked while the file is uploaded (no extra read of the file). When
+        the file does not match, the module fails before the upload is finished and nothing is left in the
+        bucket.
       - When an object of the build already has this sha256 it is adopted without reading O(src).
     type: str
   url_mode:
@@ -94,7 +97,7 @@ options:
     description:
       - Size of the parts of a large file, in bytes or with a unit (V(100MB), V(64MiB)). Files up to this size go
         up in one request.
-      - At least B2's minimum of 5 MB; at most 10,000 parts per file.
+      - At least B2's minimum of 5 MB, at most 5 GB; at most 10,000 parts per file.
     type: raw
     default: 100MB
   threads:
@@ -172,7 +175,7 @@ object:
       description: When B2 finished the upload, in milliseconds since the epoch.
       type: int
     file_info:
-      description: The B2 file info (build identity, C(sha256), C(large_file_sha1), O(tags)).
+      description: The B2 file info (build identity, C(sha256), O(tags)).
       type: dict
       sample: {"nixforge-build-id": "do-image-42", "nixforge-pipeline": "default", "sha256": "9f86d0..."}
 url:
@@ -206,10 +209,11 @@ build:
 import functools
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
     FILE_INFO_SHA256,
+    MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
     REQUIRED_LIBRARIES,
@@ -277,6 +281,27 @@ class B2Object(NixforgeModule):
         client = getattr(self, "client", None)
         return super().secret_values() + (list(client.secrets) if client is not None else [])
 
+    def exit(self, **kwargs: Any) -> NoReturn:
+        self.unmask_key_id_in_url()
+        super().exit(**kwargs)
+
+    def unmask_key_id_in_url(self) -> None:
+        """B2 tokens may embed the application key id (account tokens do, and so do the sandbox's download
+        tokens). Ansible masks every occurrence of a no_log value in the result, which would break the
+        returned URL. The key id is an identifier, not the secret: it is unmasked in the result, while the
+        invocation still shows it masked, and errors and warnings still mask it."""
+        key_id = self.params.get("application_key_id")
+        if not key_id or key_id not in str(self.result.get("url") or ""):
+            return
+        spec = self.full_argument_spec()
+        self.result["invocation"] = {
+            "module_args": {
+                k: "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" if spec.get(k, {}).get("no_log") and v is not None else v
+                for k, v in self.params.items()
+            }
+        }
+        self.module.no_log_values.discard(key_id)
+
     # -- prepare: input first, then the bucket, then what exists ------------------------
 
     def prepare(self) -> None:
@@ -316,7 +341,14 @@ class B2Object(NixforgeModule):
                 hint="Use at least 5MB (the default, 100MB, is what B2 recommends)",
                 parameter="part_size",
             )
-        size = os.path.getsize(src)
+        if self.part_size > MAX_PART_SIZE:
+            raise UserInputError(
+                "%d bytes is above B2's maximum part (and single upload) size of 5 GB" % self.part_size,
+                hint="Use at most 5GB",
+                parameter="part_size",
+            )
+        self.src_stat = os.stat(src)
+        size = self.src_stat.st_size
         if -(-size // self.part_size) > MAX_PARTS:
             raise UserInputError(
                 "%s bytes in parts of %d bytes would need more than %d parts" % (size, self.part_size, MAX_PARTS),
@@ -362,19 +394,13 @@ class B2Object(NixforgeModule):
             )
 
     def local_digest(self) -> FileDigest:
-        """sha256 and sha1 of src in one streaming read (b2sdk would read the file for its sha1 anyway)."""
+        """sha256 of src in one streaming read, when 'sha256' does not give it."""
         if self.digest is None:
-            src = self.params["src"]
-            self.src_stat = os.stat(src)
-            self.digest = hash_file(src)
-            expected = self.params.get("sha256")
-            if expected and expected != self.digest.sha256:
-                raise UserInputError(
-                    "%s has sha256 %s, not %s" % (src, self.digest.sha256, expected),
-                    hint="Check that 'src' is the artifact the checksum belongs to; nothing was uploaded",
-                    parameter="sha256",
-                )
+            self.digest = hash_file(self.params["src"])
         return self.digest
+
+    def src_sha256(self) -> str:
+        return self.params.get("sha256") or self.local_digest().sha256
 
     def find_adoptable(self) -> Optional[Dict[str, Any]]:
         """The newest live object of the build with the same name (or file name) and sha256."""
@@ -393,9 +419,7 @@ class B2Object(NixforgeModule):
             candidates = [v for n, v in latest.items() if pattern.match(n)]
         candidates = [v for v in candidates if v["action"] == "upload" and v["file_info"].get(FILE_INFO_SHA256)]
         candidates.sort(key=lambda v: v.get("upload_timestamp") or 0, reverse=True)
-        wanted = self.params.get("sha256")
-        if not (wanted and any(v["file_info"][FILE_INFO_SHA256] == wanted for v in candidates)):
-            wanted = self.local_digest().sha256
+        wanted = self.src_sha256()
         for version in candidates:
             if version["file_info"][FILE_INFO_SHA256] == wanted:
                 return version
@@ -426,12 +450,12 @@ class B2Object(NixforgeModule):
             build_prefix(self.ident.build_id),
             os.path.basename(self.params["src"]),
         )
-        digest = self.local_digest()
-        how = "in parts of %d bytes" % self.part_size if digest.size > self.part_size else "in one request"
+        size = self.src_size
+        how = "in parts of %d bytes" % self.part_size if size > self.part_size else "in one request"
         return [
             Action(
                 "upload %s (%d bytes, %s) to bucket %s as %s"
-                % (self.params["src"], digest.size, how, self.params["bucket"], shown),
+                % (self.params["src"], size, how, self.params["bucket"], shown),
                 self.upload,
                 undo=self.delete_uploaded,
             )
@@ -444,14 +468,24 @@ class B2Object(NixforgeModule):
         info[FILE_INFO_SHA256] = sha256
         return info
 
+    @property
+    def src_size(self) -> int:
+        return self.src_stat.st_size if self.src_stat is not None else 0
+
     def upload(self) -> None:
-        digest = self.local_digest()
         name = self.params.get("name") or generate_name(self.ident.build_id, self.params["src"])
         self.object_name = name
         before = {v["file_id"] for v in self.client.unfinished(self.bucket, name) if v["name"] == name}
         try:
             self.uploaded = self.client.upload(
-                self.bucket, self.params["src"], name, self.file_info(digest.sha256), digest, self.part_size
+                self.bucket,
+                self.params["src"],
+                name,
+                self.file_info(self.src_sha256()),
+                self.src_size,
+                self.part_size,
+                self.params["threads"],
+                verify=self.params.get("sha256"),
             )
             self.check_src_unchanged()
             self.url = self.make_url(name)
@@ -469,7 +503,7 @@ class B2Object(NixforgeModule):
         if then is not None and (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns):
             raise ProviderError(
                 "%s changed while it was being uploaded" % self.params["src"],
-                hint="Upload a file nothing writes to any more; the partial object was removed",
+                hint="Upload a file nothing writes to any more; the object was removed",
                 what="Uploading %s" % self.params["src"],
             )
 
@@ -507,9 +541,9 @@ class B2Object(NixforgeModule):
         version = self.uploaded or self.existing
         if version is None:  # check mode, upload pending
             name = self.params.get("name") or generate_name(self.ident.build_id, self.params["src"])
-            digest = self.local_digest()
-            obj = {"bucket": self.params["bucket"], "name": name, "file_id": None, "size": digest.size}
-            obj.update(sha256=digest.sha256, url=None, upload_timestamp=None, file_info=self.file_info(digest.sha256))
+            sha256 = self.src_sha256()
+            obj = {"bucket": self.params["bucket"], "name": name, "file_id": None, "size": self.src_size}
+            obj.update(sha256=sha256, url=None, upload_timestamp=None, file_info=self.file_info(sha256))
             return {"object": obj, "url": None, "uploaded": False}
         url = self.url or self.make_url(version["name"])
         obj = {

@@ -416,19 +416,8 @@ class DoCustomImage(NixforgeModule):
             self.image = self.image["image"]
         self.result.update(imported=True, image=self.view(self.image))
         if self.params["wait"]:
-            try:
-                self.image = self.wait_available(self.image["id"])
-            except BaseException:
-                # the base class undoes completed actions only; this one failed half-way
-                self.undo_half_import()
-                raise
-
-    def undo_half_import(self) -> None:
-        try:
-            self.delete_imported()
-            self.result.setdefault("rolled_back", []).append(self.import_text)
-        except Exception as exc:  # noqa: BLE001 - the import's failure is what the user must see
-            self.warn("could not delete image %s after the failure: %s" % ((self.image or {}).get("id"), exc))
+            # a failed or timed-out wait is undone by the base class (delete_imported)
+            self.image = self.wait_available(self.image["id"])
 
     def delete_imported(self) -> None:
         if self.image and self.image.get("id") is not None:

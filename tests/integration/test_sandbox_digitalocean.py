@@ -84,7 +84,7 @@ def test_import_transfer_delete(do, files):
     assert (listed["type"], listed["id"], listed["status"]) == ("do_image", image.id, "NEW")
     wait_status(image, "available")
     assert (image.regions, image.size_gigabytes, image.min_disk_size) == (["fra1"], 2.0, 2)
-    assert [m for m, _ in files.requests] == ["HEAD", "GET"]  # the daemon fetched it, as DO does
+    assert [method for method, _path in files.requests] == ["HEAD", "GET"]  # the daemon fetched it, as DO does
     [listed] = do.do_resources()
     assert listed["sha256"] == hashlib.sha256(body).hexdigest() and listed["format"] == "qcow2"
     assert listed["tags"] == ["nixforge-build-id:it1", "nixforge-pipeline:do"]
@@ -123,11 +123,11 @@ def refusal_cases(files: FileServer) -> dict[str, tuple[str, str]]:
 def test_every_refusal_is_reported_like_digitalocean_and_leaves_nothing(do, files):
     do.set_faults({"import_delay": 0.3, "size_limit": 1024 * 1024, "refuse_query_urls": True})
     images = {}
-    for case, (url, _) in refusal_cases(files).items():
+    for case, (url, _message) in refusal_cases(files).items():
         images[case] = do.image(name=case.replace(" ", "-"), url=url, region="nyc3")
         images[case].create()
         assert images[case].status == "NEW"
-    for case, (_, message) in refusal_cases(files).items():
+    for case, (_url, message) in refusal_cases(files).items():
         image = wait_status(images[case], "deleted")
         assert message in image.error_message, (case, image.error_message)
         assert image.regions == []
@@ -211,7 +211,7 @@ def test_faults_fire_and_are_counted(do, files):
     deadline = time.time() + 60
     while call_with_retries(lambda: image.load() and image.status) != "available":
         assert time.time() < deadline
-    for _ in range(40):
+    for _attempt in range(40):
         call_with_retries(do.manager().get_all_regions)
     served = do.served_faults()
     assert served["429"] > 0 and served["500"] + served["503"] > 0, served

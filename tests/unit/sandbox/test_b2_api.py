@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +124,17 @@ def test_upload_stores_file_info_and_serves_download_headers(api: B2API) -> None
     assert call(api, "GET", "/file/public-bucket/nothing").status == 404
 
 
+def test_upload_refuses_bad_names_and_oversized_file_info(api: B2API) -> None:
+    token = authorize(api)["authorizationToken"]
+    assert upload(api, token, "public-bucket", "a//b", b"x").payload["code"] == "bad_request"
+    too_much = {f"k{i}": "v" * 800 for i in range(9)}
+    resp = upload(api, token, "public-bucket", "fat-info", b"x", too_much)
+    assert resp.status == 400 and "more than 7000" in resp.payload["message"]
+    eleven = {f"k{i}": "v" for i in range(11)}
+    assert "too many file info" in upload(api, token, "public-bucket", "many", b"x", eleven).payload["message"]
+    assert api.resources() == []
+
+
 def test_upload_token_is_bound_to_its_url(api: B2API) -> None:
     token = authorize(api)["authorizationToken"]
     target = api_call(api, token, "b2_get_upload_url", bucketId=bucket_id(api, "public-bucket")).payload
@@ -190,3 +202,48 @@ def test_resources_list_versions_and_unfinished_then_reset_empties(api: B2API) -
     api.reset()
     assert api.resources() == []
     assert {b.name for b in api.store.buckets.values()} == {"public-bucket", "private-bucket"}
+
+
+class BlockingBody(io.BytesIO):
+    """A body whose reading waits until the test lets it go on."""
+
+    def __init__(self, data: bytes, gate) -> None:
+        super().__init__(data)
+        self.gate = gate
+
+    def readinto(self, buffer) -> int:
+        self.gate.wait(10)
+        return super().readinto(buffer)
+
+
+def test_an_upload_token_serves_one_upload_at_a_time(api: B2API) -> None:
+    token = authorize(api)["authorizationToken"]
+    target = api_call(api, token, "b2_get_upload_url", bucketId=bucket_id(api, "public-bucket")).payload
+    data = b"slow body"
+    headers = CaseInsensitiveDict(
+        {
+            "Authorization": target["authorizationToken"],
+            "X-Bz-File-Name": "slow",
+            "X-Bz-Content-Sha1": "do_not_verify",
+            "Content-Length": str(len(data)),
+        }
+    )
+    path = target["uploadUrl"][len(BASE) :]
+    gate = threading.Event()
+    results = []
+    first = threading.Thread(
+        target=lambda: results.append(
+            api.handle(Request("POST", path, {}, headers, BlockingBody(data, gate), len(data)))
+        )
+    )
+    first.start()
+    deadline = time.time() + 5
+    while not api.tokens[target["authorizationToken"]].busy and time.time() < deadline:
+        time.sleep(0.01)
+    second = api.handle(Request("POST", path, {}, headers, io.BytesIO(data), len(data)))
+    gate.set()
+    first.join(10)
+    assert (second.status, second.payload["code"]) == (400, "auth_token_limit")
+    assert second.payload["message"] == f"more than one upload using auth token {target['authorizationToken']}"
+    assert results[0].status == 200
+    assert call(api, "POST", path, headers, data).status == 200  # free again afterwards

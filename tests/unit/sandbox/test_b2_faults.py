@@ -45,9 +45,9 @@ def test_counters_fire_in_order_and_respect_match() -> None:
 def test_rates_are_seeded_and_roughly_right() -> None:
     faults = Faults()
     faults.set({"rate_429": 0.2, "rate_503": 0.1, "seed": 11})
-    first = [faults.pick("b2_list_buckets") for _ in range(2000)]
+    first = [faults.pick("b2_list_buckets") for _index in range(2000)]
     faults.set({"rate_429": 0.2, "rate_503": 0.1, "seed": 11})
-    assert [faults.pick("b2_list_buckets") for _ in range(2000)] == first
+    assert [faults.pick("b2_list_buckets") for _index in range(2000)] == first
     assert 300 < first.count(429) < 500 and 120 < first.count(503) < 280
 
 

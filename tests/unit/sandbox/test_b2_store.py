@@ -16,7 +16,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
 from nfsandbox.b2.api import parse_range, slice_segments
-from nfsandbox.b2.store import MIN_PART_SIZE, B2Error, Store, check_bucket_name, check_file_name, receive
+from nfsandbox.b2.store import (
+    MIN_PART_SIZE,
+    B2Error,
+    Store,
+    check_bucket_name,
+    check_file_name,
+    copy_hashing,
+    receive,
+)
 
 
 def sha1(data: bytes) -> str:
@@ -35,13 +43,13 @@ def bucket(store: Store):
 
 def put(store: Store, bucket, name: str, data: bytes, info=None):
     tmp = store.incoming()
-    size, digest, _ = receive(io.BytesIO(data), len(data), sha1(data), tmp)
+    size, digest, _verified = receive(io.BytesIO(data), len(data), sha1(data), tmp)
     return store.add_upload(bucket, name, None, info or {}, tmp, size, digest)
 
 
 def part(store: Store, file_id: str, number: int, data: bytes):
     tmp = store.incoming()
-    size, digest, _ = receive(io.BytesIO(data), len(data), sha1(data), tmp)
+    size, digest, _verified = receive(io.BytesIO(data), len(data), sha1(data), tmp)
     return store.add_part(file_id, number, tmp, size, digest)
 
 
@@ -76,6 +84,28 @@ def test_receive_refuses_a_short_body(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         receive(io.BytesIO(b"abc"), 10, sha1(b"abc"), tmp_path / "short")
     assert not (tmp_path / "short").exists()
+
+
+class Trickle(io.BytesIO):
+    """Takes at most 1000 bytes per write, as an unbuffered file may."""
+
+    def write(self, data) -> int:
+        return super().write(bytes(data[:1000]))
+
+
+class Full(io.BytesIO):
+    def write(self, data) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_copy_hashing_survives_partial_writes_and_reports_write_errors() -> None:
+    data = bytes(range(256)) * 20000  # several chunks
+    out = Trickle()
+    digest = hashlib.sha1(usedforsecurity=False)
+    copy_hashing(io.BytesIO(data), out, len(data), digest)
+    assert out.getvalue() == data and digest.hexdigest() == sha1(data)
+    with pytest.raises(OSError, match="No space"):
+        copy_hashing(io.BytesIO(data), Full(), len(data), hashlib.sha1(usedforsecurity=False))
 
 
 def test_names_follow_b2_rules() -> None:
@@ -115,8 +145,8 @@ def test_large_file_finishes_from_its_parts_without_copying(store: Store, bucket
     part(store, big.id, 1, one)  # uploaded again: replaces the first
     done = store.finish_large(big.id, [sha1(one), sha1(two)])
     assert (done.action, done.size, done.sha1) == ("upload", len(one) + len(two), "none")
-    assert [size for _, size in done.segments] == [len(one), len(two)]
-    assert b"".join(p.read_bytes() for p, _ in done.segments) == one + two
+    assert [size for _path, size in done.segments] == [len(one), len(two)]
+    assert b"".join(p.read_bytes() for p, _size in done.segments) == one + two
     assert store.latest(bucket, "big.img") is done
 
 
@@ -166,15 +196,15 @@ def test_versions_newest_first_hide_and_delete(store: Store, bucket) -> None:
     old = put(store, bucket, "a", b"1")
     new = put(store, bucket, "a", b"2")
     other = put(store, bucket, "b", b"3")
-    versions, _, _ = store.list_versions(bucket, None, None, 100, "")
+    versions = store.list_versions(bucket, None, None, 100, "")[0]
     assert [v.id for v in versions] == [new.id, old.id, other.id]
     page, next_name, next_id = store.list_versions(bucket, None, None, 1, "")
     assert [v.id for v in page] == [new.id] and (next_name, next_id) == ("a", old.id)
-    page, _, _ = store.list_versions(bucket, next_name, next_id, 100, "")
+    page = store.list_versions(bucket, next_name, next_id, 100, "")[0]
     assert [v.id for v in page] == [old.id, other.id]
     hidden = store.hide(bucket, "a")
     assert store.latest(bucket, "a") is None
-    names, _ = store.list_names(bucket, None, 100, "", None)
+    names = store.list_names(bucket, None, 100, "", None)[0]
     assert [n.name for n in names] == ["b"]
     with pytest.raises(B2Error) as err:
         store.hide(bucket, "a")

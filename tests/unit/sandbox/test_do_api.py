@@ -83,6 +83,9 @@ def test_bearer_token_is_required(do):
     assert answer.headers["ratelimit-limit"] == "5000"
     with pytest.raises(DataReadError, match="Unable to authenticate you"):
         do.manager(token="wrong").get_all_regions()
+    assert do.raw("GET", "/v2/account", token="caf\u00e9").status_code == 401
+    no_header = requests.get(do.api.base_url + "/v2/account", timeout=10)
+    assert no_header.status_code == 401 and no_header.json()["id"] == "unauthorized"
 
 
 def test_import_qcow2_gz_goes_from_new_to_available_with_its_real_size(do):
@@ -96,7 +99,7 @@ def test_import_qcow2_gz_goes_from_new_to_available_with_its_real_size(do):
     assert image.error_message == "" and image.tags == ["nixforge-build-id:b1"]
     [res] = do.api.resources()
     assert res["sha256"] == hashlib.sha256(body).hexdigest() and res["type"] == "do_image"
-    assert [m for m, _ in do.files.requests] == ["HEAD", "GET"]
+    assert [method for method, _path in do.files.requests] == ["HEAD", "GET"]
     actions = do.raw("GET", f"/v2/images/{image.id}/actions").json()["actions"]
     assert [(a["type"], a["status"]) for a in actions] == [("import", "completed")]
 
@@ -250,9 +253,14 @@ def test_droplets_list_is_empty(do):
 
 def test_fault_rates_and_counters(do):
     do.api.set_faults({"throttle_rate": 0.3, "server_error_rate": 0.2, "unavailable_rate": 0.2, "seed": 3})
-    statuses = [do.raw("GET", "/v2/regions").status_code for _ in range(200)]
+    statuses = [do.raw("GET", "/v2/regions").status_code for _attempt in range(200)]
     served = do.api.faults.snapshot()["served"]
-    assert served == {"429": statuses.count(429), "500": statuses.count(500), "503": statuses.count(503)}
+    assert served == {
+        "429": statuses.count(429),
+        "500": statuses.count(500),
+        "503": statuses.count(503),
+        "lost_answer": 0,
+    }
     for status, share in ((429, 0.3), (500, 0.2), (503, 0.2)):
         assert abs(statuses.count(status) / 200 - share) < 0.12
     failed = do.raw("GET", "/v2/regions")
@@ -268,7 +276,7 @@ def test_per_route_faults_and_counters(do):
     with pytest.raises(DataReadError, match="temporarily unavailable"):
         do.image(name="x", url=do.files.url("x.img"), region="nyc3").create()
     snap = do.api.faults.snapshot()
-    assert snap["served"] == {"429": 1, "500": 0, "503": 1}
+    assert snap["served"] == {"429": 1, "500": 0, "503": 1, "lost_answer": 0}
     assert snap["served_by_route"]["POST /v2/images"] == {"503": 1}
     with pytest.raises(ValueError, match="unknown digitalocean fault knob"):
         do.api.set_faults({"throttle_ratio": 1})
@@ -276,9 +284,24 @@ def test_per_route_faults_and_counters(do):
         do.api.set_faults({"throttle_rate": 2})
 
 
+def test_lost_answer_applies_the_request_and_answers_500(do):
+    do.api.set_faults({"lost_answer": 1, "match": "^POST /v2/images$", "import_delay": 0.1})
+    assert do.raw("GET", "/v2/account").status_code == 200  # not matched: untouched
+    answer = do.raw(
+        "POST", "/v2/images", json={"name": "lost", "url": do.serve("d.img", mbr_image()), "region": "nyc3"}
+    )
+    assert answer.status_code == 500 and answer.json()["id"] == "server_error"
+    [image] = do.manager().get_my_images()  # ... but the image was created
+    assert image.name == "lost"
+    assert do.api.faults.snapshot()["served"]["lost_answer"] == 1
+    do.api.set_faults({"lost_answer_rate": 1.0, "match": "^DELETE "})
+    assert do.raw("DELETE", f"/v2/images/{image.id}").status_code == 500
+    assert do.api.resources() == []
+
+
 def test_rate_limit_budget_and_headers(do):
     do.api.set_faults({"ratelimit_limit": 3})
-    answers = [do.raw("GET", "/v2/account") for _ in range(4)]
+    answers = [do.raw("GET", "/v2/account") for _attempt in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert [a.headers["ratelimit-remaining"] for a in answers] == ["2", "1", "0", "0"]
     assert answers[3].json()["id"] == "too_many_requests"
@@ -290,3 +313,53 @@ def test_reset_forgets_everything(do):
     do.api.set_faults({"throttle_rate": 1.0})
     do.api.reset()
     assert do.api.resources() == [] and do.raw("GET", "/v2/tags").json()["tags"] == []
+
+
+def test_provider_contract(tmp_path, monkeypatch):
+    """What the daemon sees: start() publishes the end point and token, faults round-trip,
+    resources() lists live images, stop() removes the download folder."""
+    import ipaddress
+    from types import SimpleNamespace
+
+    from nfsandbox.digitalocean import Provider
+
+    instance = SimpleNamespace(work_dir=tmp_path / "var", network=ipaddress.ip_network("10.213.9.0/24"))
+    provider = Provider(SimpleNamespace(instance=instance, port=lambda name: 0))
+    published = provider.start()
+    try:
+        assert set(published) == {
+            "digitalocean_endpoint",
+            "DIGITALOCEAN_TOKEN",
+            "DIGITALOCEAN_API_URL",
+            "DIGITALOCEAN_END_POINT",
+        }
+        assert published["DIGITALOCEAN_API_URL"] == published["digitalocean_endpoint"] + "/v2/"
+        assert provider.api.networks == ["10.213.9.0/24"]
+        provider.set_faults({"import_delay": 0, "throttle": 1})
+        monkeypatch.setenv("DIGITALOCEAN_END_POINT", published["DIGITALOCEAN_API_URL"])
+        manager = digitalocean.Manager(
+            token=published["DIGITALOCEAN_TOKEN"], end_point=published["DIGITALOCEAN_API_URL"]
+        )
+        with pytest.raises(DataReadError, match="Rate limit"):
+            manager.get_account()
+        assert provider.get_faults()["served"]["429"] == 1 and provider.get_faults()["throttle"] == 0
+        with pytest.raises(ValueError, match="unknown digitalocean fault knob"):
+            provider.set_faults({"nope": 1})
+        root = tmp_path / "www"
+        root.mkdir()
+        (root / "d.img").write_bytes(mbr_image())
+        with FileServer(root) as files:
+            image = digitalocean.Image(
+                token=published["DIGITALOCEAN_TOKEN"],
+                end_point=published["DIGITALOCEAN_API_URL"],
+                name="p",
+                url=files.url("d.img"),
+                region="sgp1",
+            )
+            image.create()
+            assert [r["id"] for r in provider.resources()] == [image.id]
+            provider.reset()
+            assert provider.resources() == []
+    finally:
+        provider.stop()
+    assert not (tmp_path / "var" / "digitalocean").exists()

@@ -137,7 +137,7 @@ def test_fetch_sends_head_then_get_and_hashes_the_bytes_as_fetched(files, tmp_pa
     assert fetched.sha256 == hashlib.sha256(body).hexdigest()
     assert fetched.size == len(body)
     assert (tmp_path / "dl").read_bytes() == body
-    assert [m for m, _ in files.requests] == ["HEAD", "GET"]
+    assert [method for method, _path in files.requests] == ["HEAD", "GET"]
 
 
 @pytest.mark.parametrize(("name", "answer"), [("missing.img", "404"), ("secret.img", "403")])
@@ -161,7 +161,7 @@ def test_fetch_refuses_a_body_over_the_limit(files, tmp_path):
     (files.root / "big.img").write_bytes(mbr_image(2 * MIB))
     with pytest.raises(ImportRefused, match="larger than the maximum size"):
         importer.fetch(files.url("big.img"), tmp_path / "dl", MIB)
-    assert [m for m, _ in files.requests] == ["HEAD"]  # Content-Length said it already
+    assert [method for method, _path in files.requests] == ["HEAD"]  # Content-Length said it already
 
 
 @pytest.mark.parametrize(

@@ -34,13 +34,13 @@ class Provider:
         self.http: B2HTTPServer | None = None
 
     def start(self) -> dict[str, Any]:
-        port = self.sandbox.port("b2")
-        base = f"http://127.0.0.1:{port}"
         inst = self.sandbox.instance
-        self.api = B2API(inst.work_dir / "b2", base)
+        self.api = B2API(inst.work_dir / "b2", "http://127.0.0.1")
         public = self.api.store.create_bucket(f"nixforge-sandbox{inst.number}-public", "allPublic", fixture=True)
         private = self.api.store.create_bucket(f"nixforge-sandbox{inst.number}-private", "allPrivate", fixture=True)
-        self.http = B2HTTPServer(self.api, "127.0.0.1", port)
+        self.http = B2HTTPServer(self.api, "127.0.0.1", self.sandbox.port("b2"))
+        host, port = self.http.address
+        base = self.api.base_url = f"http://{host}:{port}"  # the URLs the API hands out point here
         self.http.start()
         log.info("B2 emulator listening on %s (buckets %s, %s)", base, public.name, private.name)
         return {

@@ -51,6 +51,8 @@ CAPABILITIES = [
 TOKEN_TTL = 24 * 3600.0  # account and upload tokens, as on B2
 MAX_DOWNLOAD_AUTH = 604800
 MAX_JSON_BODY = 1 << 20
+MAX_TOKENS = 20000
+MAX_NAME_AND_INFO = 7000  # B2's limit on the upload headers they travel in
 JSON_HEADERS = {"Cache-Control": "max-age=0, no-cache, no-store"}
 SPECIAL_INFO_HEADERS = {
     "b2-content-disposition": "Content-Disposition",
@@ -97,6 +99,7 @@ class Token:
     target: str = ""  # upload: the bucket or large file id; download: the bucket id
     prefix: str = ""  # download: fileNamePrefix
     valid_for: float = 0.0  # download: validDurationInSeconds
+    busy: bool = False  # upload: an upload is running with it (B2 allows one at a time)
 
 
 def b2_encode(value: str) -> str:
@@ -202,8 +205,15 @@ class B2API:
         if kind == "download":
             value = "3_" + value[2:]
         with self.lock:
+            if len(self.tokens) > MAX_TOKENS:
+                self._prune()
             self.tokens[value] = Token(value, kind, time.time(), target, prefix, valid_for)
         return value
+
+    def _prune(self) -> None:
+        """Forget tokens that expired (called with the lock held; keeps the table bounded)."""
+        limit = time.time() - max(TOKEN_TTL, MAX_DOWNLOAD_AUTH)
+        self.tokens = {k: t for k, t in self.tokens.items() if t.issued > limit}
 
     def _check(self, value: str | None, kinds: tuple[str, ...], call: str) -> Token:
         token = self.tokens.get(value or "")
@@ -225,7 +235,7 @@ class B2API:
         key_id = key = None
         if header.startswith("Basic "):
             try:
-                key_id, _, key = base64.b64decode(header[6:], validate=True).decode().partition(":")
+                key_id, _sep, key = base64.b64decode(header[6:], validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 pass
         if key_id != self.key_id or not key or not secrets.compare_digest(key, self.key):
@@ -365,9 +375,17 @@ class B2API:
             raise B2Error(411, "bad_request", "Content-Length is required")
         length = int(length_header)
         sha1_header = req.headers.get("X-Bz-Content-Sha1") or ""
-        if call == "b2_upload_file":
-            return Response(200, self._upload_file(req, target, length, sha1_header), dict(JSON_HEADERS))
-        return Response(200, self._upload_part(req, target, length, sha1_header), dict(JSON_HEADERS))
+        with self.lock:
+            if token.busy:
+                # B2's words, which b2sdk parses into UploadTokenUsedConcurrently
+                raise bad_request(f"more than one upload using auth token {token.value}", "auth_token_limit")
+            token.busy = True
+        try:
+            if call == "b2_upload_file":
+                return Response(200, self._upload_file(req, target, length, sha1_header), dict(JSON_HEADERS))
+            return Response(200, self._upload_part(req, target, length, sha1_header), dict(JSON_HEADERS))
+        finally:
+            token.busy = False
 
     def _upload_file(self, req: Request, bucket_id: str, length: int, sha1_header: str) -> Any:
         bucket = self.store.bucket(bucket_id)
@@ -379,6 +397,9 @@ class B2API:
             if key.lower().startswith("x-bz-info-"):
                 info[key[len("x-bz-info-") :]] = unquote_plus(value)
         info = check_file_info(info)
+        header_bytes = len(name.encode()) + sum(len(k) + len(v.encode()) for k, v in info.items())
+        if header_bytes > MAX_NAME_AND_INFO:
+            raise bad_request(f"file name and file info take {header_bytes} bytes, more than {MAX_NAME_AND_INFO}")
         tmp = self.store.incoming()
         size, sha1, verified = receive(req.stream, length, sha1_header, tmp)
         version = self.store.add_upload(
@@ -395,7 +416,7 @@ class B2API:
         if length > MAX_PART_SIZE + 40:
             raise bad_request(f"parts must be at most {MAX_PART_SIZE} bytes")
         tmp = self.store.incoming()
-        size, sha1, _ = receive(req.stream, length, sha1_header, tmp)
+        size, sha1, _verified = receive(req.stream, length, sha1_header, tmp)
         part = self.store.add_part(file_id, int(raw), tmp, size, sha1)
         return {
             "fileId": file_id,
@@ -429,8 +450,8 @@ class B2API:
         }
 
     def _list_parts(self, params: dict[str, Any]) -> Any:
-        start = _int(params, "startPartNumber", 1, 1, MAX_PARTS)
-        count = _int(params, "maxPartCount", 100, 1, 1000)
+        start = int_param(params, "startPartNumber", 1, 1, MAX_PARTS)
+        count = int_param(params, "maxPartCount", 100, 1, 1000)
         parts, nxt = self.store.list_parts(params.get("fileId"), start, count)
         views = [
             {"fileId": params["fileId"], "partNumber": p.number, "contentLength": p.size, "contentSha1": p.sha1,
@@ -441,7 +462,7 @@ class B2API:
 
     def _list_unfinished(self, params: dict[str, Any]) -> Any:
         bucket = self.store.bucket(params.get("bucketId"))
-        count = _int(params, "maxFileCount", 100, 1, 100)
+        count = int_param(params, "maxFileCount", 100, 1, 100)
         prefix = params.get("namePrefix") or ""
         files, nxt = self.store.list_unfinished(bucket, prefix, params.get("startFileId"), count)
         return {"files": [self._file_view(f) for f in files], "nextFileId": nxt}
@@ -449,7 +470,7 @@ class B2API:
     # -- listing, hiding, deleting -------------------------------------------------
     def _list_file_names(self, params: dict[str, Any]) -> Any:
         bucket = self.store.bucket(params.get("bucketId"))
-        count = _int(params, "maxFileCount", 100, 1, 10000)
+        count = int_param(params, "maxFileCount", 100, 1, 10000)
         items, nxt = self.store.list_names(
             bucket, params.get("startFileName"), count, params.get("prefix") or "", params.get("delimiter")
         )
@@ -463,7 +484,7 @@ class B2API:
 
     def _list_file_versions(self, params: dict[str, Any]) -> Any:
         bucket = self.store.bucket(params.get("bucketId"))
-        count = _int(params, "maxFileCount", 100, 1, 10000)
+        count = int_param(params, "maxFileCount", 100, 1, 10000)
         items, next_name, next_id = self.store.list_versions(
             bucket, params.get("startFileName"), params.get("startFileId"), count, params.get("prefix") or ""
         )
@@ -489,7 +510,7 @@ class B2API:
         prefix = params.get("fileNamePrefix")
         if not isinstance(prefix, str):
             raise bad_request("fileNamePrefix is required")
-        duration = _int(params, "validDurationInSeconds", None, 1, MAX_DOWNLOAD_AUTH)
+        duration = int_param(params, "validDurationInSeconds", None, 1, MAX_DOWNLOAD_AUTH)
         token = self._issue("download", bucket.id, prefix, float(duration))
         return {"bucketId": bucket.id, "fileNamePrefix": prefix, "authorizationToken": token}
 
@@ -518,7 +539,7 @@ class B2API:
             bucket = self.store.buckets.get(version.bucket_id)
         if bucket is None or version is None:
             # authentication still comes first, as on B2, so that ids cannot be probed
-            self._check(_auth(req), ("account",), call)
+            self._check(auth_of(req), ("account",), call)
             raise B2Error(404, "not_found", f"File not present: {params.get('fileId')}")
         self._download_auth(req, bucket, version.name, call)
         self._fault(call)
@@ -527,7 +548,7 @@ class B2API:
     def _download_auth(self, req: Request, bucket: Bucket, name: str, call: str) -> None:
         if bucket.type == "allPublic":
             return
-        value = _auth(req)
+        value = auth_of(req)
         if not value:
             raise B2Error(401, "unauthorized", f"bucket {bucket.name} is private: an authorization token is required")
         token = self._check(value, ("account", "download"), call)
@@ -594,14 +615,14 @@ class B2API:
         self.faults.reset()
 
 
-def _auth(req: Request) -> str | None:
+def auth_of(req: Request) -> str | None:
     value = req.headers.get("Authorization")
     if not value and req.query.get("Authorization"):
         value = req.query["Authorization"][0]
     return value or None
 
 
-def _int(params: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
+def int_param(params: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
     value = params.get(name, default)
     if value is None:
         raise bad_request(f"{name} is required")

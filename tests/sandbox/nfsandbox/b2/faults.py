@@ -35,7 +35,7 @@ from typing import Any
 UPLOAD_CALLS = ("b2_upload_file", "b2_upload_part")
 
 
-def _rate(name: str, value: Any) -> float:
+def parse_rate(name: str, value: Any) -> float:
     try:
         rate = float(value)
     except (TypeError, ValueError) as exc:
@@ -92,7 +92,7 @@ class Faults:
             if value is None:
                 continue
             if key in ("rate_429", "rate_503"):
-                values[key] = _rate(key, value)
+                values[key] = parse_rate(key, value)
             elif key == "calls":
                 values[key] = cls._parse_calls(value)
             elif key == "seed":
@@ -123,7 +123,7 @@ class Faults:
         for call, rates in value.items():
             if not isinstance(rates, dict) or set(rates) - {"rate_429", "rate_503"}:
                 raise ValueError(f"b2 fault knob calls.{call} must be an object with rate_429 and/or rate_503")
-            out[str(call)] = {k: _rate(f"calls.{call}.{k}", v) for k, v in rates.items()}
+            out[str(call)] = {k: parse_rate(f"calls.{call}.{k}", v) for k, v in rates.items()}
         return out
 
     def set(self, faults: dict[str, Any]) -> None:

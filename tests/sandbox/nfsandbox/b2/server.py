@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..httpserver import EmulatorServer, Handler
 from .api import B2API, Request, Response
 
 log = logging.getLogger("nfsandbox.b2.http")
@@ -57,17 +56,9 @@ class BodyStream:
         return True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-    api: B2API
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+class _Handler(Handler):
     server_version = "nfsandbox-b2/1"
+    log = log
     rbufsize = 1 << 16
 
     def setup(self) -> None:
@@ -75,9 +66,6 @@ class _Handler(BaseHTTPRequestHandler):
         # JSON answers are small writes after the headers: without this, Nagle and the
         # client's delayed ACK add ~40 ms to every call on a kept-alive connection
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
 
     def _dispatch(self) -> None:
         raw_length = self.headers.get("Content-Length") or "0"
@@ -132,29 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
 
-    def handle_one_request(self) -> None:
-        try:
-            super().handle_one_request()
-        except (ConnectionError, TimeoutError) as exc:
-            log.debug("b2 emulator connection dropped: %s", exc)
-            self.close_connection = True
 
-
-class B2HTTPServer:
+class B2HTTPServer(EmulatorServer):
     def __init__(self, api: B2API, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = _Server((host, port), _Handler)
-        self.server.api = api
-        self.thread = threading.Thread(target=self.server.serve_forever, name="b2-http", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(_Handler, "b2-http", host, port, api=api)

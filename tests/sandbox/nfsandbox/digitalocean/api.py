@@ -58,6 +58,17 @@ FAULT_MESSAGES = {
 }
 
 
+class TagsBadRequest(Exception):
+    """A 400 of the tags service, in its own body shape."""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": str(self),
+            "messages": None,
+            "root_causes": [f"rpc error: code = InvalidArgument desc = {self}"],
+        }
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, error_id: str | None = None) -> None:
         super().__init__(message)
@@ -250,8 +261,8 @@ class DigitalOceanAPI:
 
     def authorized(self, headers: Any) -> bool:
         auth = headers.get("Authorization") or ""
-        scheme, _, value = auth.partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(value.strip(), self.token)
+        scheme, _sep, value = auth.partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), self.token.encode())
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes) -> Response:
         method = method.upper()
@@ -279,9 +290,14 @@ class DigitalOceanAPI:
                 except ValueError:
                     raise ApiError(400, "error parsing request body") from None
             status, answer = self._route(method, path, query, payload)
+            if self.faults.draw_lost(line):
+                log.info("digitalocean: answer to %s lost (applied, answered 500)", line)
+                raise ApiError(500, FAULT_MESSAGES[500])
             return status, answer, extra
         except ApiError as err:
             return err.status, {"id": err.error_id, "message": err.message, "request_id": request_id}, extra
+        except TagsBadRequest as err:
+            return 400, err.body(), extra
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         if not path.startswith("/v2/") and path != "/v2":
@@ -654,10 +670,10 @@ class DigitalOceanAPI:
     def _create_tag(self, query: Any, body: Any) -> tuple[int, Any]:
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or not TAG_RE.match(name):
-            raise ApiError(
-                400,
-                "tag name must contain only letters, numbers, colons, dashes, and underscores, up to 255 characters",
-            )
+            # not the usual error body: the tags service answers with `error` and `root_causes`
+            # (the document's tags_bad_request), which python-digitalocean cannot read
+            text = f'Error validating resource tag: "tag-name \\"{name}\\" contains invalid characters"'
+            raise TagsBadRequest(text)
         with self.lock:
             try:
                 name = self._tag(name)  # tags are case stable: the first spelling is canonical

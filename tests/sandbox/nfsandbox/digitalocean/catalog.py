@@ -67,7 +67,7 @@ def region_obj(slug: str) -> dict[str, Any]:
 
 
 def available_regions() -> list[str]:
-    return [slug for slug, (_, available, _) in REGIONS.items() if available]
+    return [slug for slug, entry in REGIONS.items() if entry[1]]
 
 
 # Public images: (id, slug, name, distribution, type, min_disk_size, size_gigabytes, created_at)

@@ -1,8 +1,9 @@
 """Fault knobs of the DigitalOcean emulator (control API `POST /faults/digitalocean`).
 
 A call replaces the whole table; `{}` restores the defaults. What was served is counted
-in `served` (never reset by a new table, only by `reset()`), so a test can prove that
-the faults it asked for really fired: `GET /_sandbox/faults` on the emulator.
+by status in `served` and by "METHOD /v2/path" in `served_by_route` (never reset by a new
+table, only by `reset()`), so a test can prove that the faults it asked for really
+fired: `GET /faults/digitalocean` on the control API shows the knobs and the counters.
 
     {"throttle_rate": 0.2,          # fraction of requests answered 429 too_many_requests
      "server_error_rate": 0.1,      # ... 500 server_error
@@ -10,6 +11,7 @@ the faults it asked for really fired: `GET /_sandbox/faults` on the emulator.
      "match": "^POST /v2/images$",  # optional regex on "METHOD /v2/path" limiting the rates
      "routes": {"^GET /v2/actions/": {"throttle_rate": 1.0}},   # per-route rates (first match wins)
      "throttle": 2, "server_error": 1, "unavailable": 1,         # the next N requests, deterministic
+     "lost_answer_rate": 0.1, "lost_answer": 1,  # applied, then answered 500 (rate / next N)
      "seed": 7,                     # seeds the random draws (reproducible runs)
      "ratelimit_limit": 5000,       # requests per window, as DO's ratelimit-limit header
      "ratelimit_window": 3600,      # seconds; ratelimit-reset is the end of the window
@@ -33,12 +35,14 @@ from typing import Any
 GIB = 1024**3
 KINDS = {"throttle": 429, "server_error": 500, "unavailable": 503}
 RATE_KEYS = tuple(f"{k}_rate" for k in KINDS)
+ALL_RATE_KEYS = (*RATE_KEYS, "lost_answer_rate")
 
 
 class Faults:
     KEYS: dict[str, type] = {
-        **{k: float for k in RATE_KEYS},
+        **{k: float for k in ALL_RATE_KEYS},
         **{k: int for k in KINDS},
+        "lost_answer": int,
         "match": str,
         "routes": dict,
         "seed": int,
@@ -51,8 +55,9 @@ class Faults:
         "refuse_query_urls": bool,
     }
     DEFAULTS: dict[str, Any] = {
-        **{k: 0.0 for k in RATE_KEYS},
+        **{k: 0.0 for k in ALL_RATE_KEYS},
         **{k: 0 for k in KINDS},
+        "lost_answer": 0,
         "match": "",
         "routes": {},
         "seed": None,
@@ -69,16 +74,16 @@ class Faults:
         self.lock = threading.Lock()
         self.values: dict[str, Any] = dict(self.DEFAULTS)
         self.random = random.Random()
-        self.served: dict[str, int] = {str(s): 0 for s in KINDS.values()}
+        self.served: dict[str, int] = self._zero()
         self.served_by_route: dict[str, dict[str, int]] = {}
 
     @staticmethod
     def _rates(table: Any, where: str) -> dict[str, float]:
         if not isinstance(table, dict):
             raise ValueError(f"{where} must be an object of rates, not {table!r}")
-        unknown = sorted(set(table) - set(RATE_KEYS))
+        unknown = sorted(set(table) - set(ALL_RATE_KEYS))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {list(RATE_KEYS)}")
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {list(ALL_RATE_KEYS)}")
         out = {}
         for key, value in table.items():
             try:
@@ -109,7 +114,7 @@ class Faults:
                 values[key] = kind(value)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"digitalocean fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-        values.update(self._rates({k: values[k] for k in RATE_KEYS}, "faults"))
+        values.update(self._rates({k: values[k] for k in ALL_RATE_KEYS}, "faults"))
         routes: dict[str, dict[str, float]] = {}
         for pattern, table in (values["routes"] or {}).items():
             self._regex(pattern, f"routes key {pattern!r}")
@@ -131,11 +136,15 @@ class Faults:
         except re.error as exc:
             raise ValueError(f"digitalocean fault knob {where} is not a valid regex: {exc}") from exc
 
+    @staticmethod
+    def _zero() -> dict[str, int]:
+        return {**{str(s): 0 for s in KINDS.values()}, "lost_answer": 0}
+
     def reset(self) -> None:
         with self.lock:
             self.values = dict(self.DEFAULTS)
             self.random = random.Random()
-            self.served = {str(s): 0 for s in KINDS.values()}
+            self.served = self._zero()
             self.served_by_route = {}
 
     def get(self, key: str) -> Any:
@@ -147,10 +156,36 @@ class Faults:
         with self.lock:
             status = self._draw_locked(line)
             if status is not None:
-                self.served[str(status)] += 1
-                per = self.served_by_route.setdefault(line, {})
-                per[str(status)] = per.get(str(status), 0) + 1
+                self._count(line, str(status))
             return status
+
+    def draw_lost(self, line: str) -> bool:
+        """Whether the answer to this (applied) request is lost: the caller gets a 500."""
+        with self.lock:
+            v = self.values
+            if v["lost_answer"] > 0 and (not v["match"] or re.search(v["match"], line)):
+                v["lost_answer"] -= 1
+                hit = True
+            else:
+                rates = self._rates_for(line)
+                hit = bool(rates) and self.random.random() < rates.get("lost_answer_rate", 0.0)
+            if hit:
+                self._count(line, "lost_answer")
+            return hit
+
+    def _count(self, line: str, what: str) -> None:
+        self.served[what] += 1
+        per = self.served_by_route.setdefault(line, {})
+        per[what] = per.get(what, 0) + 1
+
+    def _rates_for(self, line: str) -> dict[str, float] | None:
+        v = self.values
+        for pattern, table in v["routes"].items():
+            if re.search(pattern, line):
+                return table
+        if v["match"] and not re.search(v["match"], line):
+            return None
+        return {k: v[k] for k in ALL_RATE_KEYS}
 
     def _draw_locked(self, line: str) -> int | None:
         v = self.values
@@ -158,15 +193,9 @@ class Faults:
             if v[kind] > 0 and (not v["match"] or re.search(v["match"], line)):
                 v[kind] -= 1
                 return status
-        rates = None
-        for pattern, table in v["routes"].items():
-            if re.search(pattern, line):
-                rates = table
-                break
+        rates = self._rates_for(line)
         if rates is None:
-            if v["match"] and not re.search(v["match"], line):
-                return None
-            rates = {k: v[k] for k in RATE_KEYS}
+            return None
         roll = self.random.random()
         for kind, status in KINDS.items():
             rate = rates.get(f"{kind}_rate", 0.0)
@@ -178,7 +207,7 @@ class Faults:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "knobs": dict(self.values),
+                **self.values,
                 "served": dict(self.served),
                 "served_by_route": {k: dict(v) for k, v in self.served_by_route.items()},
             }

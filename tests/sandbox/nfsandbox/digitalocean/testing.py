@@ -132,7 +132,8 @@ class DOSandbox:
         self._sandbox("DELETE", "exchanges")
 
     def faults(self) -> dict[str, Any]:
-        return self._sandbox("GET", "faults")
+        """The knobs in effect and the counters of faults served (control API)."""
+        return self.control("GET", "/faults/digitalocean")["faults"]
 
     def served_faults(self) -> dict[str, int]:
         return self.faults()["served"]

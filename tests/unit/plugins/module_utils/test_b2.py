@@ -49,7 +49,7 @@ def test_normalize_api_url():
 
 
 def test_generated_names_are_unguessable_and_keep_the_file_name():
-    names = {b2.generate_name("do-1", "/var/tmp/out/nixos.qcow2.gz") for _ in range(50)}
+    names = {b2.generate_name("do-1", "/var/tmp/out/nixos.qcow2.gz") for attempt in range(50)}
     assert len(names) == 50
     for name in names:
         assert re.match(r"^nixforge/do-1/[0-9a-f]{32}/nixos\.qcow2\.gz$", name)
@@ -63,14 +63,13 @@ def test_validate_object_name_rejects(name):
     assert info.value.parameter == "name"
 
 
-def test_hash_file_streams_both_digests(tmp_path):
+def test_hash_file_streams(tmp_path):
     path = tmp_path / "f"
     data = bytes(range(256)) * 5000
     path.write_bytes(data)
     digest = b2.hash_file(str(path), chunk=1000)  # many small reads give the same digests
     assert digest.size == len(data)
     assert digest.sha256 == hashlib.sha256(data).hexdigest()
-    assert digest.sha1 == hashlib.sha1(data).hexdigest()  # noqa: S324
 
 
 @pytest.mark.parametrize(
@@ -180,3 +179,64 @@ def test_argument_spec_marks_credentials_no_log():
     spec = b2.b2_argument_spec()
     assert spec["application_key"]["no_log"] and spec["application_key_id"]["no_log"]
     assert spec["api_url"]["aliases"] == ["realm"]
+
+
+def test_part_stream_appends_the_sha1_and_rewinds(tmp_path):
+    from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import PartStream
+
+    path = tmp_path / "f"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    part = data[1000:51000]
+    with PartStream(str(path), 1000, 50000) as stream:
+        assert len(stream) == 50040
+        for size in (7, 4096, 65536):
+            stream.seek(0)
+            chunks = []
+            while True:
+                chunk = stream.read(size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            assert body == part + hashlib.sha1(part).hexdigest().encode()  # noqa: S324
+            assert stream.hash == hashlib.sha1(part).hexdigest()  # noqa: S324
+
+
+def test_part_stream_refuses_the_trailer_on_sha256_mismatch(tmp_path):
+    from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import PartStream
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    with PartStream(str(path), 0, 100, expected_sha256="0" * 64) as stream:
+        assert len(stream.read(100)) == 100
+        with pytest.raises(OSError, match="sha256 mismatch"):
+            stream.read(100)
+        assert stream.actual_sha256 == hashlib.sha256(b"x" * 100).hexdigest()
+    good = hashlib.sha256(b"x" * 100).hexdigest()
+    with PartStream(str(path), 0, 100, expected_sha256=good) as stream:
+        assert len(stream.read(1000)) == 140
+
+
+def test_upload_classifier_also_takes_another_upload_url():
+    # an expired or refused upload token: retry the request with a new upload URL
+    expired = b2exc.InvalidAuthToken("expired", "expired_auth_token")
+    assert b2.is_retryable_upload_error(expired) is True
+    assert b2.is_retryable_b2_error(expired) is False
+    assert b2.is_retryable_upload_error(b2exc.BadRequest("bad", "bad_request")) is False
+    assert b2.is_retryable_upload_error(ValueError("x")) is False
+
+
+def test_call_waits_at_least_retry_after():
+    sleeps: list = []
+    c = client(sleeps)
+    answers = [b2exc.TooManyRequests(retry_after_seconds="3"), "ok"]
+
+    def fn():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert c.call(fn, what="Listing") == "ok"
+    assert sleeps[0] == 3.0 and len(sleeps) == 2  # Retry-After, then the jittered backoff

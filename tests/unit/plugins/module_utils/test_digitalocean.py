@@ -106,8 +106,8 @@ def test_retry_after_is_honoured(server):
 
 def test_ratelimit_reset_past_the_budget_fails_at_once_saying_so(server):
     reset = str(int(time.time()) + 3600)
-    server.script = [error(429, "too_many_requests", "API Rate limit exceeded.", **{"ratelimit-remaining": "0",
-                                                                                    "ratelimit-reset": reset})]  # fmt: skip
+    headers = {"ratelimit-remaining": "0", "ratelimit-reset": reset}
+    server.script = [error(429, "too_many_requests", "API Rate limit exceeded.", **headers)]
     sleeps = []
     with pytest.raises(ProviderError) as info:
         client(server.url, sleeps).regions()
@@ -118,8 +118,8 @@ def test_ratelimit_reset_past_the_budget_fails_at_once_saying_so(server):
 
 def test_ratelimit_reset_is_ignored_while_budget_remains(server):
     reset = str(int(time.time()) + 3600)
-    server.script = [error(429, "too_many_requests", "burst", **{"ratelimit-remaining": "12",
-                                                                 "ratelimit-reset": reset}), OK_REGIONS]  # fmt: skip
+    headers = {"ratelimit-remaining": "12", "ratelimit-reset": reset}
+    server.script = [error(429, "too_many_requests", "burst", **headers), OK_REGIONS]
     sleeps = []
     client(server.url, sleeps).regions()
     assert len(sleeps) == 1 and sleeps[0] < 1
