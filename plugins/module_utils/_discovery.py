@@ -12,21 +12,27 @@ plugin, the reaper and the modules consume those records.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ansible_collections.nixforge.images.plugins.module_utils.common import (
     TAG_BUILD_ID,
     TAG_EXPIRES_AT,
     TAG_PIPELINE,
     is_expired,
+    parse_timestamp,
     utcnow,
 )
+from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
 
 __all__ = [
     "PROVIDERS",
     "builder_record",
+    "filter_builds",
+    "group_builds",
     "matches",
+    "merge_builds",
     "normalize_architecture",
+    "resource_record",
 ]
 
 PROVIDERS = ("ec2", "equinix_metal", "digitalocean")
@@ -117,3 +123,93 @@ def matches(
 
 def filter_records(records: Iterable[Mapping[str, Any]], **criteria: Any) -> List[Dict[str, Any]]:
     return [dict(r) for r in records if matches(r, **criteria)]
+
+
+# -- build records: every resource of ours, grouped by build --------------------------
+
+
+def resource_record(
+    kind: str,
+    resource_id: Any,
+    name: Optional[str] = None,
+    location: Optional[str] = None,
+    state: Optional[str] = None,
+    product: bool = False,
+) -> Dict[str, Any]:
+    """One resource of a build. ``product``: the finished result of a build (a published
+    image), which expiry-based reaping keeps; everything else is working material."""
+    return {
+        "type": kind,
+        "id": str(resource_id),
+        "name": name if name is not None else str(resource_id),
+        "location": location,
+        "state": state,
+        "product": bool(product),
+    }
+
+
+def group_builds(
+    found: Iterable[Tuple[Mapping[str, str], Dict[str, Any]]], now: Optional[datetime.datetime] = None
+) -> List[Dict[str, Any]]:
+    """Build records from ``(tags, resource_record)`` pairs, sorted by build id.
+
+    A build's expiry is the latest readable ``nixforge-expires-at`` of its resources: a
+    build lives as long as any part says so (a key found by its label only carries no
+    expiry, while its device does). A build none of whose resources carries a readable
+    expiry counts as expired (a leak). Resources without a build id are left out.
+    """
+    now = now or utcnow()
+    builds: Dict[str, Dict[str, Any]] = {}
+    for tags, resource in found:
+        build_id = tags.get(TAG_BUILD_ID)
+        if not build_id:
+            continue
+        build = builds.setdefault(
+            build_id, {"build_id": build_id, "pipeline": None, "expires_at": None, "expired": True, "resources": []}
+        )
+        build["pipeline"] = build["pipeline"] or tags.get(TAG_PIPELINE) or None
+        expiry = tags.get(TAG_EXPIRES_AT)
+        if expiry and not _unreadable(expiry) and (build["expires_at"] is None or _later(expiry, build["expires_at"])):
+            build["expires_at"] = expiry
+        build["resources"].append(resource)
+    for build in builds.values():
+        build["expired"] = is_expired(build["expires_at"], now)
+    return [builds[k] for k in sorted(builds)]
+
+
+def _unreadable(value: str) -> bool:
+    try:
+        parse_timestamp(value)
+    except UserInputError:
+        return True
+    return False
+
+
+def _later(value: str, than: str) -> bool:
+    return parse_timestamp(value) > parse_timestamp(than)
+
+
+def filter_builds(
+    builds: Iterable[Mapping[str, Any]], build_ids: Iterable[str] = (), expired: Optional[bool] = None
+) -> List[Dict[str, Any]]:
+    """Builds of these ids (none given: all) that are expired or not (None: both)."""
+    wanted = list(build_ids or [])
+    return [
+        dict(b)
+        for b in builds
+        if (not wanted or b.get("build_id") in wanted) and (expired is None or bool(b.get("expired")) == expired)
+    ]
+
+
+def merge_builds(*lists: Iterable[Mapping[str, Any]], now: Optional[datetime.datetime] = None) -> List[Dict[str, Any]]:
+    """One record per build id from build records of several locations (regions, projects...)."""
+    pairs: List[Tuple[Mapping[str, str], Dict[str, Any]]] = []
+    for builds in lists:
+        for build in builds:
+            tags = {TAG_BUILD_ID: build["build_id"]}
+            if build.get("pipeline"):
+                tags[TAG_PIPELINE] = build["pipeline"]
+            if build.get("expires_at"):
+                tags[TAG_EXPIRES_AT] = build["expires_at"]
+            pairs.extend((tags, dict(r)) for r in build.get("resources") or [])
+    return group_builds(pairs, now)

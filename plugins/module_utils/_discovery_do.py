@@ -14,13 +14,19 @@ paging and error translation are that module's client's.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import builder_record, matches
+from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+    builder_record,
+    filter_builds,
+    group_builds,
+    matches,
+    resource_record,
+)
 from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
 from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import tag_dict
 
-__all__ = ["list_builders", "record_from_droplet"]
+__all__ = ["list_builders", "list_builds", "record_from_droplet"]
 
 DEFAULT_SSH_USER = "root"
 # Droplets in these states are gone or going.
@@ -96,3 +102,46 @@ def list_builders(
         seen.add(droplet.get("id"))
         records.append(record_from_droplet(droplet, now))
     return [r for r in records if matches(r, build_ids, pipelines, expired)]
+
+
+# -- every resource of ours, grouped by build (for the reaper) ------------------------
+
+# A custom image in this state is the finished product of a build, not a leftover:
+# expiry-based reaping keeps it (only a build id named explicitly removes it).
+PRODUCT_IMAGE_STATUS = "available"
+
+
+def list_builds(
+    client: Any,
+    build_ids: Iterable[str] = (),
+    expired: Optional[bool] = None,
+    now: Optional[datetime.datetime] = None,
+) -> List[Dict[str, Any]]:
+    """Build records (see ``_discovery.group_builds``) of the account's tagged custom images
+    and droplets. Images that are ``available`` are marked ``product``."""
+    build_ids = list(build_ids or [])
+    found: List[Tuple[Dict[str, str], Dict[str, Any]]] = []
+    for image in client.list_images():
+        status = image.get("status")
+        if status == "deleted":
+            continue
+        location = ",".join(image.get("regions") or []) or None
+        found.append(
+            (
+                tag_dict(image.get("tags")),
+                resource_record(
+                    "image", image.get("id"), image.get("name"), location, status, status == PRODUCT_IMAGE_STATUS
+                ),
+            )
+        )
+    for droplet in droplets_of(client):
+        if droplet.get("status") in GONE_STATES:
+            continue
+        region = (droplet.get("region") or {}).get("slug")
+        found.append(
+            (
+                tag_dict(droplet.get("tags")),
+                resource_record("droplet", droplet.get("id"), droplet.get("name"), region, droplet.get("status")),
+            )
+        )
+    return filter_builds(group_builds(found, now), build_ids, expired)

@@ -16,7 +16,13 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import builder_record, matches
+from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+    builder_record,
+    filter_builds,
+    group_builds,
+    matches,
+    resource_record,
+)
 from ansible_collections.nixforge.images.plugins.module_utils.common import (
     TAG_BUILD_ID,
     TAG_PIPELINE,
@@ -25,7 +31,14 @@ from ansible_collections.nixforge.images.plugins.module_utils.common import (
 from ansible_collections.nixforge.images.plugins.module_utils.ec2 import filters, tag_dict
 from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
 
-__all__ = ["LIVE_STATES", "instance_filters", "list_builders", "record_from_instance", "spot_prices"]
+__all__ = [
+    "LIVE_STATES",
+    "instance_filters",
+    "list_builders",
+    "list_builds",
+    "record_from_instance",
+    "spot_prices",
+]
 
 # Instances that still cost money or may come back; terminated ones are only history.
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
@@ -144,3 +157,78 @@ def list_builders(
         prices = spot_prices(client, pairs)
     records = [record_from_instance(i, region, prices, now) for i in instances]
     return [r for r in records if matches(r, build_ids, pipelines, expired)]
+
+
+# -- every resource of ours, grouped by build (for the reaper) ------------------------
+
+# Spot requests that may still launch an instance (closed/cancelled/failed are history).
+LIVE_SPOT_REQUEST_STATES = ("open", "active")
+
+
+def tag_filter(build_ids: Iterable[str] = ()) -> Dict[str, Any]:
+    build_ids = list(build_ids or [])
+    return {"tag:" + TAG_BUILD_ID: build_ids} if build_ids else {"tag-key": TAG_BUILD_ID}
+
+
+def _resources(client: Any, region: str, build_ids: List[str]) -> List[Tuple[Dict[str, str], Dict[str, Any]]]:
+    """``(tags, resource)`` of every tagged resource type ec2_spot_host creates, in removal order."""
+    by_tag = filters(tag_filter(build_ids))
+    found: List[Tuple[Dict[str, str], Dict[str, Any]]] = []
+
+    def add(kind: str, items: Iterable[Mapping[str, Any]], id_key: str, name_key: str = "", state: Any = None) -> None:
+        for item in items:
+            tags = tag_dict(item.get("Tags"))
+            name = str(item.get(name_key) or tags.get("Name") or item.get(id_key))
+            found.append((tags, resource_record(kind, item.get(id_key), name, region, state(item) if state else None)))
+
+    # EC2 has no tag filter for fleets: every fleet is read, ours are picked by their tags
+    fleets = client.paginate("describe_fleets", "Fleets", what="Listing the EC2 fleets in %s" % region)
+    live = [f for f in fleets if not str(f.get("FleetState", "")).startswith("deleted")]
+    add("fleet", live, "FleetId", state=lambda f: f.get("FleetState"))
+    requests = client.paginate(
+        "describe_spot_instance_requests",
+        "SpotInstanceRequests",
+        what="Listing the spot requests in %s" % region,
+        Filters=by_tag + filters({"state": list(LIVE_SPOT_REQUEST_STATES)}),
+    )
+    add("spot_request", requests, "SpotInstanceRequestId", state=lambda r: r.get("State"))
+    reservations = client.paginate(
+        "describe_instances",
+        "Reservations",
+        what="Listing the instances in %s" % region,
+        Filters=instance_filters(build_ids),
+    )
+    instances = [i for r in reservations for i in r.get("Instances", [])]
+    add("instance", instances, "InstanceId", state=lambda i: (i.get("State") or {}).get("Name"))
+    for kind, operation, key, id_key, name_key, what in (
+        (
+            "launch_template",
+            "describe_launch_templates",
+            "LaunchTemplates",
+            "LaunchTemplateId",
+            "LaunchTemplateName",
+            "launch templates",
+        ),
+        ("security_group", "describe_security_groups", "SecurityGroups", "GroupId", "GroupName", "security groups"),
+        ("volume", "describe_volumes", "Volumes", "VolumeId", "", "volumes"),
+    ):
+        items = client.paginate(operation, key, what="Listing the %s in %s" % (what, region), Filters=by_tag)
+        add(kind, items, id_key, name_key, state=(lambda v: v.get("State")) if kind == "volume" else None)
+    pairs = client.call("describe_key_pairs", what="Listing the key pairs in %s" % region, Filters=by_tag).get(
+        "KeyPairs", []
+    )
+    add("key_pair", pairs, "KeyPairId", "KeyName")
+    return found
+
+
+def list_builds(
+    client: Any,
+    region: str,
+    build_ids: Iterable[str] = (),
+    expired: Optional[bool] = None,
+    now: Optional[datetime.datetime] = None,
+) -> List[Dict[str, Any]]:
+    """Build records (see ``_discovery.group_builds``) of everything of ours in one region."""
+    build_ids = list(build_ids or [])
+    builds = group_builds(_resources(client, region, build_ids), now)
+    return filter_builds(builds, build_ids, expired)

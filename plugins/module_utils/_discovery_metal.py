@@ -14,13 +14,20 @@ listed and ours are picked here.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import builder_record, matches
+from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+    builder_record,
+    filter_builds,
+    group_builds,
+    matches,
+    resource_record,
+)
 from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
 from ansible_collections.nixforge.images.plugins.module_utils.metal import tag_dict
 
-__all__ = ["GONE_STATES", "device_addresses", "list_builders", "plan_price", "record_from_device"]
+__all__ = ["GONE_STATES", "device_addresses", "list_builders", "list_builds", "plan_price", "record_from_device"]
 
 # A device in these states no longer runs nor costs.
 GONE_STATES = ("deprovisioning", "deleted")
@@ -118,3 +125,47 @@ def list_builders(
         seen.add(device.get("id"))
         records.append(record_from_device(device, now))
     return [r for r in records if matches(r, build_ids, pipelines, expired)]
+
+
+# -- every resource of ours, grouped by build (for the reaper) ------------------------
+
+# metal_device labels the per-build project key "nixforge-<build id>-ssh" and tags it.
+_KEY_LABEL_RE = re.compile(r"^nixforge-([a-z0-9][a-z0-9-]*[a-z0-9]|[a-z0-9])-ssh$")
+
+
+def key_tags(key: Mapping[str, Any]) -> Dict[str, str]:
+    """A project key's build tags; a key found by its label only gets the build id."""
+    tags = tag_dict(key.get("tags"))
+    if not tags.get(TAG_BUILD_ID):
+        match = _KEY_LABEL_RE.match(str(key.get("label") or ""))
+        if match:
+            tags[TAG_BUILD_ID] = match.group(1)
+    return tags
+
+
+def list_builds(
+    client: Any,
+    project_id: str,
+    build_ids: Iterable[str] = (),
+    expired: Optional[bool] = None,
+    now: Optional[datetime.datetime] = None,
+) -> List[Dict[str, Any]]:
+    """Build records (see ``_discovery.group_builds``) of the project's devices and SSH keys."""
+    build_ids = list(build_ids or [])
+    found: List[Tuple[Dict[str, str], Dict[str, Any]]] = []
+    devices = client.paginate(
+        "projects/%s/devices" % project_id, "devices", what="Listing the devices of %s" % project_id
+    )
+    for device in devices:
+        if device.get("state") == "deleted":
+            continue
+        found.append(
+            (
+                tag_dict(device.get("tags")),
+                resource_record("device", device.get("id"), device.get("hostname"), project_id, device.get("state")),
+            )
+        )
+    data = client.call("projects/%s/ssh-keys" % project_id, what="Listing the SSH keys of %s" % project_id) or {}
+    for key in data.get("ssh_keys") or []:
+        found.append((key_tags(key), resource_record("ssh_key", key.get("id"), key.get("label"), project_id)))
+    return filter_builds(group_builds(found, now), build_ids, expired)

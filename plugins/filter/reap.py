@@ -1,0 +1,45 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+"""Filters of playbooks/reap.yml (documented in reap_targets.yml and reap_lines.yml)."""
+
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+
+def reap_targets(
+    builds: Iterable[Mapping[str, Any]], keep_products: bool = True, types: Optional[Iterable[str]] = None
+) -> List[Dict[str, Any]]:
+    """The builds with only the resources to remove (products left out unless asked)."""
+    wanted = list(types) if types else None
+    targets = []
+    for build in builds or []:
+        resources = [
+            dict(r)
+            for r in build.get("resources") or []
+            if not (keep_products and r.get("product")) and (wanted is None or r.get("type") in wanted)
+        ]
+        if resources:
+            targets.append(dict(build, resources=resources))
+    return targets
+
+
+def reap_lines(builds: Iterable[Mapping[str, Any]]) -> List[str]:
+    """One line per resource: ``<build id>: <type> <name> [<id>] in <location>``."""
+    lines = []
+    for build in builds or []:
+        for r in build.get("resources") or []:
+            line = "%s: %s %s" % (build.get("build_id"), r.get("type"), r.get("name"))
+            if r.get("id") and r.get("id") != r.get("name"):
+                line += " [%s]" % r["id"]
+            if r.get("location"):
+                line += " in %s" % r["location"]
+            lines.append(line)
+    return lines
+
+
+class FilterModule:
+    def filters(self) -> Dict[str, Callable[..., Any]]:
+        return {"reap_targets": reap_targets, "reap_lines": reap_lines}
