@@ -34,7 +34,7 @@ XDIST := -n $(PYTEST_WORKERS) --dist loadfile
         pytest unit integration demo benchmark constraints clean
 
 help:
-	@echo "make demo    build an AArch64 SD image end to end in the local sandbox cloud"
+	@echo "make demo    build an AArch64 SD image, then a DigitalOcean image, end to end in the local sandbox cloud"
 	@echo "make test    everything: lint, sanity, unit and integration tests"
 	@echo "make sandbox-up / sandbox-down / sandbox-status   drive the local sandbox cloud"
 	@echo "make lint | sanity | unit | integration | benchmark   the parts of make test"

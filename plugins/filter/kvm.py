@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Whether a builder type offers hardware virtualisation (/dev/kvm).
+
+DigitalOcean images are built by nixpkgs' make-disk-image, which runs a VM and needs the
+Nix system feature `kvm`. These filters let a playbook refuse a builder without it before
+anything is created (documentation: kvm_capable.yml, without_kvm.yml next to this file).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ansible.errors import AnsibleFilterError
+
+# EC2 families that expose /dev/kvm inside an ordinary (virtualised) instance when the
+# nested virtualisation CPU option is turned on (offered since 2026-02).
+EC2_NESTED_FAMILIES = ("c8i", "m8i", "r8i")
+PROVIDERS = ("ec2", "equinix_metal", "ssh")
+
+
+def ec2_kvm(instance_type: str, nested_virtualization: bool = False) -> bool:
+    """`*.metal` and `*.metal-<size>` types are bare metal; C8i/M8i/R8i (and their -flex
+    variants) only with nested virtualisation turned on; every other type has no KVM."""
+    family, _dot, size = instance_type.strip().lower().partition(".")
+    if not family or not size:
+        return False
+    if size == "metal" or size.startswith("metal-"):
+        return True
+    base = family[: -len("-flex")] if family.endswith("-flex") else family
+    return bool(nested_virtualization) and base in EC2_NESTED_FAMILIES
+
+
+def kvm_capable(value: Any, provider: str = "ec2", nested_virtualization: bool = False) -> Optional[bool]:
+    """True/False for an EC2 instance type or a Metal plan; None for the ssh provider,
+    whose host can only be checked after logging in (/dev/kvm)."""
+    if provider not in PROVIDERS:
+        raise AnsibleFilterError(
+            "kvm_capable: unknown provider %r (expected one of %s)" % (provider, ", ".join(PROVIDERS))
+        )
+    if provider == "ssh":
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise AnsibleFilterError("kvm_capable: expected an instance type or plan name, got %r" % (value,))
+    if provider == "equinix_metal":
+        # Every Metal plan is a whole physical server; a compatible endpoint whose catalogue
+        # says otherwise is caught by metal_device's require_kvm.
+        return True
+    return ec2_kvm(value, nested_virtualization)
+
+
+def without_kvm(values: Any, provider: str = "ec2", nested_virtualization: bool = False) -> List[str]:
+    """The types of a list (or a single type) that have no KVM, in their order."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        raise AnsibleFilterError("without_kvm: expected a list of instance types or plans, got %r" % (values,))
+    return [str(v) for v in values if kvm_capable(str(v), provider, nested_virtualization) is False]
+
+
+class FilterModule:
+    def filters(self) -> Dict[str, Any]:
+        return {"kvm_capable": kvm_capable, "without_kvm": without_kvm}
