@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.nixforge.images.plugins.module_utils.ec2 import CAPACITY_ERROR_CODES, tag_specifications
@@ -255,6 +256,9 @@ class Fleet:
                 override["Priority"] = float(c["priority"])
             overrides.append(override)
         request: Dict[str, Any] = {
+            # One token per attempt: the client's retries of this call resend it, so a
+            # CreateFleet that EC2 applied but whose answer was lost is not applied twice.
+            "ClientToken": "nixforge-%s" % uuid.uuid4().hex,
             "Type": "instant",
             "LaunchTemplateConfigs": [
                 {

@@ -386,6 +386,34 @@ def test_throttling_and_5xx_are_retried(runner: Runner, build_id: str, ec2_sandb
     assert of_build(ec2_sandbox, build_id) == []
 
 
+def test_faults_on_every_call_and_a_lost_create_fleet_answer(runner: Runner, build_id: str, ec2_sandbox):
+    """A real launch and teardown while EC2 throttles and fails calls of every kind, and
+    while the answer to CreateFleet is lost once: one instance, then nothing left."""
+    ec2_sandbox.set_faults(
+        "ec2",
+        {
+            "throttle": {"count": 4},
+            "server_error": {"count": 3, "code": "Unavailable"},
+            "lost_answer": {"count": 1, "actions": ["CreateFleet"]},
+        },
+    )
+    result, _output = runner.run(runner.present_args(build_id))
+    assert not result.get("failed"), result.get("msg")
+    served = ec2_sandbox.call("GET", "/faults/ec2")["faults"]["served"]
+    assert served["lost_answer"] == {"CreateFleet": 1}
+    assert sum(served["throttle"].values()) == 4 and sum(served["server_error"].values()) == 3
+    # the retried CreateFleet (same ClientToken) got the first fleet back: one instance
+    instances = [r for r in of_build(ec2_sandbox, build_id) if r["type"] == "instance"]
+    assert [i["id"] for i in instances] == [result["instance_id"]]
+
+    ec2_sandbox.set_faults("ec2", {"throttle": {"count": 3}, "server_error": {"count": 2, "code": "InternalError"}})
+    gone, _output = runner.run({"build_id": build_id, "state": "absent"})
+    assert not gone.get("failed"), gone.get("msg")
+    served = ec2_sandbox.call("GET", "/faults/ec2")["faults"]["served"]
+    assert sum(served["throttle"].values()) == 3 and sum(served["server_error"].values()) == 2
+    assert of_build(ec2_sandbox, build_id) == []
+
+
 def test_ssh_cidr_auto_asks_the_lookup_url(runner: Runner, build_id: str, ec2_sandbox):
     import http.server
     import threading
