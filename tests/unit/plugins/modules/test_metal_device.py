@@ -408,7 +408,11 @@ def test_lost_create_reply_does_not_create_twice(api, exits, monkeypatch):
     assert kinds(api) == ["device", "ssh_key"]
 
 
-def test_key_already_in_project_is_used_and_left_alone(api, exits):
+def test_key_already_in_project_is_used_and_left_alone(api, exits, monkeypatch):
+    from ansible_collections.nixforge.images.plugins.module_utils.common import NixforgeModule
+
+    warned: list = []
+    monkeypatch.setattr(NixforgeModule, "warn", lambda self, msg: warned.append(msg))
     api.handle(
         "POST",
         "/projects/%s/ssh-keys" % api.default_project_id,
@@ -418,9 +422,7 @@ def test_key_already_in_project_is_used_and_left_alone(api, exits):
     )
     out = run(api)
     assert out.kind == "exit", out.result
-    from ansible.module_utils.common.warnings import get_warning_messages
-
-    assert any("already the project's SSH key" in w for w in get_warning_messages())
+    assert any("already the project's SSH key" in w for w in warned), warned
     run(api, state="absent")
     assert [(r["type"], r["name"]) for r in api.resources()] == [("ssh_key", "alice")]
 
