@@ -192,6 +192,7 @@ def test_an_expired_build_is_refused(clean, tmp_path):
         ({"server_error": 3, "server_error_status": 503}, "503 on the first requests"),
         ({"server_error": 2, "server_error_match": "^POST /projects/[^/]+/devices$"}, "500 on create"),
         ({"throttle": 2, "throttle_match": "^DELETE "}, "429 on delete"),
+        ({"lost_answer": 1, "lost_answer_match": "^POST /projects/[^/]+/devices$"}, "create applied, answer lost"),
     ],
 )
 def test_throttling_and_server_errors_are_retried(clean, tmp_path, faults, what):
@@ -200,6 +201,10 @@ def test_throttling_and_server_errors_are_retried(clean, tmp_path, faults, what)
     results = clean.play(tmp_path, [base(keys, "it-retry"), absent("it-retry")])[0]
     assert not results[0].get("failed"), (what, results[0].get("msg"))
     assert not results[1].get("failed"), (what, results[1].get("msg"))
+    # the faults really fired, and a retried create made no second device
+    served = clean.control("GET", "/faults/metal")["faults"]["served"]
+    for knob in ("throttle", "server_error", "lost_answer"):
+        assert served.get(knob, 0) == faults.get(knob, 0), (what, served)
     assert results[1]["removed"]["devices"] == [results[0]["device"]["id"]]
     assert clean.metal_resources() == []
 
