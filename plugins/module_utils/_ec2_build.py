@@ -91,6 +91,18 @@ class BuildResources:
             "volumes": paginate("describe_volumes", "Volumes", what="Looking up the volumes", Filters=tag_filter),
         }
 
+    def ended(self) -> List[Dict[str, str]]:
+        """Instances of the build that EC2 ended, not we: a spot interruption or another
+        ``Server.*`` reason, or the builder's own poweroff at expiry. Teardown reports them
+        so that a failed build says why its builder vanished."""
+        out = []
+        for instance in self.find_instances(["shutting-down", "terminated", "stopping", "stopped"]):
+            reason = instance.get("StateReason") or {}
+            code = str(reason.get("Code") or "")
+            if code.startswith("Server.") or code == "Client.InstanceInitiatedShutdown":
+                out.append({"instance_id": instance["InstanceId"], "code": code, "message": reason.get("Message", "")})
+        return out
+
     def owned(self, kind: str, name: str, found: List[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
         """``found`` (resources named ``name``), refusing one that belongs to another build."""
         for resource in found:

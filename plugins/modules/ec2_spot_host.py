@@ -152,8 +152,7 @@ options:
     type: str
     default: https://checkip.amazonaws.com/
   ssh_user:
-    description:
-      - Login user of the image, returned for the inventory. Debian's images use V(admin).
+    description: Login user of the image, returned for the inventory. Debian's images use V(admin).
     type: str
     default: admin
   user_data:
@@ -164,8 +163,7 @@ options:
     type: str
     aliases: [userdata]
   instance_name:
-    description:
-      - Value of the C(Name) tag of the instance and volume. Default C(nixforge-<build_id>).
+    description: Value of the C(Name) tag of the instance and volume. Default C(nixforge-<build_id>).
     type: str
   public_ip:
     description:
@@ -174,8 +172,7 @@ options:
     type: bool
     default: true
   cleanup_on_failure:
-    description:
-      - When the launch or the wait fails, remove every resource of the build before failing.
+    description: When the launch or the wait fails, remove every resource of the build before failing.
     type: bool
     default: true
 attributes:
@@ -189,10 +186,6 @@ notes:
     removes what is left of expired builds.
   - Capacity errors (C(InsufficientInstanceCapacity) and similar) of one candidate (instance type x zone) make
     the module try the remaining candidates; the errors met on the way are returned in RV(candidate_errors).
-seealso:
-  - name: EC2 Fleet instant type
-    description: How an instant fleet launches over several instance types and zones.
-    link: https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instant-fleet.html
 """
 
 EXAMPLES = r"""
@@ -352,6 +345,13 @@ removed:
   type: dict
   sample: {instances: [i-0abc], fleets: [fleet-1], launch_templates: [lt-1], security_groups: [sg-1],
            key_pairs: [nixforge-b1-ssh], volumes: []}
+ended:
+  description: Instances of the build that EC2 ended (spot interruption, a C(Server.*) reason) or that powered
+    themselves off at expiry, with EC2's state reason.
+  returned: state is absent
+  type: list
+  elements: dict
+  sample: [{instance_id: i-0abc, code: Server.SpotInstanceTermination, message: Spot instance termination}]
 """
 
 from typing import Any, Dict, List, Optional
@@ -433,7 +433,7 @@ class Ec2SpotHost(NixforgeModule):
         self.result["build"] = self.identity.as_dict()
         self.engine = Launch(self.client, self.identity, self.params, self.warn)
         if self.params["state"] == "absent":
-            self.found = self.engine.find()
+            self.found, self.result["ended"] = self.engine.find(), self.engine.ended()
             return
         self.check_input()
         self.adopting = self.engine.find_instances(LIVE_STATES)

@@ -485,3 +485,34 @@ def test_remove_build_order_and_fleet_fallback():
         "delete_security_group",
     ]
     assert [kw["TerminateInstances"] for kw in client.ops("delete_fleets")] == [True, False]
+
+
+def test_teardown_reports_instances_ended_by_ec2_or_by_expiry():
+    def instance(iid, code):
+        return {"InstanceId": iid, "StateReason": {"Code": code, "Message": code + " message"}}
+
+    client = FakeClient(
+        {
+            "describe_instances": [
+                {
+                    "Reservations": [
+                        {
+                            "Instances": [
+                                instance("i-spot", "Server.SpotInstanceTermination"),
+                                instance("i-expired", "Client.InstanceInitiatedShutdown"),
+                                instance("i-ours", "Client.UserInitiatedShutdown"),
+                            ]
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+    ended = _ec2_build.BuildResources(client, identity()).ended()
+    assert [(e["instance_id"], e["code"]) for e in ended] == [
+        ("i-spot", "Server.SpotInstanceTermination"),
+        ("i-expired", "Client.InstanceInitiatedShutdown"),
+    ]
+    [call] = client.ops("describe_instances")
+    states = next(f["Values"] for f in call["Filters"] if f["Name"] == "instance-state-name")
+    assert "terminated" in states and "running" not in states
