@@ -159,9 +159,10 @@ class ActionModule(ActionBase):
             artifact=artifact,
             name=os.path.basename(artifact),
             size=found["size"],
-            sha256=found.get("sha256", ""),
             build_seconds=round(seconds, 1),
         )
+        if "sha256" in found:
+            result["sha256"] = found["sha256"]
         return result
 
     def _start(self, plan: Dict[str, Any], params: Dict[str, Any]) -> None:

@@ -111,8 +111,8 @@ size:
   returned: success
   type: int
 sha256:
-  description: Its sha256 when O(sha256=true), else empty.
-  returned: success
+  description: Its sha256, computed on the builder.
+  returned: success with O(sha256=true)
   type: str
 build_seconds:
   description: Duration of the build command on the builder.
