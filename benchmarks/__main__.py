@@ -1,7 +1,7 @@
 """Fetch benchmark: the nixos_image role's fetch, end to end, against scp + sha256sum.
 
     python -m benchmarks [--size-mib 1024] [--rounds 3] [--methods ssh,rsync] [--check]
-    (make benchmark)
+    (make benchmark; it then runs the B2 upload benchmark, benchmarks/b2_upload.py)
 
 Boots one host in the sandbox (instance NIXFORGE_SANDBOX_INSTANCE, brought up if it is
 down and taken down again if this run started it), writes a file of random bytes there,
@@ -231,5 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             sandboxctl("down", instance=inst.number)
 
 
+def run_all(argv: list[str] | None = None) -> int:
+    """`make benchmark`: this fetch benchmark, then the B2 upload one (benchmarks/b2_upload.py)."""
+    from benchmarks import b2_upload
+
+    argv = sys.argv[1:] if argv is None else argv
+    fetch = main(argv)
+    upload = b2_upload.main(["--check"] if "--check" in argv else [])
+    return fetch or upload
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_all())

@@ -22,7 +22,8 @@ export ANSIBLE_COLLECTIONS_PATH="$REPO/.build/collections"
 export ANSIBLE_HOME="$REPO/.build/ansible-home"
 export ANSIBLE_LOCAL_TEMP="$REPO/.build/ansible-home/tmp"
 # Short whatever the checkout's path: a Unix socket path may not exceed 108 bytes.
-export ANSIBLE_SSH_CONTROL_PATH_DIR="/tmp/nixforge-cp-$(printf %s "$REPO" | sha1sum | cut -c1-12)"
+ANSIBLE_SSH_CONTROL_PATH_DIR="/tmp/nixforge-cp-$(printf %s "$REPO" | sha1sum | cut -c1-12)"
+export ANSIBLE_SSH_CONTROL_PATH_DIR
 export PATH="$REPO/.venv/bin:$PATH"
 
 started=0

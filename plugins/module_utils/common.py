@@ -17,8 +17,9 @@ Every module follows one flow (``run()``; a module overrides the hooks, not ``ru
 3. check mode:    ``actions`` lists the texts of the plan and nothing is done;
    real run:      each action's ``do()`` runs in order and its text is recorded, so both
                   modes report the same list for the same input;
-4. on failure:    ``undo()`` of the actions this run completed, newest first
-                  (``rolled_back`` in the result), then the error;
+4. on failure:    ``undo()`` of the actions this run started, newest first, the
+                  failing one included (``rolled_back`` in the result), then the
+                  error; an undo must therefore be safe when its ``do()`` did not finish;
 5. ``describe()`` the result (merged into the module's return values)::
 
     class DoCustomImage(NixforgeModule):
@@ -408,7 +409,10 @@ class NixforgeModule:
             try:
                 action.do()
             except BaseException:
-                self.rollback(done)
+                # the failing action may have created part of its resource (created, then
+                # its wait failed): its undo runs too, which is why undo must be safe when
+                # do() did not finish
+                self.rollback([*done, action])
                 raise
             done.append(action)
 

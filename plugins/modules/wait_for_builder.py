@@ -16,7 +16,8 @@ description:
     fix. A control socket path over the 108-byte limit of Unix sockets or a missing key file fails at once;
     a host key that does not match the pinned one, or an authentication refusal, fails once it has persisted
     for O(permanent_error_grace) seconds (sshd may answer before cloud-init installed the keys).
-author: nixforge.images contributors
+author:
+  - nixforge.images contributors (@nixforge)
 options:
   timeout:
     description: Seconds to wait in all; the task fails when they run out.

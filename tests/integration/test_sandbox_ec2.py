@@ -345,3 +345,50 @@ def test_a_key_pair_named_at_launch_logs_in_the_default_user(sandbox, ec2, keys)
         wait_for(ec2, iid, "terminated")
     finally:
         ec2.delete_key_pair(KeyName="it-keypair")
+
+
+def test_termination_goes_through_shutting_down_and_holds_the_security_group(sandbox, ec2, keys):
+    group = ec2.create_security_group(GroupName="it-held", Description="held by a terminating instance")["GroupId"]
+    iid = launch(ec2, keys, InstanceType="t3.micro", SecurityGroupIds=[group])
+    wait_for(ec2, iid, "running")
+    reply = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert reply["CurrentState"]["Name"] == "shutting-down"
+    with pytest.raises(ClientError) as err:
+        ec2.delete_security_group(GroupId=group)
+    assert err.value.response["Error"]["Code"] == "DependencyViolation"
+    inst = wait_for(ec2, iid, "terminated", timeout=30)
+    assert inst["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
+    ec2.delete_security_group(GroupId=group)
+
+
+def test_create_fleet_honours_client_tokens(sandbox, ec2, keys):
+    template = ec2.create_launch_template(
+        LaunchTemplateName="it-token",
+        LaunchTemplateData={
+            "ImageId": newest_ami(ec2),
+            "UserData": base64.b64encode(user_data(keys).encode()).decode(),
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": [BUILD_TAG]}],
+            "SecurityGroupIds": [ssh_group(ec2)],
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    request = {
+        "Type": "instant",
+        "ClientToken": "it-token-1",
+        "TargetCapacitySpecification": {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "on-demand"},
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": template, "Version": "$Latest"},
+                "Overrides": [{"InstanceType": "t3.micro"}],
+            }
+        ],
+    }
+    first = ec2.create_fleet(**request)
+    again = ec2.create_fleet(**request)  # a retry after a lost answer
+    assert again["FleetId"] == first["FleetId"]
+    ids = [i for entry in first["Instances"] for i in entry["InstanceIds"]]
+    assert len(ids) == 1
+    wait_for(ec2, ids[0], "running")
+    ec2.delete_fleets(FleetIds=[first["FleetId"]], TerminateInstances=True)
+    wait_for(ec2, ids[0], "terminated", timeout=30)
+    ec2.delete_launch_template(LaunchTemplateId=template)

@@ -378,3 +378,18 @@ def test_down_after_a_crash_leaves_nothing(sandbox: SandboxHandle, tmp_path: Pat
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert f" {inst.bridge}:" not in links and f" {inst.veth_prefix}" not in links
     assert not any(d.exists() for d in procs.cgroup_dirs(inst.cgroup_name))
+
+
+@pytest.mark.sandbox
+def test_up_fails_when_a_provider_cannot_start() -> None:
+    """A missing emulator fails `up` (tests must not pass or skip without it)."""
+    spare = 199  # an instance no test session uses
+    env = dict(os.environ, NIXFORGE_SANDBOX_PROVIDERS="ec2,nosuch", NIXFORGE_SANDBOX_INSTANCE=str(spare))
+    try:
+        proc = subprocess.run(
+            [str(SANDBOXCTL), "up"], env=env, capture_output=True, text=True, check=False, timeout=600
+        )
+        assert proc.returncode != 0
+        assert "provider nosuch: no module nfsandbox/nosuch" in proc.stdout + proc.stderr
+    finally:
+        subprocess.run([str(SANDBOXCTL), "down"], env=env, capture_output=True, check=False, timeout=300)

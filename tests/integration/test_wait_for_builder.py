@@ -55,7 +55,7 @@ def run_wait(directory: Path, host: dict, key: Path, extra: str = "") -> tuple[s
 
 def test_healthy_host_is_reached(booted, tmp_path):
     host, key = booted
-    proc, _ = run_wait(tmp_path, host, key)
+    proc = run_wait(tmp_path, host, key)[0]
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -70,7 +70,7 @@ def test_long_control_socket_path_fails_at_once(booted, tmp_path):
 
 def test_host_key_mismatch_fails_after_the_grace_not_the_timeout(booted, tmp_path):
     host, key = booted
-    other_key, _ = ssh_keypair(tmp_path / "other", name="ssh_host_ed25519_key")
+    other_key = ssh_keypair(tmp_path / "other", name="ssh_host_ed25519_key")[0]
     wrong = dict(host)
     wrong["host_public_keys"] = {"ed25519": Path(str(other_key) + ".pub").read_text().strip()}
     proc, elapsed = run_wait(tmp_path, wrong, key)
@@ -80,8 +80,8 @@ def test_host_key_mismatch_fails_after_the_grace_not_the_timeout(booted, tmp_pat
 
 
 def test_refused_key_fails_after_the_grace_not_the_timeout(booted, tmp_path):
-    host, _ = booted
-    stranger, _ = ssh_keypair(tmp_path / "stranger")
+    host = booted[0]
+    stranger = ssh_keypair(tmp_path / "stranger")[0]
     proc, elapsed = run_wait(tmp_path, host, stranger)
     assert proc.returncode != 0
     assert "refused the build's SSH key" in proc.stdout, proc.stdout

@@ -71,6 +71,10 @@ class Provider:
         self.endpoint: str | None = None
         # security groups are enforced with nftables in each host's netns (real pools only)
         self.enforce_groups = getattr(self.pool, "enforces_firewalls", False)
+        # terminate: seconds in shutting-down before terminated (real pools; EC2 takes a while)
+        self.shutdown_seconds = (
+            float(os.environ.get("NIXFORGE_SANDBOX_EC2_SHUTDOWN_SECONDS", "3")) if (self.enforce_groups) else 0.0
+        )
         self._applied_rules: dict[str, str] = {}
         self._stopping = threading.Event()
 

@@ -18,7 +18,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.exceptions import DependencyViolationError, EC2ClientError
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.fleets import Fleet
@@ -166,6 +166,7 @@ def install(hooks: Any) -> None:
     _patch(EC2Backend, "stop_instances", _stop_instances)
     _patch(EC2Backend, "create_fleet", _create_fleet)
     _patch(Instance, "terminate", _instance_terminate)
+    _patch(EC2Backend, "delete_security_group", _delete_security_group)
     _patch(Instance, "stop", _instance_stop)
     _patch(Instance, "start", _instance_start)
     _patch(Instance, "state_reason", property(_get_state_reason, _set_state_reason))
@@ -351,16 +352,49 @@ def _spot_type(backend: Any, instance: Any) -> str:
 
 
 def _instance_terminate(self: Any):
-    previous = _orig(Instance, "terminate")(self)
-    if _hooks is not None and previous.name != "terminated":
-        # Gap: a one-time spot request stays "active" in moto after its instance is gone.
-        for request in self.ec2_backend.spot_instance_requests.values():
-            if getattr(request, "instance", None) is self and request.type == "one-time":
-                request.state = "closed"
-                request._status_code = "instance-terminated-by-user"
-                request.status_message = "Spot Instance terminated due to user-initiated termination."
-        _hooks.on_gone(self)
+    if _hooks is None:
+        return _orig(Instance, "terminate")(self)
+    if self._state.name in ("shutting-down", "terminated"):
+        return InstanceState(self._state.name, self._state.code)
+    previous = InstanceState(self._state.name, self._state.code)
+    # Gap: a one-time spot request stays "active" in moto after its instance is gone.
+    for request in self.ec2_backend.spot_instance_requests.values():
+        if getattr(request, "instance", None) is self and request.type == "one-time":
+            request.state = "closed"
+            request._status_code = "instance-terminated-by-user"
+            request.status_message = "Spot Instance terminated due to user-initiated termination."
+    delay = float(getattr(_hooks, "shutdown_seconds", 0) or 0)
+    if delay <= 0:
+        _orig(Instance, "terminate")(self)
+    else:
+        # As on EC2: shutting-down for a while (its security groups still in use), then terminated.
+        if "_nf_state_reason" not in self.__dict__:
+            set_reason(self, "Client.UserInitiatedShutdown", "User initiated shutdown")
+        self._state = InstanceState("shutting-down", 32)
+        timer = threading.Timer(delay, _orig(Instance, "terminate"), args=(self,))
+        timer.daemon = True
+        timer.start()
+    _hooks.on_gone(self)
     return previous
+
+
+def _delete_security_group(self: Any, name: str | None = None, group_id: str | None = None) -> None:
+    """EC2 refuses to delete a group that an instance not yet terminated still uses."""
+    if _hooks is not None:
+        wanted = group_id or getattr(self.get_security_group_by_name_or_id(name), "id", None)
+        for reservation in list(self.reservations.values()):
+            for instance in reservation.instances:
+                if instance.state == "terminated":
+                    continue
+                groups = {getattr(g, "id", None) for g in getattr(instance, "security_groups", None) or []}
+                nics = instance.nics.values() if isinstance(instance.nics, dict) else instance.nics
+                for nic in nics:
+                    groups |= {getattr(g, "id", None) for g in getattr(nic, "group_set", None) or []}
+                if wanted in groups:
+                    raise DependencyViolationError(
+                        "resource %s has a dependent object (instance %s is %s)" % (wanted, instance.id, instance.state)
+                    )
+    return _orig(EC2Backend, "delete_security_group")(self, name=name, group_id=group_id)
 
 
 def _instance_stop(self: Any):
@@ -624,7 +658,8 @@ def _launch(backend: Any, fleet: Fleet, candidate: _Candidate, market: str, coun
         "tags": tags,
         "launch_template": lt_arg,
         "instance_initiated_shutdown_behavior": tmpl.get("InstanceInitiatedShutdownBehavior"),
-        "security_group_ids": tmpl.get("SecurityGroupIds") or [],
+        # groups given on the template's interface apply as EC2 applies them (moto drops them)
+        "security_group_ids": tmpl.get("SecurityGroupIds") or list((nics[0].get("Groups") if nics else None) or []),
         "ebs_optimized": bool(spec.ebs_optimized),
     }
     if market == "spot":
@@ -704,7 +739,21 @@ def _response_run_instances(self: Any):
 
 
 def _response_create_fleet(self: Any):
-    # Gap: moto's CreateFleet reply has no Errors[].
+    # Gaps: moto's CreateFleet reply has no Errors[], and it ignores ClientToken (EC2
+    # answers a repeated token with the fleet it created the first time).
+    token = self._get_param("ClientToken") if _hooks is not None else None
+    known = getattr(self.ec2_backend, "_nf_fleet_tokens", None)
+    if known is None:
+        known = self.ec2_backend._nf_fleet_tokens = {}
+    if token and token in known:
+        return ActionResult(dict(known[token]))
+    result = _create_fleet_reply(self)
+    if token and isinstance(result, ActionResult) and isinstance(result.result, dict):
+        known[token] = dict(result.result)
+    return result
+
+
+def _create_fleet_reply(self: Any):
     result = _orig(Fleets, "create_fleet")(self)
     if _hooks is not None and isinstance(result, ActionResult) and isinstance(result.result, dict):
         fleet = self.ec2_backend.get_fleet(result.result["FleetId"])

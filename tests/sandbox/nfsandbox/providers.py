@@ -10,8 +10,10 @@ The contract a provider module fulfils (README.md, "Providers"):
         def set_faults(self, faults: dict) -> None: ...
         def reset(self) -> None: ...
 
-A module that does not exist yet, fails to import or fails to start is logged and
-skipped: the rest of the sandbox keeps working (and `status` says why).
+A provider that is missing, fails to import or fails to start makes the whole start
+fail (and `sandboxctl up` with it, saying which and why): a test must never pass or
+skip because an emulator silently did not run. Choose fewer providers with
+NIXFORGE_SANDBOX_PROVIDERS instead.
 """
 
 from __future__ import annotations
@@ -34,25 +36,16 @@ class Providers:
         for name in self.names:
             try:
                 module = importlib.import_module(f"nfsandbox.{name}")
-            except ModuleNotFoundError as exc:
-                if exc.name == f"nfsandbox.{name}":
-                    self.status[name] = "not available (no module nfsandbox/%s.py)" % name
-                    log.info("provider %s: %s", name, self.status[name])
-                    continue
-                self.status[name] = f"import failed: {exc}"
-                log.exception("provider %s: import failed", name)
-                continue
-            except Exception as exc:
-                self.status[name] = f"import failed: {exc}"
-                log.exception("provider %s: import failed", name)
-                continue
-            try:
                 provider = module.Provider(sandbox)
                 published = provider.start() or {}
             except Exception as exc:
-                self.status[name] = f"start failed: {exc}"
-                log.exception("provider %s: start failed", name)
-                continue
+                missing = isinstance(exc, ModuleNotFoundError) and exc.name == f"nfsandbox.{name}"
+                self.status[name] = "no module nfsandbox/%s" % name if missing else f"start failed: {exc}"
+                log.exception("provider %s: %s", name, self.status[name])
+                self.stop()
+                raise RuntimeError(
+                    "provider %s: %s (choose the providers with NIXFORGE_SANDBOX_PROVIDERS)" % (name, self.status[name])
+                ) from exc
             self.running[name] = provider
             self.endpoints.update(published)
             self.status[name] = "running"

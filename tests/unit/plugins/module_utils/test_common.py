@@ -318,6 +318,6 @@ def test_flow_nothing_to_do_is_not_changed(exits):
 def test_flow_failure_rolls_back_what_this_run_created(exits):
     out = run_flow({"build_id": "b1", "fail_at": "host"})
     assert out.kind == "fail"
-    assert Flow.log == ["prepare", "do key", "do tag", "undo key"]
-    assert out.result["rolled_back"] == ["create key"]
+    assert Flow.log == ["prepare", "do key", "do tag", "undo host", "undo key"]
+    assert out.result["rolled_back"] == ["create host", "create key"]
     assert out.result["msg"].startswith("Creating host failed: host refused")

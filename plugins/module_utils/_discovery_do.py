@@ -1,0 +1,98 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only discovery of our DigitalOcean builders (droplets tagged ``nixforge-build-id:...``).
+
+    client = digitalocean_client({"oauth_token": token, "api_url": url})   # module_utils/digitalocean
+    builders = list_builders(client, build_ids=["b1"])
+
+DigitalOcean tags are bare names, so a build tag is written ``key:value`` there
+(``nixforge-build-id:b1``); ``module_utils/digitalocean`` converts both ways. Retries,
+paging and error translation are that module's client's.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from ansible_collections.nixforge.images.plugins.module_utils._discovery import builder_record, matches
+from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
+from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import tag_dict
+
+__all__ = ["list_builders", "record_from_droplet"]
+
+DEFAULT_SSH_USER = "root"
+# Droplets in these states are gone or going.
+GONE_STATES = ("archive",)
+
+
+def _networks(droplet: Mapping[str, Any]) -> Dict[str, Optional[str]]:
+    found: Dict[str, Optional[str]] = {"public_ipv4": None, "private_ipv4": None, "public_ipv6": None}
+    networks = droplet.get("networks") or {}
+    for entry in networks.get("v4") or []:
+        key = "public_ipv4" if entry.get("type") == "public" else "private_ipv4"
+        found[key] = found[key] or entry.get("ip_address")
+    for entry in networks.get("v6") or []:
+        if entry.get("type") == "public":
+            found["public_ipv6"] = found["public_ipv6"] or entry.get("ip_address")
+    return found
+
+
+def _architecture(droplet: Mapping[str, Any]) -> str:
+    # Every droplet size is x86_64 today; an image may say otherwise.
+    image = droplet.get("image") or {}
+    return str(image.get("architecture") or "x86_64")
+
+
+def record_from_droplet(droplet: Mapping[str, Any], now: Optional[datetime.datetime] = None) -> Dict[str, Any]:
+    tags = tag_dict(droplet.get("tags"))
+    size = droplet.get("size") or {}
+    price = size.get("price_hourly")
+    return builder_record(
+        "digitalocean",
+        str(droplet.get("id", "")),
+        droplet.get("name") or str(droplet.get("id", "")),
+        tags,
+        now=now,
+        state=droplet.get("status"),
+        location=(droplet.get("region") or {}).get("slug"),
+        instance_type=droplet.get("size_slug") or size.get("slug"),
+        architecture=_architecture(droplet),
+        price_per_hour=float(price) if price is not None else None,
+        lifecycle="on-demand",
+        launched_at=droplet.get("created_at"),
+        ssh_user=DEFAULT_SSH_USER,
+        **_networks(droplet),
+    )
+
+
+def droplets_of(client: Any, tag_name: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Every droplet (with ``tag_name``: only those carrying it), page by page."""
+    return client.paginate("droplets", "droplets", "Listing the DigitalOcean droplets", tag_name=tag_name)
+
+
+def list_builders(
+    client: Any,
+    build_ids: Iterable[str] = (),
+    pipelines: Iterable[str] = (),
+    expired: Optional[bool] = None,
+    now: Optional[datetime.datetime] = None,
+) -> List[Dict[str, Any]]:
+    """Builder records of the account's droplets that carry our tags."""
+    build_ids = list(build_ids or [])
+    pipelines = list(pipelines or [])
+    if build_ids:
+        droplets: List[Dict[str, Any]] = []
+        for build_id in build_ids:
+            droplets.extend(droplets_of(client, "%s:%s" % (TAG_BUILD_ID, build_id)))
+    else:
+        droplets = droplets_of(client)
+    seen = set()
+    records = []
+    for droplet in droplets:
+        if droplet.get("id") in seen or droplet.get("status") in GONE_STATES:
+            continue
+        seen.add(droplet.get("id"))
+        records.append(record_from_droplet(droplet, now))
+    return [r for r in records if matches(r, build_ids, pipelines, expired)]

@@ -1,0 +1,146 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only discovery of our EC2 builders (instances carrying ``nixforge-build-id``).
+
+    client = ec2_client(params)                       # module_utils/ec2.py
+    for builder in list_builders(client, "us-east-1", build_ids=["b1"]):
+        print(builder["id"], builder["address"], builder["expired"])
+
+Filtering by tag happens on the EC2 side (``Filters``), so an account with thousands
+of other instances costs one page per 1000 of ours, not of theirs.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from ansible_collections.nixforge.images.plugins.module_utils._discovery import builder_record, matches
+from ansible_collections.nixforge.images.plugins.module_utils.common import (
+    TAG_BUILD_ID,
+    TAG_PIPELINE,
+    format_timestamp,
+)
+from ansible_collections.nixforge.images.plugins.module_utils.ec2 import filters, tag_dict
+from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
+
+__all__ = ["LIVE_STATES", "instance_filters", "list_builders", "record_from_instance", "spot_prices"]
+
+# Instances that still cost money or may come back; terminated ones are only history.
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+DEFAULT_SSH_USER = "admin"  # Debian's cloud images (what ec2_spot_host boots)
+
+
+def instance_filters(
+    build_ids: Iterable[str] = (), pipelines: Iterable[str] = (), states: Iterable[str] = LIVE_STATES
+) -> List[Dict[str, Any]]:
+    spec: Dict[str, Any] = {"instance-state-name": list(states)}
+    build_ids = list(build_ids or [])
+    if build_ids:
+        spec["tag:" + TAG_BUILD_ID] = build_ids
+    else:
+        spec["tag-key"] = TAG_BUILD_ID
+    if pipelines:
+        spec["tag:" + TAG_PIPELINE] = list(pipelines)
+    return filters(spec)
+
+
+def record_from_instance(
+    instance: Mapping[str, Any],
+    region: str,
+    prices: Optional[Mapping[Tuple[str, str], float]] = None,
+    now: Optional[datetime.datetime] = None,
+) -> Dict[str, Any]:
+    tags = tag_dict(instance.get("Tags"))
+    placement = instance.get("Placement") or {}
+    zone = placement.get("AvailabilityZone")
+    lifecycle = instance.get("InstanceLifecycle") or "on-demand"
+    price = None
+    if lifecycle == "spot" and prices:
+        price = prices.get((str(instance.get("InstanceType")), str(zone)))
+    launched = instance.get("LaunchTime")
+    ipv6 = None
+    for interface in instance.get("NetworkInterfaces") or []:
+        for address in interface.get("Ipv6Addresses") or []:
+            ipv6 = ipv6 or address.get("Ipv6Address")
+    return builder_record(
+        "ec2",
+        instance.get("InstanceId", ""),
+        tags.get("Name") or str(instance.get("InstanceId", "")),
+        tags,
+        now=now,
+        state=(instance.get("State") or {}).get("Name"),
+        location=region,
+        zone=zone,
+        instance_type=instance.get("InstanceType"),
+        architecture=instance.get("Architecture"),
+        public_ipv4=instance.get("PublicIpAddress"),
+        private_ipv4=instance.get("PrivateIpAddress"),
+        public_ipv6=ipv6,
+        price_per_hour=price,
+        lifecycle=lifecycle,
+        launched_at=format_timestamp(launched) if isinstance(launched, datetime.datetime) else launched,
+        ssh_user=DEFAULT_SSH_USER,
+    )
+
+
+def spot_prices(client: Any, pairs: Iterable[Tuple[str, str]]) -> Dict[Tuple[str, str], float]:
+    """Latest Linux spot price per (instance type, zone); a pair EC2 does not price is left out.
+
+    A failed price look-up is not fatal: a builder without a price is still a builder.
+    """
+    result: Dict[Tuple[str, str], float] = {}
+    for instance_type, zone in sorted(set(pairs)):
+        try:
+            history = client.call(
+                "describe_spot_price_history",
+                what="Reading the spot price of %s in %s" % (instance_type, zone),
+                InstanceTypes=[instance_type],
+                AvailabilityZone=zone,
+                ProductDescriptions=["Linux/UNIX"],
+                MaxResults=20,
+            ).get("SpotPriceHistory", [])
+        except NixforgeError:
+            continue
+        entries = [h for h in history if h.get("AvailabilityZone") in (None, zone) and h.get("SpotPrice")]
+        if not entries:
+            continue
+        latest = max(entries, key=lambda h: str(h.get("Timestamp", "")))
+        try:
+            result[(instance_type, zone)] = float(latest["SpotPrice"])
+        except (TypeError, ValueError):
+            continue
+    return result
+
+
+def list_builders(
+    client: Any,
+    region: str,
+    build_ids: Iterable[str] = (),
+    pipelines: Iterable[str] = (),
+    expired: Optional[bool] = None,
+    states: Iterable[str] = LIVE_STATES,
+    with_prices: bool = True,
+    now: Optional[datetime.datetime] = None,
+) -> List[Dict[str, Any]]:
+    """Builder records of the instances of one region that carry our tags."""
+    build_ids = list(build_ids or [])
+    pipelines = list(pipelines or [])
+    reservations = client.paginate(
+        "describe_instances",
+        "Reservations",
+        what="Listing the builders in %s" % region,
+        Filters=instance_filters(build_ids, pipelines, states),
+    )
+    instances = [i for r in reservations for i in r.get("Instances", [])]
+    prices: Dict[Tuple[str, str], float] = {}
+    if with_prices:
+        pairs = [
+            (str(i.get("InstanceType")), str((i.get("Placement") or {}).get("AvailabilityZone")))
+            for i in instances
+            if i.get("InstanceLifecycle") == "spot"
+        ]
+        prices = spot_prices(client, pairs)
+    records = [record_from_instance(i, region, prices, now) for i in instances]
+    return [r for r in records if matches(r, build_ids, pipelines, expired)]

@@ -1,0 +1,392 @@
+"""b2_object through ansible-playbook against the sandbox's B2 emulator.
+
+Real HTTP to the emulator's native API (b2sdk inside the module), real downloads of the
+returned URLs, credentials from the environment the way a user sets them (`sandboxctl
+env`: B2_API_URL, B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY). Every test ends by checking
+that `sandboxctl resources --json` lists no B2 file of its build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "sandbox"))
+
+from nfsandbox.testing import VENV_BIN, SandboxHandle, ansible_env  # noqa: E402
+
+pytestmark = [pytest.mark.sandbox]
+MB = 1000 * 1000
+B2_ENV = ("B2_API_URL", "B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY")
+
+
+class B2Sandbox:
+    def __init__(self, handle: SandboxHandle) -> None:
+        self.handle = handle
+        self.env = handle.env()
+        self.public = self.env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"]
+        self.private = self.env["NIXFORGE_SANDBOX_B2_PRIVATE_BUCKET"]
+
+    def files_of(self, build_id: str) -> list[dict[str, Any]]:
+        """What `sandboxctl resources --json` lists of B2 under the build's prefix."""
+        marker = "nixforge/%s/" % build_id
+        return [r for r in self.handle.resources() if r.get("provider") == "b2" and marker in json.dumps(r)]
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        self.handle.set_faults("b2", faults)
+
+
+@pytest.fixture(scope="module")
+def b2(sandbox_instance) -> B2Sandbox:
+    env = sandbox_instance.env()
+    if "B2_API_URL" not in env:
+        status = (sandbox_instance.state().get("providers") or {}).get("b2", "not loaded")
+        pytest.skip("the sandbox has no B2 emulator (%s)" % status)
+    return B2Sandbox(sandbox_instance)
+
+
+@pytest.fixture
+def clean(b2, request):
+    """Faults cleared before and after; afterwards nothing of the test's builds is left."""
+    b2.set_faults({})
+    builds: list[str] = []
+    yield builds
+    b2.set_faults({})
+    left = [r for build in builds for r in b2.files_of(build)]
+    if left:  # remove the leak so that the next tests start clean, then fail
+        for build in builds:
+            run_tasks(b2, request.node.name + "-cleanup", [absent(b2.public, build), absent(b2.private, build)])
+    assert left == []
+
+
+def run_tasks(
+    b2: B2Sandbox,
+    workdir_name: str,
+    tasks: list[dict[str, Any]],
+    verbosity: int = 0,
+    drop_env: tuple = (),
+) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess]:
+    """Run `b2_object` once per entry (module arguments) on localhost; every task runs
+    (ignore_errors) and the registered results come back as a list."""
+    workdir = Path("/tmp") / ("nfb2-" + re.sub(r"[^A-Za-z0-9]+", "-", workdir_name)[:60])
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "results.json"
+    if out.exists():
+        out.unlink()
+    play_tasks: list[dict[str, Any]] = [
+        {"name": f"b2_object #{i}", "nixforge.images.b2_object": args, "register": f"r{i}", "ignore_errors": True}
+        for i, args in enumerate(tasks)
+    ]
+    results = "[" + ", ".join(f"r{i}" for i in range(len(tasks))) + "]"
+    play_tasks.append(
+        {
+            "name": "Write the results",
+            "ansible.builtin.copy": {"dest": str(out), "content": "{{ %s | to_json }}" % results, "mode": "0600"},
+        }
+    )
+    play = [
+        {
+            "name": "b2_object",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
+            "tasks": play_tasks,
+        }
+    ]
+    playbook = workdir / "play.yml"
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    env = ansible_env(workdir, {**b2.env, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build" / "collections")})
+    for name in drop_env:
+        env.pop(name, None)
+    command = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+    if verbosity:
+        command.append("-" + "v" * verbosity)
+    proc = subprocess.run(command, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=900, check=False)
+    if not out.exists():
+        raise AssertionError(f"the playbook did not finish (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(out.read_text()), proc
+
+
+def tasks_results(b2: B2Sandbox, workdir_name: str, tasks: list[dict[str, Any]], **kw: Any) -> list[dict[str, Any]]:
+    return run_tasks(b2, workdir_name, tasks, **kw)[0]
+
+
+def absent(bucket: str, build_id: str, **extra: Any) -> dict[str, Any]:
+    return {"bucket": bucket, "state": "absent", "build_id": build_id, **extra}
+
+
+def random_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        left = size
+        while left > 0:
+            block = os.urandom(min(left, 4 * 1024 * 1024))
+            handle.write(block)
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, env: dict[str, str]) -> tuple[int, str]:
+    """(HTTP status, sha256 of the body) of an unauthenticated GET."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=env.get("REQUESTS_CA_BUNDLE")) if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(url, timeout=120, context=context) as response:  # noqa: S310 - sandbox B2
+            digest = hashlib.sha256()
+            while True:
+                block = response.read(1 << 20)
+                if not block:
+                    return response.status, digest.hexdigest()
+                digest.update(block)
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def ok(result: dict[str, Any]) -> dict[str, Any]:
+    assert not result.get("failed"), result.get("msg")
+    return result
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_public_small_and_multipart_upload_adopt_and_absent(b2, clean, tmp_path):
+    build = "it-b2-public"
+    clean.append(build)
+    small, large = tmp_path / "small.img", tmp_path / "nixos.qcow2.gz"
+    small_sha, large_sha = random_file(small, 4096), random_file(large, 40 * MB)
+    upload = {"bucket": b2.public, "build_id": build, "ttl": "1h", "part_size": "5MB", "threads": 4}
+    results = tasks_results(
+        b2,
+        "public",
+        [
+            {**upload, "src": str(small)},
+            {**upload, "src": str(large), "sha256": large_sha},
+            {**upload, "src": str(small)},  # same build, same file: adopted
+            {**upload, "src": str(large)},
+        ],
+    )
+    first_small, first_large, again_small, again_large = (ok(r) for r in results)
+    for result, digest, size in ((first_small, small_sha, 4096), (first_large, large_sha, 40 * MB)):
+        assert result["changed"] is True and result["uploaded"] is True
+        obj = result["object"]
+        assert obj["sha256"] == digest and obj["size"] == size and obj["bucket"] == b2.public
+        assert re.match(r"^nixforge/%s/[0-9a-f]{32}/[^/]+$" % build, obj["name"])
+        assert obj["file_info"]["nixforge-build-id"] == build and obj["file_info"]["sha256"] == digest
+        assert obj["file_info"]["nixforge-pipeline"] == "default"
+        assert obj["file_info"]["nixforge-expires-at"].endswith("Z")
+        # the public URL serves the exact bytes without any authorization
+        assert fetch(result["url"], b2.env) == (200, digest)
+    # the large one went up as a B2 large file (in parts: B2 keeps no whole-file sha1), the small one in one request
+    assert stored(b2, first_large["object"]["file_id"])["contentSha1"] == "none"
+    small_bytes = small.read_bytes()
+    assert stored(b2, first_small["object"]["file_id"])["contentSha1"] == hashlib.sha1(small_bytes).hexdigest()  # noqa: S324
+    assert "in parts of 5000000 bytes" in first_large["actions"][0]
+    for again, first in ((again_small, first_small), (again_large, first_large)):
+        assert again["changed"] is False and again["uploaded"] is False
+        assert again["object"]["file_id"] == first["object"]["file_id"] and again["url"] == first["url"]
+    assert len(b2.files_of(build)) == 2
+
+    results = tasks_results(b2, "public-absent", [absent(b2.public, build), absent(b2.public, build)])
+    gone, again = (ok(r) for r in results)
+    assert gone["changed"] is True
+    assert sorted(d["name"] for d in gone["deleted"]) == sorted(
+        [first_small["object"]["name"], first_large["object"]["name"]]
+    )
+    assert again["changed"] is False and again["deleted"] == []
+    assert fetch(first_small["url"], b2.env)[0] == 404
+    assert b2.files_of(build) == []
+
+
+def test_authorized_url_on_a_private_bucket(b2, clean, tmp_path):
+    build = "it-b2-private"
+    clean.append(build)
+    src = tmp_path / "image.img"
+    digest = random_file(src, 12 * MB)
+    results = tasks_results(
+        b2,
+        "private",
+        [
+            {
+                "bucket": b2.private,
+                "build_id": build,
+                "src": str(src),
+                "url_mode": "authorized",
+                "url_ttl": "30m",
+                "part_size": "5MB",
+            },
+        ],
+    )
+    result = ok(results[0])
+    url = result["url"]
+    base, query = url.split("?", 1)
+    assert query.startswith("Authorization=")
+    assert fetch(url, b2.env) == (200, digest)
+    status = fetch(base, b2.env)[0]  # the private bucket refuses the same object without the token
+    assert status in (401, 403)
+    results = tasks_results(b2, "private-absent", [absent(b2.private, build)])
+    assert len(ok(results[0])["deleted"]) == 1
+    assert b2.files_of(build) == []
+
+
+def test_bad_input_fails_before_uploading_naming_the_parameter(b2, clean, tmp_path):
+    build = "it-b2-bad"
+    clean.append(build)
+    src = tmp_path / "image.img"
+    random_file(src, 1000)
+    base = {"build_id": build, "src": str(src)}
+    results = tasks_results(
+        b2,
+        "bad",
+        [
+            {**base, "bucket": "no-such-bucket-here"},
+            {**base, "bucket": b2.private},  # url_mode public on a private bucket
+            {**base, "bucket": b2.public, "sha256": "0" * 64},
+            {**base, "bucket": b2.public, "application_key": "K00wrongwrongwrongwrong"},
+            {**base, "bucket": b2.public, "part_size": "1MB"},
+        ],
+    )
+    expected = ["bucket", "url_mode", "sha256", "application_key", "part_size"]
+    for result, parameter in zip(results, expected):
+        assert result.get("failed"), result
+        assert result.get("parameter") == parameter, result["msg"]
+        assert "'%s'" % parameter in result["msg"] and "Traceback" not in result["msg"]
+    assert b2.private in results[1]["msg"]
+    results = tasks_results(b2, "bad-nocreds", [{**base, "bucket": b2.public}], drop_env=B2_ENV[1:])
+    assert results[0].get("failed") and results[0]["parameter"] == "application_key_id", results[0]
+    assert b2.files_of(build) == []
+
+
+def test_throttling_and_server_errors_are_survived(b2, clean, tmp_path):
+    build = "it-b2-faults"
+    clean.append(build)
+    src = tmp_path / "nixos.qcow2.gz"
+    digest = random_file(src, 40 * MB)
+    b2.set_faults(FAULTS_20_PERCENT)
+    started = time.monotonic()
+    results = tasks_results(
+        b2, "faults", [{"bucket": b2.public, "build_id": build, "src": str(src), "part_size": "5MB"}]
+    )
+    fired = fault_counters(b2)
+    b2.set_faults({})
+    result = ok(results[0])
+    assert result["object"]["sha256"] == digest
+    assert fetch(result["url"], b2.env) == (200, digest)
+    assert fired["429"] + fired["503"] > 0, fired
+    print("faults fired: %s in %.1fs" % (fired, time.monotonic() - started))
+    results = tasks_results(b2, "faults-absent", [absent(b2.public, build)])
+    ok(results[0])
+    assert b2.files_of(build) == []
+
+
+def test_expired_tokens_are_renewed(b2, clean, tmp_path):
+    build = "it-b2-tokens"
+    clean.append(build)
+    src = tmp_path / "nixos.qcow2.gz"
+    digest = random_file(src, 100 * MB)
+    b2.set_faults({"token_ttl": 0.2})  # account and upload tokens expire while the parts go up
+    results = tasks_results(
+        b2, "tokens", [{"bucket": b2.public, "build_id": build, "src": str(src), "part_size": "5MB", "threads": 1}]
+    )
+    fired = fault_counters(b2)
+    b2.set_faults({})
+    result = ok(results[0])
+    assert fired["expired_auth_token"] > 0, fired
+    assert fetch(result["url"], b2.env) == (200, digest)
+    assert len(ok(tasks_results(b2, "tokens-absent", [absent(b2.public, build)])[0])["deleted"]) == 1
+    assert b2.files_of(build) == []
+
+
+def test_vvvv_output_holds_no_secret(b2, clean, tmp_path):
+    build = "it-b2-secrets"
+    clean.append(build)
+    src = tmp_path / "image.img"
+    random_file(src, 6 * MB)
+    tasks = [
+        {"bucket": b2.public, "build_id": build, "src": str(src), "part_size": "5MB"},
+        {"bucket": "no-such-bucket-here", "build_id": build, "src": str(src)},
+        absent(b2.public, build),
+    ]
+    results, proc = run_tasks(b2, "secrets", tasks, verbosity=4)
+    assert not results[0].get("failed") and results[1].get("failed") and not results[2].get("failed")
+    output = proc.stdout + proc.stderr
+    assert b2.env["B2_APPLICATION_KEY"] not in output
+    assert b2.env["B2_APPLICATION_KEY_ID"] not in output
+    assert leaked_tokens(b2, output) == []
+    assert "authorizationToken" not in output
+    assert b2.files_of(build) == []
+
+
+# -- the emulator's knobs (tests/sandbox/nfsandbox/b2/faults.py) and a token probe --------
+
+# 20% of all calls fail: half with 429 (served as 503 on uploads, as B2 does), half with 503.
+FAULTS_20_PERCENT: dict[str, Any] = {"rate_429": 0.1, "rate_503": 0.1, "retry_after": 1}
+
+
+def fault_counters(b2: B2Sandbox) -> dict[str, int]:
+    """What the emulator served since the faults were set: {"429": n, "503": n}."""
+    served = b2.handle.call("GET", "/faults/b2")["faults"]["served"]
+    return {k: int(served.get(k, 0)) for k in ("429", "503", "expired_auth_token")}
+
+
+def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:
+    """Every token-like string of ``text`` that the emulator accepts as an account
+    authorization token (tried against b2_list_buckets): none may be printed."""
+    env = b2.env
+    auth = authorize(b2)
+    api_url = auth["apiInfo"]["storageApi"]["apiUrl"]
+    assert b2_call(env, api_url + "/b2api/v3/b2_list_buckets", auth["authorizationToken"], auth["accountId"])
+    leaked = []
+    for candidate in sorted(set(re.findall(r"[A-Za-z0-9_\-.=+/~]{20,}", text)))[:2000]:
+        if b2_call(env, api_url + "/b2api/v3/b2_list_buckets", candidate, auth["accountId"]) is not None:
+            leaked.append(candidate)
+    return leaked
+
+
+def authorize(b2: B2Sandbox) -> dict[str, Any]:
+    import base64
+
+    env = b2.env
+    basic = base64.b64encode(("%s:%s" % (env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"])).encode())
+    return b2_call(env, env["B2_API_URL"].rstrip("/") + "/b2api/v3/b2_authorize_account", "Basic " + basic.decode())
+
+
+def stored(b2: B2Sandbox, file_id: str) -> dict[str, Any]:
+    """b2_get_file_info of one file version."""
+    auth = authorize(b2)
+    url = auth["apiInfo"]["storageApi"]["apiUrl"] + "/b2api/v3/b2_get_file_info"
+    request = urllib.request.Request(url, data=json.dumps({"fileId": file_id}).encode(), method="POST")  # noqa: S310
+    request.add_header("Authorization", auth["authorizationToken"])
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - sandbox B2 (plain http)
+        return json.loads(response.read())
+
+
+def b2_call(env: dict[str, str], url: str, token: str, account_id: str | None = None) -> Any:
+    """One native API call; None when B2 refuses it."""
+    import ssl
+
+    data = json.dumps({"accountId": account_id}).encode() if account_id else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")  # noqa: S310
+    request.add_header("Authorization", token)
+    context = ssl.create_default_context(cafile=env.get("REQUESTS_CA_BUNDLE")) if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310 - sandbox B2
+            return json.loads(response.read())
+    except urllib.error.HTTPError:
+        return None

@@ -1,0 +1,187 @@
+"""Fault knobs of the B2 emulator (control API `POST /faults/b2`, `GET /faults/b2`).
+
+A POST replaces the whole table; knobs left out go back to their defaults (`{}` clears
+all) and the served counters start again from zero.
+
+    {"rate_429": 0.2,             # share of calls answering 429 too_many_requests
+     "rate_503": 0.1,             # share of calls answering 503 service_unavailable
+     "calls": {"b2_upload_part": {"rate_503": 0.5},      # per call name, replaces the
+               "b2_download_file_by_name": {"rate_429": 0, "rate_503": 0}},  # global rates
+     "throttle": 2,               # the next N (matching) calls answer 429
+     "service_unavailable": 1,    # the next N (matching) calls answer 503
+     "match": "^b2_list_",        # regex on the call name restricting the two counters
+     "retry_after": 1,            # Retry-After seconds of the 429s and 503s
+     "token_ttl": 2.0,            # account and upload tokens expire N s after issue (0: 24 h)
+     "seed": 7}                   # random seed of the rates (reproducible runs)
+
+Call names are B2's: `b2_authorize_account`, `b2_list_buckets`, ..., `b2_upload_file`,
+`b2_upload_part`, `b2_download_file_by_name` (GET/HEAD `/file/...`),
+`b2_download_file_by_id`. B2 answers uploads that cannot be taken with 503 (the client
+fetches a new upload URL), never 429: a global `rate_429` is served as 503 on
+`b2_upload_file`/`b2_upload_part`. A 429 set for an upload call by name under `calls` is
+served as asked (to test a client against it).
+
+`get_faults()` returns the knobs plus `served`: {"429": n, "503": n,
+"expired_auth_token": n, "calls": {"b2_upload_part": {"503": n}, ...}}.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from typing import Any
+
+UPLOAD_CALLS = ("b2_upload_file", "b2_upload_part")
+
+
+def parse_rate(name: str, value: Any) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"b2 fault knob {name} must be a number 0..1, not {value!r}") from exc
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"b2 fault knob {name} must be within 0..1, not {rate}")
+    return rate
+
+
+class Faults:
+    KEYS: dict[str, Any] = {
+        "rate_429": float,
+        "rate_503": float,
+        "calls": dict,
+        "throttle": int,
+        "service_unavailable": int,
+        "match": str,
+        "retry_after": int,
+        "token_ttl": float,
+        "seed": int,
+    }
+    DEFAULTS: dict[str, Any] = {
+        "rate_429": 0.0,
+        "rate_503": 0.0,
+        "calls": {},
+        "throttle": 0,
+        "service_unavailable": 0,
+        "match": "",
+        "retry_after": 1,
+        "token_ttl": 0.0,
+        "seed": None,
+    }
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, Any] = dict(self.DEFAULTS)
+        self.random = random.Random()
+        self.served: dict[str, Any] = self._empty_served()
+
+    @staticmethod
+    def _empty_served() -> dict[str, Any]:
+        return {"429": 0, "503": 0, "expired_auth_token": 0, "calls": {}}
+
+    @classmethod
+    def parse(cls, faults: dict[str, Any]) -> dict[str, Any]:
+        """Validated knobs (ValueError names the bad one)."""
+        if not isinstance(faults, dict):
+            raise ValueError("b2 faults must be a JSON object")
+        unknown = sorted(set(faults) - set(cls.KEYS))
+        if unknown:
+            raise ValueError(f"unknown b2 fault knob(s) {unknown}; known: {sorted(cls.KEYS)}")
+        values = dict(cls.DEFAULTS)
+        for key, value in faults.items():
+            if value is None:
+                continue
+            if key in ("rate_429", "rate_503"):
+                values[key] = parse_rate(key, value)
+            elif key == "calls":
+                values[key] = cls._parse_calls(value)
+            elif key == "seed":
+                values[key] = int(value)
+            else:
+                kind = cls.KEYS[key]
+                try:
+                    values[key] = kind(value)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"b2 fault knob {key} must be {kind.__name__}, not {value!r}") from exc
+        if values["match"]:
+            try:
+                re.compile(values["match"])
+            except re.error as exc:
+                raise ValueError(f"b2 fault knob match is not a valid regex: {exc}") from exc
+        for key in ("throttle", "service_unavailable", "retry_after"):
+            if values[key] < 0:
+                raise ValueError(f"b2 fault knob {key} must not be negative")
+        if values["token_ttl"] < 0:
+            raise ValueError("b2 fault knob token_ttl must not be negative")
+        return values
+
+    @staticmethod
+    def _parse_calls(value: Any) -> dict[str, dict[str, float]]:
+        if not isinstance(value, dict):
+            raise ValueError("b2 fault knob calls must map call names to {rate_429, rate_503}")
+        out: dict[str, dict[str, float]] = {}
+        for call, rates in value.items():
+            if not isinstance(rates, dict) or set(rates) - {"rate_429", "rate_503"}:
+                raise ValueError(f"b2 fault knob calls.{call} must be an object with rate_429 and/or rate_503")
+            out[str(call)] = {k: parse_rate(f"calls.{call}.{k}", v) for k, v in rates.items()}
+        return out
+
+    def set(self, faults: dict[str, Any]) -> None:
+        values = self.parse(faults)
+        with self.lock:
+            self.values = values
+            self.random = random.Random(values["seed"])
+            self.served = self._empty_served()
+
+    def reset(self) -> None:
+        self.set({})
+
+    def get(self, key: str) -> Any:
+        with self.lock:
+            return self.values[key]
+
+    def pick(self, call: str) -> int | None:
+        """The status (429 or 503) this call answers with, or None; counts what it serves."""
+        with self.lock:
+            v = self.values
+            status = None
+            pattern = v["match"]
+            if not pattern or re.search(pattern, call):
+                if v["throttle"] > 0:
+                    v["throttle"] -= 1
+                    status = 429
+                elif v["service_unavailable"] > 0:
+                    v["service_unavailable"] -= 1
+                    status = 503
+            if status is None:
+                own = v["calls"].get(call)
+                rates = own if own is not None else {"rate_429": v["rate_429"], "rate_503": v["rate_503"]}
+                draw = self.random.random()
+                r429, r503 = rates.get("rate_429", 0.0), rates.get("rate_503", 0.0)
+                if draw < r429:
+                    # B2 tells uploaders to fetch a new URL (503), it does not throttle them
+                    status = 503 if own is None and call in UPLOAD_CALLS else 429
+                elif draw < r429 + r503:
+                    status = 503
+            if status is not None:
+                self._count(call, str(status))
+            return status
+
+    def count_expired(self, call: str) -> None:
+        with self.lock:
+            self._count(call, "expired_auth_token")
+
+    def _count(self, call: str, what: str) -> None:
+        self.served[what] += 1
+        per_call = self.served["calls"].setdefault(call, {})
+        per_call[what] = per_call.get(what, 0) + 1
+
+    def token_ttl(self, default: float) -> float:
+        with self.lock:
+            return self.values["token_ttl"] or default
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            served = dict(self.served)
+            served["calls"] = {k: dict(v) for k, v in self.served["calls"].items()}
+            return {**self.values, "calls": dict(self.values["calls"]), "served": served}

@@ -1,0 +1,83 @@
+"""DigitalOcean emulator: the sandbox provider (loaded by the daemon as `nfsandbox.digitalocean`).
+
+Pieces: `catalog.py` (regions, distributions, public images), `faults.py` (fault knobs
+and the counters of faults served), `importer.py` (fetching and inspecting a custom
+image's URL), `api.py` (state and request handling), `http.py` (HTTP front and the
+exchange recorder), `testing.py` (helpers for tests).
+
+Published in state.json `endpoints` (and by `sandboxctl env`): `DIGITALOCEAN_TOKEN`,
+`DIGITALOCEAN_API_URL` and `DIGITALOCEAN_END_POINT` (both http://127.0.0.1:PORT/v2/, the
+end point python-digitalocean takes) and `digitalocean_endpoint` (http://127.0.0.1:PORT).
+
+The importer fetches from the daemon's position: loopback and the instance's own network
+only (the B2 emulator's public files, a test's HTTP server, a sandbox host).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .api import DigitalOceanAPI
+from .http import DigitalOceanHTTPServer
+
+log = logging.getLogger("nfsandbox.digitalocean")
+
+__all__ = ["Provider"]
+
+
+class Provider:
+    name = "digitalocean"
+
+    def __init__(self, sandbox: Any) -> None:
+        self.sandbox = sandbox
+        self.api: DigitalOceanAPI | None = None
+        self.http: DigitalOceanHTTPServer | None = None
+        self.work_dir: Path | None = None
+
+    def start(self) -> dict[str, Any]:
+        instance = self.sandbox.instance
+        # downloads go to disk next to the hosts' overlays, not to /run (a tmpfs)
+        self.work_dir = Path(instance.work_dir) / "digitalocean"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)])
+        self.http = DigitalOceanHTTPServer(self.api, "127.0.0.1", self.sandbox.port("digitalocean"))
+        self.http.start()
+        endpoint = self.api.base_url
+        log.info("DigitalOcean emulator listening on %s", endpoint)
+        return {
+            "digitalocean_endpoint": endpoint,
+            # exported as they are by `sandboxctl env`: what do_custom_image and python-digitalocean read
+            "DIGITALOCEAN_TOKEN": self.api.token,
+            "DIGITALOCEAN_API_URL": f"{endpoint}/v2/",
+            # python-digitalocean's own variable: objects it builds internally (Account,
+            # Action, ...) take their end point from it, never from the Manager
+            "DIGITALOCEAN_END_POINT": f"{endpoint}/v2/",
+        }
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self.api is not None:
+            self.api.shutdown()
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.api.resources() if self.api is not None else []
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        if self.api is None:
+            raise RuntimeError("the DigitalOcean emulator is not running")
+        self.api.set_faults(faults)
+        log.info("DigitalOcean faults set: %s", faults)
+
+    def get_faults(self) -> dict[str, Any]:
+        return self.api.faults.snapshot() if self.api is not None else {}
+
+    def reset(self) -> None:
+        if self.api is not None:
+            self.api.reset()

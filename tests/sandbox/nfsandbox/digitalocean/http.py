@@ -1,0 +1,77 @@
+"""HTTP front of the DigitalOcean emulator (what python-digitalocean talks to).
+
+Plain HTTP on 127.0.0.1: python-digitalocean takes the whole end point URL
+(`DIGITALOCEAN_API_URL`, e.g. http://127.0.0.1:PORT/v2/), so no TLS is needed.
+
+Not part of the DigitalOcean API (the emulator's token is required): `GET
+/_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them); the
+contract test validates them against DigitalOcean's OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..httpserver import EmulatorServer, Handler, Recorder
+from .api import DigitalOceanAPI
+
+log = logging.getLogger("nfsandbox.digitalocean.http")
+
+SANDBOX_PREFIX = "/_sandbox/"
+
+
+class _Handler(Handler):
+    server_version = "nfsandbox-digitalocean/1"
+    log = log
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        if parts.path.startswith(SANDBOX_PREFIX):
+            self._send(*self._sandbox(parts.path[len(SANDBOX_PREFIX) :].rstrip("/")))
+            return
+        query = parse_qs(parts.query, keep_blank_values=True)
+        api = self.server.api
+        try:
+            status, payload, extra = api.handle(self.command, parts.path, query, self.headers, body)
+        except Exception:  # an emulator bug must still answer like the service would
+            log.exception("digitalocean emulator failed on %s %s", self.command, self.path)
+            status, payload, extra = 500, {"id": "server_error", "message": "Unexpected server-side error"}, {}
+        self.server.recorder.add(self.command, self.path, dict(self.headers.items()), body, status, payload, extra)
+        self._send(status, payload, extra)
+
+    def _sandbox(self, what: str) -> tuple[int, Any, dict[str, str]]:
+        api = self.server.api
+        if not api.authorized(self.headers):
+            return 401, {"id": "unauthorized", "message": "Unable to authenticate you"}, {}
+        if what == "exchanges" and self.command == "GET":
+            return 200, {"exchanges": self.server.recorder.list()}, {}
+        if what == "exchanges" and self.command == "DELETE":
+            self.server.recorder.clear()
+            return 204, None, {}
+        return 404, {"id": "not_found", "message": "no such sandbox endpoint"}, {}
+
+    def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if data and self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
+
+
+class DigitalOceanHTTPServer(EmulatorServer):
+    def __init__(self, api: DigitalOceanAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(_Handler, "digitalocean-http", host, port, api=api, recorder=Recorder("authorization"))
+        host_, port_ = self.address
+        api.base_url = f"http://{host_}:{port_}"

@@ -1,0 +1,276 @@
+"""Helpers for tests that use the DigitalOcean emulator (no pytest needed here).
+
+sb = DOSandbox.running()             # None when no sandbox with DigitalOcean runs
+manager = sb.manager()                # python-digitalocean Manager on the emulator
+sb.set_faults({"throttle_rate": 0.2}) # control API: POST /faults/digitalocean
+sb.served_faults()                    # {"429": n, "500": n, "503": n} served so far
+sb.do_resources()                     # what `sandboxctl resources --json` lists for digitalocean
+
+Image files for imports: `qcow2_image(size)`, `mbr_image()`, `gpt_image()`, ... build small
+but structurally real disk images; `FileServer(directory)` serves a directory over HTTP on
+127.0.0.1 (with a HEAD answer and an optional 403 for chosen names) for the emulator to fetch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import struct
+import subprocess
+import threading
+import urllib.request
+import uuid
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ..config import INSTANCE_ENV, Instance
+
+REPO = Path(__file__).resolve().parents[4]
+SANDBOXCTL = REPO / "tests" / "sandbox" / "sandboxctl"
+
+
+class DOSandbox:
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        endpoints = state.get("endpoints") or {}
+        self.endpoint: str = endpoints["digitalocean_endpoint"]
+        self.api_url: str = endpoints["DIGITALOCEAN_API_URL"]
+        self.token: str = endpoints["DIGITALOCEAN_TOKEN"]
+        self.control_url: str = state["control_url"]
+        self.instance: int = int(state["instance"])
+
+    @classmethod
+    def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
+        """(state, reason) of the sandbox instance (default: NIXFORGE_SANDBOX_INSTANCE)."""
+        if number is None:
+            raw = os.environ.get(INSTANCE_ENV, "").strip()
+            number = int(raw) if raw else 0
+        path = Instance(number).state_file
+        if not path.exists():
+            return None, f"sandbox instance {number} is not running (no {path}; run `make sandbox-up`)"
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            return None, f"sandbox instance {number}: unreadable {path}: {exc}"
+        if state.get("status") != "ready":
+            return None, f"sandbox instance {number} is {state.get('status')!r}, not ready"
+        if "digitalocean_endpoint" not in (state.get("endpoints") or {}):
+            why = (state.get("providers") or {}).get("digitalocean", "not loaded")
+            return None, f"sandbox instance {number} has no DigitalOcean emulator ({why})"
+        return state, ""
+
+    @classmethod
+    def running(cls, number: int | None = None) -> DOSandbox | None:
+        state = cls.state_of(number)[0]
+        return cls(state) if state else None
+
+    # -- python-digitalocean -----------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return {
+            "DIGITALOCEAN_TOKEN": self.token,
+            "DIGITALOCEAN_API_URL": self.api_url,
+            "DIGITALOCEAN_END_POINT": self.api_url,
+        }
+
+    def manager(self, token: str | None = None) -> Any:
+        import digitalocean
+
+        # objects python-digitalocean builds itself (Account, Action) read the end point from here
+        os.environ["DIGITALOCEAN_END_POINT"] = self.api_url
+        return digitalocean.Manager(token=token or self.token, end_point=self.api_url)
+
+    def image(self, **kwargs: Any) -> Any:
+        import digitalocean
+
+        os.environ["DIGITALOCEAN_END_POINT"] = self.api_url
+        return digitalocean.Image(token=self.token, end_point=self.api_url, **kwargs)
+
+    # -- control API ---------------------------------------------------------------------
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.control_url + path, data=data, method=method)  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback control API
+            return json.loads(response.read() or b"null")
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        self.control("POST", "/faults/digitalocean", faults)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.control("GET", "/resources")["resources"]
+
+    def do_resources(self, resources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        return [
+            r for r in (self.resources() if resources is None else resources) if r.get("provider") == "digitalocean"
+        ]
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """What `sandboxctl resources --json` lists of DigitalOcean (the check tests end with)."""
+        proc = subprocess.run(
+            [str(SANDBOXCTL), "--instance", str(self.instance), "resources", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return self.do_resources(json.loads(proc.stdout)["resources"])
+
+    # -- the emulator's side doors (not part of the DigitalOcean API) ---------------------
+    def _sandbox(self, method: str, what: str) -> Any:
+        request = urllib.request.Request(f"{self.endpoint}/_sandbox/{what}", method=method)  # noqa: S310
+        request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback emulator
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        return self._sandbox("GET", "exchanges")["exchanges"]
+
+    def clear_exchanges(self) -> None:
+        self._sandbox("DELETE", "exchanges")
+
+    def faults(self) -> dict[str, Any]:
+        """The knobs in effect and the counters of faults served (control API)."""
+        return self.control("GET", "/faults/digitalocean")["faults"]
+
+    def served_faults(self) -> dict[str, int]:
+        return self.faults()["served"]
+
+
+# -- a file server for imports ------------------------------------------------------------
+
+
+class FileServer:
+    """Serves `directory` on 127.0.0.1 (HEAD and GET); names in `forbidden` answer 403."""
+
+    def __init__(self, directory: Path, forbidden: tuple[str, ...] = ()) -> None:
+        self.requests: list[tuple[str, str]] = []
+        log = self.requests
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def send_head(self):  # type: ignore[no-untyped-def]
+                log.append((self.command, self.path))
+                if self.path.split("?")[0].lstrip("/") in forbidden:
+                    self.send_error(403, "Forbidden")
+                    return None
+                return super().send_head()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- small, structurally real disk images ---------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def qcow2_image(virtual_size: int, cluster_bits: int = 16) -> bytes:
+    """An empty qcow2 (version 3) as `qemu-img create -f qcow2` lays it out: header, refcount
+    table, refcount block, L1 table, one cluster each."""
+    cluster = 1 << cluster_bits
+    l2_entries = cluster // 8
+    l1_size = max(1, -(-virtual_size // (cluster * l2_entries)))
+    header = struct.pack(
+        ">4sIQIIQIIQQIIQQQII",
+        b"QFI\xfb",
+        3,  # version
+        0,  # backing_file_offset
+        0,  # backing_file_size
+        cluster_bits,
+        virtual_size,
+        0,  # crypt_method
+        l1_size,
+        3 * cluster,  # l1_table_offset
+        1 * cluster,  # refcount_table_offset
+        1,  # refcount_table_clusters
+        0,  # nb_snapshots
+        0,  # snapshots_offset
+        0,  # incompatible_features
+        0,  # compatible_features
+        0,  # autoclear_features
+        4,  # refcount_order (16-bit refcounts)
+    )
+    header += struct.pack(">I", 104)  # header_length
+    header += struct.pack(">II", 0, 0)  # end of header extensions
+    out = bytearray(4 * cluster)
+    out[: len(header)] = header
+    struct.pack_into(">Q", out, cluster, 2 * cluster)  # refcount table -> refcount block
+    for i in range(4):
+        struct.pack_into(">H", out, 2 * cluster + 2 * i, 1)  # the four clusters in use
+    return bytes(out)
+
+
+def mbr_image(size: int = MIB) -> bytes:
+    """A raw disk with an MBR: one Linux partition from sector 2048, boot signature 55AA."""
+    disk = bytearray(size)
+    sectors = size // 512
+    entry = struct.pack("<B3sB3sII", 0x80, b"\x00\x02\x00", 0x83, b"\xff\xff\xff", 2048, max(1, sectors - 2048))
+    disk[446 : 446 + 16] = entry
+    disk[510:512] = b"\x55\xaa"
+    return bytes(disk)
+
+
+def gpt_image(size: int = MIB) -> bytes:
+    """A raw disk with a protective MBR and a GPT header at LBA 1."""
+    disk = bytearray(mbr_image(size))
+    disk[446 + 4] = 0xEE  # protective MBR
+    header = struct.pack("<8sIII", b"EFI PART", 0x00010000, 92, 0) + b"\0" * 4 + struct.pack("<QQ", 1, size // 512 - 1)
+    disk[512 : 512 + len(header)] = header
+    return bytes(disk)
+
+
+def vhdx_image(virtual_size: int) -> bytes:
+    """VHDX file identifier, a region table naming the metadata region, and the metadata
+    table with the virtual disk size item (what `inspect` reads)."""
+    out = bytearray(2 * MIB)
+    out[:8] = b"vhdxfile"
+    rt = 192 * 1024
+    meta = 1 * MIB
+    out[rt : rt + 16] = b"regi" + struct.pack("<III", 0, 1, 0)
+    region = uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E").bytes_le
+    out[rt + 16 : rt + 48] = region + struct.pack("<QII", meta, MIB, 1)
+    out[meta : meta + 32] = b"metadata" + struct.pack("<HHI", 0, 1, 0) + b"\0" * 16
+    item = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8").bytes_le
+    out[meta + 32 : meta + 64] = item + struct.pack("<IIII", 65536, 8, 0, 0)
+    struct.pack_into("<Q", out, meta + 65536, virtual_size)
+    return bytes(out)
+
+
+def vdi_image(virtual_size: int) -> bytes:
+    out = bytearray(512)
+    text = b"<<< Oracle VM VirtualBox Disk Image >>>\n"
+    out[: len(text)] = text
+    struct.pack_into("<II", out, 0x40, 0xBEDA107F, 0x00010001)
+    struct.pack_into("<Q", out, 0x170, virtual_size)
+    return bytes(out)
+
+
+def vmdk_image(virtual_size: int) -> bytes:
+    """A monolithic sparse VMDK header ("KDMV", capacity in sectors)."""
+    out = bytearray(512)
+    struct.pack_into("<4sIIQQ", out, 0, b"KDMV", 1, 3, virtual_size // 512, 128)
+    return bytes(out)
+
+
+def vmdk_descriptor(virtual_size: int) -> bytes:
+    return (
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
+        f'# Extent description\nRW {virtual_size // 512} FLAT "disk-flat.vmdk" 0\n'
+    ).encode()

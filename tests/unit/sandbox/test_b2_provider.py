@@ -1,0 +1,87 @@
+"""The B2 provider as the daemon runs it, on a fake sandbox: real HTTP on loopback, b2sdk.
+
+No root needed (no namespaces); the same provider inside a running sandbox is tested by
+tests/integration/test_sandbox_b2.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from b2sdk.v2 import B2Api, InMemoryAccountInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
+
+from nfsandbox import b2
+from nfsandbox.cli import env_lines
+
+
+@dataclass
+class FakeInstance:
+    number: int
+    work_dir: Path
+
+
+class FakeSandbox:
+    def __init__(self, tmp: Path) -> None:
+        self.instance = FakeInstance(7, tmp / "work")
+
+    def port(self, name: str) -> int:
+        assert name == "b2"
+        return 0  # any free port; the provider publishes the one it got
+
+
+@pytest.fixture
+def provider(tmp_path: Path):
+    prov = b2.Provider(FakeSandbox(tmp_path))
+    published = prov.start()
+    yield prov, published
+    prov.stop()
+
+
+def test_start_publishes_what_clients_and_sandboxctl_env_need(provider) -> None:
+    prov, published = provider
+    env = dict(
+        env_lines({"instance": 7, "control_url": "", "state_dir": "/x", "apt_proxy_url": "", "endpoints": published})
+    )
+    assert env["B2_API_URL"] == published["b2_download_url"] == f"http://127.0.0.1:{prov.http.address[1]}"
+    assert env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"] == "nixforge-sandbox7-public"
+    assert env["NIXFORGE_SANDBOX_B2_PRIVATE_BUCKET"] == "nixforge-sandbox7-private"
+    api = B2Api(InMemoryAccountInfo())
+    api.authorize_account(env["B2_API_URL"], env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"])
+    assert {b.name for b in api.list_buckets()} == {"nixforge-sandbox7-public", "nixforge-sandbox7-private"}
+    assert prov.resources() == []  # fixture buckets are not resources
+
+
+def test_files_are_resources_on_disk_until_reset(provider) -> None:
+    prov, published = provider
+    api = B2Api(InMemoryAccountInfo())
+    api.authorize_account(published["B2_API_URL"], published["B2_APPLICATION_KEY_ID"], published["B2_APPLICATION_KEY"])
+    bucket = api.get_bucket_by_name(published["b2_public_bucket"])
+    bucket.upload_bytes(b"abc" * 1000, "x/y.img", file_info={"nixforge-build-id": "u1"})
+    [res] = prov.resources()
+    assert (res["type"], res["bucket"], res["name"], res["tags"]) == (
+        "b2_file",
+        "nixforge-sandbox7-public",
+        "x/y.img",
+        {"nixforge-build-id": "u1"},
+    )
+    stored = list((prov.sandbox.instance.work_dir / "b2" / "files").rglob("data"))
+    assert [p.read_bytes() for p in stored] == [b"abc" * 1000]
+    head = requests.head(f"{published['B2_API_URL']}/file/nixforge-sandbox7-public/x/y.img", timeout=10)
+    assert head.headers["Content-Length"] == "3000" and head.content == b""
+    prov.set_faults({"service_unavailable": 1})
+    assert prov.get_faults()["service_unavailable"] == 1
+    prov.reset()
+    assert prov.resources() == [] and prov.get_faults()["service_unavailable"] == 0
+    assert not list((prov.sandbox.instance.work_dir / "b2" / "files").rglob("data"))
+
+
+def test_bad_fault_knobs_are_a_value_error(provider) -> None:
+    prov = provider[0]
+    with pytest.raises(ValueError, match="unknown b2 fault knob"):
+        prov.set_faults({"sometimes": True})
