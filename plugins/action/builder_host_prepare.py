@@ -43,7 +43,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
-        _, p = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        p = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         try:
             if p["stage"] == "teardown":
                 check_build_id(p["build_id"], teardown=True)

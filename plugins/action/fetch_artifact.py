@@ -90,7 +90,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
-        _, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         host = self._task.delegate_to or task_vars.get("inventory_hostname", "")
         src, dest = params["src"], os.path.abspath(params["dest"])
         result.update(source=src, path=dest, builder=host, method=params["method"], changed=False)

@@ -29,7 +29,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
-        _, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         # The shipped definitions live in the role (roles/nixos_image/files/images).
         images_dir = params["images_dir"] or os.path.normpath(
             os.path.join(os.path.dirname(__file__), "..", "..", "roles", "nixos_image", "files", "images")

@@ -39,7 +39,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
-        _, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         res = self._low_level_execute_command(probe_command(), sudoable=False)
         if res.get("rc", 1) != 0:
             result.update(failed=True, msg="Could not look at the host: %s" % to_text(res.get("stderr", "")).strip())
