@@ -120,7 +120,7 @@ def test_a_missing_source_fails_with_the_builders_words(tmp_path: Path) -> None:
 
 
 def test_a_stream_that_keeps_failing_stops_the_transfer(tmp_path: Path, source, monkeypatch) -> None:
-    src, _ = source
+    src = source[0]
     monkeypatch.setattr(fetch.time, "sleep", lambda s: None)
     t = transfer(src, tmp_path / "out.part")
     real = t._spawn
@@ -138,7 +138,7 @@ def test_a_stream_that_keeps_failing_stops_the_transfer(tmp_path: Path, source, 
 
 
 def test_times_out(tmp_path: Path, source) -> None:
-    src, _ = source
+    src = source[0]
     slow = tmp_path / "slowssh"
     slow.write_text('#!/bin/sh\nsleep 5\nexec /bin/sh -c "$*"\n')
     slow.chmod(0o755)
