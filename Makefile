@@ -107,6 +107,7 @@ demo: collection
 
 benchmark: collection
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.pipeline
 
 constraints: venv
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the project is tested with (pip -c). Regenerate with: make constraints' > tests/constraints.txt

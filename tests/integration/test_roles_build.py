@@ -423,28 +423,31 @@ def test_fetch_resumes_an_interrupted_transfer(builder: Builder, bootstrapped: d
     assert made.returncode == 0, made.stderr
     dest = builder.directory / f"resume-{method}"
     dest.mkdir()
-    part = dest / f".image.bin.{sha[:16]}.part"
+    part = dest / ".image.bin.part"
+    # The fetch resumes only for the same source file: path, size and modification time.
+    stat = builder.ssh(f"python3 -c 'import os, sys; print(os.stat(sys.argv[1]).st_mtime_ns)' {src}")
+    mtime_ns = int(stat.stdout.strip())
+    chunk = 4 * 1024 * 1024
+    identity = {"src": src, "size": size, "mtime_ns": mtime_ns, "chunk": chunk, "method": method}
     if method == "rsync":
         # rsync --append continues after the bytes already there.
         part.write_bytes(data[: 20 * 1024 * 1024])
+        state = dict(identity, streams=1, done=[5])
         resumed = 20 * 1024 * 1024
     else:
-        # Two ranges stopped part way, as the helper leaves them when cut off; the bytes
-        # beyond each range's progress are garbage that must be overwritten.
-        half = size // 2
-        done = [8 * 1024 * 1024, 5 * 1024 * 1024]
+        # Two streams stopped part way, as the fetch leaves them when cut off: stream i
+        # holds chunks i, i+2, ...; everything beyond each stream's progress is garbage
+        # that must be overwritten.
+        done = [3, 1]  # chunks 0, 2, 4 and chunk 1
         blob = bytearray(b"\xa5" * size)
-        blob[: done[0]] = data[: done[0]]
-        blob[half : half + done[1]] = data[half : half + done[1]]
+        for index, count in enumerate(done):
+            for k in range(count):
+                offset = (index + 2 * k) * chunk
+                blob[offset : offset + chunk] = data[offset : offset + chunk]
         part.write_bytes(bytes(blob))
-        state = {
-            "size": size,
-            "method": "ssh",
-            "ranges": [{"start": 0, "end": half, "done": done[0]}, {"start": half, "end": size, "done": done[1]}],
-            "finished": False,
-        }
-        (dest / (part.name + ".state")).write_text(json.dumps(state))
-        resumed = sum(done)
+        state = dict(identity, streams=2, done=done)
+        resumed = sum(done) * chunk
+    (dest / (part.name + ".state")).write_text(json.dumps(state))
     result_file = builder.directory / f"fetch-{method}.json"
     builder.play(
         "fetch",
@@ -474,4 +477,10 @@ def test_bad_inputs_fail_early_with_the_variable_named(builder: Builder, bootstr
     for extra, needle in cases:
         proc = builder.play("build", {"result_file": str(builder.directory / "never.json"), **extra}, check=False)
         assert proc.returncode != 0 and needle in proc.stdout, textwrap.shorten(proc.stdout, 4000)
-        assert "Start the build in the background" not in proc.stdout
+        # Nothing ran on the builder: the role's argument spec or its input check fails
+        # before the build task starts.
+        assert "TASK [nixforge.images.nixos_image : Build " not in proc.stdout
+        assert any(
+            f"TASK [nixforge.images.nixos_image : {step}" in proc.stdout
+            for step in ("Check the inputs and resolve the image definition", "Validating arguments against arg spec")
+        ), proc.stdout

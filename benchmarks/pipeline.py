@@ -1,0 +1,214 @@
+"""Pipeline benchmark: one SD build in the sandbox, timed task by task.
+
+    python -m benchmarks.pipeline [--repo DIR] [--playbook sd|do] [--json FILE]
+    (make benchmark runs it after the fetch benchmark)
+
+Runs playbooks/build-sd-aarch64.yml against inventories/sandbox as scripts/demo.sh does
+(EC2 spot builder in moto, a real sandbox host, real Nix, the sandbox image definition),
+on instance NIXFORGE_SANDBOX_INSTANCE (brought up if it is down, and down again if this
+run brought it up). A small callback (benchmarks/callback/nixforge_timing.py) records
+every task; the report gives:
+
+- total wall time of ansible-playbook, and the number of tasks that ran (not skipped);
+- time per stage: provision (play 1), bootstrap (nix_bootstrap), build (nixos_image
+  up to the fetch), fetch (the transfer), teardown (the last play), and Ansible's own
+  start-up and the gaps between tasks;
+- package installation (apt tasks) and the Nix build (build_seconds of the role's
+  result) apart from "our overhead", which is everything else.
+
+--repo points at another checkout (e.g. an export of main) to measure it with the same
+sandbox and the same machine load: the collection is linked from a temporary directory.
+Not a test: the machine's load moves the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
+
+from nfsandbox import client  # noqa: E402
+from nfsandbox.config import instance_from_env  # noqa: E402
+from nfsandbox.testing import VENV_BIN, SandboxHandle, sandboxctl  # noqa: E402
+
+PLAYBOOKS = {"sd": "playbooks/build-sd-aarch64.yml", "do": "playbooks/build-do-image.yml"}
+STAGES = ("provision", "bootstrap", "build", "fetch", "teardown", "other")
+PACKAGE_ACTIONS = {"apt", "ansible.builtin.apt", "package", "ansible.builtin.package"}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def stage_of(task: dict[str, Any]) -> str:
+    """Which stage a task belongs to, from its play, role and file."""
+    play = task["play"].lower()
+    if play.startswith("provision"):
+        return "provision"
+    if play.startswith("tear down"):
+        return "teardown"
+    if task["role"] == "nix_bootstrap":
+        return "bootstrap"
+    if task["role"] == "nixos_image":
+        path = task["path"]
+        if "/fetch" in path or "fetch" in task["action"]:
+            return "fetch"
+        return "build"
+    return "other"
+
+
+def analyse(tasks: list[dict[str, Any]], total: float) -> dict[str, Any]:
+    stages = {name: {"seconds": 0.0, "tasks": 0} for name in STAGES}
+    packages = 0.0
+    nix_build = 0.0
+    fetch_transfer = 0.0
+    ran = 0
+    for task in tasks:
+        seconds = task["end"] - task["start"]
+        statuses = set(task["hosts"].values())
+        executed = bool(statuses - {"skipped"})
+        stage = stage_of(task)
+        stages[stage]["seconds"] += seconds
+        if executed:
+            stages[stage]["tasks"] += 1
+            ran += 1
+            if task["action"] in PACKAGE_ACTIONS:
+                packages += seconds
+        result = task["facts"].get("nixos_image_result")
+        if result:
+            nix_build = float(result.get("build_seconds") or 0.0)
+            fetch_transfer = float(result.get("fetch_seconds") or 0.0)
+    in_tasks = sum(s["seconds"] for s in stages.values())
+    return {
+        "total_seconds": round(total, 1),
+        "tasks_run": ran,
+        "task_starts": len(tasks),
+        "stages": {k: {"seconds": round(v["seconds"], 1), "tasks": v["tasks"]} for k, v in stages.items()},
+        "ansible_startup_and_gaps_seconds": round(total - in_tasks, 1),
+        "package_install_seconds": round(packages, 1),
+        "nix_build_seconds": round(nix_build, 1),
+        "fetch_transfer_seconds": round(fetch_transfer, 2),
+        "overhead_seconds": round(total - packages - nix_build, 1),
+    }
+
+
+def print_report(label: str, report: dict[str, Any], slowest: list[dict[str, Any]]) -> None:
+    log("")
+    log(
+        f"== {label}: {report['total_seconds']} s wall,"
+        f" {report['tasks_run']} tasks run ({report['task_starts']} started)"
+    )
+    log(f"{'stage':12s} {'seconds':>8s} {'tasks':>6s}")
+    for name, stage in report["stages"].items():
+        log(f"{name:12s} {stage['seconds']:8.1f} {stage['tasks']:6d}")
+    log(f"{'start/gaps':12s} {report['ansible_startup_and_gaps_seconds']:8.1f}")
+    log(f"package installation: {report['package_install_seconds']} s")
+    log(f"Nix build:            {report['nix_build_seconds']} s")
+    log(f"transfer:             {report['fetch_transfer_seconds']} s")
+    verdict = "met" if report["overhead_seconds"] < 15 else "MISSED"
+    tasks_verdict = "met" if report["tasks_run"] < 50 else "MISSED"
+    log(f"our overhead:         {report['overhead_seconds']} s (target under 15 s: {verdict})")
+    log(f"tasks run:            {report['tasks_run']} (target under 50: {tasks_verdict})")
+    log(f"output lines:         {report['output_lines']}")
+    log("slowest tasks:")
+    for task in slowest:
+        log(f"  {task['end'] - task['start']:6.2f} s  [{stage_of(task)}] {task['name']}")
+
+
+def run_pipeline(repo: Path, playbook: str, sandbox: SandboxHandle, work: Path) -> tuple[dict[str, Any], list]:
+    collections = work / "collections" / "ansible_collections" / "nixforge"
+    collections.mkdir(parents=True)
+    (collections / "images").symlink_to(repo)
+    home = work / "ansible-home"
+    (home / "tmp").mkdir(parents=True)
+    timing = work / "timing.jsonl"
+    build_id = "bench-" + time.strftime("%H%M%S", time.gmtime())
+    env = dict(os.environ)
+    env.update(sandbox.env())
+    env.update(
+        {
+            "ANSIBLE_CONFIG": str(repo / "ansible.cfg"),
+            "ANSIBLE_COLLECTIONS_PATH": str(work / "collections"),
+            "ANSIBLE_HOME": str(home),
+            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": tempfile.mkdtemp(prefix="nfb-cp-", dir="/tmp"),
+            "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "benchmarks" / "callback"),
+            "ANSIBLE_CALLBACKS_ENABLED": "nixforge_timing",
+            "ANSIBLE_NOCOLOR": "1",
+            "NIXFORGE_TIMING_FILE": str(timing),
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    argv = [
+        str(VENV_BIN / "ansible-playbook"),
+        "-i",
+        str(repo / "inventories" / "sandbox"),
+        str(repo / playbook),
+        "-e",
+        json.dumps({"nixforge_build_id": build_id, "nixforge_output_dir": str(work / "artifacts")}),
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    total = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"the pipeline failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+    tasks = [json.loads(line) for line in timing.read_text().splitlines() if line.strip()]
+    report = analyse(tasks, total)
+    report["output_lines"] = len(proc.stdout.splitlines())
+    report["build_id"] = build_id
+    leftovers = sandbox.resources()
+    report["leftover_resources"] = len(leftovers)
+    if leftovers:
+        raise SystemExit(f"the pipeline left resources behind: {leftovers}")
+    slowest = sorted(tasks, key=lambda t: t["start"] - t["end"])[:8]
+    return report, slowest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="time the SD pipeline in the sandbox, stage by stage")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="checkout to measure (default: this one)")
+    parser.add_argument("--playbook", choices=sorted(PLAYBOOKS), default="sd")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    repo = args.repo.resolve()
+    playbook = PLAYBOOKS[args.playbook]
+    if not (repo / playbook).exists():
+        log(f"{repo / playbook} does not exist (yet): nothing to measure for the {args.playbook} pipeline")
+        return 0
+    if os.geteuid() != 0:
+        log("the benchmark needs the sandbox, which needs root")
+        return 2
+    inst = instance_from_env()
+    state = client.read_state(inst)
+    started_here = not (client.daemon_alive(inst) and state and state.get("status") == "ready")
+    if started_here:
+        log(f"starting sandbox instance {inst.number}")
+        sandboxctl("up", instance=inst.number)
+    sandbox = SandboxHandle(inst, started_here)
+    work = Path(tempfile.mkdtemp(prefix="nfbench-pipe-", dir="/tmp"))
+    try:
+        log(f"running {playbook} from {repo} on sandbox instance {inst.number}")
+        report, slowest = run_pipeline(repo, playbook, sandbox, work)
+        print_report(args.label or f"{args.playbook} pipeline ({repo})", report, slowest)
+        log("PIPELINE " + json.dumps(report))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return 0
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+        if started_here:
+            sandboxctl("down", instance=inst.number)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

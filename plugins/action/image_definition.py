@@ -1,0 +1,51 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin: check the nixos_image role's inputs on the controller and resolve
+what to build (plugin_utils/image.py), before anything runs on the builder."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils.image import InputError, resolve
+
+ARGUMENT_SPEC: Dict[str, Any] = {
+    "kind": {"type": "str", "default": "sd-aarch64"},
+    "flake": {"type": "str", "default": ""},
+    "attribute": {"type": "str", "default": ""},
+    "module": {"type": "str", "default": ""},
+    "work_dir": {"type": "str", "default": "/var/tmp/nixforge-image"},  # noqa: S108 - on the builder, the role's default
+    "images_dir": {"type": "path"},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        # The shipped definitions live in the role (roles/nixos_image/files/images).
+        images_dir = params["images_dir"] or os.path.normpath(
+            os.path.join(os.path.dirname(__file__), "..", "..", "roles", "nixos_image", "files", "images")
+        )
+        try:
+            plan = resolve(
+                params["kind"],
+                params["flake"],
+                params["attribute"],
+                params["module"],
+                images_dir,
+                os.getcwd(),
+                params["work_dir"],
+            )
+        except InputError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result.update(changed=False, definition=plan)
+        return result

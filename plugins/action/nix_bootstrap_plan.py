@@ -1,0 +1,53 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin: look at the builder with one shell command, check it and the
+nix_bootstrap options, and work out the Nix settings and the one package list
+(plugin_utils/bootstrap.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils.bootstrap import (
+    HostError,
+    parse_probe,
+    plan,
+    probe_command,
+)
+
+ARGUMENT_SPEC: Dict[str, Any] = {
+    "install_method": {"type": "str", "default": "debian", "choices": ["debian", "upstream"]},
+    "upstream_version": {"type": "str", "default": ""},
+    "multi_user": {"type": "bool", "default": True},
+    "build_method": {"type": "str", "default": "nix", "choices": ["nix", "docker"]},
+    "docker_package": {"type": "str", "default": "docker.io"},
+    "build_systems": {"type": "list", "elements": "str", "default": []},
+    "qemu": {"type": "bool", "default": True},
+    "max_jobs": {"type": "int", "default": 0},
+    "cores": {"type": "int", "default": 0},
+    "extra_packages": {"type": "list", "elements": "str", "default": []},
+    "apt_cache_valid_time": {"type": "int", "default": 3600},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        res = self._low_level_execute_command(probe_command(), sudoable=False)
+        if res.get("rc", 1) != 0:
+            result.update(failed=True, msg="Could not look at the host: %s" % to_text(res.get("stderr", "")).strip())
+            return result
+        try:
+            result.update(plan(parse_probe(to_text(res.get("stdout", ""))), params))
+        except HostError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result["changed"] = False
+        return result

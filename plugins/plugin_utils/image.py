@@ -1,0 +1,174 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the nixos_image role builds: the image kinds, the resolution of
+nixos_image_flake / nixos_image_module on the controller, and the build script.
+Pure functions (the controller's file system aside), unit tested."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any, Dict, List, Optional
+
+KINDS: Dict[str, Dict[str, Any]] = {
+    "sd-aarch64": {
+        "definition": "sd-aarch64",
+        "attribute": "nixosConfigurations.sd-aarch64.config.system.build.sdImage",
+        "artifact_dir": "sd-image",
+        "patterns": ["*.img.zst"],
+        "describe": "sd-image/*.img.zst",
+        "system": "aarch64-linux",
+    },
+    "do": {
+        "definition": "digital-ocean",
+        "attribute": "nixosConfigurations.digital-ocean.config.system.build.digitalOceanImage",
+        "artifact_dir": "",
+        "patterns": ["nixos.qcow2.gz", "nixos-image-digital-ocean-*.qcow2.gz"],
+        "describe": "nixos.qcow2.gz or nixos-image-digital-ocean-*.qcow2.gz",
+        "system": "x86_64-linux",
+    },
+}
+SHIPPED = "nixforge:sd-aarch64, nixforge:digital-ocean, nixforge:sandbox"
+
+
+class InputError(ValueError):
+    """A role input that cannot work; the message names the variable and the fix."""
+
+
+def _local_path(path: str, cwd: str) -> str:
+    path = os.path.expanduser(path)
+    return path if path.startswith("/") else os.path.normpath(os.path.join(cwd, path))
+
+
+def resolve(
+    kind: str, flake: str, attribute: str, module: str, images_dir: str, cwd: str, work_dir: str
+) -> Dict[str, Any]:
+    """Resolve the image definition; raise InputError for what cannot be built."""
+    if kind not in KINDS:
+        raise InputError("nixos_image_kind must be one of %s, got %r." % (", ".join(KINDS), kind))
+    spec = KINDS[kind]
+    flake, module = flake.strip(), module.strip()
+    attr = attribute.strip() or spec["attribute"]
+    if flake == "":
+        local_flake = os.path.join(images_dir, spec["definition"])
+    elif flake.startswith("nixforge:"):
+        local_flake = os.path.join(images_dir, flake[len("nixforge:") :])
+    elif flake.startswith(("path:", "/", "./", "../", "~")):
+        local_flake = _local_path(flake[5:] if flake.startswith("path:") else flake, cwd)
+    else:
+        local_flake = ""
+    if local_flake and not os.path.isfile(os.path.join(local_flake, "flake.nix")):
+        raise InputError(
+            "nixos_image_flake: %s has no flake.nix on the controller (nixos_image_flake was %r;"
+            " shipped definitions: %s)." % (local_flake, flake, SHIPPED)
+        )
+    local_module = _local_path(module, cwd) if module else ""
+    if local_module and not local_flake:
+        raise InputError(
+            "nixos_image_module only works with a flake directory on the controller (the role places the module next to"
+            " its flake.nix as ./nixforge-module); %s is fetched by Nix itself. Put the module into that flake, or give"
+            " a local flake directory." % flake
+        )
+    if local_module and not os.path.exists(local_module):
+        raise InputError(
+            "nixos_image_module: %s does not exist on the controller. Give a NixOS module file (like the seed's"
+            " config/sd-image.nix) or a directory whose default.nix is the module." % local_module
+        )
+    if local_module and os.path.isdir(local_module) and not os.path.isfile(os.path.join(local_module, "default.nix")):
+        raise InputError(
+            "nixos_image_module: %s is a directory without default.nix. Give a NixOS module file (like the seed's"
+            " config/sd-image.nix) or a directory whose default.nix is the module." % local_module
+        )
+    work = work_dir.rstrip("/") or "/"
+    if not work.startswith("/") or work == "/":
+        raise InputError("nixos_image_work_dir must be an absolute path below /, got %r." % work_dir)
+    source = local_flake or flake
+    return {
+        "kind": kind,
+        "attribute": attr,
+        "flake": source,
+        "local_flake": local_flake,
+        "local_module": local_module,
+        "flake_ref": ("path:%s/flake" % work) if local_flake else flake,
+        "flake_ref_docker": "path:/work/flake" if local_flake else flake,
+        "label": "%s#%s" % (source, attr),
+        "work_dir": work,
+        "artifact_dir": spec["artifact_dir"],
+        "patterns": list(spec["patterns"]),
+        "describe": spec["describe"],
+        "system": spec["system"],
+        "default_attribute": spec["attribute"],
+    }
+
+
+def build_script(plan: Dict[str, Any], method: str, nix_args: List[str], docker_image: str, timeout: int) -> str:
+    """The script run on the builder: output to build.log, exit status to exit-code.
+    `timeout` runs on the builder, so the build stops even if the controller is gone."""
+    q = shlex.quote
+    work = plan["work_dir"]
+    args = " ".join(q(a) for a in nix_args)
+    stop = "timeout --kill-after=30 %d" % timeout
+    if method == "nix":
+        command = (
+            "%s nix --extra-experimental-features 'nix-command flakes' build --print-build-logs --out-link %s %s %s"
+            % (
+                stop,
+                q(work + "/result"),
+                args,
+                q(plan["flake_ref"] + "#" + plan["attribute"]),
+            )
+        )
+    else:
+        config = "experimental-features = nix-command flakes\nsandbox = false\n"
+        if plan["system"] == "aarch64-linux":
+            config += "extra-platforms = aarch64-linux\n"
+        inner = 'nix build --print-build-logs --out-link /tmp/result "$@" && cp -RL /tmp/result/. /work/out/'
+        command = (
+            "mkdir -p out && %s docker run --rm --name nixforge-image-build --volume %s:/work"
+            " --env NIX_CONFIG=%s %s sh -c %s nix-build %s %s"
+            % (
+                stop,
+                q(work),
+                q(config),
+                q(docker_image),
+                q(inner),
+                args,
+                q(plan["flake_ref_docker"] + "#" + plan["attribute"]),
+            )
+        )
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# nixforge.images.nixos_image: builds %s" % plan["label"].replace("\n", " "),
+            "cd %s || exit 1" % q(work),
+            "rm -f exit-code",
+            "start=$(date +%s.%N)",
+            "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles/default/bin",
+            "export PATH",
+            "{",
+            '  echo "nixforge: building %s (%s) on $(hostname) at $(date -u +%%Y-%%m-%%dT%%H:%%M:%%SZ)"'
+            % (plan["label"].replace('"', "'").replace("$", ""), method),
+            "  " + command,
+            "} > build.log 2>&1",
+            "rc=$?",
+            'echo "nixforge: exit code $rc at $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> build.log',
+            'echo "$rc $start $(date +%s.%N)" > exit-code.tmp && mv exit-code.tmp exit-code',
+            'exit "$rc"',
+            "",
+        ]
+    )
+
+
+def failure_reason(exit_code: Optional[int], timeout: int) -> str:
+    """Why the build failed, in the words the role's users know."""
+    if exit_code in (124, 137):
+        return "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
+    if exit_code is None:
+        return "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
+    return "the build command exited with code %d" % exit_code
+
+
+def elapsed_text(seconds: float) -> str:
+    seconds = int(seconds)
+    return "%dm%02ds" % (seconds // 60, seconds % 60)

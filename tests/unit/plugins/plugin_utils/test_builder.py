@@ -1,0 +1,97 @@
+"""builder_host's input checks and per-build state directory."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
+    InputError,
+    check_build_id,
+    check_provision,
+    expiry,
+    prepare_state_dir,
+    read_state,
+)
+
+GOOD = {
+    "build_id": "sd-20261128-abc",
+    "provider": "ec2",
+    "ttl_minutes": 60,
+    "ssh_connection": "ssh",
+    "ssh_host": "",
+    "ssh_work_dir": "/var/tmp/x",
+    "ssh_cidr": "203.0.113.7/32",
+    "ssh_cidr_detect": False,
+    "ssh_cidr_detect_url": "https://checkip.amazonaws.com/",
+}
+
+
+@pytest.mark.parametrize("build_id", ["a", "sd-1", "x" * 40])
+def test_good_build_ids(build_id: str) -> None:
+    check_build_id(build_id)
+
+
+@pytest.mark.parametrize("build_id", ["", "-a", "a-", "A", "a_b", "x" * 41, 12, None])
+def test_bad_build_ids(build_id) -> None:
+    with pytest.raises(InputError, match="1-40 lowercase letters"):
+        check_build_id(build_id)
+    with pytest.raises(InputError, match="must name the build to tear down"):
+        check_build_id(build_id, teardown=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"ssh_cidr": "203.0.113.7"}, "builder_host_ssh_cidr must be the controller's public IPv4"),
+        ({"ssh_cidr": "203.0.113.7/33"}, "builder_host_ssh_cidr"),
+        ({"ssh_cidr": "256.0.0.1/32"}, "builder_host_ssh_cidr"),
+        ({"provider": "ssh"}, "needs builder_host_ssh_host"),
+        ({"provider": "ssh", "ssh_host": "h", "ssh_work_dir": "rel"}, "absolute builder_host_ssh_work_dir"),
+        ({"provider": "gcp"}, "builder_host_provider must be one of"),
+        ({"ttl_minutes": 0}, "builder_host_ttl_minutes"),
+    ],
+)
+def test_bad_inputs_name_the_variable(change, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        check_provision(dict(GOOD, **change))
+
+
+def test_good_inputs_pass() -> None:
+    check_provision(GOOD)
+    check_provision(dict(GOOD, ssh_cidr="", ssh_cidr_detect=True))
+    check_provision(dict(GOOD, provider="ssh", ssh_connection="local"))
+    check_provision(dict(GOOD, provider="equinix_metal", ssh_cidr=""))
+
+
+def test_expiry() -> None:
+    e = expiry(90, 0.0)
+    assert e == {
+        "builder_host__started_epoch": 0,
+        "builder_host__started_at": "1970-01-01T00:00:00Z",
+        "builder_host__expires_at": "1970-01-01T01:30:00Z",
+    }
+
+
+def test_state_dir_keys_and_idempotence(tmp_path: Path) -> None:
+    state = tmp_path / "st"
+    p = dict(GOOD, state_dir=str(state))
+    first = prepare_state_dir(p)
+    assert sorted(first["made"]) == ["id_ed25519", "ssh_host_ed25519_key"]
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700 and (state / ".gitignore").read_text() == "*\n"
+    assert first["facts"]["builder_host__user_public_key"].startswith("ssh-ed25519 ")
+    assert first["facts"]["builder_host__user_public_key"].endswith("nixforge-sd-20261128-abc")
+    again = prepare_state_dir(p)
+    assert again["made"] == [] and again["facts"] == first["facts"]
+    local = prepare_state_dir(dict(p, provider="ssh", ssh_connection="local", state_dir=str(tmp_path / "l")))
+    assert local["made"] == [] and local["facts"]["builder_host__user_public_key"] == ""
+
+
+def test_read_state(tmp_path: Path) -> None:
+    assert read_state(str(tmp_path)) == {}
+    (tmp_path / "state.json").write_text("not json")
+    assert read_state(str(tmp_path)) == {}
+    (tmp_path / "state.json").write_text(json.dumps({"connection": "ssh"}))
+    assert read_state(str(tmp_path)) == {"connection": "ssh"}

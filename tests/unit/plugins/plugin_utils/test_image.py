@@ -1,0 +1,87 @@
+"""Resolution of nixos_image's inputs and its build script."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    InputError,
+    build_script,
+    failure_reason,
+    resolve,
+)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    for name in ("sd-aarch64", "digital-ocean", "sandbox"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        (tmp_path / "images" / name / "flake.nix").write_text("{}")
+    return tmp_path / "images"
+
+
+def res(images: Path, cwd: Path, **kw):
+    args = {"kind": "sd-aarch64", "flake": "", "attribute": "", "module": "", "work_dir": "/var/tmp/w/"}
+    args.update(kw)
+    return resolve(
+        args["kind"], args["flake"], args["attribute"], args["module"], str(images), str(cwd), args["work_dir"]
+    )
+
+
+def test_defaults_and_shipped_names(images: Path, tmp_path: Path) -> None:
+    sd = res(images, tmp_path)
+    assert sd["local_flake"] == str(images / "sd-aarch64") and sd["flake_ref"] == "path:/var/tmp/w/flake"
+    assert sd["attribute"].endswith("sdImage") and sd["patterns"] == ["*.img.zst"] and sd["work_dir"] == "/var/tmp/w"
+    do = res(images, tmp_path, kind="do", flake="nixforge:sandbox")
+    assert do["local_flake"] == str(images / "sandbox") and do["attribute"].endswith("digitalOceanImage")
+    remote = res(images, tmp_path, flake=" github:me/images ", attribute="packages.x.y")
+    assert remote["local_flake"] == "" and remote["flake_ref"] == "github:me/images"
+    assert remote["label"] == "github:me/images#packages.x.y"
+
+
+def test_relative_flake_and_module(images: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "flake.nix").write_text("{}")
+    (tmp_path / "mod.nix").write_text("{}")
+    plan = res(images, tmp_path, flake="./mine", module="mod.nix")
+    assert plan["local_flake"] == str(tmp_path / "mine") and plan["local_module"] == str(tmp_path / "mod.nix")
+    assert res(images, tmp_path, flake="path:mine")["local_flake"] == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"kind": "iso"}, "nixos_image_kind must be one of"),
+        ({"flake": "/nowhere"}, "has no flake.nix on the controller"),
+        ({"module": "/nonexistent.nix"}, "nixos_image_module: /nonexistent.nix does not exist"),
+        ({"flake": "github:x/y", "module": "/"}, "only works with a flake directory"),
+        ({"work_dir": "relative"}, "nixos_image_work_dir must be an absolute path"),
+    ],
+)
+def test_bad_inputs_name_the_variable(images: Path, tmp_path: Path, kw, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        res(images, tmp_path, **kw)
+
+
+def test_module_directory_needs_default_nix(images: Path, tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    with pytest.raises(InputError, match=r"directory without default\.nix"):
+        res(images, tmp_path, module=str(tmp_path / "m"))
+
+
+def test_build_script_is_valid_shell_and_quotes(images: Path, tmp_path: Path) -> None:
+    plan = res(images, tmp_path, attribute="a b'c")
+    script = build_script(plan, "nix", ["--option", "cores", "4; rm -rf /"], "img", 60)
+    assert "timeout --kill-after=30 60 nix" in script and "'4; rm -rf /'" in script
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    docker = build_script(plan, "docker", [], "docker.io/nixos/nix:2.28.5", 60)
+    assert "docker run --rm" in docker and "extra-platforms = aarch64-linux" in docker
+    subprocess.run(["sh", "-n"], input=docker, text=True, check=True)
+
+
+def test_failure_reasons() -> None:
+    assert failure_reason(7, 60) == "the build command exited with code 7"
+    assert "longer than nixos_image_build_timeout (60 s)" in failure_reason(124, 60)
+    assert "longer than" in failure_reason(None, 60)
