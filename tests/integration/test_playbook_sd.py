@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pipeline import ROOT, playbook_env, resources_of, run_playbook, sandbox_env, set_faults
+from _pipeline import BIN, INVENTORY, ROOT, playbook_env, resources_of, run_playbook, sandbox_env, set_faults
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -216,3 +216,40 @@ def test_bad_input_fails_before_creating(
     assert instances_ever(env, build_id) == []
     assert resources_of(build_id) == []
     assert not os.path.exists(tmp_path / "artifacts")
+
+
+def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    """The spot instance is reclaimed while Nix builds: the play tears everything down
+    and fails naming the interruption."""
+    build_id = new_id("t-intr")
+    module = tmp_path / "module" / "default.nix"
+    module.parent.mkdir()
+    module.write_text("{ ... }: { }\n# nixforge-sandbox-build-seconds: 120\n")
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        "nixos_image_module": str(module.parent),
+    }
+    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
+    proc = subprocess.Popen(
+        argv, env=playbook_env(env), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("TASK [nixforge.images.nixos_image : Build "):
+                set_faults(env, "ec2", {"spot_interruption": {"build_id": build_id, "after_seconds": 2}})
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines)
+    assert any(line.startswith("TASK [nixforge.images.nixos_image : Build ") for line in lines), output[-6000:]
+    assert proc.returncode != 0
+    assert f"Build {build_id} failed and everything it created was removed" in output, output[-6000:]
+    assert "The provider ended the builder: Server.SpotInstanceTermination on i-" in output, output[-6000:]
+    assert resources_of(build_id) == []
+    assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))

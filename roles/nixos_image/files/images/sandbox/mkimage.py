@@ -15,6 +15,7 @@ import hashlib
 import os
 import struct
 import sys
+import time
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -140,9 +141,24 @@ def products(out, kind, path):
         fh.write("file %s %s\n" % (kind, path))
 
 
+def build_seconds(module):
+    """A module line ``# nixforge-sandbox-build-seconds: N`` makes the build last N seconds,
+    as a real image build does, so that tests can hit a builder mid-build."""
+    text = ""
+    if module and os.path.isfile(module):
+        text = open(module).read()
+    elif module and os.path.isfile(os.path.join(module, "default.nix")):
+        text = open(os.path.join(module, "default.nix")).read()
+    for line in text.splitlines():
+        if line.strip().startswith("# nixforge-sandbox-build-seconds:"):
+            return float(line.split(":", 1)[1])
+    return 0.0
+
+
 def main(argv):
     kind, out = argv[1], argv[2]
     module = argv[3] if len(argv) > 3 else ""
+    time.sleep(build_seconds(module))
     label = "nixforge sandbox image (%s)\n%s" % (kind, module_lines(module))
     if kind == "sd":
         # Like nixpkgs' sd-image: a FAT32 (LBA) firmware partition, then the Linux root,
