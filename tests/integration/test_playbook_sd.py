@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,35 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
     assert "The provider ended the builder: Server.SpotInstanceTermination on i-" in output, output[-6000:]
     assert resources_of(build_id) == []
     assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
+
+
+def test_builder_ends_itself_at_expiry_and_reap_removes_the_rest(env: dict[str, str], tmp_path: Path) -> None:
+    """The controller provisions and vanishes: at expiry the builder powers itself off and
+    EC2 terminates it (shutdown behaviour terminate); reap.yml without a build id then
+    removes the security group, key pair and launch template that outlived it."""
+    build_id = new_id("t-expire")
+    provision = tmp_path / "provision.yml"
+    provision.write_text(PROVISION_ONLY)
+    variables = {
+        "nixforge_build_id": build_id,
+        "builder_host_state_dir": str(tmp_path / "state"),
+        "builder_host_ttl_minutes": 1,
+    }
+    proc = run_playbook(provision, playbook_env(env), variables)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    # nothing of ours runs now; the builder's own timer must end it
+    deadline = time.monotonic() + 240
+    while True:
+        states = [(i["State"]["Name"], (i.get("StateReason") or {}).get("Code")) for i in instances_ever(env, build_id)]
+        if states and all(s == "terminated" for s, _ in states):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(3)
+    assert states == [("terminated", "Client.InstanceInitiatedShutdown")]
+    left = {r["type"] for r in resources_of(build_id)}
+    assert {"security-group", "key-pair", "launch-template"} <= left, left
+    # everything expired, found in the account (this controller's state dir plays no part)
+    reap = run_playbook(ROOT / "playbooks" / "reap.yml", playbook_env(env), {"nixforge_reap_providers": ["ec2"]})
+    assert reap.returncode == 0, reap.stdout[-6000:]
+    assert build_id in reap.stdout
+    assert resources_of(build_id) == []
