@@ -18,8 +18,17 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 
 def galaxy(*args: str, cwd: Path) -> None:
+    # As a user elsewhere would: not the checkout's ansible.cfg or collections path (from
+    # there the checkout's linked collection counts as installed and nothing is installed).
+    env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH")}
+    env["ANSIBLE_HOME"] = str(cwd / ".ansible")
     proc = subprocess.run(
-        [str(BIN / "ansible-galaxy"), "collection", *args], capture_output=True, text=True, cwd=cwd, check=False
+        [str(BIN / "ansible-galaxy"), "collection", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -27,7 +36,7 @@ def galaxy(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("galaxy")
-    galaxy("build", "--output-path", str(tmp / "dist"), str(ROOT), cwd=ROOT)
+    galaxy("build", "--output-path", str(tmp / "dist"), str(ROOT), cwd=tmp)
     (tarball,) = (tmp / "dist").glob("nixforge-images-*.tar.gz")
     with tarfile.open(tarball) as archive:
         names = set(archive.getnames())
