@@ -44,3 +44,30 @@ def call(inst: Instance, method: str, path: str, body: Any = None, timeout: floa
         raise NotUp(
             f"sandbox instance {inst.number} is not up (control API {inst.control_url}: {exc}); run `make sandbox-up`"
         ) from None
+
+
+def emulator_state(
+    number: int | None, endpoint_key: str, provider: str, label: str
+) -> tuple[dict[str, Any] | None, str]:
+    """(state, reason) of a ready sandbox instance whose ``provider`` emulator published
+    ``endpoint_key``; the instance defaults to NIXFORGE_SANDBOX_INSTANCE (0)."""
+    import os
+
+    from .config import INSTANCE_ENV
+
+    if number is None:
+        raw = os.environ.get(INSTANCE_ENV, "").strip()
+        number = int(raw) if raw else 0
+    path = Instance(number).state_file
+    if not path.exists():
+        return None, f"sandbox instance {number} is not running (no {path}; run `make sandbox-up`)"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"sandbox instance {number}: unreadable {path}: {exc}"
+    if state.get("status") != "ready":
+        return None, f"sandbox instance {number} is {state.get('status')!r}, not ready"
+    if endpoint_key not in (state.get("endpoints") or {}):
+        why = (state.get("providers") or {}).get(provider, "not loaded")
+        return None, f"sandbox instance {number} has no {label} emulator ({why})"
+    return state, ""

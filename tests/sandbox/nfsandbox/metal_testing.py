@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .config import INSTANCE_ENV, Instance
+from . import client
 
 
 class MetalSandbox:
@@ -33,22 +33,7 @@ class MetalSandbox:
     @classmethod
     def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
         """(state, reason) of the sandbox instance from NIXFORGE_SANDBOX_INSTANCE."""
-        if number is None:
-            raw = os.environ.get(INSTANCE_ENV, "").strip()
-            number = int(raw) if raw else 0
-        path = Instance(number).state_file
-        if not path.exists():
-            return None, f"sandbox instance {number} is not running (no {path}; run `make sandbox-up`)"
-        try:
-            state = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            return None, f"sandbox instance {number}: unreadable {path}: {exc}"
-        if state.get("status") != "ready":
-            return None, f"sandbox instance {number} is {state.get('status')!r}, not ready"
-        if "metal_endpoint" not in (state.get("endpoints") or {}):
-            why = (state.get("providers") or {}).get("metal", "not loaded")
-            return None, f"sandbox instance {number} has no Metal emulator ({why})"
-        return state, ""
+        return client.emulator_state(number, "metal_endpoint", "metal", "Metal")
 
     @classmethod
     def running(cls, number: int | None = None) -> MetalSandbox | None:

@@ -25,7 +25,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..config import INSTANCE_ENV, Instance
+from .. import client
 
 REPO = Path(__file__).resolve().parents[4]
 SANDBOXCTL = REPO / "tests" / "sandbox" / "sandboxctl"
@@ -44,22 +44,7 @@ class DOSandbox:
     @classmethod
     def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
         """(state, reason) of the sandbox instance (default: NIXFORGE_SANDBOX_INSTANCE)."""
-        if number is None:
-            raw = os.environ.get(INSTANCE_ENV, "").strip()
-            number = int(raw) if raw else 0
-        path = Instance(number).state_file
-        if not path.exists():
-            return None, f"sandbox instance {number} is not running (no {path}; run `make sandbox-up`)"
-        try:
-            state = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            return None, f"sandbox instance {number}: unreadable {path}: {exc}"
-        if state.get("status") != "ready":
-            return None, f"sandbox instance {number} is {state.get('status')!r}, not ready"
-        if "digitalocean_endpoint" not in (state.get("endpoints") or {}):
-            why = (state.get("providers") or {}).get("digitalocean", "not loaded")
-            return None, f"sandbox instance {number} has no DigitalOcean emulator ({why})"
-        return state, ""
+        return client.emulator_state(number, "digitalocean_endpoint", "digitalocean", "DigitalOcean")
 
     @classmethod
     def running(cls, number: int | None = None) -> DOSandbox | None:
