@@ -18,7 +18,8 @@ description:
     later steps use (public keys, start and expiry times).
   - O(stage=teardown) checks the build id and sets C(builder_host__state) from the build's C(state.json)
     (empty when provisioning did not get that far).
-author: nixforge.images contributors
+author:
+  - nixforge.images contributors (@nixforge)
 options:
   stage: {description: Which entry point., type: str, choices: [provision, teardown], default: provision}
   build_id: {description: C(builder_host_build_id)., type: raw, required: true}

@@ -21,7 +21,8 @@ description:
     same file (path, size, modification time). A copy whose sha256 differs from the builder's is removed and
     the task fails. A file at O(dest) with the builder's sha256 is not fetched again.
   - Runs on the controller; the builder needs a Python 3 (the one Ansible uses) and nothing else.
-author: nixforge.images contributors
+author:
+  - nixforge.images contributors (@nixforge)
 options:
   src:
     description: Path of the file on the builder (readable by the login user).

@@ -14,7 +14,8 @@ description:
     O(flake) (empty, C(nixforge:NAME), a directory on the controller, or a flake reference Nix fetches) and
     O(module), and fails naming the role variable and the fix when they cannot work (no C(flake.nix), a missing
     module, a module directory without C(default.nix), a module with a remote flake, an unknown O(kind)).
-author: nixforge.images contributors
+author:
+  - nixforge.images contributors (@nixforge)
 options:
   kind:
     description: V(sd-aarch64) or V(do); picks the default definition, attribute and artifact pattern.
@@ -71,8 +72,8 @@ definition:
     kind: {description: The kind., type: str}
     attribute: {description: The flake output built., type: str}
     flake: {description: The resolved flake directory or reference., type: str}
-    local_flake: {description: The flake directory on the controller, or empty., type: str}
-    local_module: {description: The module on the controller, or empty., type: str}
+    local_flake: {description: "The flake directory on the controller, or empty.", type: str}
+    local_module: {description: "The module on the controller, or empty.", type: str}
     flake_ref: {description: The flake reference Nix builds on the builder., type: str}
     label: {description: "C(flake#attribute)", type: str}
     work_dir: {description: The work directory on the builder., type: str}

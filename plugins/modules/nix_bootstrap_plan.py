@@ -15,7 +15,8 @@ description:
     gathering facts, fails with what to change when the host or the options cannot work, and returns the
     Nix settings and the single list of packages the role installs in one apt transaction (QEMU only for
     systems the host cannot run natively, and only when O(qemu=true)).
-author: nixforge.images contributors
+author:
+  - nixforge.images contributors (@nixforge)
 options:
   install_method: {description: V(debian) or V(upstream)., type: str, choices: [debian, upstream], default: debian}
   upstream_version: {description: Nix release of the upstream installer (for messages)., type: str, default: ""}
@@ -57,7 +58,7 @@ emulated:
    elements: str}
 max_jobs: {description: C(max-jobs) for nix.conf., returned: success, type: int}
 cores: {description: C(cores) for nix.conf., returned: success, type: int}
-packages: {description: Every package to install, in one transaction., returned: success, type: list, elements: str}
+packages: {description: "Every package to install, in one transaction.", returned: success, type: list, elements: str}
 apt_cache_valid_time: {description: Cache age for the apt task., returned: success, type: int}
 qemu: {description: Whether QEMU is installed., returned: success, type: bool}
 daemon_group: {description: Group allowed to talk to the daemon., returned: success, type: str}

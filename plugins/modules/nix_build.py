@@ -20,7 +20,8 @@ description:
     gone). A failed build fails the task with the reason, the last O(failure_lines) lines of the log, and the
     whole log copied to O(log_dest).
   - Then finds exactly one artifact of the kind in the output, or fails listing what the output holds.
-author: nixforge.images contributors
+author:
+  - nixforge.images contributors (@nixforge)
 options:
   definition:
     description: The C(definition) returned by M(nixforge.images.image_definition).

@@ -274,7 +274,7 @@ def test_builder_ends_itself_at_expiry_and_reap_removes_the_rest(env: dict[str, 
     deadline = time.monotonic() + 240
     while True:
         states = [(i["State"]["Name"], (i.get("StateReason") or {}).get("Code")) for i in instances_ever(env, build_id)]
-        if states and all(s == "terminated" for s, _ in states):
+        if states and all(state == "terminated" for state, _reason in states):
             break
         assert time.monotonic() < deadline, states
         time.sleep(3)

@@ -37,7 +37,8 @@ def serve_exchanges(recorder: Recorder, method: str, headers: Any, token: str) -
 
 class _Handler(Handler):
     server_version = "nfsandbox-metal/1"
-    log = log
+    # the same logger as the module's; not `log = log`, which sends pylint's inference in circles
+    log = logging.getLogger("nfsandbox.metal.http")
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

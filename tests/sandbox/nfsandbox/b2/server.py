@@ -58,7 +58,8 @@ class BodyStream:
 
 class _Handler(Handler):
     server_version = "nfsandbox-b2/1"
-    log = log
+    # the same logger as the module's; not `log = log`, which sends pylint's inference in circles
+    log = logging.getLogger("nfsandbox.b2.http")
     rbufsize = 1 << 16
 
     def setup(self) -> None:

@@ -24,7 +24,8 @@ SANDBOX_PREFIX = "/_sandbox/"
 
 class _Handler(Handler):
     server_version = "nfsandbox-digitalocean/1"
-    log = log
+    # the same logger as the module's; not `log = log`, which sends pylint's inference in circles
+    log = logging.getLogger("nfsandbox.digitalocean.http")
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
