@@ -29,6 +29,7 @@ PYTEST_ARGS ?=
 # NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a test module stays on one worker.
 PYTEST_WORKERS ?= 3
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+SANITY_TIMEOUT ?= 900
 
 .PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \
         pytest unit integration demo benchmark constraints clean
@@ -87,9 +88,10 @@ sanity: collection
 	@pip_version=$$($(BIN)/python -c 'import ansible_test._internal.python_requirements as r, inspect, re; print(re.search(r"pip=.(\d+\.\d+)", inspect.getsource(r)).group(1))'); \
 	  mkdir -p $(BUILD)/home/.ansible/test/cache && \
 	  cp scripts/ansible-test-get-pip.py $(BUILD)/home/.ansible/test/cache/get_pip_$${pip_version//./_}.py
-	cd $(SANITY_ROOT) && HOME=$(BUILD)/home $(BIN)/ansible-test sanity --color=no \
+	@# A checker stuck in a loop must fail here with a message, not eat CI's whole budget (takes ~1 min).
+	cd $(SANITY_ROOT) && HOME=$(BUILD)/home timeout $(SANITY_TIMEOUT) $(BIN)/ansible-test sanity --color=no \
 	  --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
-	  --local
+	  --local || { rc=$$?; [ $$rc != 124 ] || echo "ansible-test sanity did not finish in $(SANITY_TIMEOUT) s: run it with -v to see which test hangs"; exit $$rc; }
 
 # One pytest run so that its summary line is the last line of `make test`.
 pytest: collection
