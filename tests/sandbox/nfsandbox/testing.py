@@ -33,7 +33,7 @@ from typing import Any
 from . import client
 from .cli import env_lines
 from .config import Instance
-from .metal_testing import MetalSandbox
+from .metal.testing import MetalSandbox
 
 REPO = Path(__file__).resolve().parents[3]
 SANDBOX_DIR = REPO / "tests" / "sandbox"

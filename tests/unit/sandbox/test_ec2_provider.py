@@ -19,8 +19,10 @@ from botocore.exceptions import ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
-from nfsandbox import ec2, ec2_catalog, ec2_moto
-from nfsandbox.ec2_faults import FaultError
+from nfsandbox import ec2
+from nfsandbox.ec2 import catalog as ec2_catalog
+from nfsandbox.ec2 import patches as ec2_moto
+from nfsandbox.ec2.faults import FaultError
 
 DEBIAN = ec2_catalog.DEBIAN_OWNER
 

@@ -28,7 +28,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import Retry
 from ansible_collections.nixforge.images.plugins.modules import metal_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sandbox"))
-from nfsandbox.metal_api import MetalAPI
+from nfsandbox.metal.api import MetalAPI
 
 TOKEN = "unit-token-5b1f0c2e9d"
 HOST_PRIVATE = """-----BEGIN OPENSSH PRIVATE KEY-----
@@ -396,7 +396,7 @@ def test_lost_create_reply_does_not_create_twice(api, exits, monkeypatch):
         result = original(query, body, project_id)
         calls.append(1)
         if len(calls) == 1:
-            from nfsandbox.metal_api import ApiError
+            from nfsandbox.metal.api import ApiError
 
             raise ApiError(502, "Bad gateway")
         return result

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 from urllib.parse import urlencode
 
-from . import metal_catalog as cat
+from . import catalog as cat
 
 log = logging.getLogger("nfsandbox.metal")
 

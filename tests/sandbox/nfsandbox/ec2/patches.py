@@ -29,7 +29,7 @@ from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
 from werkzeug.exceptions import HTTPException
 
-from . import ec2_catalog
+from . import catalog
 
 _hooks: Any = None
 _originals: dict[tuple[type, str], Any] = {}
@@ -193,7 +193,7 @@ def _load_amis(self: Any) -> None:
     if _hooks is None:
         return
     for ami in self.amis.values():
-        if ami.owner_id == ec2_catalog.DEBIAN_OWNER:
+        if ami.owner_id == catalog.DEBIAN_OWNER:
             ami.owner_alias = None
             ami.ena_support = True
 
@@ -276,7 +276,7 @@ def _check_launch(backend: Any, image_id: str | None, kwargs: dict[str, Any], tm
 
     # Gap: moto ignores the spot MaxPrice.
     if market == "spot" and spot_options.get("MaxPrice"):
-        price = ec2_catalog.spot_price(instance_type, zone)
+        price = catalog.spot_price(instance_type, zone)
         if float(spot_options["MaxPrice"]) < price:
             raise EC2ClientError(
                 "SpotMaxPriceTooLow",
@@ -493,8 +493,8 @@ def _fleet_candidates(backend: Any, fleet: Fleet) -> list[_Candidate]:
 def _order(candidates: list[_Candidate], market: str, strategy: str) -> list[_Candidate]:
     def price(c: _Candidate) -> float:
         if market == "spot":
-            return ec2_catalog.spot_price(c.spec.instance_type, c.zone or "") / c.weight
-        return ec2_catalog.on_demand_price(c.spec.instance_type) / c.weight
+            return catalog.spot_price(c.spec.instance_type, c.zone or "") / c.weight
+        return catalog.on_demand_price(c.spec.instance_type) / c.weight
 
     strategy = (strategy or "lowest-price").lower()
     if strategy in ("prioritized", "capacity-optimized-prioritized"):
@@ -621,7 +621,7 @@ def _candidate_error(backend: Any, candidate: _Candidate, market: str, region: s
         exc = capacity_exception(fault, instance_type, candidate.zone, market, region)
         return (fault.get("code") or "InsufficientInstanceCapacity", _message_of(exc), candidate.pinned)
     if market == "spot" and candidate.max_price:
-        price = ec2_catalog.spot_price(instance_type, candidate.zone or "")
+        price = catalog.spot_price(instance_type, candidate.zone or "")
         if float(candidate.max_price) < price:
             return (
                 "SpotMaxPriceTooLow",
@@ -799,8 +799,8 @@ def _response_describe_spot_price_history(self: Any):
             if description not in ("Linux/UNIX", "Linux/UNIX (Amazon VPC)"):
                 continue
             points = [
-                (current_since, ec2_catalog.spot_price(instance_type, zone)),
-                (previous_since, ec2_catalog.spot_price(instance_type, zone, previous=True)),
+                (current_since, catalog.spot_price(instance_type, zone)),
+                (previous_since, catalog.spot_price(instance_type, zone, previous=True)),
             ]
             for i, (since, price) in enumerate(points):
                 until = points[i - 1][0] if i else None

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import client
+from .. import client
 
 
 class MetalSandbox:
@@ -120,7 +120,7 @@ class MetalSandbox:
 
 # -- keys and the collection for tests of metal_device ---------------------------------------
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def write_keys(directory: Path) -> dict[str, str]:
