@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import client
-from ..testing import REPO, EmulatorSandbox, ssh_keypair
+from ..testing import REPO, EmulatorSandbox, play_module, ssh_keypair
 
 
 class MetalSandbox(EmulatorSandbox):
@@ -74,8 +74,6 @@ class MetalSandbox(EmulatorSandbox):
     ) -> tuple[list[dict[str, Any]], Any]:
         """`metal_device` once per entry of `tasks` through `testing.play_module`, with the
         endpoint, token, project and CA from the environment, the way a user sets them."""
-        from .testing import play_module
-
         return play_module("nixforge.images.metal_device", tasks, workdir, env={**self.env(), **(env or {})}, **kwargs)
 
     # -- the emulator's exchange recorder (not part of the Metal API) ----------------
