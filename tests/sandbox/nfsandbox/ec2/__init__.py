@@ -223,7 +223,7 @@ class Provider:
         amis.AMIS[:] = catalog.debian_amis()
         moto_api_backend.reset()
 
-    # -- hooks called by ec2_moto ---------------------------------------------------
+    # -- hooks called by patches.py --------------------------------------------------
     def on_launch(self, backend: Any, instance: Any, wants_public: bool) -> None:
         """A new (or restarted) instance: pending, no public IP, until its host is up."""
         from . import patches

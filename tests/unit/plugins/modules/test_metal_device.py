@@ -1,7 +1,7 @@
 """Unit tests of metal_device and module_utils/metal.py.
 
 The Metal API here is the sandbox emulator's state machine (tests/sandbox/nfsandbox/
-metal_api.py) served in-process through `responses`, with hosts stubbed out: packet-python
+metal/api.py) served in-process through `responses`, with hosts stubbed out: packet-python
 runs its real request code, the module runs its real logic, no network and no root needed.
 The real HTTPS emulator with real hosts is exercised by tests/integration/test_metal_device.py.
 """
