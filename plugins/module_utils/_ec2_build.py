@@ -162,24 +162,19 @@ class BuildResources:
         )
 
     def delete_fleet(self, fleet_id: str) -> None:
+        # Instant fleets can only be deleted together with their instances (EC2 refuses
+        # TerminateInstances=false for them); a fleet already deleted, or gone, is done.
         what = "Deleting fleet %s" % fleet_id
-        try:
-            reply = self.client.call(
-                "delete_fleets",
-                what=what,
-                ignore_codes=["InvalidFleetId.NotFound", "FleetNotFound"],
-                FleetIds=[fleet_id],
-                TerminateInstances=True,
-            )
-        except NixforgeError as exc:
-            # The fleet's instances are gone already: some EC2 implementations then refuse
-            # TerminateInstances=true; deleting the bare fleet is what is left to do.
-            if exc.code not in ("InvalidParameterCombination", "IncorrectState"):
-                raise
-            reply = self.client.call("delete_fleets", what=what, FleetIds=[fleet_id], TerminateInstances=False)
+        reply = self.client.call(
+            "delete_fleets",
+            what=what,
+            ignore_codes=["InvalidFleetId.NotFound", "FleetNotFound"],
+            FleetIds=[fleet_id],
+            TerminateInstances=True,
+        )
         for failure in (reply or {}).get("UnsuccessfulFleetDeletions") or []:
             error = failure.get("Error") or {}
-            if error.get("Code") not in ("fleetIdDoesNotExist", "fleetIdNotInDeletableState"):
+            if error.get("Code") not in ("fleetIdDoesNotExist", "fleetNotInDeletableState"):
                 raise ProviderError(
                     "%s: %s" % (error.get("Code"), error.get("Message")),
                     hint="Delete it in the EC2 console if it persists",

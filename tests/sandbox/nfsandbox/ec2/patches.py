@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -174,6 +175,7 @@ def install(hooks: Any) -> None:
     _patch(Fleet, "terminate_instances", _fleet_terminate_instances)
     _patch(InstanceResponse, "run_instances", _response_run_instances)
     _patch(Fleets, "create_fleet", _response_create_fleet)
+    _patch(Fleets, "delete_fleets", _response_delete_fleets)
     _patch(SpotInstances, "describe_spot_price_history", _response_describe_spot_price_history)
 
 
@@ -751,6 +753,67 @@ def _response_create_fleet(self: Any):
     if token and isinstance(result, ActionResult) and isinstance(result.result, dict):
         known[token] = dict(result.result)
     return result
+
+
+MAX_INSTANT_FLEET_DELETIONS = 25  # per DeleteFleets request (EC2 API reference)
+FLEET_ID_RE = re.compile(r"^fleet-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _response_delete_fleets(self: Any):
+    # Gaps: moto answers an unknown fleet id with a 500, deletes a deleted fleet again,
+    # reports every previous state as "active", and lets an instant fleet be deleted
+    # without its instances. EC2 documents: instant fleets go only with their instances
+    # (TerminateInstances=true), at most 25 of them per request (else nothing is deleted),
+    # and a fleet that cannot be deleted is listed in UnsuccessfulFleetDeletions with
+    # fleetIdDoesNotExist, fleetIdMalformed or fleetNotInDeletableState.
+    if _hooks is None:
+        return _orig(Fleets, "delete_fleets")(self)
+    fleet_ids = self._get_param("FleetIds", [])
+    terminate = self._get_bool_param("TerminateInstances")
+    if terminate is None:
+        raise EC2ClientError("MissingParameter", "The request must contain the parameter TerminateInstances")
+    fleets = self.ec2_backend.fleets
+    instant = [i for i in fleet_ids if i in fleets and fleets[i].fleet_type == "instant"]
+    if len(instant) > MAX_INSTANT_FLEET_DELETIONS:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            "You can delete up to %d instant fleets in a single request; no fleet was deleted."
+            % MAX_INSTANT_FLEET_DELETIONS,
+        )
+    if instant and not terminate:
+        raise EC2ClientError(
+            "InvalidParameterCombination",
+            "Instant fleets (%s) can only be deleted with their instances: TerminateInstances must be true."
+            % ", ".join(instant),
+        )
+    done, failed = [], []
+    for fleet_id in fleet_ids:
+        fleet = fleets.get(fleet_id)
+        if fleet is None:
+            code = "fleetIdMalformed" if not FLEET_ID_RE.match(fleet_id) else "fleetIdDoesNotExist"
+            failed.append(
+                {
+                    "FleetId": fleet_id,
+                    "Error": {
+                        "Code": code,
+                        "Message": "The fleet ID %r" % fleet_id
+                        + (" is malformed" if code == "fleetIdMalformed" else " does not exist"),
+                    },
+                }
+            )
+            continue
+        if str(fleet.state).startswith("deleted"):
+            failed.append(
+                {
+                    "FleetId": fleet_id,
+                    "Error": {"Code": "fleetNotInDeletableState", "Message": "The fleet is %s" % fleet.state},
+                }
+            )
+            continue
+        previous = fleet.state
+        [deleted] = self.ec2_backend.delete_fleets([fleet_id], terminate)
+        done.append({"CurrentFleetState": deleted.state, "PreviousFleetState": previous, "FleetId": fleet_id})
+    return ActionResult({"SuccessfulFleetDeletions": done, "UnsuccessfulFleetDeletions": failed})
 
 
 def _create_fleet_reply(self: Any):
