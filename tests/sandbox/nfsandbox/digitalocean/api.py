@@ -742,7 +742,8 @@ class DigitalOceanAPI:
             for tag in tags:
                 self.tags.setdefault(tag, now())
         log.info("digitalocean: droplet %s (%s) created", droplet.id, droplet.name)
-        return 202, {"droplet": droplet.view(now())}
+        # no create action is kept for droplets here, so none is linked
+        return 202, {"droplet": droplet.view(now()), "links": {"actions": []}}
 
     def _get_droplet(self, query: Any, body: Any, droplet_id: str) -> tuple[int, Any]:
         return 200, {"droplet": self.droplets.get(droplet_id).view(now())}

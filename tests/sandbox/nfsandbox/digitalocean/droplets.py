@@ -73,9 +73,10 @@ class Droplet:
             },
             "size_slug": self.size,
             "networks": {
-                "v4": [{"ip_address": self.address, "netmask": "255.255.255.0", "gateway": "", "type": "public"}]
+                "v4": [{"ip_address": self.address, "netmask": "255.255.255.0", "gateway": "", "type": "public"}],
+                "v6": [],  # python-digitalocean reads the key whether or not IPv6 is on
             },
-            "region": {"slug": self.region, "name": cat.REGIONS[self.region][0], "available": True},
+            "region": cat.region_obj(self.region),
             "tags": list(self.tags),
             "vpc_uuid": "",
         }
