@@ -37,8 +37,9 @@ def env(sandbox_instance: object) -> dict[str, str]:
 class Stages:
     """One build's stage runs: the sandbox inventory (endpoints) plus a builders source."""
 
-    def __init__(self, env: dict[str, str], tmp: Path, build_id: str) -> None:
+    def __init__(self, env: dict[str, str], tmp: Path, build_id: str, pipeline: str = "do") -> None:
         self.build_id = build_id
+        self.pipeline = pipeline
         self.tmp = tmp
         state_root = tmp / "state"
         source = yaml.safe_load(BUILDERS_SOURCE.read_text())
@@ -61,7 +62,7 @@ class Stages:
 
     def run(self, stage: str, **extra: Any) -> subprocess.CompletedProcess:
         argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), "-i", str(self.tmp / "inv")]
-        argv += [str(PLAYBOOKS / f"do_stage_{stage}.yml"), "-e", json.dumps({**self.variables, **extra})]
+        argv += [str(PLAYBOOKS / f"{self.pipeline}_stage_{stage}.yml"), "-e", json.dumps({**self.variables, **extra})]
         return subprocess.run(argv, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
 
 
@@ -127,5 +128,22 @@ def test_do_pipeline_stage_by_stage_with_a_retried_build(env: dict[str, str], tm
             check=False,
             timeout=300,
         )
+        stages.run("teardown")
+    assert resources_of(build_id) == []
+
+
+def test_sd_pipeline_stage_by_stage(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = f"t-sdstg-{secrets.token_hex(3)}"
+    stages = Stages(env, tmp_path, build_id, pipeline="sd")
+    try:
+        for stage in ("provision", "build", "teardown"):
+            proc = stages.run(stage)
+            assert proc.returncode == 0, f"{stage}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+            if stage == "build":
+                assert "Launch or adopt" not in proc.stdout and f"nixforge-builder-{build_id}" in proc.stdout
+        record = json.loads((tmp_path / "artifacts" / "image.json").read_text())
+        assert record["path"].endswith(".img.zst")
+        assert hashlib.sha256(Path(record["path"]).read_bytes()).hexdigest() == record["sha256"]
+    finally:
         stages.run("teardown")
     assert resources_of(build_id) == []
