@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Read-only discovery of our DigitalOcean builders (droplets tagged ``nixforge-build-id:...``).
+"""Discovery of our DigitalOcean builders (droplets tagged ``nixforge-build-id:...``), and
+the removal of a build's droplets (the reaper's, through the do_droplet module).
 
     client = digitalocean_client({"oauth_token": token, "api_url": url})   # module_utils/digitalocean
     builders = list_builders(client, build_ids=["b1"])
@@ -26,7 +27,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._discovery import 
 from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
 from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import tag_dict
 
-__all__ = ["list_builders", "list_builds", "record_from_droplet"]
+__all__ = ["build_droplets", "delete_droplet", "droplets_gone", "list_builders", "list_builds", "record_from_droplet"]
 
 DEFAULT_SSH_USER = "root"
 # Droplets in these states are gone or going.
@@ -145,3 +146,24 @@ def list_builds(
             )
         )
     return filter_builds(group_builds(found, now), build_ids, expired)
+
+
+# -- removal (do_droplet state=absent) -------------------------------------------------
+
+
+def build_droplets(client: Any, build_id: str) -> List[Dict[str, Any]]:
+    """The live droplets tagged with ``build_id``."""
+    tag = "%s:%s" % (TAG_BUILD_ID, build_id)
+    return [d for d in droplets_of(client, tag) if d.get("status") not in GONE_STATES]
+
+
+def delete_droplet(client: Any, droplet_id: Any) -> bool:
+    """Delete one droplet; False when it was gone already (a 404 is not an error here)."""
+    answer = client.call("droplets/%s" % droplet_id, "DELETE", what="Deleting droplet %s" % droplet_id, missing_ok=True)
+    return answer is not None
+
+
+def droplets_gone(client: Any, build_id: str, ids: Iterable[Any]) -> bool:
+    """Whether none of ``ids`` is listed any more under the build's tag."""
+    wanted = {str(i) for i in ids}
+    return not [d for d in build_droplets(client, build_id) if str(d.get("id")) in wanted]

@@ -77,6 +77,10 @@ OPERATIONS = {
     "tags_get",
     "tags_delete",
     "droplets_list",
+    "droplets_create",
+    "droplets_get",
+    "droplets_destroy",
+    "droplets_destroy_byTag",
 }
 RATELIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 
@@ -258,6 +262,15 @@ def _produce_traffic(sandbox: DOSandbox, files: FileServer) -> None:
     Tag.get_object(sandbox.token, "contract-extra")
     tag.delete()
     manager.get_all_droplets(tag_name="nixforge-build-id:contract")
+    # droplets as another tool leaves them (the reaper removes them by id; delete by tag too)
+    for name in ("contract-droplet-1", "contract-droplet-2"):
+        body = {"name": name, "region": "nyc3", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+        assert raw("POST", "/v2/droplets", json={**body, "tags": ["nixforge-build-id:contract"]}).status_code == 202
+    first, second = manager.get_all_droplets(tag_name="nixforge-build-id:contract")
+    raw("GET", f"/v2/droplets/{first.id}")
+    assert raw("DELETE", f"/v2/droplets/{first.id}").status_code == 204
+    assert raw("DELETE", "/v2/droplets", params={"tag_name": "nixforge-build-id:contract"}).status_code == 204
+    assert raw("GET", f"/v2/droplets/{second.id}").status_code == 404
     # error answers: 401, 404, 422, 400, 429, 500, 503
     assert raw("GET", "/v2/account", token="dop_v1_wrong").status_code == 401
     assert raw("GET", "/v2/images/1").status_code == 404

@@ -120,6 +120,29 @@ def do_image(do: DOSandbox, url: str, build_id: str, expires_at: str, name: str)
         return json.loads(response.read())["image"]
 
 
+def do_droplet(do: DOSandbox, build_id: str, expires_at: str) -> dict[str, Any]:
+    """A droplet with a build's tags, as another tool (or an older setup) leaves one."""
+    body = {
+        "name": "nixforge-builder-" + build_id,
+        "region": "nyc3",
+        "size": "s-1vcpu-1gb",
+        "image": "debian-12-x64",
+        "tags": ["%s:%s" % kv for kv in tags(build_id, expires_at).items()],
+    }
+    request = urllib.request.Request(  # noqa: S310 - the sandbox's emulator on loopback
+        do.api_url.rstrip("/") + "/droplets",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": "Bearer " + do.token, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+        return json.loads(response.read())["droplet"]
+
+
+def droplets(build_id: str) -> list[dict[str, Any]]:
+    return [r for r in resources_of(build_id) if r.get("type") == "do_droplet"]
+
+
 def do_status(do: DOSandbox, image_id: Any) -> str:
     return do.manager().get_image(image_id).status
 
@@ -155,7 +178,8 @@ def test_reap_finds_and_removes_expired_builds_in_every_account(env: dict[str, s
         "t-reap-do-" + run,
         "t-reap-done-" + run,
     )
-    everything = [old_ec2, live_ec2, old_metal, old_b2, old_do, done_do]
+    live_do = "t-reap-drop-live-" + run
+    everything = [old_ec2, live_ec2, old_metal, old_b2, old_do, done_do, live_do]
     metal = MetalSandbox.running()
     do = DOSandbox.running()
     assert metal is not None and do is not None
@@ -177,6 +201,9 @@ def test_reap_finds_and_removes_expired_builds_in_every_account(env: dict[str, s
                 time.sleep(0.5)
             do.set_faults({"import_delay": 3600})
             stuck = do_image(do, files.url("nixos.qcow2.gz"), old_do, PAST, "nixos-" + old_do)
+            old_droplet = do_droplet(do, old_do, PAST)
+            do_droplet(do, live_do, FUTURE)
+            assert len(droplets(old_do)) == len(droplets(live_do)) == 1
             assert do_status(do, stuck["id"]) == "NEW"
 
             # --check lists every expired leftover and removes nothing
@@ -193,6 +220,10 @@ def test_reap_finds_and_removes_expired_builds_in_every_account(env: dict[str, s
             assert "%s: file_version" % old_b2 in joined["b2"]
             assert "%s: unfinished_large_file" % old_b2 in joined["b2"]
             assert "%s: image nixos-%s" % (old_do, old_do) in joined["digitalocean"]
+            # (the YAML callback may fold the line before its location)
+            droplet_line = "%s: droplet nixforge-builder-%s [%s]" % (old_do, old_do, old_droplet["id"])
+            assert droplet_line in joined["digitalocean"]
+            assert live_do not in joined["digitalocean"]
             assert live_ec2 not in checked.stdout.split("Report what was removed")[-1]
             assert done_do not in joined["digitalocean"]
             assert {b: len(resources_of(b)) for b in everything} == before
@@ -204,10 +235,11 @@ def test_reap_finds_and_removes_expired_builds_in_every_account(env: dict[str, s
             for gone in (old_ec2, old_metal, old_b2, old_do):
                 assert resources_of(gone) == [], gone
             assert resources_of(live_ec2), "a live build was reaped"
+            assert len(droplets(live_do)) == 1, "a live droplet was reaped"
             assert do_status(do, done["id"]) == "available"
 
             # a named build goes whatever its expiry, its finished image too
-            for named in (live_ec2, done_do):
+            for named in (live_ec2, done_do, live_do):
                 proc = run_playbook(PLAYBOOK, penv, {"nixforge_build_id": named})
                 assert proc.returncode == 0, proc.stdout[-6000:]
                 assert any(named in line for lines in report(proc.stdout).values() for line in lines)

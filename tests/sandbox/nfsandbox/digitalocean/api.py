@@ -33,6 +33,7 @@ from urllib.parse import urlencode, urlsplit
 
 from . import catalog as cat
 from . import importer
+from .droplets import Droplets
 from .faults import Faults
 
 log = logging.getLogger("nfsandbox.digitalocean")
@@ -205,6 +206,7 @@ class DigitalOceanAPI:
         self.images: dict[int, Image] = {}
         self.actions: dict[int, Action] = {}
         self.tags: dict[str, float] = {}  # name -> created
+        self.droplets = Droplets(now, ApiError)
         self.ids = itertools.count(190000001)
         self.action_ids = itertools.count(2100000001)
         self.stopping = threading.Event()
@@ -224,6 +226,7 @@ class DigitalOceanAPI:
             self.images.clear()
             self.actions.clear()
             self.tags.clear()
+        self.droplets.reset()
         self.faults.reset()
         self.ratelimit.reset()
 
@@ -246,7 +249,7 @@ class DigitalOceanAPI:
                     "virtual_size": img.virtual_size,
                 }
                 for img in live
-            ]
+            ] + self.droplets.resources()
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         t = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -323,7 +326,10 @@ class DigitalOceanAPI:
             ("POST", r"tags/([^/]+)/resources", self._tag_resources),
             ("DELETE", r"tags/([^/]+)/resources", self._untag_resources),
             ("GET", r"droplets", self._list_droplets),
+            ("POST", r"droplets", self._create_droplet),
+            ("DELETE", r"droplets", self._delete_tagged_droplets),
             ("GET", r"droplets/(\d+)", self._get_droplet),
+            ("DELETE", r"droplets/(\d+)", self._delete_droplet),
         ]
         known_path = False
         for m, pattern, fn in routes:
@@ -650,8 +656,10 @@ class DigitalOceanAPI:
             last = f"{self.base_url}/v2/images/{max(tagged, key=lambda i: i.id).id}"
             images["last_tagged_uri"] = resources["last_tagged_uri"] = last
         zero = {"count": 0}
+        droplets = {"count": len(self.droplets.live(name))}
+        resources["count"] += droplets["count"]
         resources.update(
-            droplets=dict(zero), images=images, volumes=dict(zero), volume_snapshots=dict(zero), databases=dict(zero)
+            droplets=droplets, images=images, volumes=dict(zero), volume_snapshots=dict(zero), databases=dict(zero)
         )
         return {"name": name, "resources": resources}
 
@@ -725,8 +733,29 @@ class DigitalOceanAPI:
 
     # ----------------------------------------------------------------- droplets
     def _list_droplets(self, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
-        # No droplets are created in this sandbox (yet): the list is empty, filters included.
-        return self._page([], query, "/v2/droplets", "droplets")
+        return self._page(self.droplets.views(self._q(query, "tag_name")), query, "/v2/droplets", "droplets")
+
+    def _create_droplet(self, query: Any, body: Any) -> tuple[int, Any]:
+        tags = self._image_tags(body.get("tags") if isinstance(body, dict) else None)
+        droplet = self.droplets.create(body, tags)
+        with self.lock:
+            for tag in tags:
+                self.tags.setdefault(tag, now())
+        log.info("digitalocean: droplet %s (%s) created", droplet.id, droplet.name)
+        # no create action is kept for droplets here, so none is linked
+        return 202, {"droplet": droplet.view(now()), "links": {"actions": []}}
 
     def _get_droplet(self, query: Any, body: Any, droplet_id: str) -> tuple[int, Any]:
-        raise ApiError(404, "The resource you were accessing could not be found.")
+        return 200, {"droplet": self.droplets.get(droplet_id).view(now())}
+
+    def _delete_droplet(self, query: Any, body: Any, droplet_id: str) -> tuple[int, Any]:
+        self.droplets.delete(droplet_id)
+        log.info("digitalocean: droplet %s deleted", droplet_id)
+        return 204, None
+
+    def _delete_tagged_droplets(self, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        tag = self._q(query, "tag_name")
+        if not tag:
+            raise ApiError(422, "tag_name is required to delete droplets by tag")
+        log.info("digitalocean: %d droplet(s) tagged %s deleted", self.droplets.delete_tagged(tag), tag)
+        return 204, None

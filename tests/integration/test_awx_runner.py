@@ -1,0 +1,204 @@
+"""The AWX job templates run the way AWX runs them: `ansible-runner` with a private data
+directory holding the project, the inventory (the sandbox's endpoints plus the builders
+inventory source, inventories/awx/nixforge.builders.yml), the survey answers and the
+template's extra vars in env/extravars, and in env/envvars exactly what the credential
+types' injectors (awx/credential_types/, and AWX's own Amazon Web Services type) inject for
+the credentials the template lists. The DigitalOcean workflow's four stage templates run
+in order against the sandbox, then the reap template removes the build's image; nothing
+of the build is left.
+
+Also `ansible-builder create` on awx/execution-environment.yml, and `ansible-builder
+introspect` on the installed collection: the requirement files of meta/execution-environment.yml
+reach the execution environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _pipeline import BIN, ROOT, playbook_env, resources_of, sandbox_env
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+AWX = ROOT / "awx"
+SEARCH_PATH = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+RUNNER = shutil.which("ansible-runner", path=SEARCH_PATH)
+BUILDER = shutil.which("ansible-builder", path=SEARCH_PATH)
+# AWX's built-in Amazon Web Services credential type injects these.
+AWS_INJECTED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN")
+# credential key of awx/job_templates.yml -> (credential type file, its inputs from the sandbox's variables)
+CREDENTIALS = {
+    "digitalocean": ("digitalocean.yml", {"token": "DIGITALOCEAN_TOKEN", "api_url": "DIGITALOCEAN_API_URL"}),
+    "b2": (
+        "backblaze_b2.yml",
+        {
+            "application_key_id": "B2_APPLICATION_KEY_ID",
+            "application_key": "B2_APPLICATION_KEY",
+            "api_url": "B2_API_URL",
+        },
+    ),
+    "metal": (
+        "equinix_metal.yml",
+        {"auth_token": "METAL_AUTH_TOKEN", "api_url": "METAL_API_URL", "project_id": "METAL_PROJECT_ID"},
+    ),
+}
+
+
+def injected(env: dict[str, str], keys: list[str]) -> dict[str, str]:
+    """What AWX puts in a job's environment for these credentials: each type's injectors,
+    rendered with the inputs (only {{ field }} templates are used by our types)."""
+    out: dict[str, str] = {}
+    for key in keys:
+        if key == "aws":
+            out.update({k: env[k] for k in AWS_INJECTED if env.get(k)})
+            continue
+        filename, inputs = CREDENTIALS[key]
+        ctype = yaml.safe_load((AWX / "credential_types" / filename).read_text())
+        values = {field: env[var] for field, var in inputs.items()}
+        for name, template in ctype["injectors"]["env"].items():
+            out[name] = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m, values=values: values[m.group(1)], template)
+    return out
+
+
+def all_injected_names() -> set[str]:
+    names = set(AWS_INJECTED)
+    for filename, _inputs in CREDENTIALS.values():
+        names |= set(yaml.safe_load((AWX / "credential_types" / filename).read_text())["injectors"]["env"])
+    return names
+
+
+class PrivateDataDir:
+    def __init__(self, env: dict[str, str], tmp: Path, build_id: str) -> None:
+        self.env = env
+        self.dir = tmp / "pdd"
+        self.shared = tmp / "shared"  # the volume AWX jobs share (/var/lib/nixforge)
+        (self.dir / "env").mkdir(parents=True)
+        (self.dir / "project").symlink_to(ROOT)
+        inventory = self.dir / "inventory"
+        shutil.copytree(ROOT / "inventories" / "sandbox", inventory)  # localhost and the sandbox's endpoints
+        source = yaml.safe_load((ROOT / "inventories" / "awx" / "nixforge.builders.yml").read_text())
+        source.update(
+            state_dirs=[str(self.shared / "state")],
+            known_hosts_dir=str(self.shared / "known_hosts"),
+            build_ids=[build_id],
+            # the sandbox's endpoints (a site setting under AWX, not a credential)
+            endpoint_url="{{ lookup('ansible.builtin.env', 'AWS_ENDPOINT_URL') }}",
+            metal_ca_bundle="{{ lookup('ansible.builtin.env', 'NIXFORGE_SANDBOX_METAL_CA_BUNDLE') }}",
+        )
+        (inventory / "nixforge.builders.yml").write_text(yaml.safe_dump(source))
+        self.build_id = build_id
+        self.templates = {
+            t["playbook"]: t for t in yaml.safe_load((AWX / "job_templates.yml").read_text())["job_templates"]
+        }
+        self.defaults = yaml.safe_load((AWX / "job_templates.yml").read_text())["defaults"]
+
+    def extravars(self, survey: dict[str, Any]) -> dict[str, Any]:
+        defaults = json.loads(json.dumps(self.defaults["extra_vars"]).replace("/var/lib/nixforge", str(self.shared)))
+        return {**defaults, **survey}
+
+    def job(self, playbook: str, survey: dict[str, Any]) -> tuple[subprocess.CompletedProcess, str]:
+        template = self.templates[playbook]
+        site = {k: v for k, v in self.env.items() if k not in all_injected_names()}
+        envvars = {**playbook_env(site), **injected(self.env, template["credentials"])}
+        envvars.pop("PATH", None)
+        (self.dir / "env" / "envvars").write_text(yaml.safe_dump(envvars))
+        (self.dir / "env" / "extravars").write_text(yaml.safe_dump(self.extravars(survey)))
+        ident = Path(playbook).stem
+        proc = subprocess.run(
+            [str(RUNNER), "run", str(self.dir), "-p", playbook, "--ident", ident],
+            env={"PATH": SEARCH_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        status = (self.dir / "artifacts" / ident / "status").read_text().strip()
+        return proc, status
+
+
+@pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
+def test_do_workflow_templates_through_ansible_runner(sandbox_instance: object, tmp_path: Path) -> None:
+    env = sandbox_env()
+    assert env is not None
+    build_id = f"t-awx-{os.urandom(3).hex()}"
+    pdd = PrivateDataDir(env, tmp_path, build_id)
+    survey = {
+        "nixforge_build_id": build_id,
+        "builder_host_provider": "ec2",
+        "builder_host_ec2_region": "us-east-1",
+        "builder_host_ttl_minutes": 60,
+        "do_image_publish_bucket": env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"],
+        "do_image_publish_region": "nyc3",
+    }
+    try:
+        for stage in ("provision", "build", "teardown", "publish"):
+            proc, status = pdd.job(f"playbooks/do_stage_{stage}.yml", survey)
+            assert status == "successful", f"{stage}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+            if stage == "build":
+                assert f"nixforge-builder-{build_id}" in proc.stdout  # found through the inventory source
+        assert (tmp_path / "shared" / "artifacts" / build_id / "image.json").is_file()
+        images = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
+        assert len(images) == 1 and images[0]["status"] == "available", images
+        assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
+        for name in ("DIGITALOCEAN_TOKEN", "B2_APPLICATION_KEY", "METAL_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+            stdout = (tmp_path / "pdd" / "artifacts" / "do_stage_publish" / "stdout").read_text()
+            assert env[name] not in stdout
+    finally:
+        proc, status = pdd.job("playbooks/reap.yml", {"nixforge_build_id": build_id})
+    assert status == "successful", proc.stdout[-6000:]
+    assert resources_of(build_id) == []
+
+
+def galaxy(tmp: Path, *args: str) -> None:
+    """ansible-galaxy collection as a user elsewhere runs it (not the checkout's ansible.cfg)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH")}
+    env["ANSIBLE_HOME"] = str(tmp / ".ansible")
+    argv = [str(BIN / "ansible-galaxy"), "collection", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(BUILDER is None, reason="ansible-builder is not installed (tests/requirements.txt)")
+def test_ansible_builder_context_and_introspection(tmp_path: Path) -> None:
+    ee_dir = tmp_path / "ee"
+    ee_dir.mkdir()
+    for name in ("execution-environment.yml", "requirements.yml"):
+        shutil.copy(AWX / name, ee_dir / name)
+    galaxy(tmp_path, "build", "--output-path", str(ee_dir), str(ROOT))
+    context = tmp_path / "context"
+    proc = subprocess.run(
+        [str(BUILDER), "create", "-f", str(ee_dir / "execution-environment.yml"), "-c", str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = {p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()}
+    version = yaml.safe_load((ROOT / "galaxy.yml").read_text())["version"]
+    assert f"_build/collections/nixforge-images-{version}.tar.gz" in files
+    assert "_build/requirements.yml" in files and ({"Containerfile", "Dockerfile"} & files)
+
+    # what the image build will compute from the installed collection
+    installed = tmp_path / "installed"
+    galaxy(tmp_path, "install", "--no-deps", "-p", str(installed), str(ee_dir / f"nixforge-images-{version}.tar.gz"))
+    proc = subprocess.run(
+        [str(BUILDER), "introspect", str(installed)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = yaml.safe_load(proc.stdout)
+    ours = "# from collection nixforge.images"
+    python = {line.split("#")[0].strip() for line in found["python"] if line.endswith(ours)}
+    wanted = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert python == set(wanted)
+    system = {line.split("#")[0].strip() for line in found["system"] if line.endswith(ours)}
+    assert {"openssh-clients [platform:rpm]", "openssh-client [platform:dpkg]"} <= system
+    assert "zstd [platform:dpkg platform:rpm]" in system
