@@ -125,11 +125,25 @@ class EmulatorSandbox:
     lists of it (``mine`` says which records are the emulator's)."""
 
     provider = ""
+    # what the emulator publishes in the instance's state once it is up, and its name in messages
+    endpoint_key = ""
+    label = ""
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
         self.control_url: str = state["control_url"]
         self.instance: int = int(state["instance"])
+
+    @classmethod
+    def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
+        """(state, reason) of the sandbox instance (default: NIXFORGE_SANDBOX_INSTANCE)."""
+        return client.emulator_state(number, cls.endpoint_key, cls.provider, cls.label)
+
+    @classmethod
+    def running(cls, number: int | None = None) -> Any:
+        """The helper for a running instance with this emulator, or None."""
+        state = cls.state_of(number)[0]
+        return cls(state) if state else None
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()

@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import struct
-import subprocess
 import threading
 import urllib.request
 import uuid
@@ -25,31 +24,20 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .. import client
-
-REPO = Path(__file__).resolve().parents[4]
-SANDBOXCTL = REPO / "tests" / "sandbox" / "sandboxctl"
+from ..testing import EmulatorSandbox
 
 
-class DOSandbox:
+class DOSandbox(EmulatorSandbox):
+    provider = "digitalocean"
+    endpoint_key = "digitalocean_endpoint"
+    label = "DigitalOcean"
+
     def __init__(self, state: dict[str, Any]) -> None:
-        self.state = state
+        super().__init__(state)
         endpoints = state.get("endpoints") or {}
         self.endpoint: str = endpoints["digitalocean_endpoint"]
         self.api_url: str = endpoints["DIGITALOCEAN_API_URL"]
         self.token: str = endpoints["DIGITALOCEAN_TOKEN"]
-        self.control_url: str = state["control_url"]
-        self.instance: int = int(state["instance"])
-
-    @classmethod
-    def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
-        """(state, reason) of the sandbox instance (default: NIXFORGE_SANDBOX_INSTANCE)."""
-        return client.emulator_state(number, "digitalocean_endpoint", "digitalocean", "DigitalOcean")
-
-    @classmethod
-    def running(cls, number: int | None = None) -> DOSandbox | None:
-        state = cls.state_of(number)[0]
-        return cls(state) if state else None
 
     # -- python-digitalocean -----------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -72,35 +60,9 @@ class DOSandbox:
         os.environ["DIGITALOCEAN_END_POINT"] = self.api_url
         return digitalocean.Image(token=self.token, end_point=self.api_url, **kwargs)
 
-    # -- control API ---------------------------------------------------------------------
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.control_url + path, data=data, method=method)  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback control API
-            return json.loads(response.read() or b"null")
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        self.control("POST", "/faults/digitalocean", faults)
-
-    def resources(self) -> list[dict[str, Any]]:
-        return self.control("GET", "/resources")["resources"]
-
+    # -- control API (EmulatorSandbox) ----------------------------------------------------
     def do_resources(self, resources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        return [
-            r for r in (self.resources() if resources is None else resources) if r.get("provider") == "digitalocean"
-        ]
-
-    def leftovers(self) -> list[dict[str, Any]]:
-        """What `sandboxctl resources --json` lists of DigitalOcean (the check tests end with)."""
-        proc = subprocess.run(
-            [str(SANDBOXCTL), "--instance", str(self.instance), "resources", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return self.do_resources(json.loads(proc.stdout)["resources"])
+        return self.mine(self.resources() if resources is None else resources)
 
     # -- the emulator's side doors (not part of the DigitalOcean API) ---------------------
     def _sandbox(self, method: str, what: str) -> Any:

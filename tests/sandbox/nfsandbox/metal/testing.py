@@ -17,12 +17,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .. import client
 from ..testing import REPO, EmulatorSandbox, play_module, ssh_keypair
 
 
 class MetalSandbox(EmulatorSandbox):
     provider = "metal"
+    endpoint_key = "metal_endpoint"
+    label = "Metal"
 
     def __init__(self, state: dict[str, Any]) -> None:
         super().__init__(state)
@@ -32,16 +33,6 @@ class MetalSandbox(EmulatorSandbox):
         self.token: str = endpoints["metal_token"]
         self.project_id: str = endpoints["metal_project_id"]
         self.ca_bundle: str = endpoints.get("metal_ca_bundle") or state["ca_bundle"]
-
-    @classmethod
-    def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
-        """(state, reason) of the sandbox instance from NIXFORGE_SANDBOX_INSTANCE."""
-        return client.emulator_state(number, "metal_endpoint", "metal", "Metal")
-
-    @classmethod
-    def running(cls, number: int | None = None) -> MetalSandbox | None:
-        state = cls.state_of(number)[0]
-        return cls(state) if state else None
 
     # -- packet-python -------------------------------------------------------------
     def manager(self, token: str | None = None, under_prefix: bool = True) -> Any:
