@@ -11,7 +11,7 @@ import hashlib
 import os
 import subprocess
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
@@ -158,6 +158,42 @@ class ActionModule(ActionBase):
     def _transfer(
         self, result: Dict[str, Any], ssh: List[str], python: str, params: Dict[str, Any], host: str, expected: str
     ) -> Dict[str, Any]:
+        """Fetch into the part file; a copy whose sha256 differs (bytes changed on the way or
+        in a kept part file) is thrown away and fetched once more from scratch."""
+        bad: List[str] = []
+        for _attempt in range(2):
+            done, want = self._fetch_once(result, ssh, python, params, host, expected)
+            if done["local_sha256"] == want:
+                break
+            bad.append(done["local_sha256"] or "?")
+            display.warning(
+                "%s: the fetched copy of %s has sha256 %s, not %s as on the builder; it was removed%s."
+                % (host, result["source"], bad[-1], want, "" if len(bad) > 1 else ", fetching it again")
+            )
+        else:
+            raise FetchError(
+                "every copy differed from the builder's file (sha256 %s; the copies had %s), so the bytes change"
+                " on the way from the builder. Nothing was kept. Check the network path to the builder"
+                " (a proxy or middlebox altering the stream) and the builder's disk, then run again."
+                % (want, " and ".join(bad))
+            )
+        result.update(
+            changed=True,
+            already_there=False,
+            sha256=want,
+            size=done["size"],
+            seconds=done["seconds"],
+            mib_per_s=done["mib_per_s"],
+            resumed_bytes=done["resumed_bytes"],
+            corrupt_copies=bad,
+        )
+        return result
+
+    def _fetch_once(
+        self, result: Dict[str, Any], ssh: List[str], python: str, params: Dict[str, Any], host: str, expected: str
+    ) -> Tuple[Dict[str, Any], str]:
+        """One transfer into PART (resuming what an earlier one kept); moved to dest only
+        when its sha256 is the builder's, otherwise removed with its state."""
         src, dest = result["source"], result["path"]
         part = os.path.join(os.path.dirname(dest), ".%s.part" % os.path.basename(dest))
         name = os.path.basename(src)
@@ -190,22 +226,9 @@ class ActionModule(ActionBase):
                 % (to_text(exc), human(kept), part, params["timeout"])
             ) from exc
         want = expected or done["remote_sha256"]
-        if done["local_sha256"] != want:
-            transfer.state.remove()
-            os.unlink(part)
-            raise FetchError(
-                "the copy has sha256 %s, not %s as on the builder. The bad copy was removed;"
-                " run again to fetch it anew." % (done["local_sha256"] or "?", want)
-            )
-        os.replace(part, dest)
         transfer.state.remove()
-        result.update(
-            changed=True,
-            already_there=False,
-            sha256=want,
-            size=done["size"],
-            seconds=done["seconds"],
-            mib_per_s=done["mib_per_s"],
-            resumed_bytes=done["resumed_bytes"],
-        )
-        return result
+        if done["local_sha256"] != want:
+            os.unlink(part)
+        else:
+            os.replace(part, dest)
+        return done, want

@@ -33,6 +33,9 @@ from ansible_collections.nixforge.images.plugins.module_utils.errors import Nixf
 
 __all__ = [
     "LIVE_STATES",
+    "find_fleets",
+    "find_instances",
+    "find_tagged",
     "instance_filters",
     "list_builders",
     "list_builds",
@@ -170,9 +173,54 @@ def tag_filter(build_ids: Iterable[str] = ()) -> Dict[str, Any]:
     return {"tag:" + TAG_BUILD_ID: build_ids} if build_ids else {"tag-key": TAG_BUILD_ID}
 
 
+# kind -> (operation, result key, id key, name key) of the types found by the build tag
+TAGGED_KINDS = {
+    "launch_template": ("describe_launch_templates", "LaunchTemplates", "LaunchTemplateId", "LaunchTemplateName"),
+    "security_group": ("describe_security_groups", "SecurityGroups", "GroupId", "GroupName"),
+    "volume": ("describe_volumes", "Volumes", "VolumeId", ""),
+    "key_pair": ("describe_key_pairs", "KeyPairs", "KeyPairId", "KeyName"),
+}
+
+
+def find_instances(
+    client: Any, build_ids: Iterable[str] = (), states: Iterable[str] = LIVE_STATES, what: str = ""
+) -> List[Dict[str, Any]]:
+    """Instances carrying our build tag (one of ``build_ids`` when given) in ``states``."""
+    reservations = client.paginate(
+        "describe_instances",
+        "Reservations",
+        what=what or "Listing the instances",
+        Filters=instance_filters(build_ids, (), states),
+    )
+    return [i for r in reservations for i in r.get("Instances", [])]
+
+
+def find_fleets(client: Any, build_ids: Iterable[str] = (), what: str = "") -> List[Dict[str, Any]]:
+    """Fleets not deleted that carry our build tag (one of ``build_ids`` when given)."""
+    wanted = set(build_ids or [])
+    # EC2 has no tag filter for fleets: every fleet is read, ours are picked by their tags
+    fleets = client.paginate("describe_fleets", "Fleets", what=what or "Listing the EC2 fleets")
+    out = []
+    for fleet in fleets:
+        build_id = tag_dict(fleet.get("Tags")).get(TAG_BUILD_ID)
+        live = not str(fleet.get("FleetState", "")).startswith("deleted")
+        if live and build_id and (not wanted or build_id in wanted):
+            out.append(fleet)
+    return out
+
+
+def find_tagged(client: Any, kind: str, build_ids: Iterable[str] = (), what: str = "") -> List[Dict[str, Any]]:
+    """Resources of ``kind`` (a key of ``TAGGED_KINDS``) carrying our build tag."""
+    operation, key = TAGGED_KINDS[kind][:2]
+    by_tag = filters(tag_filter(build_ids))
+    what = what or "Listing the %ss" % kind.replace("_", " ")
+    if kind == "key_pair":  # DescribeKeyPairs has no pages
+        return client.call(operation, what=what, Filters=by_tag).get(key, [])
+    return client.paginate(operation, key, what=what, Filters=by_tag)
+
+
 def _resources(client: Any, region: str, build_ids: List[str]) -> List[Tuple[Dict[str, str], Dict[str, Any]]]:
     """``(tags, resource)`` of every tagged resource type ec2_spot_host creates, in removal order."""
-    by_tag = filters(tag_filter(build_ids))
     found: List[Tuple[Dict[str, str], Dict[str, Any]]] = []
 
     def add(kind: str, items: Iterable[Mapping[str, Any]], id_key: str, name_key: str = "", state: Any = None) -> None:
@@ -181,43 +229,22 @@ def _resources(client: Any, region: str, build_ids: List[str]) -> List[Tuple[Dic
             name = str(item.get(name_key) or tags.get("Name") or item.get(id_key))
             found.append((tags, resource_record(kind, item.get(id_key), name, region, state(item) if state else None)))
 
-    # EC2 has no tag filter for fleets: every fleet is read, ours are picked by their tags
-    fleets = client.paginate("describe_fleets", "Fleets", what="Listing the EC2 fleets in %s" % region)
-    live = [f for f in fleets if not str(f.get("FleetState", "")).startswith("deleted")]
-    add("fleet", live, "FleetId", state=lambda f: f.get("FleetState"))
+    fleets = find_fleets(client, build_ids, what="Listing the EC2 fleets in %s" % region)
+    add("fleet", fleets, "FleetId", state=lambda f: f.get("FleetState"))
     requests = client.paginate(
         "describe_spot_instance_requests",
         "SpotInstanceRequests",
         what="Listing the spot requests in %s" % region,
-        Filters=by_tag + filters({"state": list(LIVE_SPOT_REQUEST_STATES)}),
+        Filters=filters(tag_filter(build_ids)) + filters({"state": list(LIVE_SPOT_REQUEST_STATES)}),
     )
     add("spot_request", requests, "SpotInstanceRequestId", state=lambda r: r.get("State"))
-    reservations = client.paginate(
-        "describe_instances",
-        "Reservations",
-        what="Listing the instances in %s" % region,
-        Filters=instance_filters(build_ids),
-    )
-    instances = [i for r in reservations for i in r.get("Instances", [])]
+    instances = find_instances(client, build_ids, what="Listing the instances in %s" % region)
     add("instance", instances, "InstanceId", state=lambda i: (i.get("State") or {}).get("Name"))
-    for kind, operation, key, id_key, name_key, what in (
-        (
-            "launch_template",
-            "describe_launch_templates",
-            "LaunchTemplates",
-            "LaunchTemplateId",
-            "LaunchTemplateName",
-            "launch templates",
-        ),
-        ("security_group", "describe_security_groups", "SecurityGroups", "GroupId", "GroupName", "security groups"),
-        ("volume", "describe_volumes", "Volumes", "VolumeId", "", "volumes"),
-    ):
-        items = client.paginate(operation, key, what="Listing the %s in %s" % (what, region), Filters=by_tag)
+    for kind in ("launch_template", "security_group", "volume", "key_pair"):
+        id_key, name_key = TAGGED_KINDS[kind][2:]
+        what = "Listing the %ss in %s" % (kind.replace("_", " "), region)
+        items = find_tagged(client, kind, build_ids, what=what)
         add(kind, items, id_key, name_key, state=(lambda v: v.get("State")) if kind == "volume" else None)
-    pairs = client.call("describe_key_pairs", what="Listing the key pairs in %s" % region, Filters=by_tag).get(
-        "KeyPairs", []
-    )
-    add("key_pair", pairs, "KeyPairId", "KeyName")
     return found
 
 

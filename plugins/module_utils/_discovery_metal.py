@@ -27,11 +27,23 @@ from ansible_collections.nixforge.images.plugins.module_utils._discovery import 
 from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
 from ansible_collections.nixforge.images.plugins.module_utils.metal import tag_dict
 
-__all__ = ["GONE_STATES", "device_addresses", "list_builders", "list_builds", "plan_price", "record_from_device"]
+__all__ = [
+    "GONE_STATES",
+    "device_addresses",
+    "ended_devices",
+    "list_builders",
+    "list_builds",
+    "plan_price",
+    "record_from_device",
+]
 
 # A device in these states no longer runs nor costs.
 GONE_STATES = ("deprovisioning", "deleted")
 DEFAULT_SSH_USER = "root"  # Metal installs the project's keys for root
+# Events of these types mean the provider ended the device (spot market reclaim, termination_time).
+END_EVENT_PREFIX = "termination."
+# The project's event list is newest first; a build's events are in its first pages.
+EVENT_PAGES = 5
 
 
 def device_addresses(device: Mapping[str, Any]) -> Dict[str, Optional[str]]:
@@ -169,3 +181,68 @@ def list_builds(
     for key in data.get("ssh_keys") or []:
         found.append((key_tags(key), resource_record("ssh_key", key.get("id"), key.get("label"), project_id)))
     return filter_builds(group_builds(found, now), build_ids, expired)
+
+
+# -- devices the provider ended before we deleted them (for teardown reports) ---------
+
+
+def _device_id_of(event: Mapping[str, Any]) -> Optional[str]:
+    for rel in event.get("relationships") or []:
+        match = re.search(r"/devices/([0-9a-fA-F-]{36})$", str((rel or {}).get("href") or ""))
+        if match:
+            return match.group(1)
+    return None
+
+
+def project_events(client: Any, project_id: str, pages: int = EVENT_PAGES) -> Dict[str, List[Dict[str, Any]]]:
+    """The project's newest events (at most ``pages`` pages), by device id, newest first."""
+    by_device: Dict[str, List[Dict[str, Any]]] = {}
+    for page in range(1, pages + 1):
+        data = client.call(
+            "projects/%s/events" % project_id,
+            params={"page": page, "per_page": 100},
+            what="Reading the events of project %s" % project_id,
+            missing_ok=True,  # an endpoint without the events API: nothing to report, not a failure
+        )
+        data = data or {}
+        for event in data.get("events") or []:
+            device_id = _device_id_of(event)
+            if device_id:
+                by_device.setdefault(device_id, []).append(event)
+        meta = data.get("meta") or {}
+        if not meta.get("next") or page >= int(meta.get("last_page") or page):
+            break
+    return by_device
+
+
+def end_event(events: Iterable[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+    """The newest event that says the provider ended the device, if any."""
+    ends = [e for e in events if str(e.get("type") or "").startswith(END_EVENT_PREFIX)]
+    return max(ends, key=lambda e: str(e.get("created_at") or "")) if ends else None
+
+
+def ended_devices(
+    client: Any, project_id: str, devices: Iterable[Mapping[str, Any]], known_ids: Iterable[str] = ()
+) -> List[Dict[str, str]]:
+    """Devices of a build that the provider ended: listed ones already going, and known
+    ones (from the build's own record) already gone from the API, each with the event
+    that ended it. The API forgets a deprovisioned device, not its project's events."""
+    listed = {str(d.get("id")): d for d in devices}
+    candidates = [i for i, d in listed.items() if d.get("state") in GONE_STATES]
+    candidates += [str(i) for i in known_ids if i and str(i) not in listed and str(i) not in candidates]
+    if not candidates:
+        return []
+    events = project_events(client, project_id)
+    ended = []
+    for device_id in candidates:
+        own = list((listed.get(device_id) or {}).get("provisioning_events") or [])
+        event = end_event(own + events.get(device_id, []))
+        if event is not None:
+            ended.append(
+                {
+                    "device_id": device_id,
+                    "code": str(event.get("type")),
+                    "message": str(event.get("interpolated") or event.get("body") or ""),
+                }
+            )
+    return ended

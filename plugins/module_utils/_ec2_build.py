@@ -13,6 +13,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
+from ansible_collections.nixforge.images.plugins.module_utils._discovery_ec2 import (
+    find_fleets,
+    find_instances,
+    find_tagged,
+)
 from ansible_collections.nixforge.images.plugins.module_utils.common import (
     TAG_BUILD_ID,
     Action,
@@ -54,42 +59,19 @@ class BuildResources:
     # -- lookups -----------------------------------------------------------------------
 
     def find_instances(self, states: List[str]) -> List[Dict[str, Any]]:
-        reservations = self.client.paginate(
-            "describe_instances",
-            "Reservations",
-            what="Looking up the instances of build %s" % self.build_id,
-            Filters=filters({"tag:" + TAG_BUILD_ID: self.build_id, "instance-state-name": states}),
-        )
-        instances = [i for r in reservations for i in r.get("Instances", [])]
+        what = "Looking up the instances of build %s" % self.build_id
+        instances = find_instances(self.client, [self.build_id], states, what=what)
         return sorted(instances, key=lambda i: str(i.get("LaunchTime", "")))
 
     def find(self) -> Dict[str, List[Any]]:
-        """Every resource of the build, by kind."""
-        tag_filter = filters({"tag:" + TAG_BUILD_ID: self.build_id})
-        fleets = [
-            f
-            for f in self.client.paginate("describe_fleets", "Fleets", what="Looking up the build's fleets")
-            if tag_dict(f.get("Tags")).get(TAG_BUILD_ID) == self.build_id
-            and not str(f.get("FleetState", "")).startswith("deleted")
-        ]
-        paginate = self.client.paginate
-        return {
-            "instances": self.find_instances(NOT_TERMINATED_STATES),
-            "fleets": fleets,
-            "launch_templates": paginate(
-                "describe_launch_templates",
-                "LaunchTemplates",
-                what="Looking up the launch templates",
-                Filters=tag_filter,
-            ),
-            "security_groups": paginate(
-                "describe_security_groups", "SecurityGroups", what="Looking up the security groups", Filters=tag_filter
-            ),
-            "key_pairs": self.client.call(
-                "describe_key_pairs", what="Looking up the key pairs", Filters=tag_filter
-            ).get("KeyPairs", []),
-            "volumes": paginate("describe_volumes", "Volumes", what="Looking up the volumes", Filters=tag_filter),
-        }
+        """Every resource of the build, by kind (the finders the reaper uses)."""
+        build_ids = [self.build_id]
+        found = {"instances": self.find_instances(NOT_TERMINATED_STATES)}
+        found["fleets"] = find_fleets(self.client, build_ids, what="Looking up the build's fleets")
+        for kind in ("launch_template", "security_group", "key_pair", "volume"):
+            what = "Looking up the %ss" % kind.replace("_", " ")
+            found[kind + "s"] = find_tagged(self.client, kind, build_ids, what=what)
+        return found
 
     def ended(self) -> List[Dict[str, str]]:
         """Instances of the build that EC2 ended, not we: a spot interruption or another
@@ -180,24 +162,19 @@ class BuildResources:
         )
 
     def delete_fleet(self, fleet_id: str) -> None:
+        # Instant fleets can only be deleted together with their instances (EC2 refuses
+        # TerminateInstances=false for them); a fleet already deleted, or gone, is done.
         what = "Deleting fleet %s" % fleet_id
-        try:
-            reply = self.client.call(
-                "delete_fleets",
-                what=what,
-                ignore_codes=["InvalidFleetId.NotFound", "FleetNotFound"],
-                FleetIds=[fleet_id],
-                TerminateInstances=True,
-            )
-        except NixforgeError as exc:
-            # The fleet's instances are gone already: some EC2 implementations then refuse
-            # TerminateInstances=true; deleting the bare fleet is what is left to do.
-            if exc.code not in ("InvalidParameterCombination", "IncorrectState"):
-                raise
-            reply = self.client.call("delete_fleets", what=what, FleetIds=[fleet_id], TerminateInstances=False)
+        reply = self.client.call(
+            "delete_fleets",
+            what=what,
+            ignore_codes=["InvalidFleetId.NotFound", "FleetNotFound"],
+            FleetIds=[fleet_id],
+            TerminateInstances=True,
+        )
         for failure in (reply or {}).get("UnsuccessfulFleetDeletions") or []:
             error = failure.get("Error") or {}
-            if error.get("Code") not in ("fleetIdDoesNotExist", "fleetIdNotInDeletableState"):
+            if error.get("Code") not in ("fleetIdDoesNotExist", "fleetNotInDeletableState"):
                 raise ProviderError(
                     "%s: %s" % (error.get("Code"), error.get("Message")),
                     hint="Delete it in the EC2 console if it persists",

@@ -29,6 +29,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     UserInputError,
     redact,
 )
+from ansible_collections.nixforge.images.plugins.module_utils.retry import CLOUD_API_POLICY as DEFAULT_POLICY
 from ansible_collections.nixforge.images.plugins.module_utils.retry import (
     RetryingClient,
     RetryPolicy,
@@ -137,8 +138,6 @@ CAPACITY_ERROR_CODES = frozenset(
         "UnfulfillableCapacity",
     ]
 )
-
-DEFAULT_POLICY = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=20.0, max_total_delay=90.0)
 
 
 def ec2_argument_spec() -> Dict[str, Any]:

@@ -32,6 +32,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     UserInputError,
     redact,
 )
+from ansible_collections.nixforge.images.plugins.module_utils.retry import CLOUD_API_POLICY as DEFAULT_POLICY
 from ansible_collections.nixforge.images.plugins.module_utils.retry import (
     RetryingClient,
     RetryPolicy,
@@ -72,7 +73,6 @@ __all__ = [
 REQUIRED_LIBRARIES = [("packet-python", HAS_PACKET, PACKET_IMPORT_ERROR)]
 DEFAULT_API_URL = "api.equinix.com/metal/v1"
 TOKEN_ENV = ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN")
-DEFAULT_POLICY = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=20.0, max_total_delay=90.0)
 PER_PAGE = 100
 
 

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
-__all__ = ["RetryPolicy", "backoff_delays", "call_with_retry", "is_retryable_http_status"]
+__all__ = ["CLOUD_API_POLICY", "RetryPolicy", "backoff_delays", "call_with_retry", "is_retryable_http_status"]
 
 T = TypeVar("T")
 Classifier = Callable[[BaseException], bool]
@@ -60,6 +60,10 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+
+# The policy of the EC2 and Metal clients (declared once here): a throttled burst gets
+# eight tries; 90 s of sleep at most keeps a stuck API from eating the user's wait_timeout.
+CLOUD_API_POLICY = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=20.0, max_total_delay=90.0)
 
 
 def is_retryable_http_status(status: Optional[int]) -> bool:

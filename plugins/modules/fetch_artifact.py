@@ -19,7 +19,8 @@ description:
   - The partial file is C(.<name>.part) next to O(dest), with each stream's progress in C(.<name>.part.state);
     a run cut off (timeout, Ctrl-C, network) resumes every stream where it stopped, as long as the source is the
     same file (path, size, modification time). A copy whose sha256 differs from the builder's is removed and
-    the task fails. A file at O(dest) with the builder's sha256 is not fetched again.
+    fetched once more from scratch; when that copy differs too, the task fails and nothing is kept.
+    A file at O(dest) with the builder's sha256 is not fetched again.
   - Runs on the controller; the builder needs a Python 3 (the one Ansible uses) and nothing else.
 author:
   - nixforge.images contributors (@nixforge)
@@ -116,6 +117,15 @@ resumed_bytes:
   description: Bytes an earlier, interrupted run had already fetched.
   returned: success
   type: int
+corrupt_copies:
+  description:
+    - The sha256 of each copy that differed from the builder's file (bytes changed on the way, or in the partial
+      file an earlier run kept). Such a copy is removed and the file fetched once more from scratch; when the
+      second copy differs too the task fails and nothing is kept at O(dest).
+  returned: success
+  type: list
+  elements: str
+  version_added: 0.2.0
 already_there:
   description: Whether O(dest) already held the file.
   returned: success

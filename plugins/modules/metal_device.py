@@ -115,6 +115,15 @@ options:
       - Metal usually provisioned bare metal in 2 to 10 minutes, NixOS and spot devices sometimes longer.
     type: int
     default: 900
+  device_ids:
+    description:
+      - With O(state=absent), ids of devices the caller knows the build had (for example from the record
+        provisioning wrote). One the provider already removed (a spot market reclaim, its C(termination_time))
+        is then still reported in RV(ended), although the API no longer lists it.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
   nix_system_features:
     description:
       - Nix system features the NixOS builder announces (only for NixOS operating systems).
@@ -170,6 +179,19 @@ EXAMPLES = r"""
     build_id: do-image-42
     project_id: "{{ metal_project_id }}"
     state: absent
+
+- name: Remove the build's device, and say whether the provider had already ended it
+  nixforge.images.metal_device:
+    build_id: do-image-42
+    project_id: "{{ metal_project_id }}"
+    state: absent
+    device_ids: ["{{ builder.device.id }}"]
+  register: gone
+
+- name: Report a reclaimed builder
+  ansible.builtin.debug:
+    msg: "{{ item.code }} on {{ item.device_id }}: {{ item.message }}"
+  loop: "{{ gone.ended }}"
 
 - name: Set the endpoint and the project once for every Metal task
   module_defaults:
@@ -327,6 +349,17 @@ removed:
       description: SSH key UUIDs.
       type: list
       elements: str
+ended:
+  description:
+    - Devices of the build that the provider ended before this task deleted them (reclaimed by the spot market,
+      or at their C(termination_time)), with the event that says so. Found among the devices still listed and
+      among O(device_ids) that the API no longer lists, through the project's events.
+  returned: when O(state=absent)
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  sample: [{device_id: 6f1f0c0e-8a43-4a52-9d4b-2f0e8c1b7a11, code: termination.spot_market,
+            message: "Device reclaimed: the spot market price exceeded the bid"}]
 build:
   description: The build identity the resources carry.
   returned: always
@@ -337,6 +370,7 @@ build:
 from functools import partial
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.nixforge.images.plugins.module_utils._discovery_metal import ended_devices
 from ansible_collections.nixforge.images.plugins.module_utils._metal_device import (
     GONE_STATES,
     Device,
@@ -369,6 +403,7 @@ class MetalDevice(NixforgeModule):
         max_price=dict(type="float", aliases=["spot_price_max"]),
         require_kvm=dict(type="bool", default=False),
         nix_system_features=dict(type="list", elements="str"),
+        device_ids=dict(type="list", elements="str", default=[]),
     )
     module_kwargs = dict(required_if=[["state", "present", ["plan", "public_key"]]])
     provider_argument_spec = metal_argument_spec()
@@ -389,6 +424,10 @@ class MetalDevice(NixforgeModule):
             self.engine.check_project()
             self.devices = self.engine.devices(include_gone=True)
             self.keys = self.engine.keys()
+            # before any delete of ours, so that only the provider's ends are reported
+            self.result["ended"] = ended_devices(
+                client, project_id_of(self.params), self.devices, self.params["device_ids"]
+            )
             return
         checked = check_device_input(self.params, self.identity)
         # The project and the catalogue are the first calls: a bad token fails here.

@@ -23,6 +23,7 @@ from _pipeline import (
     sandbox_env,
     snapshot,
 )
+from _record import recording, records, result_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -176,8 +177,26 @@ def test_teardown_without_provisioning_is_safe(sandbox: dict[str, str], existing
         "        tasks_from: teardown\n"
     )
     variables = provision_vars(existing, "t-ssh-never", tmp_path, "root")
-    proc = run_playbook(play, playbook_env(sandbox), variables)
+    before = snapshot(existing)
+    record = tmp_path / "record.jsonl"
+    proc = run_playbook(play, recording(playbook_env(sandbox), record), variables)
     assert proc.returncode == 0, proc.stdout[-4000:]
+    recorded = records(record)
+    # it reports that there was nothing to remove, changes nothing and says so
+    published = result_of(recorded, "Publish the teardown result", "ok")["result"]["ansible_facts"]
+    assert published["builder_host_teardown_result"] == {
+        "provider": "ssh",
+        "build_id": "t-ssh-never",
+        "removed": {},
+        "ended": [],
+    }, published
+    changed = [r["task"] for r in recorded if r["result"].get("changed")]
+    assert changed == [], changed
+    assert [r for r in recorded if r["status"] in ("failed", "unreachable")] == []
+    # the host was not touched (teardown never logged in to undo anything) and no state appeared
+    assert snapshot(existing) == before
+    assert not (tmp_path / "state").exists()
+    assert resources_of("t-ssh-never") == []
 
 
 LOCAL = """

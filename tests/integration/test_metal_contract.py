@@ -38,7 +38,7 @@ SPEC = next(
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox import testing  # noqa: E402
-from nfsandbox.metal_testing import MetalSandbox, write_keys  # noqa: E402
+from nfsandbox.metal.testing import MetalSandbox, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from _pipeline import BIN, INVENTORY, ROOT, playbook_env, resources_of, run_playbook, sandbox_env, set_faults
+from _record import failures, recording, records, result_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -61,7 +61,19 @@ def run(env: dict[str, str], tmp_path: Path, build_id: str, *args: str, **extra:
         "builder_host_state_dir": str(tmp_path / "state"),
         **extra,
     }
-    return run_playbook(PLAYBOOK, playbook_env(env), variables, *args)
+    return run_playbook(PLAYBOOK, recording(playbook_env(env), tmp_path / "record.jsonl"), variables, *args)
+
+
+def recorded(tmp_path: Path) -> list[dict[str, Any]]:
+    """The task results of the runs made with run() in this test."""
+    return records(tmp_path / "record.jsonl")
+
+
+def failure_message(tmp_path: Path) -> str:
+    """The message the play stopped with (its last failed task), whitespace folded."""
+    failed = failures(recorded(tmp_path))
+    assert failed, "no task failed"
+    return " ".join(str(failed[-1]["result"].get("msg", "")).split())
 
 
 def ec2_client(env: dict[str, str]) -> Any:
@@ -82,12 +94,14 @@ def instances_ever(env: dict[str, str], build_id: str) -> list[dict[str, Any]]:
     return [i for r in pages["Reservations"] for i in r["Instances"]]
 
 
-def summary(stdout: str) -> dict[str, str]:
+def summary(tmp_path: Path) -> dict[str, str]:
+    """The lines of the Summary task's message (`Key:   value`), from its recorded result."""
+    lines = result_of(recorded(tmp_path), "Summary", "ok")["result"]["msg"]
     out = {}
-    for key in ("Image", "Built on", "Size", "sha256", "Builder", "Price", "Elapsed", "Cost (est)", "Build id"):
-        m = re.search(r"""(?m)^\s*-?\s*['"]?%s:\s+(.*?)['"]?$""" % re.escape(key), stdout)
-        if m:
-            out[key] = m.group(1)
+    for line in lines:
+        key, _sep, value = " ".join(line.split()).partition(": ")
+        out[key] = value.strip()
+    assert {"Image", "Size", "sha256", "Builder", "Price", "Elapsed", "Cost (est)", "Build id"} <= set(out), out
     return out
 
 
@@ -106,7 +120,7 @@ def test_end_to_end_with_vvvv(env: dict[str, str], tmp_path: Path) -> None:
     proc = run(env, tmp_path, build_id, "-vvvv")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
-    s = summary(proc.stdout)
+    s = summary(tmp_path)
     image = Path(s["Image"])
     assert image.is_file() and image.parent == tmp_path / "artifacts"
     assert image.name.endswith(".img.zst")
@@ -141,7 +155,7 @@ def test_remote_build_mode(env: dict[str, str], tmp_path: Path) -> None:
     expected = hashlib.sha256((out / "sd-image" / "nixos-sd-image-sandbox-aarch64-linux.img.zst").read_bytes())
     proc = run(env, tmp_path, build_id, nixforge_build_mode="remote", nixos_image_module=str(module))
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
-    s = summary(proc.stdout)
+    s = summary(tmp_path)
     image = Path(s["Image"])
     assert image.parent == tmp_path / "artifacts"
     check_image(image, expected.hexdigest())
@@ -166,7 +180,7 @@ def test_rerun_adopts_the_running_builder(env: dict[str, str], tmp_path: Path) -
         assert len(instances_ever(env, build_id)) == 1
         proc = run(env, tmp_path, build_id)
         assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
-        assert "(adopted)" in summary(proc.stdout)["Builder"]
+        assert summary(tmp_path)["Builder"].endswith("(adopted)")
         assert len(instances_ever(env, build_id)) == 1  # the same instance, no second one
     finally:
         reap = run_playbook(ROOT / "playbooks" / "reap.yml", playbook_env(env), variables)
@@ -178,8 +192,13 @@ def test_failing_build_leaves_nothing(env: dict[str, str], tmp_path: Path) -> No
     build_id = new_id("t-fail")
     proc = run(env, tmp_path, build_id, nixos_image_attribute="nixosConfigurations.nope.config.system.build.sdImage")
     assert proc.returncode != 0
-    assert f"Build {build_id} failed and everything it created was removed" in proc.stdout
-    assert "nope" in proc.stdout  # the reason is in the message
+    message = failure_message(tmp_path)
+    assert message.startswith(f"Build {build_id} failed and everything it created was removed. "), message
+    # the reason: the build task's own error, naming the attribute that does not exist
+    build = result_of(recorded(tmp_path), "Build ", "failed")["result"]["msg"]
+    assert "nixosConfigurations.nope" in build or "'nope'" in build, build
+    assert " ".join(build.split())[:200] in message
+    assert "The provider ended the builder" not in message
     assert resources_of(build_id) == []
     assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
 
@@ -189,8 +208,11 @@ def test_no_spot_capacity_anywhere(env: dict[str, str], tmp_path: Path) -> None:
     set_faults(env, "ec2", {"capacity": [{"market": "spot"}]})
     proc = run(env, tmp_path, build_id)
     assert proc.returncode != 0
-    assert f"Build {build_id}: provisioning the builder failed" in proc.stdout
-    assert "capacity" in proc.stdout.lower()
+    message = failure_message(tmp_path)
+    assert message.startswith(f"Build {build_id}: provisioning the builder failed, and everything it had"), message
+    launch = result_of(recorded(tmp_path), "Launch or adopt the build's EC2 instance", "failed")["result"]
+    assert "InsufficientInstanceCapacity" in launch["msg"], launch["msg"]
+    assert " ".join(launch["msg"].split())[:120] in message
     assert resources_of(build_id) == []
     assert instances_ever(env, build_id) == []
 
@@ -200,8 +222,15 @@ def test_no_capacity_on_first_candidate_only(env: dict[str, str], tmp_path: Path
     set_faults(env, "ec2", {"capacity": [{"instance_type": "a1.2xlarge", "market": "spot"}]})
     proc = run(env, tmp_path, build_id)
     assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
-    builder = summary(proc.stdout)["Builder"]
-    assert not builder.startswith("a1.2xlarge")
+    launch = result_of(recorded(tmp_path), "Launch or adopt the build's EC2 instance", "ok")["result"]
+    errors = launch["candidate_errors"]
+    # a1.2xlarge was tried (in each zone it is offered in) and had no spot capacity; nothing else failed
+    assert errors and {(e["instance_type"], e["lifecycle"], e["code"]) for e in errors} == {
+        ("a1.2xlarge", "spot", "InsufficientInstanceCapacity")
+    }, errors
+    assert len({e["availability_zone"] for e in errors}) == len(errors)
+    assert launch["instance_type"] != "a1.2xlarge"
+    assert summary(tmp_path)["Builder"].startswith(launch["instance_type"] + " ")
     assert resources_of(build_id) == []
 
 
@@ -242,9 +271,13 @@ def test_bad_input_fails_before_creating(
             run_env[key] = value
         else:
             run_env.pop(key, None)
-    proc = run_playbook(PLAYBOOK, run_env, variables)
+    proc = run_playbook(PLAYBOOK, recording(run_env, tmp_path / "record.jsonl"), variables)
     assert proc.returncode != 0
-    assert named in proc.stdout, proc.stdout[-4000:]
+    message = failure_message(tmp_path)
+    assert named in message, message
+    # refused before anything was rented: the EC2 module never ran, or refused its input
+    launched = [r for r in recorded(tmp_path) if r["task"].endswith("Launch or adopt the build's EC2 instance")]
+    assert all(r["status"] == "failed" and not r["result"].get("instance_id") for r in launched), launched
     assert instances_ever(env, build_id) == []
     assert resources_of(build_id) == []
     assert not os.path.exists(tmp_path / "artifacts")
@@ -264,8 +297,9 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         "nixos_image_module": str(module.parent),
     }
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
+    run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
     proc = subprocess.Popen(
-        argv, env=playbook_env(env), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
     try:
@@ -281,8 +315,18 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
     output = "".join(lines)
     assert any(line.startswith("TASK [nixforge.images.nixos_image : Build ") for line in lines), output[-6000:]
     assert proc.returncode != 0
-    assert f"Build {build_id} failed and everything it created was removed" in output, output[-6000:]
-    assert "The provider ended the builder: Server.SpotInstanceTermination on i-" in output, output[-6000:]
+    instance_id = result_of(recorded(tmp_path), "Launch or adopt the build's EC2 instance", "ok")["result"][
+        "instance_id"
+    ]
+    teardown = result_of(recorded(tmp_path), "Remove every EC2 resource of the build", "ok")["result"]
+    assert [(e["instance_id"], e["code"]) for e in teardown["ended"]] == [
+        (instance_id, "Server.SpotInstanceTermination")
+    ], teardown["ended"]
+    message = failure_message(tmp_path)
+    assert message.startswith(f"Build {build_id} failed and everything it created was removed."), message
+    assert message.endswith(f"The provider ended the builder: Server.SpotInstanceTermination on {instance_id}."), (
+        message
+    )
     assert resources_of(build_id) == []
     assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
 

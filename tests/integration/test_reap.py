@@ -27,7 +27,7 @@ from _pipeline import ROOT, playbook_env, resources_of, run_playbook, sandbox_en
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, qcow2_image
-from nfsandbox.metal_testing import MetalSandbox
+from nfsandbox.metal.testing import MetalSandbox
 
 pytestmark = [pytest.mark.sandbox]
 PLAYBOOK = ROOT / "playbooks" / "reap.yml"

@@ -25,11 +25,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from nfsandbox import client, cloudinit, procs
-from nfsandbox.aptproxy import machine_mirrors
+from nfsandbox import client, procs
 from nfsandbox.cli import env_lines
 from nfsandbox.config import Instance
-from nfsandbox.rootfs import normalize_suite
+from nfsandbox.hosts import cloudinit
+from nfsandbox.hosts.aptproxy import machine_mirrors
+from nfsandbox.hosts.rootfs import normalize_suite
 from nfsandbox.testing import (
     SANDBOXCTL,
     SandboxHandle,

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox import testing  # noqa: E402
-from nfsandbox.metal_testing import MetalSandbox, collection_on_path, write_keys  # noqa: E402
+from nfsandbox.metal.testing import MetalSandbox, collection_on_path, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
@@ -38,13 +38,25 @@ def metal(sandbox):
     manager = sandbox.manager()
     yield manager
     sandbox.set_faults({})
-    for dev in manager.call_api("projects/%s/devices" % sandbox.project_id, params={"per_page": 1000})["devices"]:
-        if dev["state"] != "deprovisioning":
-            manager.call_api("devices/%s" % dev["id"], "DELETE")
-    for key in manager.call_api("ssh-keys")["ssh_keys"]:
-        manager.call_api("ssh-keys/%s" % key["id"], "DELETE")
+    # Look first, then clean: what the test did not remove itself is a leak, reported as
+    # such (and still cleaned, so that the next test starts from nothing).
+    devices = manager.call_api("projects/%s/devices" % sandbox.project_id, params={"per_page": 1000})["devices"]
+    keys = manager.call_api("ssh-keys")["ssh_keys"]
+    left = [("device", d["id"], d["state"]) for d in devices if d["state"] != "deprovisioning"]
+    left += [("ssh_key", k["id"], k.get("label")) for k in keys]
+    for kind, item_id, _what in left:
+        manager.call_api("%s/%s" % ("devices" if kind == "device" else "ssh-keys", item_id), "DELETE")
     wait_until(lambda: not sandbox.metal_resources(), 60, "Metal resources to be gone")
+    assert left == [], "the test left Metal resources behind"
     assert sandbox.leftovers() == []
+
+
+def delete(metal, device_ids=(), key_ids=()) -> None:
+    """What a test created, removed by the test itself (the fixture counts anything else as a leak)."""
+    for device_id in device_ids:
+        metal.call_api("devices/%s" % device_id, "DELETE")
+    for key_id in key_ids:
+        metal.call_api("ssh-keys/%s" % key_id, "DELETE")
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -177,6 +189,7 @@ def test_device_life_cycle_and_root_ssh(sandbox, metal, tmp_path):
     assert metal.call_api("devices/%s" % device["id"])["state"] == "deprovisioning"
     wait_until(lambda: gone(metal, device["id"]), 60, "the device to be gone")
     assert not [r for r in sandbox.resources() if r.get("ip") == ip]
+    delete(metal, key_ids=[key.id])
 
 
 def test_termination_time_ends_the_device(sandbox, metal, tmp_path):
@@ -205,6 +218,7 @@ def test_failed_provisioning_fault(sandbox, metal):
     # the knob was used up: the next device is fine
     ok = create(metal, sandbox, hostname="t2")
     assert wait_state(metal, ok["id"], ("failed", "active"))["state"] == "active"
+    delete(metal, [device["id"], ok["id"]])
 
 
 def test_slow_provisioning_fault(sandbox, metal):
@@ -213,6 +227,7 @@ def test_slow_provisioning_fault(sandbox, metal):
     started = time.time()
     wait_state(metal, device["id"], ("active",))
     assert time.time() - started >= 4
+    delete(metal, [device["id"]])
 
 
 def test_error_bodies_and_paging(sandbox, metal):
@@ -252,13 +267,13 @@ def test_error_bodies_and_paging(sandbox, metal):
     assert status == 500
     assert sandbox.metal_resources() == []  # the failed create made nothing
 
-    for i in range(3):
-        create(metal, sandbox, hostname="p%d" % i)
+    paged = [create(metal, sandbox, hostname="p%d" % i)["id"] for i in range(3)]
     page = metal.call_api("projects/%s/devices" % sandbox.project_id, params={"page": 1, "per_page": 2})
     assert len(page["devices"]) == 2 and page["meta"]["total"] == 3 and page["meta"]["next"]["href"]
     page = metal.call_api("projects/%s/devices" % sandbox.project_id, params={"page": 2, "per_page": 2})
     assert len(page["devices"]) == 1 and page["meta"]["next"] is None
     assert len(metal.list_all_devices(sandbox.project_id)) == 3  # packet-python follows meta.next
+    delete(metal, paged)
 
 
 def test_catalogue(metal):
@@ -299,6 +314,7 @@ def test_nixos_device_gets_host_key_and_userdata_file(sandbox, metal, tmp_path):
     mode, digest = out.split("\n")[0], out.split("\n")[1].split()[0]
     assert mode == "600"
     assert digest == hashlib.sha256(userdata.encode()).hexdigest()
+    delete(metal, [device["id"]])
 
 
 def test_script_userdata_and_poweroff_from_the_os(sandbox, metal, tmp_path):
@@ -341,3 +357,4 @@ def test_script_userdata_and_poweroff_from_the_os(sandbox, metal, tmp_path):
     assert any(r["type"] == "device" and r["id"] == device["id"] for r in sandbox.metal_resources())
     metal.call_api("devices/%s/actions" % device["id"], "POST", {"type": "power_on"})
     wait_state(metal, device["id"], ("active",))
+    delete(metal, [device["id"]], [key.id])

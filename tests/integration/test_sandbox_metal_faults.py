@@ -8,7 +8,7 @@ from typing import Any
 
 import packet
 import pytest
-from nfsandbox.metal_testing import MetalSandbox
+from nfsandbox.metal.testing import MetalSandbox
 
 pytestmark = [pytest.mark.sandbox]
 

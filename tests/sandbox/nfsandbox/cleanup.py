@@ -14,7 +14,7 @@ from pathlib import Path
 from . import procs
 from .cmd import run
 from .config import Instance
-from .network import NETNS_DIR, Network
+from .hosts.network import NETNS_DIR, Network
 
 
 def _instance_mounts(inst: Instance) -> list[str]:

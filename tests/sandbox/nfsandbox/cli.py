@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import cleanup, client, procs, rootfs
-from .aptproxy import machine_mirrors
+from . import cleanup, client, procs
 from .config import INSTANCE_ENV, Instance, instance_from_env
+from .hosts import rootfs
+from .hosts.aptproxy import machine_mirrors
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # tests/sandbox, for PYTHONPATH
 UP_TIMEOUT = float(os.environ.get("NIXFORGE_SANDBOX_UP_TIMEOUT", "1200"))

@@ -23,13 +23,13 @@ import time
 from typing import Any
 
 from . import procs
-from .aptproxy import AptProxy, machine_mirrors
 from .config import DEFAULT_PROVIDERS, Instance
 from .control import ControlAPI
 from .hosts import HostPool
-from .network import Network
+from .hosts.aptproxy import AptProxy, machine_mirrors
+from .hosts.network import Network
+from .hosts.rootfs import DEFAULT_SUITE, BaseImages, normalize_suite
 from .providers import Providers
-from .rootfs import DEFAULT_SUITE, BaseImages, normalize_suite
 from .tls import CertificateAuthority
 
 log = logging.getLogger("nfsandbox.daemon")

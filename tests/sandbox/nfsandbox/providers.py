@@ -1,4 +1,4 @@
-"""Emulated cloud providers, loaded by name from `nfsandbox/<name>.py`.
+"""Emulated cloud providers, loaded by name from the package `nfsandbox/<name>/`.
 
 The contract a provider module fulfils (README.md, "Providers"):
 

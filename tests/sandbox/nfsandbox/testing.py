@@ -13,6 +13,8 @@ ambiguous in one pytest run.
   (an inventory of sandbox hosts over real SSH with pinned host keys, never
   host_key_checking=False) and `play_module(...)` (a module's tasks on localhost, their
   registered results returned) are built on it.
+- `EmulatorSandbox`: what the helpers of each emulator (`metal/testing.py`, ...) share:
+  the control API, its fault knobs, `resources --json` narrowed to the emulator.
 - Fixtures, one per emulator (import them into the test module): `ec2_sandbox`,
   `metal_sandbox`.
 """
@@ -26,14 +28,17 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import client
 from .cli import env_lines
 from .config import Instance
-from .metal_testing import MetalSandbox
+
+if TYPE_CHECKING:  # metal.testing builds on EmulatorSandbox below
+    from .metal.testing import MetalSandbox
 
 REPO = Path(__file__).resolve().parents[3]
 SANDBOX_DIR = REPO / "tests" / "sandbox"
@@ -112,6 +117,40 @@ class SandboxHandle:
 
     def stop_host(self, name: str) -> dict[str, Any]:
         return self.call("DELETE", f"/hosts/{name}")
+
+
+class EmulatorSandbox:
+    """Base of an emulator's test helpers: the control API of the sandbox it runs in, its
+    fault knobs (``POST /faults/<provider>``) and what ``sandboxctl resources --json``
+    lists of it (``mine`` says which records are the emulator's)."""
+
+    provider = ""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.control_url: str = state["control_url"]
+        self.instance: int = int(state["instance"])
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.control_url + path, data=data, method=method)  # noqa: S310
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback control API
+            return json.loads(response.read() or b"null")
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        self.control("POST", f"/faults/{self.provider}", faults)
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.control("GET", "/resources")["resources"]
+
+    def mine(self, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in resources if r.get("provider") == self.provider]
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """What `sandboxctl resources --json` lists of this emulator (the check tests end with)."""
+        proc = sandboxctl("resources", "--json", instance=self.instance, timeout=120)
+        return self.mine(json.loads(proc.stdout)["resources"])
 
 
 # -- Ansible ------------------------------------------------------------------------------
@@ -328,6 +367,8 @@ if pytest is not None:
     @pytest.fixture(scope="module")
     def metal_sandbox(sandbox_instance: SandboxHandle) -> MetalSandbox:
         """The Metal emulator of the session's sandbox (skips, saying why, without one)."""
+        from .metal.testing import MetalSandbox
+
         state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
         if state is None:
             pytest.skip(reason)

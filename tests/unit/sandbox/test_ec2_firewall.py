@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
-from nfsandbox import ec2_firewall
+from nfsandbox.ec2 import firewall as ec2_firewall
 
 
 def rule(proto, low, high, cidr=None, group=None):

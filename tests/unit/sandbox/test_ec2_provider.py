@@ -19,8 +19,10 @@ from botocore.exceptions import ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
-from nfsandbox import ec2, ec2_catalog, ec2_moto
-from nfsandbox.ec2_faults import FaultError
+from nfsandbox import ec2
+from nfsandbox.ec2 import catalog as ec2_catalog
+from nfsandbox.ec2 import patches as ec2_moto
+from nfsandbox.ec2.faults import FaultError
 
 DEBIAN = ec2_catalog.DEBIAN_OWNER
 
@@ -430,8 +432,29 @@ def test_instant_fleet_skips_a_candidate_without_capacity(cloud):
     gone = _fleet(ec2c, lt, overrides[1:], strategy="capacity-optimized-prioritized")
     ec2c.terminate_instances(InstanceIds=gone["Instances"][0]["InstanceIds"])
     deleted = ec2c.delete_fleets(FleetIds=[gone["FleetId"]], TerminateInstances=True)
-    assert deleted["SuccessfulFleetDeletions"][0]["FleetId"] == gone["FleetId"]
+    assert deleted["SuccessfulFleetDeletions"] == [
+        {"FleetId": gone["FleetId"], "CurrentFleetState": "deleted_terminating", "PreviousFleetState": "active"}
+    ]
     assert deleted["UnsuccessfulFleetDeletions"] == []
+    # strict as EC2 documents DeleteFleets: a deleted fleet is not deleted again, unknown
+    # and malformed ids are reported per fleet, and an instant fleet never goes without its
+    # instances (nothing is deleted then)
+    again = ec2c.delete_fleets(
+        FleetIds=[gone["FleetId"], "fleet-0123abcd-0123-4567-89ab-0123456789ab", "nope"], TerminateInstances=True
+    )
+    assert again["SuccessfulFleetDeletions"] == []
+    assert [(f["FleetId"], f["Error"]["Code"]) for f in again["UnsuccessfulFleetDeletions"]] == [
+        (gone["FleetId"], "fleetNotInDeletableState"),
+        ("fleet-0123abcd-0123-4567-89ab-0123456789ab", "fleetIdDoesNotExist"),
+        ("nope", "fleetIdMalformed"),
+    ]
+    kept = _fleet(ec2c, lt, overrides[1:], strategy="capacity-optimized-prioritized")
+    with pytest.raises(ClientError) as refused:
+        ec2c.delete_fleets(FleetIds=[kept["FleetId"]], TerminateInstances=False)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterCombination"
+    assert ec2c.describe_fleets(FleetIds=[kept["FleetId"]])["Fleets"][0]["FleetState"] == "active"
+    ec2c.delete_fleets(FleetIds=[kept["FleetId"]], TerminateInstances=True)
+    wait_state(ec2c, kept["Instances"][0]["InstanceIds"][0], "terminated")
     ec2c.delete_launch_template(LaunchTemplateId=lt)
     assert cloud.provider.resources() == []
 

@@ -133,6 +133,40 @@ def test_ec2_by_build_id_filters_on_that_tag() -> None:
     assert {"Name": "tag:nixforge-build-id", "Values": ["b7"]} in client.asked["describe_security_groups"]
 
 
+def test_ec2_spot_host_looks_a_build_up_with_the_reapers_finders() -> None:
+    from ansible_collections.nixforge.images.plugins.module_utils._ec2_build import BuildResources
+    from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
+
+    client = FakeEc2(
+        {
+            "describe_fleets": [
+                {"FleetId": "fleet-1", "FleetState": "active", "Tags": ec2_tags("b1")},
+                {"FleetId": "fleet-2", "FleetState": "active", "Tags": ec2_tags("other")},
+                {"FleetId": "fleet-3", "FleetState": "deleted_running", "Tags": ec2_tags("b1")},
+            ],
+            "describe_instances": [{"InstanceId": "i-2", "LaunchTime": "2"}, {"InstanceId": "i-1", "LaunchTime": "1"}],
+            "describe_security_groups": [{"GroupId": "sg-1"}],
+            "describe_key_pairs": [{"KeyName": "nixforge-b1-ssh"}],
+        }
+    )
+    found = BuildResources(client, BuildIdentity("b1")).find()
+    assert [f["FleetId"] for f in found["fleets"]] == ["fleet-1"]
+    assert [i["InstanceId"] for i in found["instances"]] == ["i-1", "i-2"]  # oldest first
+    assert found["security_groups"] == [{"GroupId": "sg-1"}] and found["launch_templates"] == []
+    assert found["key_pairs"] == [{"KeyName": "nixforge-b1-ssh"}] and found["volumes"] == []
+    by_build = {"Name": "tag:nixforge-build-id", "Values": ["b1"]}
+    for operation in (
+        "describe_instances",
+        "describe_launch_templates",
+        "describe_security_groups",
+        "describe_key_pairs",
+    ):
+        assert by_build in client.asked[operation], operation
+    assert "shutting-down" in next(
+        f["Values"] for f in client.asked["describe_instances"] if f["Name"] == "instance-state-name"
+    )
+
+
 # -- Metal -----------------------------------------------------------------------------
 
 

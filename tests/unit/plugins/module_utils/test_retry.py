@@ -115,3 +115,16 @@ def test_policy_validation():
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(base_delay=-1)
+
+
+def test_ec2_and_metal_clients_share_the_one_cloud_api_policy():
+    """The EC2 and Metal clients retry by the policy declared once in retry.py."""
+    from ansible_collections.nixforge.images.plugins.module_utils import ec2, metal, retry
+
+    policy = retry.CLOUD_API_POLICY
+    assert (policy.max_attempts, policy.base_delay, policy.max_delay, policy.max_total_delay) == (8, 0.5, 20.0, 90.0)
+    assert ec2.AwsClient(object()).policy is policy
+    assert metal.MetalClient(object()).policy is policy
+    own = RetryPolicy(max_attempts=2)
+    assert ec2.AwsClient(object(), policy=own).policy is own
+    assert metal.MetalClient(object(), policy=own).policy is own

@@ -297,6 +297,7 @@ def test_absent_by_name_then_by_build_id(do):
     assert check.result["changed"] is True and len(check.result["deleted"]) == 1
     assert len(do.images()) == 2
     out = run(do, state="absent", name=None)
+    assert out.result["actions"] == check.result["actions"]  # check mode reported what the run did
     assert out.result["actions"][0].startswith("delete image two (")
     assert [i["name"] for i in do.images()] == ["other"]
     again = run(do, state="absent", name=None)

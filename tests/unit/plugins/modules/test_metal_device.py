@@ -1,7 +1,7 @@
 """Unit tests of metal_device and module_utils/metal.py.
 
 The Metal API here is the sandbox emulator's state machine (tests/sandbox/nfsandbox/
-metal_api.py) served in-process through `responses`, with hosts stubbed out: packet-python
+metal/api.py) served in-process through `responses`, with hosts stubbed out: packet-python
 runs its real request code, the module runs its real logic, no network and no root needed.
 The real HTTPS emulator with real hosts is exercised by tests/integration/test_metal_device.py.
 """
@@ -28,7 +28,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import Retry
 from ansible_collections.nixforge.images.plugins.modules import metal_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sandbox"))
-from nfsandbox.metal_api import MetalAPI
+from nfsandbox.metal.api import MetalAPI
 
 TOKEN = "unit-token-5b1f0c2e9d"
 HOST_PRIVATE = """-----BEGIN OPENSSH PRIVATE KEY-----
@@ -396,7 +396,7 @@ def test_lost_create_reply_does_not_create_twice(api, exits, monkeypatch):
         result = original(query, body, project_id)
         calls.append(1)
         if len(calls) == 1:
-            from nfsandbox.metal_api import ApiError
+            from nfsandbox.metal.api import ApiError
 
             raise ApiError(502, "Bad gateway")
         return result

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 from urllib.parse import urlencode
 
-from . import metal_catalog as cat
+from . import catalog as cat
 
 log = logging.getLogger("nfsandbox.metal")
 
@@ -350,6 +350,8 @@ class MetalAPI:
         self.projects: dict[str, dict[str, Any]] = {}
         self.devices: dict[str, Device] = {}
         self.keys: dict[str, SSHKey] = {}
+        # Events of deprovisioned devices: the API keeps a project's events after its devices go.
+        self.past_events: dict[str, list[dict[str, Any]]] = {}
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self.default_project_id = self._create_project(project_name)["id"]
@@ -371,6 +373,7 @@ class MetalAPI:
             devices = list(self.devices.values())
             self.devices.clear()
             self.keys.clear()
+            self.past_events.clear()
         for dev in devices:
             with dev.lock:
                 dev.deleted = True
@@ -534,6 +537,7 @@ class MetalAPI:
         self._sleep(self.faults.get("deprovision_delay"))
         with self.lock:
             self.devices.pop(dev.id, None)
+            self.past_events.setdefault(dev.project_id, []).extend(self._device_events(dev))
         log.info("metal: device %s deprovisioned", dev.id)
 
     def _start_deprovision(self, dev: Device, reason: str) -> None:
@@ -575,6 +579,7 @@ class MetalAPI:
             for dev in due:
                 if not dev.deleted:
                     log.info("metal: device %s reached its termination_time", dev.id)
+                    dev.event("termination.time", "Device reached its termination_time")
                     self._start_deprovision(dev, "Device terminated at its termination_time")
 
     def _power_on(self, dev: Device) -> None:
@@ -649,6 +654,8 @@ class MetalAPI:
             ("GET", rf"projects/({uuid_re})/devices", self._list_devices),
             ("POST", rf"projects/({uuid_re})/devices", self._create_device),
             ("GET", rf"projects/({uuid_re})/ssh-keys", self._list_project_keys),
+            ("GET", rf"projects/({uuid_re})/events", self._list_project_events),
+            ("GET", rf"devices/({uuid_re})/events", self._list_device_events),
             ("POST", rf"projects/({uuid_re})/ssh-keys", self._create_project_key),
             ("GET", r"ssh-keys", self._list_keys),
             ("POST", r"ssh-keys", self._create_user_key),
@@ -796,6 +803,26 @@ class MetalAPI:
                 continue
             out.append(d.view())
         return self._page(out, query, f"/projects/{project_id}/devices", "devices")
+
+    @staticmethod
+    def _device_events(dev: Device) -> list[dict[str, Any]]:
+        with dev.lock:
+            return [dict(e, relationships=[{"href": cat.href(f"/devices/{dev.id}")}]) for e in dev.events]
+
+    def _list_project_events(self, query: dict[str, list[str]], body: Any, project_id: str) -> Response:
+        self._project(project_id)
+        with self.lock:
+            out = list(self.past_events.get(project_id, []))
+            devs = [d for d in self.devices.values() if d.project_id == project_id]
+        for d in devs:
+            out.extend(self._device_events(d))
+        out.sort(key=lambda e: e["created_at"], reverse=True)  # newest first, as the API lists them
+        return self._page(out, query, f"/projects/{project_id}/events", "events")
+
+    def _list_device_events(self, query: dict[str, list[str]], body: Any, device_id: str) -> Response:
+        dev = self._device(device_id)
+        out = sorted(self._device_events(dev), key=lambda e: e["created_at"], reverse=True)
+        return self._page(out, query, f"/devices/{device_id}/events", "events")
 
     def _create_device(self, query: Any, body: Any, project_id: str) -> Response:
         self._project(project_id)

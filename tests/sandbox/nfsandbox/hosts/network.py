@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .cmd import run
-from .config import Instance
+from ..cmd import run
+from ..config import Instance
 
-log = logging.getLogger("nfsandbox.network")
+log = logging.getLogger("nfsandbox.hosts.network")
 NETNS_DIR = Path("/run/netns")
 
 

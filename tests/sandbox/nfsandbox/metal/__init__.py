@@ -1,7 +1,7 @@
 """Equinix Metal emulator: the sandbox provider (loaded by the daemon as `nfsandbox.metal`).
 
-Pieces: `metal_catalog.py` (plans, metros, facilities, operating systems),
-`metal_api.py` (state machine and request handling), `metal_http.py` (HTTPS front).
+Pieces: `catalog.py` (plans, metros, facilities, operating systems),
+`api.py` (state machine and request handling), `http.py` (HTTPS front).
 This module wires them to the sandbox: TLS from the sandbox CA, the port reserved for
 "metal", and devices booted as real sandbox hosts through the HostPool.
 
@@ -59,9 +59,9 @@ from typing import Any, Callable
 
 import yaml
 
-from .metal_api import Device, MetalAPI
-from .metal_catalog import OPERATING_SYSTEMS
-from .metal_http import MetalHTTPServer
+from .api import Device, MetalAPI
+from .catalog import OPERATING_SYSTEMS
+from .http import MetalHTTPServer
 
 log = logging.getLogger("nfsandbox.metal")
 

@@ -3,7 +3,9 @@
 sb = MetalSandbox.running()          # None when no sandbox with Metal runs
 manager = sb.manager()                # packet-python, endpoint and CA set
 sb.set_faults({"throttle": 2})        # control API: POST /faults/metal
-sb.metal_resources()                  # what `sandboxctl resources --json` lists for metal
+sb.metal_resources()                  # what the control API lists of Metal
+sb.leftovers()                        # the same from `sandboxctl resources --json`
+(control API, faults and leftovers: nfsandbox.testing.EmulatorSandbox)
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import client
+from .. import client
+from ..testing import REPO, EmulatorSandbox, play_module, ssh_keypair
 
 
-class MetalSandbox:
+class MetalSandbox(EmulatorSandbox):
+    provider = "metal"
+
     def __init__(self, state: dict[str, Any]) -> None:
-        self.state = state
+        super().__init__(state)
         endpoints = state.get("endpoints") or {}
         self.endpoint: str = endpoints["metal_endpoint"]
         self.api_url: str = endpoints["metal_api_url"]
         self.token: str = endpoints["metal_token"]
         self.project_id: str = endpoints["metal_project_id"]
         self.ca_bundle: str = endpoints.get("metal_ca_bundle") or state["ca_bundle"]
-        self.control_url: str = state["control_url"]
-        self.instance: int = int(state["instance"])
 
     @classmethod
     def state_of(cls, number: int | None = None) -> tuple[dict[str, Any] | None, str]:
@@ -58,48 +61,19 @@ class MetalSandbox:
             "METAL_PROJECT_ID": self.project_id,
         }
 
-    # -- control API ---------------------------------------------------------------
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.control_url + path, data=data, method=method)  # noqa: S310
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback control API
-            return json.loads(response.read() or b"null")
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        self.control("POST", "/faults/metal", faults)
-
-    def resources(self) -> list[dict[str, Any]]:
-        return self.control("GET", "/resources")["resources"]
+    # -- control API (EmulatorSandbox) and what the sandbox lists of Metal ------------
+    def mine(self, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Metal devices and keys, plus the sandbox hosts Metal devices run on."""
+        return [r for r in resources if r.get("provider") == "metal" or str(r.get("owner", "")).startswith("metal:")]
 
     def metal_resources(self, resources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Metal devices and keys, plus the sandbox hosts Metal devices run on."""
-        out = []
-        for r in self.resources() if resources is None else resources:
-            if r.get("provider") == "metal" or str(r.get("owner", "")).startswith("metal:"):
-                out.append(r)
-        return out
-
-    def leftovers(self) -> list[dict[str, Any]]:
-        """What `sandboxctl resources --json` lists of Metal (the check tests end with)."""
-        import subprocess
-
-        proc = subprocess.run(
-            [str(REPO / "tests" / "sandbox" / "sandboxctl"), "--instance", str(self.instance), "resources", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return self.metal_resources(json.loads(proc.stdout)["resources"])
+        return self.mine(self.resources() if resources is None else resources)
 
     def play(
         self, workdir: Path, tasks: list[dict[str, Any]], env: dict[str, str] | None = None, **kwargs: Any
     ) -> tuple[list[dict[str, Any]], Any]:
         """`metal_device` once per entry of `tasks` through `testing.play_module`, with the
         endpoint, token, project and CA from the environment, the way a user sets them."""
-        from .testing import play_module
-
         return play_module("nixforge.images.metal_device", tasks, workdir, env={**self.env(), **(env or {})}, **kwargs)
 
     # -- the emulator's exchange recorder (not part of the Metal API) ----------------
@@ -120,17 +94,12 @@ class MetalSandbox:
 
 # -- keys and the collection for tests of metal_device ---------------------------------------
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 def write_keys(directory: Path) -> dict[str, str]:
     """A per-build user key and a host key, as builder_host makes them on the controller."""
-    import subprocess
-
     for name in ("id_ed25519", "ssh_host_ed25519_key"):
-        path = directory / name
-        if not path.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+        if not (directory / name).exists():
+            ssh_keypair(directory, name, comment=name)
     return {
         "ssh_public_key": (directory / "id_ed25519.pub").read_text().strip(),
         "host_key_private": (directory / "ssh_host_ed25519_key").read_text(),

@@ -28,10 +28,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .cmd import run
-from .config import cache_root
+from ..cmd import run
+from ..config import cache_root
 
-log = logging.getLogger("nfsandbox.rootfs")
+log = logging.getLogger("nfsandbox.hosts.rootfs")
 
 # Codenames by Debian version. Buster (10) stays selectable so a caller gets a clear
 # answer: this machine's mirror answers 404 for it (it moved to archive.debian.org).

@@ -5,8 +5,8 @@ Every instance moto launches (``RunInstances`` on-demand or spot, ``RequestSpotI
 the instance is ``pending`` until the host's sshd answers, then ``running`` with the host's
 address as its public IP (its private IP stays moto's). Terminating or stopping the
 instance stops the host; a host that powers itself off terminates the instance (shutdown
-behaviour ``terminate``) or stops it (``stop``). See ``ec2_moto`` for the gaps of moto that
-are filled in-process and ``ec2_faults`` for the fault knobs.
+behaviour ``terminate``) or stops it (``stop``). See ``patches`` for the gaps of moto that
+are filled in-process and ``faults`` for the fault knobs.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import ec2_catalog, ec2_firewall
-from .ec2_faults import Faults
+from . import catalog, firewall
+from .faults import Faults
 
 log = logging.getLogger("nfsandbox.ec2")
 
@@ -83,12 +83,12 @@ class Provider:
         state_dir = getattr(self.sandbox, "state_dir", None) or getattr(self.config, "state_dir", None)
         if state_dir is not None:
             os.makedirs(str(state_dir), exist_ok=True)
-        self._catalogue_path = ec2_catalog.write_catalogue(str(state_dir) if state_dir is not None else None)
+        self._catalogue_path = catalog.write_catalogue(str(state_dir) if state_dir is not None else None)
         self._configure_moto()
 
-        from . import ec2_moto
+        from . import patches
 
-        ec2_moto.install(self)
+        patches.install(self)
         port = 0  # a free one (unit tests); the daemon has a fixed port per instance
         if callable(getattr(self.sandbox, "port", None)):
             port = self.sandbox.port("ec2")
@@ -106,7 +106,7 @@ class Provider:
                 raise RuntimeError("the sandbox EC2 enforces security groups with nft: install nftables (make deps)")
             self._stopping.clear()
             threading.Thread(target=self._firewall_loop, name="ec2-security-groups", daemon=True).start()
-        log.info("EC2 (moto) listening on %s with %d Debian AMIs", self.endpoint, len(ec2_catalog.debian_amis()))
+        log.info("EC2 (moto) listening on %s with %d Debian AMIs", self.endpoint, len(catalog.debian_amis()))
         return {"ec2_endpoint": self.endpoint}
 
     def stop(self) -> None:
@@ -115,9 +115,9 @@ class Provider:
         if self._server is not None:
             self._server.stop()
             self._server = None
-        from . import ec2_moto
+        from . import patches
 
-        ec2_moto.uninstall()
+        patches.uninstall()
         self._restore_moto()
         if self._catalogue_path:
             try:
@@ -142,7 +142,7 @@ class Provider:
 
     def _interrupt_when_due(self) -> None:
         """Interrupt the spot instances the armed ``spot_interruption`` names, once due."""
-        from . import ec2_moto
+        from . import patches
 
         running_since: dict[str, float] = {}
         while True:
@@ -162,7 +162,7 @@ class Provider:
                 if now - since < float(entry.get("after_seconds") or 0):
                     continue
                 log.info("instance %s: spot interruption (fault)", iid)
-                ec2_moto.set_reason(instance, "Server.SpotInstanceTermination", "Spot instance termination")
+                patches.set_reason(instance, "Server.SpotInstanceTermination", "Spot instance termination")
                 instance.terminate()
                 self.on_gone(instance)
                 self.faults.interrupted(iid)
@@ -194,7 +194,7 @@ class Provider:
         from moto.ec2.models import amis
 
         self._saved_settings["AMIS"] = list(amis.AMIS)
-        amis.AMIS[:] = ec2_catalog.debian_amis()
+        amis.AMIS[:] = catalog.debian_amis()
 
     def _restore_moto(self) -> None:
         from moto import settings
@@ -220,22 +220,22 @@ class Provider:
         from moto.ec2.models import amis
         from moto.moto_api._internal.models import moto_api_backend
 
-        amis.AMIS[:] = ec2_catalog.debian_amis()
+        amis.AMIS[:] = catalog.debian_amis()
         moto_api_backend.reset()
 
-    # -- hooks called by ec2_moto ---------------------------------------------------
+    # -- hooks called by patches.py --------------------------------------------------
     def on_launch(self, backend: Any, instance: Any, wants_public: bool) -> None:
         """A new (or restarted) instance: pending, no public IP, until its host is up."""
-        from . import ec2_moto
+        from . import patches
 
-        ec2_moto.set_pending(instance)
+        patches.set_pending(instance)
         if instance.nics:
             instance.nics[0].public_ip = None
         att = _Attachment(instance, wants_public)
         with self._lock:
             self._attached[instance.id] = att
         ami = backend.amis.get(instance.image_id)
-        suite = ec2_catalog.suite_of_image_name(getattr(ami, "name", None)) or "bookworm"
+        suite = catalog.suite_of_image_name(getattr(ami, "name", None)) or "bookworm"
         arch = getattr(ami, "architecture", None) or "x86_64"
         thread = threading.Thread(
             target=self._boot, args=(att, _userdata(instance.user_data), arch, suite), name="boot-" + instance.id
@@ -259,7 +259,7 @@ class Provider:
 
     # -- internals ----------------------------------------------------------------
     def _boot(self, att: _Attachment, userdata: str | bytes | None, arch: str, suite: str) -> None:
-        from . import ec2_moto
+        from . import patches
 
         started = time.monotonic()
         extra: dict[str, Any] = {}
@@ -286,7 +286,7 @@ class Provider:
                 self._attached.pop(att.instance_id, None)
             if not gone:
                 # EC2's wording for an instance that dies while launching
-                ec2_moto.set_reason(att.instance, "Server.InternalError", "Internal error on launch")
+                patches.set_reason(att.instance, "Server.InternalError", "Internal error on launch")
                 att.instance.terminate()
             return
         with self._lock:
@@ -295,7 +295,7 @@ class Provider:
                 att.host = host
                 if att.wants_public and att.instance.nics:
                     att.instance.nics[0].public_ip = host.ip
-                ec2_moto.set_running(att.instance)
+                patches.set_running(att.instance)
         if stop_now:
             self._stop_host(host)
             return
@@ -311,10 +311,10 @@ class Provider:
         for other, other_host in [*others, (instance, host)]:
             for group in _groups_of(other):
                 members.setdefault(group.id, []).append(other_host.ip)
-        script = ec2_firewall.ruleset(ec2_firewall.rules_of(_groups_of(instance), members))
+        script = firewall.ruleset(firewall.rules_of(_groups_of(instance), members))
         if self._applied_rules.get(instance_id) == script:
             return
-        ec2_firewall.apply(host.name, script)
+        firewall.apply(host.name, script)
         self._applied_rules[instance_id] = script
         log.debug("instance %s: security groups applied", instance_id)
 
@@ -329,7 +329,7 @@ class Provider:
 
     def _powered_off(self, att: _Attachment) -> None:
         """The host powered itself off: EC2 applies the instance's shutdown behaviour."""
-        from . import ec2_moto
+        from . import patches
 
         with self._lock:
             if att.released:
@@ -339,7 +339,7 @@ class Provider:
         instance = att.instance
         if instance.state in ("terminated", "stopped"):
             return
-        ec2_moto.set_reason(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown")
+        patches.set_reason(instance, "Client.InstanceInitiatedShutdown", "Instance initiated shutdown")
         if instance.instance_initiated_shutdown_behavior == "terminate":
             instance.terminate()
         else:
@@ -513,7 +513,7 @@ class _FaultMiddleware:
         delay, answer = self.provider.faults.http_fault(action)
         if delay:
             time.sleep(delay)
-        from .ec2_moto import error_xml
+        from .patches import error_xml
 
         if answer is None and self.provider.faults.lose_answer(action):
             # applied by moto, but the caller never hears of it

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-log = logging.getLogger("nfsandbox.cloudinit")
+log = logging.getLogger("nfsandbox.hosts.cloudinit")
 
 GUEST_DIR = Path(__file__).parent / "guest"
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,7 +30,7 @@ from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
 from werkzeug.exceptions import HTTPException
 
-from . import ec2_catalog
+from . import catalog
 
 _hooks: Any = None
 _originals: dict[tuple[type, str], Any] = {}
@@ -174,6 +175,7 @@ def install(hooks: Any) -> None:
     _patch(Fleet, "terminate_instances", _fleet_terminate_instances)
     _patch(InstanceResponse, "run_instances", _response_run_instances)
     _patch(Fleets, "create_fleet", _response_create_fleet)
+    _patch(Fleets, "delete_fleets", _response_delete_fleets)
     _patch(SpotInstances, "describe_spot_price_history", _response_describe_spot_price_history)
 
 
@@ -193,7 +195,7 @@ def _load_amis(self: Any) -> None:
     if _hooks is None:
         return
     for ami in self.amis.values():
-        if ami.owner_id == ec2_catalog.DEBIAN_OWNER:
+        if ami.owner_id == catalog.DEBIAN_OWNER:
             ami.owner_alias = None
             ami.ena_support = True
 
@@ -276,7 +278,7 @@ def _check_launch(backend: Any, image_id: str | None, kwargs: dict[str, Any], tm
 
     # Gap: moto ignores the spot MaxPrice.
     if market == "spot" and spot_options.get("MaxPrice"):
-        price = ec2_catalog.spot_price(instance_type, zone)
+        price = catalog.spot_price(instance_type, zone)
         if float(spot_options["MaxPrice"]) < price:
             raise EC2ClientError(
                 "SpotMaxPriceTooLow",
@@ -493,8 +495,8 @@ def _fleet_candidates(backend: Any, fleet: Fleet) -> list[_Candidate]:
 def _order(candidates: list[_Candidate], market: str, strategy: str) -> list[_Candidate]:
     def price(c: _Candidate) -> float:
         if market == "spot":
-            return ec2_catalog.spot_price(c.spec.instance_type, c.zone or "") / c.weight
-        return ec2_catalog.on_demand_price(c.spec.instance_type) / c.weight
+            return catalog.spot_price(c.spec.instance_type, c.zone or "") / c.weight
+        return catalog.on_demand_price(c.spec.instance_type) / c.weight
 
     strategy = (strategy or "lowest-price").lower()
     if strategy in ("prioritized", "capacity-optimized-prioritized"):
@@ -621,7 +623,7 @@ def _candidate_error(backend: Any, candidate: _Candidate, market: str, region: s
         exc = capacity_exception(fault, instance_type, candidate.zone, market, region)
         return (fault.get("code") or "InsufficientInstanceCapacity", _message_of(exc), candidate.pinned)
     if market == "spot" and candidate.max_price:
-        price = ec2_catalog.spot_price(instance_type, candidate.zone or "")
+        price = catalog.spot_price(instance_type, candidate.zone or "")
         if float(candidate.max_price) < price:
             return (
                 "SpotMaxPriceTooLow",
@@ -753,6 +755,67 @@ def _response_create_fleet(self: Any):
     return result
 
 
+MAX_INSTANT_FLEET_DELETIONS = 25  # per DeleteFleets request (EC2 API reference)
+FLEET_ID_RE = re.compile(r"^fleet-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _response_delete_fleets(self: Any):
+    # Gaps: moto answers an unknown fleet id with a 500, deletes a deleted fleet again,
+    # reports every previous state as "active", and lets an instant fleet be deleted
+    # without its instances. EC2 documents: instant fleets go only with their instances
+    # (TerminateInstances=true), at most 25 of them per request (else nothing is deleted),
+    # and a fleet that cannot be deleted is listed in UnsuccessfulFleetDeletions with
+    # fleetIdDoesNotExist, fleetIdMalformed or fleetNotInDeletableState.
+    if _hooks is None:
+        return _orig(Fleets, "delete_fleets")(self)
+    fleet_ids = self._get_param("FleetIds", [])
+    terminate = self._get_bool_param("TerminateInstances")
+    if terminate is None:
+        raise EC2ClientError("MissingParameter", "The request must contain the parameter TerminateInstances")
+    fleets = self.ec2_backend.fleets
+    instant = [i for i in fleet_ids if i in fleets and fleets[i].fleet_type == "instant"]
+    if len(instant) > MAX_INSTANT_FLEET_DELETIONS:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            "You can delete up to %d instant fleets in a single request; no fleet was deleted."
+            % MAX_INSTANT_FLEET_DELETIONS,
+        )
+    if instant and not terminate:
+        raise EC2ClientError(
+            "InvalidParameterCombination",
+            "Instant fleets (%s) can only be deleted with their instances: TerminateInstances must be true."
+            % ", ".join(instant),
+        )
+    done, failed = [], []
+    for fleet_id in fleet_ids:
+        fleet = fleets.get(fleet_id)
+        if fleet is None:
+            code = "fleetIdMalformed" if not FLEET_ID_RE.match(fleet_id) else "fleetIdDoesNotExist"
+            failed.append(
+                {
+                    "FleetId": fleet_id,
+                    "Error": {
+                        "Code": code,
+                        "Message": "The fleet ID %r" % fleet_id
+                        + (" is malformed" if code == "fleetIdMalformed" else " does not exist"),
+                    },
+                }
+            )
+            continue
+        if str(fleet.state).startswith("deleted"):
+            failed.append(
+                {
+                    "FleetId": fleet_id,
+                    "Error": {"Code": "fleetNotInDeletableState", "Message": "The fleet is %s" % fleet.state},
+                }
+            )
+            continue
+        previous = fleet.state
+        [deleted] = self.ec2_backend.delete_fleets([fleet_id], terminate)
+        done.append({"CurrentFleetState": deleted.state, "PreviousFleetState": previous, "FleetId": fleet_id})
+    return ActionResult({"SuccessfulFleetDeletions": done, "UnsuccessfulFleetDeletions": failed})
+
+
 def _create_fleet_reply(self: Any):
     result = _orig(Fleets, "create_fleet")(self)
     if _hooks is not None and isinstance(result, ActionResult) and isinstance(result.result, dict):
@@ -799,8 +862,8 @@ def _response_describe_spot_price_history(self: Any):
             if description not in ("Linux/UNIX", "Linux/UNIX (Amazon VPC)"):
                 continue
             points = [
-                (current_since, ec2_catalog.spot_price(instance_type, zone)),
-                (previous_since, ec2_catalog.spot_price(instance_type, zone, previous=True)),
+                (current_since, catalog.spot_price(instance_type, zone)),
+                (previous_since, catalog.spot_price(instance_type, zone, previous=True)),
             ]
             for i, (since, price) in enumerate(points):
                 until = points[i - 1][0] if i else None

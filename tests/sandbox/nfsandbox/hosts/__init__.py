@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..config import Instance
+from ..procs import Records
 from . import cloudinit
 from .cloudinit import GuestFile
-from .config import Instance
 from .container import EXIT_REBOOT, Container
 from .network import Network
-from .procs import Records
 from .rootfs import BaseImages, normalize_suite
 
 log = logging.getLogger("nfsandbox.hosts")

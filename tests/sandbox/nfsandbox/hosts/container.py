@@ -22,11 +22,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import procs
+from .. import procs
+from ..config import Instance
 from .cloudinit import GuestFile
-from .config import Instance
 
-log = logging.getLogger("nfsandbox.container")
+log = logging.getLogger("nfsandbox.hosts.container")
 
 # $1 netns  $2 netns file  $3 lower  $4 upper  $5 work  $6 root  $7 machine name
 LAUNCH = r"""

@@ -17,10 +17,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import Instance
-from .procs import Records
+from ..config import Instance
+from ..procs import Records
 
-log = logging.getLogger("nfsandbox.aptproxy")
+log = logging.getLogger("nfsandbox.hosts.aptproxy")
 
 APT_SOURCES = Path("/etc/apt")
 # Names a host's apt sources may use for Debian; all are served from the machine's mirror.

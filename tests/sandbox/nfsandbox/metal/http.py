@@ -13,8 +13,8 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .httpserver import EmulatorServer, Handler, Recorder
-from .metal_api import MetalAPI
+from ..httpserver import EmulatorServer, Handler, Recorder
+from .api import MetalAPI
 
 log = logging.getLogger("nfsandbox.metal.http")
 

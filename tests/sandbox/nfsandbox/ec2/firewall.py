@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-log = logging.getLogger("nfsandbox.ec2_firewall")
+log = logging.getLogger("nfsandbox.ec2.firewall")
 TABLE = "nixforge_sg"
 
 

