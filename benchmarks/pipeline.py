@@ -1,4 +1,4 @@
-"""Pipeline benchmark: one SD build in the sandbox, timed task by task.
+"""Pipeline benchmark: one SD (or DigitalOcean) build in the sandbox, timed task by task.
 
     python -m benchmarks.pipeline [--repo DIR] [--playbook sd|do] [--json FILE]
     (make benchmark runs it after the fetch benchmark)
@@ -11,8 +11,8 @@ every task; the report gives:
 
 - total wall time of ansible-playbook, and the number of tasks that ran (not skipped);
 - time per stage: provision (play 1), bootstrap (nix_bootstrap), build (nixos_image
-  up to the fetch), fetch (the transfer), teardown (the last play), and Ansible's own
-  start-up and the gaps between tasks;
+  up to the fetch), fetch (the transfer), teardown (the last play), publish (DO: the
+  B2 upload and the import), and Ansible's own start-up and the gaps between tasks;
 - package installation (apt tasks) and the Nix build (build_seconds of the role's
   result) apart from "our overhead", which is everything else.
 
@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from nfsandbox.config import instance_from_env  # noqa: E402
 from nfsandbox.testing import VENV_BIN, SandboxHandle, sandboxctl  # noqa: E402
 
 PLAYBOOKS = {"sd": "playbooks/build-sd-aarch64.yml", "do": "playbooks/build-do-image.yml"}
-STAGES = ("provision", "bootstrap", "build", "fetch", "teardown", "other")
+STAGES = ("provision", "bootstrap", "build", "fetch", "teardown", "publish", "other")
 PACKAGE_ACTIONS = {"apt", "ansible.builtin.apt", "package", "ansible.builtin.package"}
 
 
@@ -52,8 +53,10 @@ def log(message: str) -> None:
 def stage_of(task: dict[str, Any]) -> str:
     """Which stage a task belongs to, from its play, role and file."""
     play = task["play"].lower()
-    if play.startswith("provision"):
+    if play.startswith(("provision", "check the input")):
         return "provision"
+    if task["role"] == "do_image_publish":
+        return "publish"
     if play.startswith("tear down"):
         return "teardown"
     if task["role"] == "nix_bootstrap":
@@ -124,7 +127,20 @@ def print_report(label: str, report: dict[str, Any], slowest: list[dict[str, Any
         log(f"  {task['end'] - task['start']:6.2f} s  [{stage_of(task)}] {task['name']}")
 
 
-def run_pipeline(repo: Path, playbook: str, sandbox: SandboxHandle, work: Path) -> tuple[dict[str, Any], list]:
+def delete_do_image(env: dict[str, str], image_id: int) -> None:
+    """DELETE /v2/images/ID on the sandbox's DigitalOcean, with the token it exported."""
+    req = urllib.request.Request(  # noqa: S310 - the sandbox's loopback endpoint
+        env["DIGITALOCEAN_API_URL"].rstrip("/") + f"/images/{image_id}",
+        method="DELETE",
+        headers={"Authorization": "Bearer " + env["DIGITALOCEAN_TOKEN"]},
+    )
+    with urllib.request.urlopen(req, timeout=60):  # noqa: S310 - loopback
+        pass
+
+
+def run_pipeline(
+    repo: Path, playbook: str, sandbox: SandboxHandle, work: Path, slowest: int = 8
+) -> tuple[dict[str, Any], list]:
     collections = work / "collections" / "ansible_collections" / "nixforge"
     collections.mkdir(parents=True)
     (collections / "images").symlink_to(repo)
@@ -165,12 +181,15 @@ def run_pipeline(repo: Path, playbook: str, sandbox: SandboxHandle, work: Path) 
     report = analyse(tasks, total)
     report["output_lines"] = len(proc.stdout.splitlines())
     report["build_id"] = build_id
-    leftovers = sandbox.resources()
+    # The build's DigitalOcean image is the DO pipeline's product: removed here, not a leak.
+    mine = [r for r in sandbox.resources() if build_id in json.dumps(r)]
+    for image in [r for r in mine if r.get("type") == "do_image"]:
+        delete_do_image(env, image["id"])
+    leftovers = [r for r in sandbox.resources() if build_id in json.dumps(r)]
     report["leftover_resources"] = len(leftovers)
     if leftovers:
         raise SystemExit(f"the pipeline left resources behind: {leftovers}")
-    slowest = sorted(tasks, key=lambda t: t["start"] - t["end"])[:8]
-    return report, slowest
+    return report, sorted(tasks, key=lambda t: t["start"] - t["end"])[:slowest]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--playbook", choices=sorted(PLAYBOOKS), default="sd")
     parser.add_argument("--label", default="")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--slowest", type=int, default=8, help="how many of the slowest tasks to list")
     args = parser.parse_args(argv)
     repo = args.repo.resolve()
     playbook = PLAYBOOKS[args.playbook]
@@ -198,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="nfbench-pipe-", dir="/tmp"))
     try:
         log(f"running {playbook} from {repo} on sandbox instance {inst.number}")
-        report, slowest = run_pipeline(repo, playbook, sandbox, work)
+        report, slowest = run_pipeline(repo, playbook, sandbox, work, args.slowest)
         print_report(args.label or f"{args.playbook} pipeline ({repo})", report, slowest)
         log("PIPELINE " + json.dumps(report))
         if args.json:

@@ -33,6 +33,7 @@ def wait_for(
     interval: float = 2.0,
     max_interval: float = 15.0,
     backoff: float = 1.5,
+    first_interval: Optional[float] = None,
     option: str = "wait_timeout",
     option_value: Optional[float] = None,
     hint: Optional[str] = None,
@@ -42,14 +43,17 @@ def wait_for(
 ) -> S:
     """Call ``probe()`` until ``done(state)``; return that state.
 
-    The pause between probes starts at ``interval`` and grows by ``backoff`` up to
-    ``max_interval``; the last pause is shortened so that the final probe happens at the
+    The pause between probes starts at ``first_interval`` (default: ``interval``, at most
+    0.5 s), doubles up to ``interval`` and then grows by ``backoff`` up to ``max_interval``
+    (most waits end within the first seconds, so short early pauses save whole
+    intervals for little more than a probe or two); the last pause is shortened so that the final probe happens at the
     deadline. ``option_value`` is quoted in the timeout message as the setting of
     ``option`` (default: ``timeout``). ``describe(state)`` renders the last state for the timeout message
     (default: the state itself). ``timeout <= 0`` probes exactly once.
     """
     deadline = clock() + max(0.0, float(timeout))
-    pause = max(0.0, interval)
+    interval = max(0.0, interval)
+    pause = max(0.0, min(interval, 0.5) if first_interval is None else first_interval)
     last: Any = None
     while True:
         state = probe()
@@ -60,4 +64,7 @@ def wait_for(
         if remaining <= 0:
             raise WaitTimeout(what, timeout, last_state=last, option=option, hint=hint, option_value=option_value)
         sleep(min(pause, remaining))
-        pause = min(max_interval, pause * backoff) if pause else 0.0
+        if 0.0 < pause < interval:
+            pause = min(interval, pause * 2.0)
+        else:
+            pause = min(max_interval, pause * backoff) if pause else 0.0

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from _record import failures, recording, records, result_of
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 PLAYBOOK = ROOT / "playbooks" / "build-sd-aarch64.yml"
+MKIMAGE = ROOT / "roles" / "nixos_image" / "files" / "images" / "sandbox" / "mkimage.py"
 # A secret nobody else uses, so that finding it in the output means it leaked (moto
 # accepts any credentials).
 SECRET = "nfTEST" + secrets.token_hex(16)
@@ -136,6 +138,35 @@ def test_end_to_end_with_vvvv(env: dict[str, str], tmp_path: Path) -> None:
     # never an AMI
     images = ec2_client(env).describe_images(Owners=["self"])["Images"]
     assert [i for i in images if build_id in json.dumps(i)] == []
+
+
+def test_remote_build_mode(env: dict[str, str], tmp_path: Path) -> None:
+    """nixforge_build_mode=remote: the controller's Nix builds with no build slots of its
+    own, through the EC2 builder (an x86_64 host offering aarch64-linux): the output is
+    found in the builder's store, and the image is byte for byte what the sandbox
+    definition produces on the builder (mkimage.py run here, deterministic)."""
+    build_id = new_id("t-sdrm")
+    # A module of its own makes a derivation no store has yet, so it must really be built.
+    module = tmp_path / "module" / "default.nix"
+    module.parent.mkdir()
+    module.write_text('{ ... }: { networking.hostName = "sd-remote-%s"; }\n' % secrets.token_hex(4))
+    out = tmp_path / "expected"
+    subprocess.run([sys.executable, str(MKIMAGE), "sd", str(out), str(module.parent)], check=True)
+    expected = hashlib.sha256((out / "sd-image" / "nixos-sd-image-sandbox-aarch64-linux.img.zst").read_bytes())
+    proc = run(env, tmp_path, build_id, nixforge_build_mode="remote", nixos_image_module=str(module))
+    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
+    s = summary(tmp_path)
+    image = Path(s["Image"])
+    assert image.parent == tmp_path / "artifacts"
+    check_image(image, expected.hexdigest())
+    assert s["sha256"] == expected.hexdigest()
+    # the output is in the builder's store: the builder built it (the controller has no build slots)
+    address = s["Built on"].split()[0]
+    assert s["Built on"] == f"{address} (remote build from the controller)", s
+    assert address.startswith("10.213."), address  # a sandbox host, not the controller
+    assert "Make the builder a Nix remote builder" in proc.stdout
+    assert resources_of(build_id) == []
+    assert not (tmp_path / "state" / "nix-client").exists()  # machines file and key copy removed
 
 
 def test_rerun_adopts_the_running_builder(env: dict[str, str], tmp_path: Path) -> None:

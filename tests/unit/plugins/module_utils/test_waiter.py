@@ -31,9 +31,33 @@ def test_returns_state_when_done():
 def test_backoff_grows_and_is_capped():
     fake = FakeClock()
     with pytest.raises(WaitTimeout):
-        wait_for(lambda: False, 100, "x", interval=2, max_interval=5, backoff=2, sleep=fake.sleep, clock=fake.clock)
+        wait_for(
+            lambda: False,
+            100,
+            "x",
+            interval=2,
+            max_interval=5,
+            backoff=2,
+            first_interval=2,
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
     assert fake.sleeps[:4] == [2, 4, 5, 5]
     assert abs(sum(fake.sleeps) - 100) < 1e-9  # last pause trimmed to the deadline
+
+
+def test_first_pauses_are_short_then_double_up_to_the_interval():
+    fake = FakeClock()
+    with pytest.raises(WaitTimeout):
+        wait_for(lambda: False, 60, "x", interval=2, max_interval=5, backoff=2, sleep=fake.sleep, clock=fake.clock)
+    assert fake.sleeps[:6] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_zero_interval_never_pauses():
+    fake = FakeClock()
+    states = iter([False, False, True])
+    wait_for(lambda: next(states), 60, "x", interval=0, sleep=fake.sleep, clock=fake.clock)
+    assert fake.sleeps == [0.0, 0.0]
 
 
 def test_timeout_message_names_what_last_state_and_option():
