@@ -470,12 +470,15 @@ class Launch(BuildResources):
         )
 
 
-def ssh_banner(address: Optional[str], port: int = SSH_PORT, timeout: float = 5.0) -> str:
-    """``SSH-2.0-...`` when an SSH server answers on ``address:port``, else what happened."""
+def ssh_banner(address: Optional[str], port: int = SSH_PORT, timeout: float = 5.0, connect_timeout: float = 2.0) -> str:
+    """``SSH-2.0-...`` when an SSH server answers on ``address:port``, else what happened.
+
+    The connect timeout is short: while the instance boots its SYNs go unanswered, and the
+    caller probes again anyway; waiting 5 s per probe added up to seconds of every launch."""
     if not address:
         return "no address"
     try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
+        with socket.create_connection((address, port), timeout=connect_timeout) as sock:
             sock.settimeout(timeout)
             data = b""
             while b"\n" not in data and len(data) < 256:

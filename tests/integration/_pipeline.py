@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import urllib.request
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ def run_playbook(
     env: dict[str, str],
     extra_vars: dict[str, Any] | None = None,
     *args: str,
-    timeout: int = 1800,
+    timeout: int = 780,  # under pytest's 900 s per test, so that a hang shows its output
 ) -> subprocess.CompletedProcess:
     """The sandbox inventory's playbook through `nfsandbox.testing.ansible_playbook`."""
     cmd = ["-i", str(INVENTORY), str(playbook)]
@@ -183,3 +184,33 @@ done
 true
 """
     return host.ssh(script).stdout
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything under it, as a dying controller loses them:
+    Ansible's workers run in sessions of their own, so each process group is killed."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    groups = set()
+    for member in tree:
+        try:
+            groups.add(os.getpgid(member))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgid(0))  # never the test's own group
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -157,6 +157,40 @@ def test_do_workflow_templates_through_ansible_runner(sandbox_instance: object, 
     assert resources_of(build_id) == []
 
 
+@pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
+@pytest.mark.parametrize("pipeline", ["build_sd_aarch64", "build_do_image"])
+def test_whole_pipeline_templates_through_ansible_runner(
+    sandbox_instance: object, tmp_path: Path, pipeline: str
+) -> None:
+    """The two whole-pipeline job templates, each one job, as AWX runs them."""
+    env = sandbox_env()
+    assert env is not None
+    build_id = f"t-awx-{os.urandom(3).hex()}"
+    pdd = PrivateDataDir(env, tmp_path, build_id)
+    survey: dict[str, Any] = {
+        "nixforge_build_id": build_id,
+        "builder_host_provider": "ec2",
+        "builder_host_ec2_region": "us-east-1",
+        "builder_host_ttl_minutes": 60,
+    }
+    if pipeline == "build_do_image":
+        survey.update(do_image_publish_bucket=env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"], do_image_publish_region="nyc3")
+    try:
+        proc, status = pdd.job(f"playbooks/{pipeline}.yml", survey)
+        assert status == "successful", f"{proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+        products = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
+        if pipeline == "build_do_image":
+            assert len(products) == 1 and products[0]["status"] == "available", products
+        else:
+            assert products == []
+            assert list((tmp_path / "shared" / "artifacts" / build_id).glob("*.img*")), "no image on the volume"
+        assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
+    finally:
+        proc, status = pdd.job("playbooks/reap.yml", {"nixforge_build_id": build_id})
+    assert status == "successful", proc.stdout[-6000:]
+    assert resources_of(build_id) == []
+
+
 def galaxy(tmp: Path, *args: str) -> None:
     """ansible-galaxy collection as a user elsewhere runs it (not the checkout's ansible.cfg)."""
     env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH")}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pipeline import kill_tree
 from _record import recording, records, results_of
 from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, ssh_keypair, write_inventory
 
@@ -164,36 +164,6 @@ class Builder:
         state = json.loads(state_file.read_text())
         assert sum(state["done"]) * CHUNK < SIZE, state  # really part way
         return state
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and everything under it, as a dying controller loses them:
-    Ansible's workers run in sessions of their own, so each process group is killed."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    groups = set()
-    for member in tree:
-        try:
-            groups.add(os.getpgid(member))
-        except ProcessLookupError:
-            pass
-    groups.discard(os.getpgid(0))  # never the test's own group
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="module")

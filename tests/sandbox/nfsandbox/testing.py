@@ -270,7 +270,15 @@ def ansible_playbook(
     argv = [str(VENV_BIN / "ansible-playbook"), *args]
     if verbosity:
         argv.append("-" + "v" * verbosity)
-    return subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        return subprocess.run(
+            argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        # A hang must fail with what the play had printed, not be lost to pytest-timeout.
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        tail = out[-8000:]
+        raise AssertionError(f"ansible-playbook ran over {timeout:.0f} s; the end of its output:\n{tail}") from None
 
 
 def run_playbook(

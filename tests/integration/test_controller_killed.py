@@ -1,0 +1,128 @@
+"""The controller dies in the middle of a build: ansible-playbook and every process under
+it get SIGKILL while Nix builds, so nothing of ours runs to clean up. playbooks/reap.yml
+then finds the build in the provider accounts (this controller's state plays no part) and
+removes everything; its report lists what it removed.
+
+- The DigitalOcean pipeline on a Metal builder, reaped at once by build id.
+- The SD pipeline on an EC2 spot builder with a one-minute lifetime, reaped without a build
+  id once the lifetime is over: the builder has powered itself off by then, and reap
+  removes what outlived it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pipeline import BIN, INVENTORY, ROOT, kill_tree, playbook_env, resources_of, run_playbook, sandbox_env
+from _record import recording, records, result_of
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+REAP = ROOT / "playbooks" / "reap.yml"
+# The last task before the Nix build starts on the builder (recorded with its role prefix).
+BEFORE_BUILD = "Check the inputs and resolve the image definition"
+
+
+@pytest.fixture(scope="module")
+def env(sandbox_instance: object) -> dict[str, str]:
+    out = sandbox_env()
+    assert out is not None
+    return out
+
+
+def slow_module(tmp_path: Path) -> Path:
+    module = tmp_path / "module" / "default.nix"
+    module.parent.mkdir()
+    module.write_text("{ ... }: { }\n# nixforge-sandbox-build-seconds: 300\n")
+    return module.parent
+
+
+def kill_during_build(playbook: Path, run_env: dict[str, str], variables: dict[str, Any], record: Path) -> None:
+    """Start the pipeline, wait until the build has started on the builder, SIGKILL it all."""
+    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
+    proc = subprocess.Popen(
+        argv,
+        env=recording(run_env, record),
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while not [r for r in records(record) if BEFORE_BUILD in r["task"] and r["status"] == "ok"]:
+            assert proc.poll() is None, f"the playbook ended before its build: {records(record)[-3:]}"
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.5)
+        time.sleep(5)  # the build runs now (it lasts 300 s)
+        assert proc.poll() is None
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    # nothing of ours cleaned up: the teardown never ran
+    cleanup = re.compile(r"(^|: )(Tear down|Remove the build|Publish the teardown result)")
+    assert not [r["task"] for r in records(record) if cleanup.search(r["task"])]
+
+
+def reap(env: dict[str, str], tmp_path: Path, variables: dict[str, Any]) -> dict[str, Any]:
+    """Run reap.yml; its report (per provider: the lines of what it removed)."""
+    record = tmp_path / "reap.jsonl"
+    proc = run_playbook(REAP, recording(playbook_env(env), record), variables)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return result_of(records(record), "Report what was removed per provider", "ok")["result"]["msg"]
+
+
+def test_do_pipeline_killed_mid_build_then_reaped_by_build_id(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = f"t-kill-do-{secrets.token_hex(3)}"
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        "builder_host_provider": "equinix_metal",
+        "nixos_image_module": str(slow_module(tmp_path)),
+    }
+    kill_during_build(ROOT / "playbooks" / "build-do-image.yml", playbook_env(env), variables, tmp_path / "run.jsonl")
+    left = {r["type"] for r in resources_of(build_id)}
+    assert {"device", "ssh_key"} <= left, left  # the paid machine is still there
+
+    report = reap(env, tmp_path, {"nixforge_build_id": build_id})
+    assert report["mode"] == "removed"
+    assert any(build_id in line and "device" in line for line in report["equinix_metal"]), report
+    assert resources_of(build_id) == []
+
+
+def test_sd_pipeline_killed_mid_build_then_reaped_after_expiry(env: dict[str, str], tmp_path: Path) -> None:
+    build_id = f"t-kill-sd-{secrets.token_hex(3)}"
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        "builder_host_ttl_minutes": 1,
+        "nixos_image_module": str(slow_module(tmp_path)),
+    }
+    kill_during_build(ROOT / "playbooks" / "build-sd-aarch64.yml", playbook_env(env), variables, tmp_path / "run.jsonl")
+    assert {"instance", "security-group", "key-pair", "launch-template"} <= {
+        r["type"] for r in resources_of(build_id)
+    }, resources_of(build_id)
+
+    # Before the lifetime is over, reap without a build id leaves a live build alone.
+    early = reap(env, tmp_path, {"nixforge_reap_providers": ["ec2"]})
+    assert not any(build_id in line for line in early["ec2"]), early
+    assert any(r["type"] == "instance" for r in resources_of(build_id))
+
+    # The builder ends itself at expiry; reap then removes everything that outlived it.
+    deadline = time.monotonic() + 240
+    while any(r["type"] == "instance" for r in resources_of(build_id)):  # listed until terminated
+        assert time.monotonic() < deadline, resources_of(build_id)
+        time.sleep(3)
+    late = reap(env, tmp_path, {"nixforge_reap_providers": ["ec2"]})
+    assert late["mode"] == "removed"
+    assert any(build_id in line for line in late["ec2"]), late
+    assert resources_of(build_id) == []
