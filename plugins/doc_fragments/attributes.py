@@ -53,3 +53,39 @@ attributes:
       - nixforge.images.aws
       - nixforge.images.all
 """
+
+    ACTIONGROUP_METAL = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.metal) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults (API URL, token, project) for this module.
+    support: full
+    membership:
+      - nixforge.images.metal
+      - nixforge.images.all
+"""
+
+    ACTIONGROUP_B2 = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.b2) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults (credentials, API URL) for this module.
+    support: full
+    membership:
+      - nixforge.images.b2
+      - nixforge.images.all
+"""
+
+    ACTIONGROUP_DIGITALOCEAN = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.digitalocean) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults (API URL, token) for this module.
+    support: full
+    membership:
+      - nixforge.images.digitalocean
+      - nixforge.images.all
+"""

@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - nixforge.images.digitalocean
   - nixforge.images.attributes
   - nixforge.images.attributes.diff_none
+  - nixforge.images.attributes.actiongroup_digitalocean
 attributes:
   check_mode:
     support: full
@@ -34,13 +35,6 @@ attributes:
     platforms: cloud
     details:
       - Runs where Ansible runs the task (usually the controller) and calls the provider's API.
-  action_group:
-    description: Use C(group/nixforge.images.digitalocean) or C(group/nixforge.images.all) in C(module_defaults) to set
-      defaults for this module.
-    support: full
-    membership:
-      - nixforge.images.digitalocean
-      - nixforge.images.all
 options:
   build_id:
     description:

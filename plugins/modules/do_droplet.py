@@ -24,14 +24,7 @@ extends_documentation_fragment:
   - nixforge.images.attributes
   - nixforge.images.attributes.cloud
   - nixforge.images.attributes.diff_none
-attributes:
-  action_group:
-    description: Use C(group/nixforge.images.digitalocean) or C(group/nixforge.images.all) in C(module_defaults)
-      to set defaults (API URL, token) for this module.
-    support: full
-    membership:
-      - nixforge.images.digitalocean
-      - nixforge.images.all
+  - nixforge.images.attributes.actiongroup_digitalocean
 options:
   state:
     description: V(absent) deletes the build's droplets; it is the only state.

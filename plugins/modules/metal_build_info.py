@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - nixforge.images.metal
   - nixforge.images.attributes
   - nixforge.images.attributes.diff_none
+  - nixforge.images.attributes.actiongroup_metal
 attributes:
   check_mode:
     support: full
@@ -32,13 +33,6 @@ attributes:
     platforms: cloud
     details:
       - Runs where Ansible runs the task (usually the controller) and calls the provider's API.
-  action_group:
-    description: Use C(group/nixforge.images.metal) or C(group/nixforge.images.all) in C(module_defaults) to set
-      defaults for this module.
-    support: full
-    membership:
-      - nixforge.images.metal
-      - nixforge.images.all
 options:
   project_ids:
     description:

@@ -35,14 +35,7 @@ extends_documentation_fragment:
   - nixforge.images.attributes
   - nixforge.images.attributes.cloud
   - nixforge.images.attributes.diff_none
-attributes:
-  action_group:
-    description: Use C(group/nixforge.images.metal) or C(group/nixforge.images.all) in C(module_defaults) to set
-      defaults (API URL, token, project) for this module.
-    support: full
-    membership:
-      - nixforge.images.metal
-      - nixforge.images.all
+  - nixforge.images.attributes.actiongroup_metal
 options:
   state:
     description:
