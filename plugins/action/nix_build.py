@@ -18,7 +18,12 @@ from typing import Any, Dict, Optional, Tuple
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.nixforge.images.plugins.plugin_utils.image import build_script, elapsed_text, failure_reason
+from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    build_script,
+    elapsed_text,
+    failure_reason,
+    start_command,
+)
 
 display = Display()
 
@@ -35,6 +40,9 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "log_dest": {"type": "path", "required": True},
     "sha256": {"type": "bool", "default": False},
 }
+
+# Seconds the start command waits for build.sh to write build.log.
+START_WAIT = 30
 
 # Runs on the builder: the artifact(s) matching the kind's patterns in the build output.
 FIND = r"""
@@ -181,12 +189,12 @@ class ActionModule(ActionBase):
                 )
             finally:
                 self._remove_tmp_path(remote_tmp)
-        # Its own session, so that it outlives this SSH connection; build.sh's own
-        # `timeout` stops it on the builder even if the controller is gone.
-        self._sh(
-            "cd %s && setsid /bin/sh ./build.sh </dev/null >/dev/null 2>&1 & echo started" % work,
-            "Starting the build",
-        )
+        out = self._sh(start_command(plan["work_dir"], START_WAIT), "Starting the build")
+        if "not-started" in out or "started" not in out:
+            raise RuntimeError(
+                "build.sh did not start within %d s (no build.log in %s); check that the builder"
+                " has free disk and processes, then run again" % (START_WAIT, plan["work_dir"])
+            )
 
     def _follow(self, plan: Dict[str, Any], params: Dict[str, Any], host: str) -> Tuple[Optional[int], float, str]:
         """Rounds of waiting on the builder (each ends as soon as the build does), growing

@@ -160,6 +160,19 @@ def build_script(plan: Dict[str, Any], method: str, nix_args: List[str], docker_
     )
 
 
+def start_command(work_dir: str, wait: int) -> str:
+    """Start build.sh in its own session so that it outlives the SSH connection (its own
+    `timeout` stops it even if the controller is gone). The shell waits until build.sh has
+    written build.log: had it exited at once, the PTY's hang-up could reach the child
+    before setsid ran, and a loaded builder lost builds that way; nohup covers that window
+    too. Prints `started`, or `not-started` after `wait` seconds."""
+    return (
+        "cd %s && { nohup setsid /bin/sh ./build.sh </dev/null >/dev/null 2>&1 & }; i=0;"
+        " while [ $i -lt %d ] && [ ! -e build.log ]; do sleep 0.1; i=$((i+1)); done;"
+        " if [ -e build.log ]; then echo started; else echo not-started; fi" % (shlex.quote(work_dir), wait * 10)
+    )
+
+
 def failure_reason(exit_code: Optional[int], timeout: int) -> str:
     """Why the build failed, in the words the role's users know."""
     if exit_code in (124, 137):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
     build_script,
     failure_reason,
     resolve,
+    start_command,
 )
 
 
@@ -85,3 +88,46 @@ def test_failure_reasons() -> None:
     assert failure_reason(7, 60) == "the build command exited with code 7"
     assert "longer than nixos_image_build_timeout (60 s)" in failure_reason(124, 60)
     assert "longer than" in failure_reason(None, 60)
+
+
+def _run_in_pty(command: str) -> str:
+    """Run `command` with sh as the session leader of a new PTY, as `ssh -tt` does, and
+    return once the shell has exited (its PTY hangs up then)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs at once
+        os.execv("/bin/sh", ["/bin/sh", "-c", command])  # noqa: S606 - the command under test is a shell script
+    out = b""
+    try:
+        while chunk := os.read(fd, 1024):
+            out += chunk
+    except OSError:  # EIO: the PTY hung up
+        pass
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return out.decode()
+
+
+def test_start_command_survives_the_pty_hangup(tmp_path: Path) -> None:
+    """The build starts even when the SSH command's shell exits, and its PTY hangs up,
+    right away on a busy builder. Busy loops load both cores: without the wait for
+    build.log, roughly 4 starts in 10 were lost here."""
+    burners = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _ in range(2)]
+    try:
+        works = []
+        for n in range(40):
+            work = tmp_path / ("w%d" % n)
+            work.mkdir()
+            (work / "build.sh").write_text("echo built > build.log\n")
+            assert "started" in _run_in_pty(start_command(str(work), 10)).split()
+            works.append(work)
+    finally:
+        for proc in burners:
+            proc.kill()
+            proc.wait()
+    lost = [w.name for w in works if not (w / "build.log").exists()]
+    assert lost == []
+
+
+def test_start_command_reports_a_build_that_never_starts(tmp_path: Path) -> None:
+    (tmp_path / "build.sh").write_text("exit 0\n")  # writes no build.log
+    assert _run_in_pty(start_command(str(tmp_path), 1)).split()[-1] == "not-started"
