@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -140,6 +141,20 @@ def boot_host(env: dict[str, str], tmp: Path, owner: str) -> Host:
     known = tmp / "known_hosts"
     known.write_text(f"{view['ip']} {' '.join(host_pub.split()[:2])}\n")
     return Host(name=view["name"], ip=view["ip"], key=tmp / "login", host_public_key=host_pub, known_hosts=known)
+
+
+def new_id(prefix: str) -> str:
+    """A build id of the test's own: tests share one sandbox, and leaks are counted by id."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def slow_module(tmp_path: Path, seconds: int) -> Path:
+    """A NixOS module directory whose build takes `seconds` on a sandbox builder (the
+    sandbox's Nix reads the marker comment), for tests that act while Nix builds."""
+    module = tmp_path / "module" / "default.nix"
+    module.parent.mkdir()
+    module.write_text(f"{{ ... }}: {{ }}\n# nixforge-sandbox-build-seconds: {seconds}\n")
+    return module.parent
 
 
 def delete_host(env: dict[str, str], host: Host) -> None:

@@ -4,6 +4,7 @@
   (default 0) up if it is not, and down at the end only if this session started it.
   Every test marked `sandbox` gets it automatically; `sandbox` is the same object for
   tests that want to call it (a test module may override `sandbox` with its own).
+- `env`: the variables `sandboxctl env` exports (read once per session, a copy per test).
 
 Helpers (SandboxHandle, write_inventory, run_playbook, ansible_env, ssh_keypair, ...) are
 in tests/sandbox/nfsandbox/testing.py: import them with `from nfsandbox.testing import
@@ -22,36 +23,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 
+from _pipeline import sandbox_env
 from nfsandbox import client
 from nfsandbox.config import instance_from_env
 from nfsandbox.testing import (
-    REPO,
-    SANDBOXCTL,
-    VENV_BIN,
-    Inventory,
     SandboxHandle,
-    ansible_env,
-    run_playbook,
     sandbox_unavailable,
     sandboxctl,
-    ssh_keypair,
-    write_inventory,
 )
-
-# Re-exported for modules that still do `from conftest import ...`; prefer nfsandbox.testing.
-__all__ = [
-    "REPO",
-    "SANDBOXCTL",
-    "VENV_BIN",
-    "Inventory",
-    "SandboxHandle",
-    "ansible_env",
-    "run_playbook",
-    "sandbox_unavailable",
-    "sandboxctl",
-    "ssh_keypair",
-    "write_inventory",
-]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,6 +60,19 @@ def sandbox_instance() -> SandboxHandle:
     yield handle
     if handle.started_here:
         sandboxctl("down", instance=inst.number)
+
+
+@pytest.fixture(scope="session")
+def _sandbox_variables(sandbox_instance: SandboxHandle) -> dict[str, str]:
+    out = sandbox_env()
+    assert out is not None, "sandboxctl env failed although the sandbox is up"
+    return out
+
+
+@pytest.fixture
+def env(_sandbox_variables: dict[str, str]) -> dict[str, str]:
+    """The variables `sandboxctl env` exports (a copy a test may change)."""
+    return dict(_sandbox_variables)
 
 
 @pytest.fixture

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _pipeline import BIN, INVENTORY, ROOT, kill_tree, playbook_env, resources_of, run_playbook, sandbox_env
+from _pipeline import (
+    BIN,
+    INVENTORY,
+    ROOT,
+    kill_tree,
+    new_id,
+    playbook_env,
+    resources_of,
+    run_playbook,
+    slow_module,
+)
 from _record import recording, records, result_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -30,23 +39,20 @@ REAP = ROOT / "playbooks" / "reap.yml"
 BEFORE_BUILD = "Check the inputs and resolve the image definition"
 
 
-@pytest.fixture(scope="module")
-def env(sandbox_instance: object) -> dict[str, str]:
-    out = sandbox_env()
-    assert out is not None
-    return out
-
-
-def slow_module(tmp_path: Path) -> Path:
-    module = tmp_path / "module" / "default.nix"
-    module.parent.mkdir()
-    module.write_text("{ ... }: { }\n# nixforge-sandbox-build-seconds: 300\n")
-    return module.parent
-
-
-def kill_during_build(playbook: Path, run_env: dict[str, str], variables: dict[str, Any], record: Path) -> None:
-    """Start the pipeline, wait until the build has started on the builder, SIGKILL it all."""
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
+def kill_during_build(playbook: str, env: dict[str, str], tmp_path: Path, build_id: str, **extra: Any) -> None:
+    """Start the pipeline on a 300 s build, wait until the build has started on the builder,
+    SIGKILL it all."""
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        "nixos_image_module": str(slow_module(tmp_path, 300)),
+        **extra,
+    }
+    record = tmp_path / "run.jsonl"
+    run_env = playbook_env(env)
+    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(ROOT / "playbooks" / playbook)]
+    argv += ["-e", json.dumps(variables)]
     proc = subprocess.Popen(
         argv,
         env=recording(run_env, record),
@@ -80,15 +86,8 @@ def reap(env: dict[str, str], tmp_path: Path, variables: dict[str, Any]) -> dict
 
 
 def test_do_pipeline_killed_mid_build_then_reaped_by_build_id(env: dict[str, str], tmp_path: Path) -> None:
-    build_id = f"t-kill-do-{secrets.token_hex(3)}"
-    variables = {
-        "nixforge_build_id": build_id,
-        "nixforge_output_dir": str(tmp_path / "artifacts"),
-        "builder_host_state_dir": str(tmp_path / "state"),
-        "builder_host_provider": "equinix_metal",
-        "nixos_image_module": str(slow_module(tmp_path)),
-    }
-    kill_during_build(ROOT / "playbooks" / "build-do-image.yml", playbook_env(env), variables, tmp_path / "run.jsonl")
+    build_id = new_id("t-kill-do")
+    kill_during_build("build-do-image.yml", env, tmp_path, build_id, builder_host_provider="equinix_metal")
     left = {r["type"] for r in resources_of(build_id)}
     assert {"device", "ssh_key"} <= left, left  # the paid machine is still there
 
@@ -99,15 +98,8 @@ def test_do_pipeline_killed_mid_build_then_reaped_by_build_id(env: dict[str, str
 
 
 def test_sd_pipeline_killed_mid_build_then_reaped_after_expiry(env: dict[str, str], tmp_path: Path) -> None:
-    build_id = f"t-kill-sd-{secrets.token_hex(3)}"
-    variables = {
-        "nixforge_build_id": build_id,
-        "nixforge_output_dir": str(tmp_path / "artifacts"),
-        "builder_host_state_dir": str(tmp_path / "state"),
-        "builder_host_ttl_minutes": 1,
-        "nixos_image_module": str(slow_module(tmp_path)),
-    }
-    kill_during_build(ROOT / "playbooks" / "build-sd-aarch64.yml", playbook_env(env), variables, tmp_path / "run.jsonl")
+    build_id = new_id("t-kill-sd")
+    kill_during_build("build-sd-aarch64.yml", env, tmp_path, build_id, builder_host_ttl_minutes=1)
     assert {"instance", "security-group", "key-pair", "launch-template"} <= {
         r["type"] for r in resources_of(build_id)
     }, resources_of(build_id)

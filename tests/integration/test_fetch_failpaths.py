@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from _pipeline import kill_tree
 from _record import recording, records, results_of
-from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, ssh_keypair, write_inventory
+from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -169,10 +169,7 @@ class Builder:
 @pytest.fixture(scope="module")
 def builder(sandbox_instance: SandboxHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builder]:
     directory = tmp_path_factory.mktemp("fetch-failpaths")
-    key, pubkey = ssh_keypair(directory / "keys")
-    host = sandbox_instance.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner="test-fetch-fail")
-    try:
-        inventory = write_inventory(directory / "inv", {"builder": host}, key)
+    with sandbox_instance.builder_host(directory, "test-fetch-fail") as (host, inventory):
         playbook = directory / "fetch.yml"
         playbook.write_text(FETCH)
         data = os.urandom(SIZE)
@@ -181,10 +178,6 @@ def builder(sandbox_instance: SandboxHandle, tmp_path_factory: pytest.TempPathFa
         made.ssh(f"cat > {WRAPPER}.py", FILTER.encode())
         made.ssh(f"printf '#!/bin/sh\\nexec /usr/bin/python3 {WRAPPER}.py \"$@\"\\n' > {WRAPPER}; chmod 755 {WRAPPER}")
         yield made
-    finally:
-        sandbox_instance.stop_host(host["name"])
-    left = {r["id"] for r in sandbox_instance.resources() if r.get("type") == "host"}
-    assert host["name"] not in left
 
 
 def test_bytes_altered_on_the_way_are_fetched_again(builder: Builder, tmp_path: Path) -> None:

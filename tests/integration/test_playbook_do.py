@@ -29,6 +29,7 @@ from _pipeline import (
     boot_host,
     control,
     delete_host,
+    new_id,
     playbook_env,
     resources,
     resources_of,
@@ -109,10 +110,6 @@ def mkimage_sha256(directory: Path, module_dir: Path | None = None) -> str:
 @pytest.fixture(scope="module")
 def expected_sha256(tmp_path_factory: pytest.TempPathFactory) -> str:
     return mkimage_sha256(tmp_path_factory.mktemp("expected"))
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def run(

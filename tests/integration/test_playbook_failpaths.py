@@ -9,26 +9,28 @@ on the tasks' structured results (a recording callback), not on stdout:
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _pipeline import BIN, INVENTORY, ROOT, control, playbook_env, resources_of, sandbox_env, set_faults
+from _pipeline import (
+    BIN,
+    INVENTORY,
+    ROOT,
+    control,
+    new_id,
+    playbook_env,
+    resources_of,
+    set_faults,
+    slow_module,
+)
 from _record import recording, records, result_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 DO_PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
 BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
-
-
-@pytest.fixture(scope="module")
-def env(sandbox_instance: object) -> dict[str, str]:
-    out = sandbox_env()
-    assert out is not None
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -38,17 +40,6 @@ def no_faults(env: dict[str, str]) -> Any:
     yield
     for provider in ("ec2", "metal"):
         set_faults(env, provider, {})
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def slow_module(tmp_path: Path, seconds: int) -> Path:
-    module = tmp_path / "module" / "default.nix"
-    module.parent.mkdir()
-    module.write_text(f"{{ ... }}: {{ }}\n# nixforge-sandbox-build-seconds: {seconds}\n")
-    return module.parent
 
 
 def play_and_act_at(argv: list[str], run_env: dict[str, str], marker: str, act: Any) -> tuple[int, str]:

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pipeline import BIN, INVENTORY, ROOT, playbook_env, resources_of, run_playbook, sandbox_env, set_faults
+from _pipeline import (
+    BIN,
+    INVENTORY,
+    ROOT,
+    new_id,
+    playbook_env,
+    resources_of,
+    run_playbook,
+    sandbox_env,
+    set_faults,
+    slow_module,
+)
 from _record import failures, recording, records, result_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -47,10 +58,6 @@ def _no_faults(env: dict[str, str]) -> Any:
     set_faults(env, "ec2", {})
     yield
     set_faults(env, "ec2", {})
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def run(env: dict[str, str], tmp_path: Path, build_id: str, *args: str, **extra: Any) -> subprocess.CompletedProcess:
@@ -287,14 +294,12 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
     """The spot instance is reclaimed while Nix builds: the play tears everything down
     and fails naming the interruption."""
     build_id = new_id("t-intr")
-    module = tmp_path / "module" / "default.nix"
-    module.parent.mkdir()
-    module.write_text("{ ... }: { }\n# nixforge-sandbox-build-seconds: 120\n")
+    module = slow_module(tmp_path, 120)
     variables = {
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
-        "nixos_image_module": str(module.parent),
+        "nixos_image_module": str(module),
     }
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")

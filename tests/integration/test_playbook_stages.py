@@ -19,19 +19,12 @@ from typing import Any
 
 import pytest
 import yaml
-from _pipeline import BIN, INVENTORY, ROOT, playbook_env, resources, resources_of, sandbox_env
+from _pipeline import BIN, INVENTORY, ROOT, playbook_env, resources, resources_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 PLAYBOOKS = ROOT / "playbooks"
 BUILDERS_SOURCE = ROOT / "inventories" / "sandbox-builders" / "nixforge.builders.yml"
-
-
-@pytest.fixture(scope="module")
-def env(sandbox_instance: object) -> dict[str, str]:
-    out = sandbox_env()
-    assert out is not None
-    return out
 
 
 class Stages:

@@ -11,18 +11,16 @@ every build it made.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import secrets
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from _pipeline import ROOT, playbook_env, resources_of, run_playbook, sandbox_env
+from _pipeline import ROOT, playbook_env, resources_of, run_playbook
 
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
@@ -110,14 +108,7 @@ def do_image(do: DOSandbox, url: str, build_id: str, expires_at: str, name: str)
         "distribution": "Unknown",
         "tags": ["%s:%s" % kv for kv in tags(build_id, expires_at).items()],
     }
-    request = urllib.request.Request(  # noqa: S310 - the sandbox's emulator on loopback
-        do.api_url.rstrip("/") + "/images",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": "Bearer " + do.token, "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-        return json.loads(response.read())["image"]
+    return do.post("images", body)
 
 
 def do_droplet(do: DOSandbox, build_id: str, expires_at: str) -> dict[str, Any]:
@@ -129,14 +120,7 @@ def do_droplet(do: DOSandbox, build_id: str, expires_at: str) -> dict[str, Any]:
         "image": "debian-12-x64",
         "tags": ["%s:%s" % kv for kv in tags(build_id, expires_at).items()],
     }
-    request = urllib.request.Request(  # noqa: S310 - the sandbox's emulator on loopback
-        do.api_url.rstrip("/") + "/droplets",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": "Bearer " + do.token, "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-        return json.loads(response.read())["droplet"]
+    return do.post("droplets", body)
 
 
 def droplets(build_id: str) -> list[dict[str, Any]]:
@@ -159,13 +143,6 @@ def report(stdout: str) -> dict[str, list[str]]:
             out[current] = []
         elif current and re.match(r"^\s{8}- ", line):
             out[current].append(line.strip()[2:])
-    return out
-
-
-@pytest.fixture
-def env(sandbox_instance: object) -> dict[str, str]:
-    out = sandbox_env()
-    assert out is not None
     return out
 
 

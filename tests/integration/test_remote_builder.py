@@ -16,16 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _pipeline import (
-    Host,
-    boot_host,
-    delete_host,
-    playbook_env,
-    resources_of,
-    run_playbook,
-    sandbox_env,
-    snapshot,
-)
+from _pipeline import Host, boot_host, delete_host, playbook_env, resources_of, run_playbook, snapshot
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -146,13 +137,6 @@ TEARDOWN_ONLY = """
         name: nixforge.images.builder_host
         tasks_from: teardown
 """
-
-
-@pytest.fixture(scope="module")
-def env(sandbox_instance: object) -> dict[str, str]:
-    out = sandbox_env()
-    assert out is not None
-    return out
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, run_playbook, ssh_keypair, write_inventory
+from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, run_playbook
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -193,19 +193,12 @@ def recap_changed(output: str) -> int:
 @pytest.fixture(scope="module")
 def builder(sandbox_instance: SandboxHandle, tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("roles-build")
-    key, pubkey = ssh_keypair(directory / "keys")
-    host = sandbox_instance.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner="test-roles-build")
-    try:
-        inventory = write_inventory(directory / "inv", {"builder": host}, key)
+    with sandbox_instance.builder_host(directory, "test-roles-build") as (host, inventory):
         playbooks = directory / "playbooks"
         playbooks.mkdir()
         for name, text in {"bootstrap": BOOTSTRAP, "build": BUILD, "fetch": FETCH}.items():
             (playbooks / f"{name}.yml").write_text(text)
         yield Builder(host, inventory, directory, playbooks)
-    finally:
-        sandbox_instance.stop_host(host["name"])
-    left = {r["id"] for r in sandbox_instance.resources() if r.get("type") == "host"}
-    assert host["name"] not in left
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,48 @@ from typing import Any
 log = logging.getLogger("nfsandbox.providers")
 
 
+class EmulatorProvider:
+    """What the HTTP emulators (B2, Metal, DigitalOcean) share: an `api` object holding
+    the state and a `http` front. A subclass sets `name` and `title` and writes `start`;
+    `_cleanup` runs after both are stopped."""
+
+    name = ""
+    title = ""  # in messages: "the <title> emulator is not running"
+
+    def __init__(self, sandbox: Any) -> None:
+        self.sandbox = sandbox
+        self.api: Any = None
+        self.http: Any = None
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        shutdown = getattr(self.api, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Nothing by default; a provider with files of its own removes them here."""
+
+    def resources(self) -> list[dict[str, Any]]:
+        return self.api.resources() if self.api is not None else []
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        if self.api is None:
+            raise RuntimeError(f"the {self.title} emulator is not running")
+        self.api.faults.set(faults)
+        log.info("%s faults set: %s", self.title, faults)
+
+    def get_faults(self) -> dict[str, Any]:
+        return self.api.faults.snapshot() if self.api is not None else {}
+
+    def reset(self) -> None:
+        if self.api is not None:
+            self.api.reset()
+
+
 class Providers:
     def __init__(self, names: list[str]):
         self.names = names

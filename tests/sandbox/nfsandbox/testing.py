@@ -22,6 +22,7 @@ ambiguous in one pytest run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import subprocess
 import tempfile
 import textwrap
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +116,18 @@ class SandboxHandle:
 
     def host(self, name: str) -> dict[str, Any]:
         return self.call("GET", f"/hosts/{name}")
+
+    @contextlib.contextmanager
+    def builder_host(self, directory: Path, owner: str) -> Iterator[tuple[dict[str, Any], Inventory]]:
+        """A host that lets a fresh key in, with an inventory naming it `builder`; stopped
+        at the end, and checked to be gone from `sandboxctl resources`."""
+        key, pubkey = ssh_keypair(directory / "keys")
+        host = self.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner=owner)
+        try:
+            yield host, write_inventory(directory / "inv", {"builder": host}, key)
+        finally:
+            self.stop_host(host["name"])
+        assert host["name"] not in {r["id"] for r in self.resources() if r.get("type") == "host"}
 
     def stop_host(self, name: str) -> dict[str, Any]:
         return self.call("DELETE", f"/hosts/{name}")

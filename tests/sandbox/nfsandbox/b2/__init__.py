@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..providers import EmulatorProvider
 from .api import B2API
 from .server import B2HTTPServer
 
@@ -25,11 +26,12 @@ log = logging.getLogger("nfsandbox.b2")
 __all__ = ["B2API", "B2HTTPServer", "Provider"]
 
 
-class Provider:
+class Provider(EmulatorProvider):
     name = "b2"
+    title = "B2"
 
     def __init__(self, sandbox: Any) -> None:
-        self.sandbox = sandbox
+        super().__init__(sandbox)
         self.api: B2API | None = None
         self.http: B2HTTPServer | None = None
 
@@ -51,24 +53,3 @@ class Provider:
             "b2_private_bucket": private.name,
             "b2_download_url": base,
         }
-
-    def stop(self) -> None:
-        if self.http is not None:
-            self.http.stop()
-            self.http = None
-
-    def resources(self) -> list[dict[str, Any]]:
-        return self.api.resources() if self.api is not None else []
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        if self.api is None:
-            raise RuntimeError("the B2 emulator is not running")
-        self.api.faults.set(faults)
-        log.info("B2 faults set: %s", faults)
-
-    def get_faults(self) -> dict[str, Any]:
-        return self.api.faults.snapshot() if self.api is not None else {}
-
-    def reset(self) -> None:
-        if self.api is not None:
-            self.api.reset()

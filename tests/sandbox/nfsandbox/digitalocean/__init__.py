@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..providers import EmulatorProvider
 from .api import DigitalOceanAPI
 from .http import DigitalOceanHTTPServer
 
@@ -28,11 +29,12 @@ log = logging.getLogger("nfsandbox.digitalocean")
 __all__ = ["Provider"]
 
 
-class Provider:
+class Provider(EmulatorProvider):
     name = "digitalocean"
+    title = "DigitalOcean"
 
     def __init__(self, sandbox: Any) -> None:
-        self.sandbox = sandbox
+        super().__init__(sandbox)
         self.api: DigitalOceanAPI | None = None
         self.http: DigitalOceanHTTPServer | None = None
         self.work_dir: Path | None = None
@@ -57,27 +59,6 @@ class Provider:
             "DIGITALOCEAN_END_POINT": f"{endpoint}/v2/",
         }
 
-    def stop(self) -> None:
-        if self.http is not None:
-            self.http.stop()
-            self.http = None
-        if self.api is not None:
-            self.api.shutdown()
+    def _cleanup(self) -> None:
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def resources(self) -> list[dict[str, Any]]:
-        return self.api.resources() if self.api is not None else []
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        if self.api is None:
-            raise RuntimeError("the DigitalOcean emulator is not running")
-        self.api.set_faults(faults)
-        log.info("DigitalOcean faults set: %s", faults)
-
-    def get_faults(self) -> dict[str, Any]:
-        return self.api.faults.snapshot() if self.api is not None else {}
-
-    def reset(self) -> None:
-        if self.api is not None:
-            self.api.reset()

@@ -5,6 +5,7 @@ manager = sb.manager()                # python-digitalocean Manager on the emula
 sb.set_faults({"throttle_rate": 0.2}) # control API: POST /faults/digitalocean
 sb.served_faults()                    # {"429": n, "500": n, "503": n} served so far
 sb.do_resources()                     # what `sandboxctl resources --json` lists for digitalocean
+sb.post("images", {...})              # POST /v2/images as another client: the image created
 
 Image files for imports: `qcow2_image(size)`, `mbr_image()`, `gpt_image()`, ... build small
 but structurally real disk images; `FileServer(directory)` serves a directory over HTTP on
@@ -59,6 +60,18 @@ class DOSandbox(EmulatorSandbox):
 
         os.environ["DIGITALOCEAN_END_POINT"] = self.api_url
         return digitalocean.Image(token=self.token, end_point=self.api_url, **kwargs)
+
+    def post(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v2/<collection> with the token, as a client other than ours would: the
+        created object (`{"image": {...}}` gives the image)."""
+        request = urllib.request.Request(  # noqa: S310 - the sandbox's emulator on loopback
+            "%s/%s" % (self.api_url.rstrip("/"), collection),
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Authorization": "Bearer " + self.token, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return json.loads(response.read())[collection.rstrip("s")]
 
     # -- control API (EmulatorSandbox) ----------------------------------------------------
     def do_resources(self, resources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

@@ -59,6 +59,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..providers import EmulatorProvider
 from .api import Device, MetalAPI
 from .catalog import OPERATING_SYSTEMS
 from .http import MetalHTTPServer
@@ -96,11 +97,12 @@ class _PoolBackend:
         return self.sandbox.gateway, self.sandbox.instance.prefixlen
 
 
-class Provider:
+class Provider(EmulatorProvider):
     name = "metal"
+    title = "Metal"
 
     def __init__(self, sandbox: Any) -> None:
-        self.sandbox = sandbox
+        super().__init__(sandbox)
         self.api: MetalAPI | None = None
         self.http: MetalHTTPServer | None = None
 
@@ -127,29 +129,6 @@ class Provider:
             "METAL_AUTH_TOKEN": self.api.token,
             "METAL_PROJECT_ID": self.api.default_project_id,
         }
-
-    def stop(self) -> None:
-        if self.http is not None:
-            self.http.stop()
-            self.http = None
-        if self.api is not None:
-            self.api.shutdown()
-
-    def resources(self) -> list[dict[str, Any]]:
-        return self.api.resources() if self.api is not None else []
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        if self.api is None:
-            raise RuntimeError("the Metal emulator is not running")
-        self.api.set_faults(faults)
-        log.info("Metal faults set: %s", faults)
-
-    def get_faults(self) -> dict[str, Any]:
-        return self.api.faults.snapshot() if self.api is not None else {}
-
-    def reset(self) -> None:
-        if self.api is not None:
-            self.api.reset()
 
 
 # -- user data -------------------------------------------------------------------------

@@ -44,6 +44,18 @@ SSH_KEY_TYPES = (
 )
 
 
+def _slug_of(body: dict[str, Any], key: str, table: Any, label: str, errors: list[str]) -> str | None:
+    """body[key] when it names a row of `table`; otherwise None and Metal's error text."""
+    value = body.get(key)
+    if not value:
+        errors.append(f"{key} is required")
+        return None
+    if not isinstance(value, str) or value not in table:
+        errors.append(f"{label[0].upper() + label[1:]} {value!r} is not a valid {label}")
+        return None
+    return value
+
+
 class HostBackend(Protocol):
     """What the API needs from the sandbox to turn a device into a machine."""
 
@@ -830,19 +842,8 @@ class MetalAPI:
             raise ApiError(422, "Request body must be a JSON object")
         errors: list[str] = []
 
-        plan = body.get("plan")
-        if not plan:
-            errors.append("plan is required")
-        elif not isinstance(plan, str) or plan not in cat.PLANS:
-            errors.append(f"Plan {plan!r} is not a valid plan")
-            plan = None
-
-        os_slug = body.get("operating_system")
-        if not os_slug:
-            errors.append("operating_system is required")
-        elif not isinstance(os_slug, str) or os_slug not in cat.OPERATING_SYSTEMS:
-            errors.append(f"Operating system {os_slug!r} is not a valid operating system")
-            os_slug = None
+        plan = _slug_of(body, "plan", cat.PLANS, "plan", errors)
+        os_slug = _slug_of(body, "operating_system", cat.OPERATING_SYSTEMS, "operating system", errors)
 
         metro, facility = self._placement(body, plan, errors)
 
