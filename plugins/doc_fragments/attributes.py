@@ -5,21 +5,6 @@
 from __future__ import annotations
 
 
-def _action_group(group: str, defaults: str) -> str:
-    """The action_group attribute of a module in group/nixforge.images.<group>."""
-    return r"""
-options: {}
-attributes:
-  action_group:
-    description: Use C(group/nixforge.images.%s) or C(group/nixforge.images.all) in C(module_defaults) to set
-      %s for this module.
-    support: full
-    membership:
-      - nixforge.images.%s
-      - nixforge.images.all
-""" % (group, defaults, group)
-
-
 class ModuleDocFragment:
     # Describes the attributes; modules add a fragment below (or their own block) saying how
     # much they support each one.
@@ -57,8 +42,50 @@ attributes:
     support: none
 """
 
-    # One per action group in meta/runtime.yml: what module_defaults can set for its modules.
-    ACTIONGROUP_AWS = _action_group("aws", "defaults")
-    ACTIONGROUP_METAL = _action_group("metal", "defaults (API URL, token, project)")
-    ACTIONGROUP_B2 = _action_group("b2", "defaults (credentials, API URL)")
-    ACTIONGROUP_DIGITALOCEAN = _action_group("digitalocean", "defaults (API URL, token)")
+    ACTIONGROUP_AWS = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.aws) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults for this module.
+    support: full
+    membership:
+      - nixforge.images.aws
+      - nixforge.images.all
+"""
+
+    ACTIONGROUP_METAL = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.metal) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults (API URL, token, project) for this module.
+    support: full
+    membership:
+      - nixforge.images.metal
+      - nixforge.images.all
+"""
+
+    ACTIONGROUP_B2 = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.b2) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults (credentials, API URL) for this module.
+    support: full
+    membership:
+      - nixforge.images.b2
+      - nixforge.images.all
+"""
+
+    ACTIONGROUP_DIGITALOCEAN = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/nixforge.images.digitalocean) or C(group/nixforge.images.all) in C(module_defaults) to set
+      defaults (API URL, token) for this module.
+    support: full
+    membership:
+      - nixforge.images.digitalocean
+      - nixforge.images.all
+"""

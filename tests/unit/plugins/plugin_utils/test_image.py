@@ -111,7 +111,7 @@ def test_start_command_survives_the_pty_hangup(tmp_path: Path) -> None:
     """The build starts even when the SSH command's shell exits, and its PTY hangs up,
     right away on a busy builder. Busy loops load both cores: without the wait for
     build.log, roughly 4 starts in 10 were lost here."""
-    burners = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _ in range(2)]
+    burners = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _core in range(2)]
     try:
         works = []
         for n in range(40):
