@@ -3,9 +3,9 @@ directory holding the project, the inventory (the sandbox's endpoints plus the b
 inventory source, inventories/awx/nixforge.builders.yml), the survey answers and the
 template's extra vars in env/extravars, and in env/envvars exactly what the credential
 types' injectors (awx/credential_types/, and AWX's own Amazon Web Services type) inject for
-the credentials the template lists. The DigitalOcean workflow's four stage templates run
-in order against the sandbox, then the reap template removes the build's image; nothing
-of the build is left.
+the credentials the template lists. Each workflow's stage templates (four for DigitalOcean,
+three for the SD image) run in order against the sandbox, then the reap template removes
+what the build made; nothing of the build is left.
 
 Also `ansible-builder create` on awx/execution-environment.yml, and `ansible-builder
 introspect` on the installed collection: the requirement files of meta/execution-environment.yml
@@ -124,32 +124,59 @@ class PrivateDataDir:
         return proc, status
 
 
+def workflow_playbooks(first: str) -> list[str]:
+    """The playbooks of the workflow that starts with `first`, along its success edges."""
+    listed = yaml.safe_load((AWX / "job_templates.yml").read_text())["job_templates"]
+    templates = {t["name"]: t["playbook"] for t in listed}
+    for workflow in yaml.safe_load((AWX / "workflows.yml").read_text())["workflows"]:
+        nodes = {n["identifier"]: n for n in workflow["nodes"]}
+        if templates[workflow["nodes"][0]["unified_job_template"]["name"]] != first:
+            continue
+        out, current = [], workflow["nodes"][0]["identifier"]
+        while current:
+            out.append(templates[nodes[current]["unified_job_template"]["name"]])
+            success = nodes[current].get("related", {}).get("success_nodes", [])
+            current = success[0]["identifier"] if success else ""
+        return out
+    raise AssertionError(f"no workflow starts with {first}")
+
+
 @pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
-def test_do_workflow_templates_through_ansible_runner(sandbox_instance: object, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipeline", ["do", "sd"])
+def test_stage_workflow_templates_through_ansible_runner(
+    sandbox_instance: object, tmp_path: Path, pipeline: str
+) -> None:
+    """Each pipeline's stage templates, in the order of its workflow, each one job."""
     env = sandbox_env()
     assert env is not None
-    build_id = f"t-awx-{os.urandom(3).hex()}"
+    build_id = f"t-awx-{pipeline}-{os.urandom(3).hex()}"
     pdd = PrivateDataDir(env, tmp_path, build_id)
-    survey = {
+    survey: dict[str, Any] = {
         "nixforge_build_id": build_id,
         "builder_host_provider": "ec2",
         "builder_host_ec2_region": "us-east-1",
         "builder_host_ttl_minutes": 60,
-        "do_image_publish_bucket": env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"],
-        "do_image_publish_region": "nyc3",
     }
+    if pipeline == "do":
+        survey.update(do_image_publish_bucket=env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"], do_image_publish_region="nyc3")
+    playbooks = workflow_playbooks(f"playbooks/{pipeline}_stage_provision.yml")
+    assert len(playbooks) == (4 if pipeline == "do" else 3), playbooks
     try:
-        for stage in ("provision", "build", "teardown", "publish"):
-            proc, status = pdd.job(f"playbooks/do_stage_{stage}.yml", survey)
-            assert status == "successful", f"{stage}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
-            if stage == "build":
+        for playbook in playbooks:
+            proc, status = pdd.job(playbook, survey)
+            assert status == "successful", f"{playbook}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+            if playbook.endswith("_build.yml"):
                 assert f"nixforge-builder-{build_id}" in proc.stdout  # found through the inventory source
         assert (tmp_path / "shared" / "artifacts" / build_id / "image.json").is_file()
         images = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
-        assert len(images) == 1 and images[0]["status"] == "available", images
+        if pipeline == "do":
+            assert len(images) == 1 and images[0]["status"] == "available", images
+        else:
+            assert images == []
+            assert list((tmp_path / "shared" / "artifacts" / build_id).glob("*.img*")), "no image on the volume"
         assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
+        stdout = "".join(p.read_text() for p in (tmp_path / "pdd" / "artifacts").glob("*/stdout"))
         for name in ("DIGITALOCEAN_TOKEN", "B2_APPLICATION_KEY", "METAL_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY"):
-            stdout = (tmp_path / "pdd" / "artifacts" / "do_stage_publish" / "stdout").read_text()
             assert env[name] not in stdout
     finally:
         proc, status = pdd.job("playbooks/reap.yml", {"nixforge_build_id": build_id})

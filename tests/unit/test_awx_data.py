@@ -24,6 +24,8 @@ AWX = REPO / "awx"
 SURVEY_TYPES = {"text", "textarea", "password", "integer", "float", "multiplechoice", "multiselect"}
 CREDENTIAL_KEYS = {"aws", "digitalocean", "b2", "metal"}
 EDGES = ("success_nodes", "failure_nodes", "always_nodes")
+# each pipeline's stage playbooks (playbooks/<pipeline>_stage_<stage>.yml), in their order
+STAGES = {"do": ("provision", "build", "teardown", "publish"), "sd": ("provision", "build", "teardown")}
 
 
 def load(name: str) -> Any:
@@ -83,14 +85,14 @@ def test_job_templates() -> None:
     names = [t["name"] for t in TEMPLATES["job_templates"]]
     assert len(names) == len(set(names))
     playbooks = {t["playbook"] for t in TEMPLATES["job_templates"]}
-    stages = {f"playbooks/do_stage_{s}.yml" for s in ("provision", "build", "teardown", "publish")}
+    stages = {f"playbooks/{p}_stage_{s}.yml" for p, names in STAGES.items() for s in names}
     wholes = {"playbooks/build_do_image.yml", "playbooks/build_sd_aarch64.yml", "playbooks/reap.yml"}
     assert playbooks == stages | wholes
     for template in TEMPLATES["job_templates"]:
         assert (REPO / template["playbook"]).is_file(), template
         assert template["survey"] in SURVEY_LISTS, template
         assert set(template["credentials"]) <= CREDENTIAL_KEYS, template
-        stage = "do_stage" in template["playbook"]
+        stage = "_stage_" in template["playbook"]
         required = {q["variable"] for q in SURVEYS[template["survey"]] if q["required"]}
         # stages find each other by the build id: no stage may run without one
         assert ("nixforge_build_id" in required) == stage, template
@@ -109,6 +111,9 @@ def test_stage_templates_get_the_credentials_their_playbooks_need() -> None:
     assert {"aws", "metal"} <= by_playbook["playbooks/do_stage_teardown.yml"]
     # the provision stage checks DigitalOcean and B2 before it creates anything
     assert {"aws", "metal", "digitalocean", "b2"} <= by_playbook["playbooks/do_stage_provision.yml"]
+    # every SD stage may meet the builder of either provider
+    for stage in STAGES["sd"]:
+        assert {"aws", "metal"} <= by_playbook[f"playbooks/sd_stage_{stage}.yml"]
 
 
 def test_inventory_source() -> None:
@@ -132,7 +137,7 @@ def test_workflow_nodes(workflow: dict[str, Any]) -> None:
         assert set(node) <= {"identifier", "unified_job_template", "related"}, node
         ujt = node["unified_job_template"]
         assert ujt["type"] == "job_template" and ujt["name"] in templates, node
-        if templates[ujt["name"]]["playbook"].endswith("do_stage_teardown.yml"):
+        if templates[ujt["name"]]["playbook"].endswith("_stage_teardown.yml"):
             teardowns.add(node["identifier"])
         for edge, targets in node.get("related", {}).items():
             assert edge in EDGES
@@ -147,13 +152,20 @@ def test_workflow_nodes(workflow: dict[str, Any]) -> None:
             continue
         failure = {t["identifier"] for t in related.get("failure_nodes", [])}
         assert failure and failure <= teardowns, node
-    # the order of the stages: provision, build, teardown, publish
+    # the order of the stages: provision, build, teardown (and publish)
+    pipeline = Path(templates[nodes["provision"]["unified_job_template"]["name"]]["playbook"]).stem.split("_")[0]
     order, current = [], "provision"
     while current:
         order.append(templates[nodes[current]["unified_job_template"]["name"]]["playbook"])
         success = nodes[current].get("related", {}).get("success_nodes", [])
         current = success[0]["identifier"] if success else ""
-    assert [Path(p).stem for p in order] == [f"do_stage_{s}" for s in ("provision", "build", "teardown", "publish")]
+    assert [Path(p).stem for p in order] == [f"{pipeline}_stage_{s}" for s in STAGES[pipeline]]
+
+
+def test_each_pipeline_has_a_stage_workflow() -> None:
+    templates = {t["name"]: t["playbook"] for t in TEMPLATES["job_templates"]}
+    firsts = {templates[w["nodes"][0]["unified_job_template"]["name"]] for w in WORKFLOWS}
+    assert firsts == {f"playbooks/{p}_stage_provision.yml" for p in STAGES}
 
 
 def test_configure_playbook_applies_every_data_file() -> None:
