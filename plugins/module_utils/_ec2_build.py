@@ -11,7 +11,7 @@ found by the ``nixforge-build-id`` tag.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Set, Tuple
 
 from ansible_collections.nixforge.images.plugins.module_utils._discovery_ec2 import (
     find_fleets,
@@ -55,6 +55,7 @@ class BuildResources:
         self.build_id = build.build_id
         self.wait = wait
         self.wait_timeout = wait_timeout
+        self.terminating: Set[str] = set()
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -123,6 +124,16 @@ class BuildResources:
             for kind in RESOURCE_KINDS
             for rid in removed[kind]
         ]
+        if actions and removed["instances"]:
+            # Terminations are awaited by the first step that depends on them (security
+            # group, volume), after the independent deletions; at the latest by the last step.
+            last = actions[-1].do
+
+            def last_then_await() -> None:
+                last()
+                self.await_terminations()
+
+            actions[-1].do = last_then_await
         return removed, actions
 
     def remove_all(self) -> Dict[str, List[str]]:
@@ -133,17 +144,25 @@ class BuildResources:
         return removed
 
     def terminate_instance(self, instance_id: str) -> None:
+        """Start the termination; `await_terminations` waits for it (when `wait`)."""
         self.client.call("terminate_instances", what="Terminating instance %s" % instance_id, InstanceIds=[instance_id])
         if self.wait:
-            wait_for(
-                lambda: [i for i in self.find_instances(NOT_TERMINATED_STATES) if i["InstanceId"] == instance_id],
-                timeout=self.wait_timeout,
-                what="instance %s of build %s to terminate" % (instance_id, self.build_id),
-                done=lambda left: not left,
-                describe=lambda left: ", ".join(
-                    "%s %s" % (i["InstanceId"], i.get("State", {}).get("Name")) for i in left
-                ),
-            )
+            self.terminating.add(instance_id)
+
+    def await_terminations(self) -> None:
+        """Wait until every instance terminated by this object is gone (no-op when none is)."""
+        pending = set(self.terminating)
+        if not pending:
+            return
+        wait_for(
+            lambda: [i for i in self.find_instances(NOT_TERMINATED_STATES) if i["InstanceId"] in pending],
+            timeout=self.wait_timeout,
+            what="instance %s of build %s to terminate" % (", ".join(sorted(pending)), self.build_id),
+            done=lambda left: not left,
+            describe=lambda left: ", ".join("%s %s" % (i["InstanceId"], i.get("State", {}).get("Name")) for i in left),
+            interval=1.0,
+        )
+        self.terminating.clear()
 
     def delete_launch_template(self, template_id: str) -> None:
         self.client.call(
@@ -182,6 +201,7 @@ class BuildResources:
                 )
 
     def delete_security_group(self, group_id: str) -> None:
+        self.await_terminations()  # an instance that still runs keeps its group in use
         client = self.client
 
         def attempt() -> str:
@@ -208,6 +228,7 @@ class BuildResources:
         )
 
     def delete_volume(self, volume_id: str) -> None:
+        self.await_terminations()
         state = self.volume_state(volume_id)
         if state not in ("gone", "available", "deleting"):
             # attached to an instance that is terminating: it goes with it
