@@ -492,7 +492,8 @@ def test_remove_build_order_and_fleet_fallback():
     assert [kw["TerminateInstances"] for kw in client.ops("delete_fleets")] == [True]
     # the deletions that do not depend on the instance run while it terminates; the
     # security group waits for the termination
-    after = [op for op, _args in client.calls][[op for op, _args in client.calls].index("terminate_instances") :]
+    every = [op for op, _args in client.calls]
+    after = every[every.index("terminate_instances") :]
     assert after[:4] == ["terminate_instances", "delete_launch_template", "delete_key_pair", "describe_instances"]
 
 
@@ -503,7 +504,8 @@ def test_teardown_of_a_lone_instance_waits_until_it_is_terminated():
     resources = _ec2_build.BuildResources(client, identity(), wait=True, wait_timeout=30)
     assert resources.remove_all()["instances"] == ["i-1"]
     ops = [op for op, _args in client.calls]
-    assert ops[ops.index("terminate_instances") :] == ["terminate_instances", "describe_instances", "describe_instances"]
+    waited = ["terminate_instances", "describe_instances", "describe_instances"]
+    assert ops[ops.index("terminate_instances") :] == waited
 
 
 def test_teardown_reports_instances_ended_by_ec2_or_by_expiry():
