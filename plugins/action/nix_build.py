@@ -19,9 +19,11 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    VANISHED,
     build_script,
     elapsed_text,
     failure_reason,
+    follow_command,
     start_command,
 )
 
@@ -204,15 +206,12 @@ class ActionModule(ActionBase):
         round_no = 1
         while True:
             wait = min(params["poll_interval"] * round_no, params["poll_interval_max"])
-            out = self._sh(
-                "cd %s && i=0; while [ $i -lt %d ] && [ ! -e exit-code ]; do sleep 0.2; i=$((i+1)); done;"
-                " if [ -e exit-code ]; then echo finished $(cat exit-code); else echo running; fi;"
-                " tail -n %d build.log 2>/dev/null; true" % (work, wait * 5, params["progress_lines"]),
-                "Following the build",
-            )
+            out = self._sh(follow_command(plan["work_dir"], wait, params["progress_lines"]), "Following the build")
             lines = out.splitlines() or ["running"]
             head, tail = lines[0].split(), lines[1:]
             elapsed = time.monotonic() - started
+            if head[:1] == ["vanished"]:
+                return VANISHED, elapsed, "\n".join(tail)
             if head[:1] == ["finished"]:
                 code = int(head[1])
                 seconds = float(head[3]) - float(head[2]) if len(head) >= 4 else elapsed

@@ -162,14 +162,34 @@ def build_script(plan: Dict[str, Any], method: str, nix_args: List[str], docker_
 
 def start_command(work_dir: str, wait: int) -> str:
     """Start build.sh in its own session so that it outlives the SSH connection (its own
-    `timeout` stops it even if the controller is gone). The shell waits until build.sh has
-    written build.log: had it exited at once, the PTY's hang-up could reach the child
-    before setsid ran, and a loaded builder lost builds that way; nohup covers that window
-    too. Prints `started`, or `not-started` after `wait` seconds."""
+    `timeout` stops it even if the controller is gone), its PID in build.pid. The shell
+    waits until build.sh has written build.log: had it exited at once, the PTY's hang-up
+    could reach the child before setsid ran, and a loaded builder lost builds that way;
+    nohup covers that window too. Prints `started`, or `not-started` after `wait` seconds."""
     return (
-        "cd %s && { nohup setsid /bin/sh ./build.sh </dev/null >/dev/null 2>&1 & }; i=0;"
+        "cd %s && { nohup setsid /bin/sh ./build.sh </dev/null >/dev/null 2>&1 & echo $! > build.pid; }; i=0;"
         " while [ $i -lt %d ] && [ ! -e build.log ]; do sleep 0.1; i=$((i+1)); done;"
         " if [ -e build.log ]; then echo started; else echo not-started; fi" % (shlex.quote(work_dir), wait * 10)
+    )
+
+
+# exit_code when build.sh is gone without writing its exit status
+VANISHED = -1
+
+
+def follow_command(work_dir: str, wait: int, lines: int) -> str:
+    """One round of following the build: wait up to `wait` seconds for it to end, then
+    print `finished <exit-code line>`, `running`, or `vanished` (the process is gone and
+    left no exit status: killed), then the last `lines` lines of build.log. exit-code is
+    read again after the liveness check, as the build may end between the two."""
+    return (
+        "cd %s && pid=$(cat build.pid 2>/dev/null); i=0;"
+        ' while [ $i -lt %d ] && [ ! -e exit-code ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; i=$((i+1)); done;'
+        " if [ -e exit-code ]; then echo finished $(cat exit-code);"
+        ' elif kill -0 "$pid" 2>/dev/null; then echo running;'
+        " elif [ -e exit-code ]; then echo finished $(cat exit-code);"
+        " else echo vanished; fi;"
+        " tail -n %d build.log 2>/dev/null; true" % (shlex.quote(work_dir), wait * 5, lines)
     )
 
 
@@ -179,6 +199,11 @@ def failure_reason(exit_code: Optional[int], timeout: int) -> str:
         return "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
     if exit_code is None:
         return "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
+    if exit_code == VANISHED:
+        return (
+            "the build process ended without an exit status: it was killed (out of memory,"
+            " a reboot, or someone else) before it could finish"
+        )
     return "the build command exited with code %d" % exit_code
 
 

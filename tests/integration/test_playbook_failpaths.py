@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from _record import recording, records, result_of
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 DO_PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
+SD_PLAYBOOK = ROOT / "playbooks" / "build-sd-aarch64.yml"
 BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
 
 
@@ -102,4 +104,38 @@ def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, 
     # no image was reported and none is on the controller
     assert not [r for r in recorded if r["task"].startswith("Summary") and r["status"] == "ok"]
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
+    assert resources_of(build_id) == []
+
+
+def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str, str], tmp_path: Path) -> None:
+    """The build process dies on the builder without writing its exit status (the OOM
+    killer, a reboot): the role says so at its next look, long before the build would have
+    ended (120 s) or timed out, and everything is torn down."""
+    build_id = new_id("t-vanish")
+    state = tmp_path / "state"
+    record = tmp_path / "record.jsonl"
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(state),
+        "nixos_image_module": str(slow_module(tmp_path, 120)),
+    }
+    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
+
+    def kill_the_build() -> None:
+        address = (state / "known_hosts").read_text().split()[0]
+        ssh = ["ssh", "-F", "/dev/null", "-i", str(state / "id_ed25519"), "-o", "IdentitiesOnly=yes"]
+        ssh += ["-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes"]
+        script = (
+            "pid=/var/tmp/nixforge-image/build.pid; for i in $(seq 100); do [ -s $pid ] && break; sleep 0.2; done;"
+            " sudo -n kill -9 $(cat $pid)"
+        )
+        subprocess.run([*ssh, f"admin@{address}", script], check=True, timeout=60, capture_output=True)
+
+    started = time.monotonic()
+    code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_the_build)
+    assert code != 0, output[-6000:]
+    assert time.monotonic() - started < 100, "waited for the build as if it still ran"
+    failed = [r for r in records(record) if r["status"] == "failed"]
+    assert any("ended without an exit status" in json.dumps(r["result"]) for r in failed), failed
     assert resources_of(build_id) == []

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    VANISHED,
     InputError,
     build_script,
     failure_reason,
+    follow_command,
     resolve,
     start_command,
 )
@@ -131,3 +134,34 @@ def test_start_command_survives_the_pty_hangup(tmp_path: Path) -> None:
 def test_start_command_reports_a_build_that_never_starts(tmp_path: Path) -> None:
     (tmp_path / "build.sh").write_text("exit 0\n")  # writes no build.log
     assert _run_in_pty(start_command(str(tmp_path), 1)).split()[-1] == "not-started"
+
+
+def _follow(work: Path, wait: int = 0) -> list[str]:
+    out = subprocess.run(["/bin/sh", "-c", follow_command(str(work), wait, 2)], capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
+def test_follow_tells_running_finished_and_vanished_apart(tmp_path: Path) -> None:
+    (tmp_path / "build.log").write_text("one\ntwo\nthree\n")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "build.pid").write_text("%d\n" % sleeper.pid)
+        assert _follow(tmp_path) == ["running", "two", "three"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # gone without an exit status: killed
+    assert _follow(tmp_path, wait=5)[0] == "vanished"
+    (tmp_path / "exit-code").write_text("0 1.0 2.5\n")
+    assert _follow(tmp_path)[0] == "finished 0 1.0 2.5"
+
+
+def test_a_build_killed_on_the_builder_is_reported_at_once(tmp_path: Path) -> None:
+    """build.sh killed (as the OOM killer would) leaves no exit-code: the next round of
+    following says so instead of waiting for the build timeout."""
+    (tmp_path / "build.sh").write_text("echo started > build.log\nsleep 0.3\nkill -9 $$\n")
+    assert _run_in_pty(start_command(str(tmp_path), 10)).split()[-1] == "started"
+    started = time.monotonic()
+    assert _follow(tmp_path, wait=20)[0] == "vanished"
+    assert time.monotonic() - started < 10
+    assert failure_reason(VANISHED, 60).startswith("the build process ended without an exit status")
