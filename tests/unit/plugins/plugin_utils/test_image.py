@@ -137,7 +137,9 @@ def test_start_command_reports_a_build_that_never_starts(tmp_path: Path) -> None
 
 
 def _follow(work: Path, wait: int = 0) -> list[str]:
-    out = subprocess.run(["/bin/sh", "-c", follow_command(str(work), wait, 2)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["/bin/sh", "-c", follow_command(str(work), wait, 2)], capture_output=True, text=True, check=False
+    )
     return out.stdout.splitlines()
 
 
