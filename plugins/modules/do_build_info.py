@@ -25,25 +25,7 @@ extends_documentation_fragment:
   - nixforge.images.attributes
   - nixforge.images.attributes.diff_none
   - nixforge.images.attributes.actiongroup_digitalocean
-attributes:
-  check_mode:
-    support: full
-    details:
-      - Changes nothing in either mode; check mode returns the same builds.
-  platform:
-    support: full
-    platforms: cloud
-    details:
-      - Runs where Ansible runs the task (usually the controller) and calls the provider's API.
-options:
-  build_id:
-    description:
-      - Only the resources of this build, whatever their expiry.
-    type: str
-  expired:
-    description:
-      - V(true) returns only expired builds, V(false) only live ones. Not set, both.
-    type: bool
+  - nixforge.images.build_info
 seealso:
   - module: nixforge.images.do_custom_image
 notes:

@@ -23,16 +23,7 @@ extends_documentation_fragment:
   - nixforge.images.attributes
   - nixforge.images.attributes.diff_none
   - nixforge.images.attributes.actiongroup_aws
-attributes:
-  check_mode:
-    support: full
-    details:
-      - Changes nothing in either mode; check mode returns the same builds.
-  platform:
-    support: full
-    platforms: cloud
-    details:
-      - Runs where Ansible runs the task (usually the controller) and calls the provider's API.
+  - nixforge.images.build_info
 options:
   regions:
     description:
@@ -40,14 +31,6 @@ options:
     type: list
     elements: str
     default: []
-  build_id:
-    description:
-      - Only the resources of this build, whatever their expiry.
-    type: str
-  expired:
-    description:
-      - V(true) returns only expired builds, V(false) only live ones. Not set, both.
-    type: bool
 seealso:
   - module: nixforge.images.ec2_spot_host
 notes:
