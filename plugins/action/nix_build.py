@@ -192,7 +192,7 @@ class ActionModule(ActionBase):
             finally:
                 self._remove_tmp_path(remote_tmp)
         out = self._sh(start_command(plan["work_dir"], START_WAIT), "Starting the build")
-        if "not-started" in out or "started" not in out:
+        if out.split()[-1:] != ["started"]:
             raise RuntimeError(
                 "build.sh did not start within %d s (no build.log in %s); check that the builder"
                 " has free disk and processes, then run again" % (START_WAIT, plan["work_dir"])

@@ -14,17 +14,19 @@ reach the execution environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from _pipeline import BIN, ROOT, playbook_env, resources_of, sandbox_env
+from _pipeline import BIN, ROOT, playbook_env, resources_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -141,81 +143,74 @@ def workflow_playbooks(first: str) -> list[str]:
     raise AssertionError(f"no workflow starts with {first}")
 
 
-@pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
-@pytest.mark.parametrize("pipeline", ["do", "sd"])
-def test_stage_workflow_templates_through_ansible_runner(
-    sandbox_instance: object, tmp_path: Path, pipeline: str
-) -> None:
-    """Each pipeline's stage templates, in the order of its workflow, each one job."""
-    env = sandbox_env()
-    assert env is not None
-    build_id = f"t-awx-{pipeline}-{os.urandom(3).hex()}"
-    pdd = PrivateDataDir(env, tmp_path, build_id)
+def survey_for(env: dict[str, str], build_id: str, do_image: bool) -> dict[str, Any]:
+    """The survey answers of a test build (EC2 builder; the DigitalOcean questions when asked)."""
     survey: dict[str, Any] = {
         "nixforge_build_id": build_id,
         "builder_host_provider": "ec2",
         "builder_host_ec2_region": "us-east-1",
         "builder_host_ttl_minutes": 60,
     }
-    if pipeline == "do":
+    if do_image:
         survey.update(do_image_publish_bucket=env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"], do_image_publish_region="nyc3")
+    return survey
+
+
+def check_products(shared: Path, build_id: str, do_image: bool) -> None:
+    """Only the product is left: the available DigitalOcean image, or the SD image on the volume."""
+    products = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
+    if do_image:
+        assert len(products) == 1 and products[0]["status"] == "available", products
+    else:
+        assert products == []
+        assert list((shared / "artifacts" / build_id).glob("*.img*")), "no image on the volume"
+    assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
+
+
+@contextlib.contextmanager
+def reaped_at_the_end(pdd: PrivateDataDir, build_id: str) -> Iterator[None]:
+    """Run the reap template for the build whatever happens; when the body passed, it must
+    succeed and leave nothing of the build."""
+    try:
+        yield
+    finally:
+        proc, status = pdd.job("playbooks/reap.yml", {"nixforge_build_id": build_id})
+    assert status == "successful", proc.stdout[-6000:]
+    assert resources_of(build_id) == []
+
+
+@pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
+@pytest.mark.parametrize("pipeline", ["do", "sd"])
+def test_stage_workflow_templates_through_ansible_runner(env: dict[str, str], tmp_path: Path, pipeline: str) -> None:
+    """Each pipeline's stage templates, in the order of its workflow, each one job."""
+    build_id = f"t-awx-{pipeline}-{os.urandom(3).hex()}"
+    pdd = PrivateDataDir(env, tmp_path, build_id)
+    survey = survey_for(env, build_id, pipeline == "do")
     playbooks = workflow_playbooks(f"playbooks/{pipeline}_stage_provision.yml")
     assert len(playbooks) == (4 if pipeline == "do" else 3), playbooks
-    try:
+    with reaped_at_the_end(pdd, build_id):
         for playbook in playbooks:
             proc, status = pdd.job(playbook, survey)
             assert status == "successful", f"{playbook}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
             if playbook.endswith("_build.yml"):
                 assert f"nixforge-builder-{build_id}" in proc.stdout  # found through the inventory source
         assert (tmp_path / "shared" / "artifacts" / build_id / "image.json").is_file()
-        images = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
-        if pipeline == "do":
-            assert len(images) == 1 and images[0]["status"] == "available", images
-        else:
-            assert images == []
-            assert list((tmp_path / "shared" / "artifacts" / build_id).glob("*.img*")), "no image on the volume"
-        assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
+        check_products(tmp_path / "shared", build_id, pipeline == "do")
         stdout = "".join(p.read_text() for p in (tmp_path / "pdd" / "artifacts").glob("*/stdout"))
         for name in ("DIGITALOCEAN_TOKEN", "B2_APPLICATION_KEY", "METAL_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY"):
             assert env[name] not in stdout
-    finally:
-        proc, status = pdd.job("playbooks/reap.yml", {"nixforge_build_id": build_id})
-    assert status == "successful", proc.stdout[-6000:]
-    assert resources_of(build_id) == []
 
 
 @pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
 @pytest.mark.parametrize("pipeline", ["build_sd_aarch64", "build_do_image"])
-def test_whole_pipeline_templates_through_ansible_runner(
-    sandbox_instance: object, tmp_path: Path, pipeline: str
-) -> None:
+def test_whole_pipeline_templates_through_ansible_runner(env: dict[str, str], tmp_path: Path, pipeline: str) -> None:
     """The two whole-pipeline job templates, each one job, as AWX runs them."""
-    env = sandbox_env()
-    assert env is not None
     build_id = f"t-awx-{os.urandom(3).hex()}"
     pdd = PrivateDataDir(env, tmp_path, build_id)
-    survey: dict[str, Any] = {
-        "nixforge_build_id": build_id,
-        "builder_host_provider": "ec2",
-        "builder_host_ec2_region": "us-east-1",
-        "builder_host_ttl_minutes": 60,
-    }
-    if pipeline == "build_do_image":
-        survey.update(do_image_publish_bucket=env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"], do_image_publish_region="nyc3")
-    try:
-        proc, status = pdd.job(f"playbooks/{pipeline}.yml", survey)
+    with reaped_at_the_end(pdd, build_id):
+        proc, status = pdd.job(f"playbooks/{pipeline}.yml", survey_for(env, build_id, pipeline == "build_do_image"))
         assert status == "successful", f"{proc.stdout[-6000:]}{proc.stderr[-2000:]}"
-        products = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
-        if pipeline == "build_do_image":
-            assert len(products) == 1 and products[0]["status"] == "available", products
-        else:
-            assert products == []
-            assert list((tmp_path / "shared" / "artifacts" / build_id).glob("*.img*")), "no image on the volume"
-        assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
-    finally:
-        proc, status = pdd.job("playbooks/reap.yml", {"nixforge_build_id": build_id})
-    assert status == "successful", proc.stdout[-6000:]
-    assert resources_of(build_id) == []
+        check_products(tmp_path / "shared", build_id, pipeline == "build_do_image")
 
 
 def galaxy(tmp: Path, *args: str) -> None:
