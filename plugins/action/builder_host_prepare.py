@@ -1,9 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin: the controller-side start of the builder_host role's entry points.
-Provision: check every input, work out the lifetime, make the private state directory
-and the per-build keys. Teardown: check the build id and read the build's state."""
+"""Action plugin: the controller-side steps of the builder_host role's entry points, in
+this process (no module to start). Provision: check every input, work out the lifetime,
+make the private state directory and the per-build keys. Record: pin the host key and
+write state.json. Teardown: check the build id and read the build's state. Cleanup:
+remove the private keys (or the state directory) and the SSH control sockets."""
 
 from __future__ import annotations
 
@@ -16,13 +18,16 @@ from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
     InputError,
     check_build_id,
     check_provision,
+    cleanup_paths,
     expiry,
     prepare_state_dir,
     read_state,
+    record_state,
+    remove_paths,
 )
 
 ARGUMENT_SPEC: Dict[str, Any] = {
-    "stage": {"type": "str", "default": "provision", "choices": ["provision", "teardown"]},
+    "stage": {"type": "str", "default": "provision", "choices": ["provision", "record", "teardown", "cleanup"]},
     "build_id": {"type": "raw", "required": True},
     "provider": {"type": "str", "required": True},
     "state_dir": {"type": "path", "required": True},
@@ -33,6 +38,10 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "ssh_cidr": {"type": "str", "default": ""},
     "ssh_cidr_detect": {"type": "bool", "default": False},
     "ssh_cidr_detect_url": {"type": "str", "default": ""},
+    "machine": {"type": "dict", "default": {}},
+    "record": {"type": "dict", "default": {}},
+    "control_path_dir": {"type": "path", "default": ""},
+    "remove_state_dir": {"type": "bool", "default": False},
 }
 
 
@@ -44,24 +53,40 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         p = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        stage = getattr(self, "_" + p["stage"])
         try:
-            if p["stage"] == "teardown":
-                check_build_id(p["build_id"], teardown=True)
-                result.update(changed=False, ansible_facts={"builder_host__state": read_state(p["state_dir"])})
-                return result
-            check_provision(p)
-            if self._task.check_mode:
-                result.update(changed=True, ansible_facts=expiry(p["ttl_minutes"], time.time()))
-                return result
-            made = prepare_state_dir(p)
+            result.update(stage(p, bool(self._task.check_mode)))
         except InputError as exc:
             result.update(failed=True, msg=str(exc))
-            return result
         except (OSError, subprocess.CalledProcessError) as exc:
-            result.update(
-                failed=True, msg="Preparing the build's state directory %s failed: %s" % (p["state_dir"], exc)
-            )
-            return result
-        facts = dict(made["facts"], **expiry(p["ttl_minutes"], time.time()))
-        result.update(changed=bool(made["made"]), keys_made=made["made"], ansible_facts=facts)
+            result.update(failed=True, msg="%s: the build's state directory %s: %s" % (p["stage"], p["state_dir"], exc))
         return result
+
+    @staticmethod
+    def _provision(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        check_provision(p)
+        if check_mode:
+            return {"changed": True, "ansible_facts": expiry(p["ttl_minutes"], time.time())}
+        made = prepare_state_dir(p)
+        facts = dict(made["facts"], **expiry(p["ttl_minutes"], time.time()))
+        return {"changed": bool(made["made"]), "keys_made": made["made"], "ansible_facts": facts}
+
+    @staticmethod
+    def _record(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        check_build_id(p["build_id"])
+        if check_mode:
+            return {"changed": True}
+        written = record_state(p["state_dir"], p["machine"], dict(p["record"], build_id=p["build_id"]))
+        return {"changed": bool(written), "written": written}
+
+    @staticmethod
+    def _teardown(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        check_build_id(p["build_id"], teardown=True)
+        return {"changed": False, "ansible_facts": {"builder_host__state": read_state(p["state_dir"])}}
+
+    @staticmethod
+    def _cleanup(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        check_build_id(p["build_id"], teardown=True)
+        paths = [path for path in cleanup_paths(p["state_dir"], p["control_path_dir"], p["remove_state_dir"]) if path]
+        removed = remove_paths(paths, check_mode=check_mode)
+        return {"changed": bool(removed), "removed": removed}

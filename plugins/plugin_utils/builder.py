@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from typing import Any, Dict, List
@@ -106,6 +107,61 @@ def prepare_state_dir(p: Dict[str, Any]) -> Dict[str, Any]:
             made.append("ssh_host_ed25519_key")
         facts["builder_host__host_public_key"] = _read(os.path.join(state_dir, "ssh_host_ed25519_key.pub"))
     return {"facts": facts, "made": made}
+
+
+def _write_private(path: str, text: str) -> bool:
+    """Write `text` to `path` (mode 0600, replaced atomically); False when it was there already."""
+    try:
+        with open(path) as fh:
+            if fh.read() == text:
+                os.chmod(path, 0o600)
+                return False
+    except OSError:
+        pass
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def record_state(state_dir: str, machine: Dict[str, Any], extra: Dict[str, Any]) -> List[str]:
+    """Pin the builder's host key (ssh connections) and write state.json: what teardown and
+    a re-run read back. The machine description holds no secret (key paths, not keys).
+    Returns the files written (none when both were current)."""
+    written: List[str] = []
+    if machine.get("connection") == "ssh":
+        lines = machine.get("known_hosts_lines") or []
+        if _write_private(os.path.join(state_dir, "known_hosts"), "".join("%s\n" % line for line in lines)):
+            written.append("known_hosts")
+    state = dict(machine, **extra)
+    if _write_private(os.path.join(state_dir, "state.json"), json.dumps(state, indent=4, sort_keys=True) + "\n"):
+        written.append("state.json")
+    return written
+
+
+def cleanup_paths(state_dir: str, control_path_dir: str, remove_state_dir: bool) -> List[str]:
+    """What teardown removes on the controller: the private keys (or the whole state
+    directory) and the SSH control sockets' directory."""
+    keys = [os.path.join(state_dir, name) for name in ("id_ed25519", "ssh_host_ed25519_key")]
+    return ([state_dir] if remove_state_dir else keys) + [control_path_dir]
+
+
+def remove_paths(paths: List[str], check_mode: bool = False) -> List[str]:
+    """Remove files and directory trees; the ones that existed (and were removed unless check mode)."""
+    gone: List[str] = []
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        gone.append(path)
+        if check_mode:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    return gone
 
 
 def read_state(state_dir: str) -> Dict[str, Any]:

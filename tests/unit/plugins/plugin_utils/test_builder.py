@@ -11,9 +11,12 @@ from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
     InputError,
     check_build_id,
     check_provision,
+    cleanup_paths,
     expiry,
     prepare_state_dir,
     read_state,
+    record_state,
+    remove_paths,
 )
 
 GOOD = {
@@ -95,3 +98,41 @@ def test_read_state(tmp_path: Path) -> None:
     assert read_state(str(tmp_path)) == {}
     (tmp_path / "state.json").write_text(json.dumps({"connection": "ssh"}))
     assert read_state(str(tmp_path)) == {"connection": "ssh"}
+
+
+MACHINE = {"connection": "ssh", "host": "192.0.2.5", "known_hosts_lines": ["192.0.2.5 ssh-ed25519 AAAAkey"]}
+
+
+def test_record_state_pins_the_host_key_and_writes_private_state(tmp_path: Path) -> None:
+    extra = {"provider": "ec2", "build_id": "sd-1", "started_at": "t0", "expires_at": "t1"}
+    assert record_state(str(tmp_path), MACHINE, extra) == ["known_hosts", "state.json"]
+    assert (tmp_path / "known_hosts").read_text() == "192.0.2.5 ssh-ed25519 AAAAkey\n"
+    assert read_state(str(tmp_path)) == dict(MACHINE, **extra)
+    for name in ("known_hosts", "state.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    assert record_state(str(tmp_path), MACHINE, extra) == []  # current: nothing written again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["known_hosts", "state.json"]  # no temp file left
+
+
+def test_record_state_pins_nothing_for_a_local_builder(tmp_path: Path) -> None:
+    assert record_state(str(tmp_path), {"connection": "local"}, {"build_id": "b"}) == ["state.json"]
+    assert not (tmp_path / "known_hosts").exists()
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_cleanup_removes_the_keys_or_the_state_dir_and_the_control_sockets(tmp_path: Path, whole: bool) -> None:
+    state, control = tmp_path / "state", tmp_path / "cp"
+    state.mkdir()
+    control.mkdir()
+    for name in ("id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "state.json"):
+        (state / name).write_text(name)
+    (control / "socket").write_text("")
+    paths = cleanup_paths(str(state), str(control), whole)
+    assert remove_paths(paths, check_mode=True) == paths and (state / "id_ed25519").exists()
+    assert remove_paths(paths) == paths
+    assert not control.exists()
+    if whole:
+        assert not state.exists()
+    else:
+        assert sorted(p.name for p in state.iterdir()) == ["id_ed25519.pub", "state.json"]
+    assert remove_paths(paths) == []  # nothing left to remove: unchanged
