@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.nixforge.images.plugins.module_utils.checksum_record import record, recorded
 from ansible_collections.nixforge.images.plugins.plugin_utils.fetch import (
     MIB,
     FetchError,
@@ -136,12 +137,15 @@ class ActionModule(ActionBase):
     def _already_there(
         self, ssh: List[str], python: str, src: str, dest: str, expected: str
     ) -> Optional[Dict[str, Any]]:
-        """A copy at dest with the builder's sha256 is not fetched again (both hashes run at once)."""
+        """A copy at dest with the builder's sha256 is not fetched again (both hashes run at once;
+        a copy this plugin verified and nothing changed since is not hashed again)."""
         if not os.path.isfile(dest):
             return None
-        local: Dict[str, str] = {}
+        known = recorded(dest)
+        local: Dict[str, str] = {"sha": known} if known else {}
         thread = threading.Thread(target=lambda: local.update(sha=file_sha256(dest)), daemon=True)
-        thread.start()
+        if known is None:
+            thread.start()
         if not expected:
             proc = subprocess.run([*ssh, remote_command(python, "hash", src)], capture_output=True, check=False)
             lines = proc.stdout.decode(errors="replace").split("\n")
@@ -150,9 +154,12 @@ class ActionModule(ActionBase):
                     "cannot read it on the builder: %s" % proc.stderr.decode(errors="replace").strip()[-300:]
                 )
             expected = lines[1].strip()
-        thread.join()
+        if known is None:
+            thread.join()
         if local.get("sha") != expected:
             return None
+        if known is None:
+            record(dest, expected)
         return {"sha256": expected, "size": os.path.getsize(dest)}
 
     def _transfer(
@@ -231,4 +238,5 @@ class ActionModule(ActionBase):
             os.unlink(part)
         else:
             os.replace(part, dest)
+            record(dest, want)  # so that the next reader (b2_object, a re-run) need not hash it again
         return done, want

@@ -66,6 +66,10 @@ options:
       - Expected sha256 (hex) of O(src), checked while the file is uploaded (no extra read of the file). When
         the file does not match, the module fails before the upload is finished and nothing is left in the
         bucket.
+      - When O(src) carries the record M(nixforge.images.fetch_artifact) leaves on a file it verified (an
+        extended attribute with the sha256, valid while the file's size, modification time and inode are
+        unchanged), the record is compared instead and the file is not hashed again; a record that differs fails
+        before anything is uploaded. Without O(sha256) the record gives the sha256 (no read before the upload).
       - When an object of the build already has this sha256 it is adopted without reading O(src).
     type: str
   url_mode:
@@ -181,6 +185,14 @@ uploaded:
   description: Whether this run uploaded the file (false when an existing object was adopted).
   returned: when O(state=present)
   type: bool
+sha256_checked:
+  description:
+    - How the sha256 of O(src) was established. V(record) - from the record of M(nixforge.images.fetch_artifact)
+      (the file is unchanged since it was verified); V(upload) - O(sha256), checked while uploading; V(given) -
+      O(sha256), an object with it was adopted without reading O(src); V(read) - computed by reading O(src).
+  returned: when O(state=present)
+  type: str
+  sample: record
 deleted:
   description: What O(state=absent) deleted (or would delete in check mode).
   returned: when O(state=absent)
@@ -220,6 +232,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
     parse_size,
     validate_object_name,
 )
+from ansible_collections.nixforge.images.plugins.module_utils.checksum_record import recorded
 from ansible_collections.nixforge.images.plugins.module_utils.common import (
     TAG_BUILD_ID,
     Action,
@@ -255,6 +268,7 @@ class B2Object(NixforgeModule):
     client: B2Client
     bucket: Any
     digest: Optional[FileDigest] = None
+    recorded_sha256: Optional[str] = None
     src_stat: Optional[os.stat_result] = None
     existing: Optional[Dict[str, Any]] = None
     uploaded: Optional[Dict[str, Any]] = None
@@ -327,6 +341,14 @@ class B2Object(NixforgeModule):
                 raise UserInputError(
                     "not a sha256 hex digest", hint="Give 64 hexadecimal digits or leave it unset", parameter="sha256"
                 )
+        self.recorded_sha256 = recorded(src)
+        if params.get("sha256") and self.recorded_sha256 not in (None, params["sha256"]):
+            raise UserInputError(
+                "%s has sha256 %s (recorded when it was fetched and verified), not %s"
+                % (src, self.recorded_sha256, params["sha256"]),
+                hint="Check that 'src' is the artifact the checksum belongs to; nothing was uploaded",
+                parameter="sha256",
+            )
         self.part_size = parse_size(params["part_size"], "part_size")
         if self.part_size < MIN_PART_SIZE:
             raise UserInputError(
@@ -393,7 +415,15 @@ class B2Object(NixforgeModule):
         return self.digest
 
     def src_sha256(self) -> str:
-        return self.params.get("sha256") or self.local_digest().sha256
+        return self.params.get("sha256") or self.recorded_sha256 or self.local_digest().sha256
+
+    def sha256_checked(self) -> str:
+        """How the sha256 of src was established (RV sha256_checked)."""
+        if self.recorded_sha256:
+            return "record"
+        if self.params.get("sha256"):
+            return "upload" if self.uploaded is not None else "given"
+        return "read"
 
     def find_adoptable(self) -> Optional[Dict[str, Any]]:
         """The newest live object of the build with the same name (or file name) and sha256."""
@@ -478,7 +508,8 @@ class B2Object(NixforgeModule):
                 self.src_size,
                 self.part_size,
                 self.params["threads"],
-                verify=self.params.get("sha256"),
+                # a valid record is the fetch's verified sha256 of these very bytes: no second hashing
+                verify=None if self.recorded_sha256 else self.params.get("sha256"),
             )
             self.check_src_unchanged()
             self.url = self.make_url(name)
@@ -537,7 +568,7 @@ class B2Object(NixforgeModule):
             sha256 = self.src_sha256()
             obj = {"bucket": self.params["bucket"], "name": name, "file_id": None, "size": self.src_size}
             obj.update(sha256=sha256, url=None, upload_timestamp=None, file_info=self.file_info(sha256))
-            return {"object": obj, "url": None, "uploaded": False}
+            return {"object": obj, "url": None, "uploaded": False, "sha256_checked": self.sha256_checked()}
         url = self.url or self.make_url(version["name"])
         obj = {
             "bucket": self.params["bucket"],
@@ -551,7 +582,8 @@ class B2Object(NixforgeModule):
         }
         if obj["file_info"].get(TAG_BUILD_ID) != self.ident.build_id and self.existing is not None:
             self.warn("the adopted object %s carries another build id in its file info" % version["name"])
-        return {"object": obj, "url": url, "uploaded": self.uploaded is not None}
+        uploaded = self.uploaded is not None
+        return {"object": obj, "url": url, "uploaded": uploaded, "sha256_checked": self.sha256_checked()}
 
 
 def main() -> None:

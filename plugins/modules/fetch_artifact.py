@@ -21,6 +21,9 @@ description:
     same file (path, size, modification time). A copy whose sha256 differs from the builder's is removed and
     fetched once more from scratch; when that copy differs too, the task fails and nothing is kept.
     A file at O(dest) with the builder's sha256 is not fetched again.
+  - The verified sha256 is recorded on O(dest) in the extended attribute C(user.nixforge.sha256), with the file's
+    size, modification time and inode, where the filesystem allows it. M(nixforge.images.b2_object) and a later
+    fetch to the same O(dest) use it instead of hashing the file again, as long as the file is unchanged.
   - Runs on the controller; the builder needs a Python 3 (the one Ansible uses) and nothing else.
 author:
   - nixforge.images contributors (@nixforge)

@@ -189,6 +189,35 @@ def test_bytes_altered_on_the_way_are_fetched_again(builder: Builder, tmp_path: 
     assert result["corrupt_copies"][0] != builder.sha256
     assert hashlib.sha256((tmp_path / "once" / "image.bin").read_bytes()).hexdigest() == builder.sha256
     assert sorted(p.name for p in (tmp_path / "once").iterdir()) == ["image.bin"]
+    assert recorded_sha256(tmp_path / "once" / "image.bin") == builder.sha256  # for b2_object: no second hashing
+
+
+def recorded_sha256(path: Path) -> str:
+    """The verified sha256 the fetch records on the file (checksum_record), if its identity still matches."""
+    sha256, size, mtime_ns, inode = os.getxattr(path, "user.nixforge.sha256").decode().split()
+    st = path.stat()
+    return sha256 if (int(size), int(mtime_ns), int(inode)) == (st.st_size, st.st_mtime_ns, st.st_ino) else ""
+
+
+def test_a_fetched_copy_changed_later_is_fetched_again(builder: Builder, tmp_path: Path) -> None:
+    """The record of a verified copy holds only while the file is unchanged: a copy written to
+    afterwards is hashed again on a re-run, found different and fetched again."""
+    dest = tmp_path / "changed"
+    builder.mode("")
+    proc, fetched = builder.fetch(dest)
+    assert fetched["status"] == "ok" and not fetched["result"]["already_there"], proc.stdout[-4000:]
+    image = dest / "image.bin"
+    with open(image, "r+b") as fh:
+        fh.seek(5000)
+        fh.write(b"\0" * 16)
+    assert recorded_sha256(image) == ""  # the write made the record stale
+    builder.mode("count")
+    proc, fetched = builder.fetch(dest)
+    assert fetched["status"] == "ok" and not fetched["result"]["already_there"], proc.stdout[-4000:]
+    assert sum(builder.sent()) == SIZE  # fetched whole once more
+    assert recorded_sha256(image) == builder.sha256
+    proc, fetched = builder.fetch(dest)  # unchanged now: taken as it is, by its record
+    assert fetched["status"] == "ok" and fetched["result"]["already_there"], proc.stdout[-4000:]
 
 
 def test_bytes_altered_every_time_fail_clearly_and_keep_nothing(builder: Builder, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -232,6 +233,8 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
             assert env[name] not in output, f"{name} leaked at -vvvv"
         assert "PRIVATE KEY-----" not in output
         assert not (tmp_path / "state").exists()
+        # b2_object took the fetch's verified sha256 from its record: the image was not hashed again
+        assert re.search(r"\bsha256_checked\W+record\b", output)
 
         again = run(
             env, tmp_path, build_id, builder_host_provider="equinix_metal", do_image_publish_regions=["sfo3", "ams3"]

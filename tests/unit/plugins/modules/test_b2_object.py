@@ -389,3 +389,47 @@ def test_given_sha256_is_not_read_twice(cloud, exits, tmp_path, monkeypatch):
     out = run(cloud, src=str(src), part_size="5MB", sha256=digest)
     assert out.kind == "exit", out.result
     assert out.result["object"]["sha256"] == digest
+
+
+def test_a_fetch_record_spares_every_sha256_pass(cloud, exits, tmp_path, monkeypatch):
+    """A file fetch_artifact verified carries its sha256: neither a pre-pass nor a hash while uploading."""
+    from ansible_collections.nixforge.images.plugins.module_utils import _b2_upload, checksum_record
+
+    src = tmp_path / "image.img"
+    digest = write(src, 12 * MB)
+    assert checksum_record.record(str(src), digest)
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("src was hashed although its verified sha256 is recorded")
+
+    monkeypatch.setattr(b2_object, "hash_file", no_hashing)
+    monkeypatch.setattr(_b2_upload, "SequentialHasher", no_hashing)
+    for given in ({"sha256": digest}, {}):
+        out = run(cloud, src=str(src), part_size="5MB", **given)
+        assert out.kind == "exit", out.result
+        assert out.result["sha256_checked"] == "record" and out.result["object"]["sha256"] == digest
+        assert run(cloud, state="absent").kind == "exit"
+
+
+def test_a_record_that_contradicts_the_given_sha256_fails_before_uploading(cloud, exits, tmp_path):
+    from ansible_collections.nixforge.images.plugins.module_utils import checksum_record
+
+    src = tmp_path / "image.img"
+    digest = write(src, 12 * MB)
+    checksum_record.record(str(src), "ab" * 32)  # recorded for other bytes than the caller expects
+    out = run(cloud, src=str(src), part_size="5MB", sha256=digest)
+    assert out.kind == "fail" and out.result["parameter"] == "sha256", out.result
+    assert "recorded when it was fetched" in out.result["msg"] and "nothing was uploaded" in out.result["msg"]
+    assert leak_free(cloud)
+
+
+def test_a_stale_record_is_ignored_and_the_sha256_checked_while_uploading(cloud, exits, tmp_path):
+    from ansible_collections.nixforge.images.plugins.module_utils import checksum_record
+
+    src = tmp_path / "image.img"
+    write(src, 12 * MB)
+    checksum_record.record(str(src), "ab" * 32)
+    digest = write(src, 12 * MB, seed=b"y")  # rewritten since: the record no longer applies
+    out = run(cloud, src=str(src), part_size="5MB", sha256=digest)
+    assert out.kind == "exit", out.result
+    assert out.result["sha256_checked"] == "upload" and out.result["object"]["sha256"] == digest
