@@ -1,0 +1,116 @@
+"""nix_daemon's decisions: when nix.conf is written, which units are enabled, when the
+service is started or restarted, and how Nix's version is read. systemctl and nix are
+scripted; the file is real."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible_collections.nixforge.images.plugins.modules import nix_daemon
+
+
+class Failed(Exception):
+    pass
+
+
+class FakeModule:
+    """The parts of AnsibleModule the module uses; systemctl answers from `units`."""
+
+    def __init__(self, tmp_path: Path, check: bool = False, diff: bool = False, **params: Any) -> None:
+        nix = tmp_path / "bin" / "nix"
+        nix.parent.mkdir(exist_ok=True)
+        nix.write_text("#!/bin/sh\n")
+        nix.chmod(0o755)
+        self.params = {"config_path": str(tmp_path / "etc" / "nix" / "nix.conf"), "daemon": True}
+        self.params.update(search_path=[str(nix.parent)], **params)
+        self.check_mode = check
+        self._diff = diff
+        self.units = {"nix-daemon.socket": "enabled", "nix-daemon.service": "enabled"}
+        self.active = True
+        self.calls: list[list[str]] = []
+        self.version_output = "nix (Nix) 2.26.3\n"
+
+    def run_command(self, argv: list[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        self.calls.append(argv)
+        if argv[0] != "systemctl":
+            return 0, self.version_output, ""
+        verb, units = argv[1], argv[2:]
+        if verb == "is-enabled":
+            return 0, "".join(self.units[u] + "\n" for u in units), ""
+        if verb == "is-active":
+            return (0, "active\n", "") if self.active else (3, "inactive\n", "")
+        return 0, "", ""
+
+    def fail_json(self, msg: str, **kwargs: Any) -> None:
+        raise Failed(msg)
+
+    def changes(self) -> list[list[str]]:
+        return [c[1:] for c in self.calls if c[0] == "systemctl" and c[1] not in ("is-enabled", "is-active")]
+
+
+CONF = "max-jobs = 2\n"
+
+
+def run(module: FakeModule) -> dict[str, Any]:
+    return nix_daemon.NixDaemon(module).run()  # type: ignore[arg-type]
+
+
+def test_a_fresh_builder_gets_the_file_and_a_restarted_daemon(tmp_path: Path) -> None:
+    module = FakeModule(tmp_path, config=CONF)
+    result = run(module)
+    conf = Path(module.params["config_path"])
+    assert conf.read_text() == CONF and stat.S_IMODE(conf.stat().st_mode) == 0o644
+    assert result["changed"] and result["config_changed"] and result["service"] == "restarted"
+    assert module.changes() == [["restart", "nix-daemon.service"]]
+    assert result["nix_version"] == "2.26.3"
+
+
+def test_nothing_changes_on_a_second_run(tmp_path: Path) -> None:
+    run(FakeModule(tmp_path, config=CONF))
+    module = FakeModule(tmp_path, config=CONF)
+    result = run(module)
+    assert not result["changed"] and result["service"] == "running" and result["enabled"] == []
+    assert module.changes() == []
+
+
+def test_disabled_units_are_enabled_and_a_stopped_service_started(tmp_path: Path) -> None:
+    run(FakeModule(tmp_path, config=CONF))
+    module = FakeModule(tmp_path, config=CONF)
+    module.units["nix-daemon.socket"] = "disabled"
+    module.active = False
+    result = run(module)
+    assert result["changed"] and result["enabled"] == ["nix-daemon.socket"] and result["service"] == "started"
+    assert module.changes() == [["enable", "nix-daemon.socket"], ["start", "nix-daemon.service"]]
+
+
+def test_check_mode_reports_and_touches_nothing(tmp_path: Path) -> None:
+    module = FakeModule(tmp_path, check=True, diff=True, config=CONF)
+    module.active = False
+    result = run(module)
+    assert result["changed"] and result["config_changed"] and result["service"] == "started"
+    assert result["diff"]["before"] == "" and result["diff"]["after"] == CONF
+    assert not Path(module.params["config_path"]).exists() and module.changes() == []
+
+
+def test_single_user_nix_leaves_systemd_alone(tmp_path: Path) -> None:
+    module = FakeModule(tmp_path, config=CONF, daemon=False)
+    result = run(module)
+    assert result["service"] == "unmanaged" and [c for c in module.calls if c[0] == "systemctl"] == []
+
+
+def test_a_nix_that_does_not_answer_fails_with_its_output(tmp_path: Path, monkeypatch) -> None:
+    module = FakeModule(tmp_path, config=CONF)
+    monkeypatch.setattr(module, "run_command", lambda argv, environ_update=None: (1, "", "error: bad nix.conf\n"))
+    with pytest.raises(Failed, match=r"Nix does not answer: .* exited 1: error: bad nix\.conf"):
+        nix_daemon.NixDaemon(module).nix_version()  # type: ignore[arg-type]
+
+
+def test_no_nix_at_all_fails_naming_where_it_looked(tmp_path: Path, monkeypatch) -> None:
+    module = FakeModule(tmp_path, config=CONF, daemon=False)
+    monkeypatch.setattr(nix_daemon, "BASE_PATH", [str(tmp_path / "usr-bin")])  # this machine may have a Nix
+    module.params["search_path"] = [str(tmp_path / "nowhere")]
+    with pytest.raises(Failed, match=r"Nix is not installed: no 'nix' in .*/usr-bin:.*/nowhere"):
+        nix_daemon.NixDaemon(module).nix_version()  # type: ignore[arg-type]
