@@ -87,6 +87,6 @@ class ActionModule(ActionBase):
     @staticmethod
     def _cleanup(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
         check_build_id(p["build_id"], teardown=True)
-        paths = [path for path in cleanup_paths(p["state_dir"], p["control_path_dir"], p["remove_state_dir"]) if path]
+        paths = cleanup_paths(p["state_dir"], p["control_path_dir"], p["remove_state_dir"])
         removed = remove_paths(paths, check_mode=check_mode)
         return {"changed": bool(removed), "removed": removed}

@@ -142,9 +142,10 @@ class ActionModule(ActionBase):
         if not os.path.isfile(dest):
             return None
         known = recorded(dest)
-        local: Dict[str, str] = {"sha": known} if known else {}
-        thread = threading.Thread(target=lambda: local.update(sha=file_sha256(dest)), daemon=True)
+        local: Dict[str, str] = {}
+        thread = None
         if known is None:
+            thread = threading.Thread(target=lambda: local.update(sha=file_sha256(dest)), daemon=True)
             thread.start()
         if not expected:
             proc = subprocess.run([*ssh, remote_command(python, "hash", src)], capture_output=True, check=False)
@@ -154,11 +155,11 @@ class ActionModule(ActionBase):
                     "cannot read it on the builder: %s" % proc.stderr.decode(errors="replace").strip()[-300:]
                 )
             expected = lines[1].strip()
-        if known is None:
+        if thread is not None:
             thread.join()
-        if local.get("sha") != expected:
+        if (known or local.get("sha")) != expected:
             return None
-        if known is None:
+        if thread is not None:
             record(dest, expected)
         return {"sha256": expected, "size": os.path.getsize(dest)}
 

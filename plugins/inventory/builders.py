@@ -206,6 +206,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._discovery import 
 from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HOST_KEY_TYPES
 from ansible_collections.nixforge.images.plugins.module_utils.common import is_expired, utcnow
 from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.plugin_utils.builder import write_private
 
 display = Display()
 
@@ -459,15 +460,5 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         directory = self._known_hosts_dir()
         os.makedirs(directory, mode=0o700, exist_ok=True)
         path = os.path.join(directory, name)
-        content = "%s %s\n" % (address, host_key)
-        try:
-            with open(path) as handle:
-                if handle.read() == content:
-                    return path
-        except OSError:
-            pass
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
-            handle.write(content)
-        os.replace(tmp, path)
+        write_private(path, "%s %s\n" % (address, host_key))
         return path

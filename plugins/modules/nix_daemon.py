@@ -90,6 +90,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 UNITS = ("nix-daemon.socket", "nix-daemon.service")
 SERVICE = "nix-daemon.service"
+# searched in this order (not PATH, which sudo and the login shell set differently)
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
 
 
@@ -103,19 +104,10 @@ class NixDaemon:
         self.result: Dict[str, Any] = {"changed": False, "enabled": [], "service": "unmanaged", "nix_version": ""}
 
     def run(self) -> Dict[str, Any]:
-        changed = self.write_config()
-        if self.params["daemon"]:
-            self.manage_units(restart=changed)
+        config_changed = self.write_config()
+        units_changed = self.params["daemon"] and self.manage_units(restart=config_changed)
         self.result["nix_version"] = self.nix_version()
-        self.result["changed"] = (
-            changed
-            or bool(self.result["enabled"])
-            or self.result["service"]
-            in (
-                "started",
-                "restarted",
-            )
-        )
+        self.result["changed"] = bool(config_changed or units_changed)
         return self.result
 
     # -- nix.conf ---------------------------------------------------------------------
@@ -133,8 +125,22 @@ class NixDaemon:
                 "after_header": path,
             }
         if changed and not self.check:
-            write_atomically(path, content)
+            self.write(path, content)
         return changed
+
+    def write(self, path: str, content: str) -> None:
+        """Through a temporary file next to it and Ansible's atomic_move (never half-written)."""
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".nix.conf.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
+        except OSError:
+            os.unlink(tmp)
+            raise
+        self.module.atomic_move(tmp, path)
+        self.module.set_mode_if_different(path, "0644", False)
 
     # -- systemd ----------------------------------------------------------------------
 
@@ -147,25 +153,21 @@ class NixDaemon:
             )
         return rc, out
 
-    def manage_units(self, restart: bool) -> None:
-        _rc, out = self.systemctl("is-enabled", *UNITS, check=False)
-        states = out.split()
+    def manage_units(self, restart: bool) -> bool:
+        """Enable what is not, start a stopped service or restart a running one for a new
+        nix.conf (a start reads it too); True when anything changed."""
+        states = self.systemctl("is-enabled", *UNITS, check=False)[1].split()
         disabled = [unit for unit, state in zip(UNITS, states + [""] * len(UNITS)) if state != "enabled"]
-        if disabled:
-            self.result["enabled"] = disabled
-            if not self.check:
-                self.systemctl("enable", *disabled)
+        self.result["enabled"] = disabled
         active = self.systemctl("is-active", SERVICE, check=False)[1].strip() == "active"
-        if restart and (active or not self.check):
-            self.result["service"] = "restarted"
-            if not self.check:
-                self.systemctl("restart", SERVICE)
-        elif not active:
-            self.result["service"] = "started"
-            if not self.check:
-                self.systemctl("start", SERVICE)
-        else:
-            self.result["service"] = "running"
+        verb = "start" if not active else "restart" if restart else None
+        self.result["service"] = {"start": "started", "restart": "restarted", None: "running"}[verb]
+        if not self.check:
+            if disabled:
+                self.systemctl("enable", *disabled)
+            if verb:
+                self.systemctl(verb, SERVICE)
+        return bool(disabled or verb)
 
     # -- Nix --------------------------------------------------------------------------
 
@@ -191,22 +193,6 @@ def read_text(path: str) -> Optional[str]:
             return fh.read()
     except FileNotFoundError:
         return None
-
-
-def write_atomically(path: str, content: str) -> None:
-    """Replace `path` with `content`, mode 0644 (root's when run as root), never half-written."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".nix.conf.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def find_nix(search: List[str]) -> Optional[str]:

@@ -109,8 +109,9 @@ def prepare_state_dir(p: Dict[str, Any]) -> Dict[str, Any]:
     return {"facts": facts, "made": made}
 
 
-def _write_private(path: str, text: str) -> bool:
-    """Write `text` to `path` (mode 0600, replaced atomically); False when it was there already."""
+def write_private(path: str, text: str) -> bool:
+    """Write `text` to `path` (mode 0600, replaced atomically); False when it was there already.
+    Also the builders inventory's writer of pinned known_hosts files."""
     try:
         with open(path) as fh:
             if fh.read() == text:
@@ -133,19 +134,19 @@ def record_state(state_dir: str, machine: Dict[str, Any], extra: Dict[str, Any])
     written: List[str] = []
     if machine.get("connection") == "ssh":
         lines = machine.get("known_hosts_lines") or []
-        if _write_private(os.path.join(state_dir, "known_hosts"), "".join("%s\n" % line for line in lines)):
+        if write_private(os.path.join(state_dir, "known_hosts"), "".join("%s\n" % line for line in lines)):
             written.append("known_hosts")
     state = dict(machine, **extra)
-    if _write_private(os.path.join(state_dir, "state.json"), json.dumps(state, indent=4, sort_keys=True) + "\n"):
+    if write_private(os.path.join(state_dir, "state.json"), json.dumps(state, indent=4, sort_keys=True) + "\n"):
         written.append("state.json")
     return written
 
 
 def cleanup_paths(state_dir: str, control_path_dir: str, remove_state_dir: bool) -> List[str]:
     """What teardown removes on the controller: the private keys (or the whole state
-    directory) and the SSH control sockets' directory."""
+    directory) and the SSH control sockets' directory (when there is one)."""
     keys = [os.path.join(state_dir, name) for name in ("id_ed25519", "ssh_host_ed25519_key")]
-    return ([state_dir] if remove_state_dir else keys) + [control_path_dir]
+    return ([state_dir] if remove_state_dir else keys) + ([control_path_dir] if control_path_dir else [])
 
 
 def remove_paths(paths: List[str], check_mode: bool = False) -> List[str]:

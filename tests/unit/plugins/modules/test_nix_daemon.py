@@ -4,6 +4,7 @@ scripted; the file is real."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ class FakeModule:
 
     def fail_json(self, msg: str, **kwargs: Any) -> None:
         raise Failed(msg)
+
+    @staticmethod
+    def atomic_move(src: str, dest: str) -> None:
+        os.replace(src, dest)
+
+    @staticmethod
+    def set_mode_if_different(path: str, mode: str, changed: bool) -> bool:
+        os.chmod(path, int(mode, 8))
+        return True
 
     def changes(self) -> list[list[str]]:
         return [c[1:] for c in self.calls if c[0] == "systemctl" and c[1] not in ("is-enabled", "is-active")]
