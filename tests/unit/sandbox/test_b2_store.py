@@ -6,8 +6,11 @@ the same code through b2sdk.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import mmap
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
 from nfsandbox.b2.api import parse_range, slice_segments
 from nfsandbox.b2.store import (
+    CHUNK,
     MIN_PART_SIZE,
     B2Error,
+    DiskWriter,
     Store,
     check_bucket_name,
     check_file_name,
@@ -106,6 +111,59 @@ def test_copy_hashing_survives_partial_writes_and_reports_write_errors() -> None
     assert out.getvalue() == data and digest.hexdigest() == sha1(data)
     with pytest.raises(OSError, match="No space"):
         copy_hashing(io.BytesIO(data), Full(), len(data), hashlib.sha1(usedforsecurity=False))
+
+
+def direct_capable(path: Path) -> bool:
+    try:
+        os.close(os.open(path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+    except OSError:
+        return False
+    return True
+
+
+def test_disk_writer_writes_whole_chunks_past_the_page_cache_and_the_tail_buffered(tmp_path: Path) -> None:
+    if not direct_capable(tmp_path):
+        pytest.skip(f"{tmp_path} has no O_DIRECT (tmpfs?); the fallback is tested below")
+    data = os.urandom(2 * CHUNK + 123)
+    chunk = mmap.mmap(-1, CHUNK)  # page-aligned, as copy_hashing's buffers are
+    with DiskWriter(tmp_path / "obj") as out:
+        for offset in range(0, 2 * CHUNK, CHUNK):
+            chunk[:] = data[offset : offset + CHUNK]
+            assert out.direct is True
+            assert out.write(memoryview(chunk)) == CHUNK
+        tail = memoryview(data)[2 * CHUNK :]
+        assert out.write(tail) == 123
+        assert out.direct is False  # an unaligned length cannot go O_DIRECT
+    assert (tmp_path / "obj").read_bytes() == data
+
+
+def test_disk_writer_falls_back_to_buffered_writes_where_o_direct_is_refused(tmp_path: Path, monkeypatch) -> None:
+    # some filesystems refuse O_DIRECT at open, others only at the first write (EINVAL)
+    real_open, real_write = os.open, os.write
+
+    def refusing_open(path, flags, mode=0o777):
+        if flags & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    data = b"z" * (CHUNK + 5)
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert receive(io.BytesIO(data), len(data), sha1(data), tmp_path / "a") == (len(data), sha1(data), True)
+    assert (tmp_path / "a").read_bytes() == data
+    monkeypatch.setattr(os, "open", real_open)
+
+    def refusing_write(fd, view):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_write(fd, view)
+
+    monkeypatch.setattr(os, "write", refusing_write)
+    chunk = mmap.mmap(-1, CHUNK)
+    chunk[:] = data[:CHUNK]
+    with DiskWriter(tmp_path / "b") as out:
+        assert out.write(memoryview(chunk)) == CHUNK
+        assert out.direct is False
+    assert (tmp_path / "b").read_bytes() == data[:CHUNK]
 
 
 def test_names_follow_b2_rules() -> None:

@@ -10,8 +10,11 @@ Errors are `B2Error(status, code, message)`, answered as B2's JSON error body.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import mimetypes
+import mmap
 import os
 import queue
 import re
@@ -25,6 +28,7 @@ from typing import Any, BinaryIO
 
 CHUNK = 1 << 20
 BUFFERS = 4  # chunks in flight between the reading and the writing thread
+DIRECT_ALIGN = 4096  # O_DIRECT: lengths (and buffer addresses) in whole pages
 MIN_PART_SIZE = 5_000_000  # B2's absoluteMinimumPartSize (decimal megabytes)
 RECOMMENDED_PART_SIZE = 100_000_000
 MAX_PART_SIZE = 5_000_000_000
@@ -120,7 +124,7 @@ def receive(stream: BinaryIO, length: int, sha1_header: str, dest: Path) -> tupl
         raise bad_request("X-Bz-Content-Sha1 must be 40 hex digits, hex_digits_at_end or do_not_verify")
     digest = hashlib.sha1(usedforsecurity=False)
     try:
-        with open(dest, "wb", buffering=0) as out:
+        with DiskWriter(dest) as out:
             copy_hashing(stream, out, size, digest)
         actual = digest.hexdigest()
         if claimed == HEX_AT_END:
@@ -136,17 +140,62 @@ def receive(stream: BinaryIO, length: int, sha1_header: str, dest: Path) -> tupl
     return size, actual, True
 
 
-def copy_hashing(stream: BinaryIO, out: BinaryIO, size: int, digest: Any) -> None:
-    """Copy `size` bytes from `stream` to `out`, hashing them on the way.
+class DiskWriter:
+    """Writes a received body to disk, past the page cache when the filesystem allows it.
+
+    On this kind of VM a buffered write of 2 GiB took 0.36 s or 3.9 s of system time,
+    by whether the page cache got pages freed a moment ago or long ago (measured with
+    dd): every upload timed against the emulator would carry that noise. With O_DIRECT
+    the bytes go to the disk from the caller's page-aligned chunks (0.2-0.3 s for
+    2 GiB); only an unaligned tail (the last chunk) is written buffered. Filesystems
+    without O_DIRECT (tmpfs) get plain buffered writes.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        self.direct = hasattr(os, "O_DIRECT")
+        try:
+            self.fd = os.open(dest, flags | (os.O_DIRECT if self.direct else 0), 0o644)
+        except OSError:  # EINVAL: this filesystem has no O_DIRECT
+            self.direct = False
+            self.fd = os.open(dest, flags, 0o644)
+
+    def _buffered(self) -> None:
+        if self.direct:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self.direct = False
+
+    def write(self, view: memoryview) -> int:
+        """One write(2) of `view` (it may take less, as an unbuffered file may)."""
+        if self.direct and len(view) % DIRECT_ALIGN:
+            self._buffered()  # the tail, or what a short write left: unaligned from here on
+        try:
+            return os.write(self.fd, view)
+        except OSError as exc:
+            if not self.direct or exc.errno != errno.EINVAL:
+                raise
+            self._buffered()  # accepted at open, refused at write: some filesystems do
+            return os.write(self.fd, view)
+
+    def __enter__(self) -> DiskWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+
+def copy_hashing(stream: BinaryIO, out: Any, size: int, digest: Any) -> None:
+    """Copy `size` bytes from `stream` to `out` (a DiskWriter or a raw file), hashing them on the way.
 
     Reading and hashing run here while a second thread writes the previous chunks: both
     hashlib and file writes release the GIL, so the disk and the SHA-1 overlap instead of
-    taking turns (about 1.5x on a loaded 2-core machine).
+    taking turns. Chunks are page-aligned anonymous maps, each filled completely but the
+    last, so that `out` can write them with O_DIRECT.
     """
-    free: queue.Queue[bytearray] = queue.Queue()
-    full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+    free: queue.Queue[mmap.mmap] = queue.Queue()
+    full: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
     for _index in range(BUFFERS):
-        free.put(bytearray(CHUNK))
+        free.put(mmap.mmap(-1, CHUNK))
     failure: list[OSError] = []
 
     def write() -> None:
@@ -156,9 +205,10 @@ def copy_hashing(stream: BinaryIO, out: BinaryIO, size: int, digest: Any) -> Non
                 return
             buf, n = item
             try:
-                view = memoryview(buf)[:n]
-                while view and not failure:  # an unbuffered write may take only part
-                    view = view[out.write(view) or 0 :]
+                with memoryview(buf) as whole:
+                    view = whole[:n]
+                    while view and not failure:  # a write may take only part
+                        view = view[out.write(view) or 0 :]
             except OSError as exc:  # handed to the reading side, which raises it
                 failure.append(exc)
             free.put(buf)
@@ -169,12 +219,16 @@ def copy_hashing(stream: BinaryIO, out: BinaryIO, size: int, digest: Any) -> Non
         left = size
         while left > 0 and not failure:
             buf = free.get()
-            view = memoryview(buf)[: min(CHUNK, left)]
-            n = stream.readinto(view)
-            if not n:
-                free.put(buf)
-                raise ConnectionError(f"request body ended {left} bytes early")
-            digest.update(view[:n])
+            want = min(CHUNK, left)
+            n = 0
+            with memoryview(buf) as view:
+                while n < want:
+                    got = stream.readinto(view[n:want])
+                    if not got:
+                        free.put(buf)
+                        raise ConnectionError(f"request body ended {left - n} bytes early")
+                    n += got
+                digest.update(view[:n])
             full.put((buf, n))
             left -= n
     finally:
