@@ -20,7 +20,7 @@ from requests.structures import CaseInsensitiveDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
-from nfsandbox.b2.api import B2API, Request, Response
+from nfsandbox.b2.api import B2API, Paced, Request, Response
 
 BASE = "http://127.0.0.1:1"
 
@@ -247,3 +247,33 @@ def test_an_upload_token_serves_one_upload_at_a_time(api: B2API) -> None:
     assert second.payload["message"] == f"more than one upload using auth token {target['authorizationToken']}"
     assert results[0].status == 200
     assert call(api, "POST", path, headers, data).status == 200  # free again afterwards
+
+
+def test_paced_body_is_read_no_faster_than_the_rate() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    body = Paced(io.BytesIO(b"x" * 3000), 1000.0, clock=lambda: now[0], sleep=sleep)
+    assert body.read(1000) == b"x" * 1000  # read at once: 1 s early for 1000 B/s
+    now[0] += 0.25  # the reader spent a quarter second on its own
+    assert body.readinto(memoryview(bytearray(1000))) == 1000
+    assert body.read() == b"x" * 1000
+    assert slept == [1.0, 0.75, 1.0]
+    assert body.read(10) == b"" and slept == [1.0, 0.75, 1.0]
+
+
+def test_upload_rate_knob_paces_uploads(api: B2API) -> None:
+    token = authorize(api)["authorizationToken"]
+    data = b"r" * 300_000
+    api.faults.set({"upload_rate": 1.0})  # 1 MB/s: 0.3 s at least for 300 kB
+    started = time.monotonic()
+    assert upload(api, token, "public-bucket", "paced.bin", data).status == 200
+    assert time.monotonic() - started >= 0.3
+    api.faults.set({})
+    started = time.monotonic()
+    assert upload(api, token, "public-bucket", "fast.bin", data).status == 200
+    assert time.monotonic() - started < 0.3

@@ -23,6 +23,7 @@ from nfsandbox.b2.faults import Faults
         ({"match": "("}, "not a valid regex"),
         ({"throttle": -1}, "must not be negative"),
         ({"token_ttl": "soon"}, "token_ttl must be float"),
+        ({"upload_rate": -5}, "upload_rate must not be negative"),
     ],
 )
 def test_bad_knobs_are_refused(knobs, message) -> None:

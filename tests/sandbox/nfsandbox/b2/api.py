@@ -102,6 +102,40 @@ class Token:
     busy: bool = False  # upload: an upload is running with it (B2 allows one at a time)
 
 
+class Paced:
+    """An upload body read at most at `rate` bytes/s (the fault knob `upload_rate`)."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.stream = stream
+        self.rate = rate
+        self.clock = clock
+        self.sleep = sleep
+        self.started = clock()
+        self.taken = 0
+
+    def _pace(self, n: int) -> None:
+        self.taken += n
+        ahead = self.started + self.taken / self.rate - self.clock()
+        if ahead > 0:
+            self.sleep(ahead)
+
+    def readinto(self, view: Any) -> int:
+        n = self.stream.readinto(view) or 0
+        self._pace(n)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self._pace(len(data))
+        return data
+
+
 def b2_encode(value: str) -> str:
     return quote(value.encode("utf-8"))
 
@@ -380,6 +414,9 @@ class B2API:
                 # B2's words, which b2sdk parses into UploadTokenUsedConcurrently
                 raise bad_request(f"more than one upload using auth token {token.value}", "auth_token_limit")
             token.busy = True
+        rate = self.faults.get("upload_rate")
+        if rate and req.stream is not None:
+            req.stream = Paced(req.stream, rate * 1_000_000)
         try:
             if call == "b2_upload_file":
                 return Response(200, self._upload_file(req, target, length, sha1_header), dict(JSON_HEADERS))

@@ -12,7 +12,14 @@ all) and the served counters start again from zero.
      "match": "^b2_list_",        # regex on the call name restricting the two counters
      "retry_after": 1,            # Retry-After seconds of the 429s and 503s
      "token_ttl": 2.0,            # account and upload tokens expire N s after issue (0: 24 h)
+     "upload_rate": 100.0,        # MB/s at most per upload request (0: as fast as it comes)
      "seed": 7}                   # random seed of the rates (reproducible runs)
+
+`upload_rate` is B2's behaviour over a real network rather than a fault: B2 receives each
+upload request on one machine, over one TCP path, and one stream gets a fraction of the
+link (Backblaze's advice for throughput is more threads). On loopback nothing limits a
+stream but the CPU; this knob paces each upload body so that what parallel parts buy can
+be measured (benchmarks/b2_upload.py --upload-rate).
 
 Call names are B2's: `b2_authorize_account`, `b2_list_buckets`, ..., `b2_upload_file`,
 `b2_upload_part`, `b2_download_file_by_name` (GET/HEAD `/file/...`),
@@ -55,6 +62,7 @@ class Faults:
         "match": str,
         "retry_after": int,
         "token_ttl": float,
+        "upload_rate": float,
         "seed": int,
     }
     DEFAULTS: dict[str, Any] = {
@@ -66,6 +74,7 @@ class Faults:
         "match": "",
         "retry_after": 1,
         "token_ttl": 0.0,
+        "upload_rate": 0.0,
         "seed": None,
     }
 
@@ -111,8 +120,9 @@ class Faults:
         for key in ("throttle", "service_unavailable", "retry_after"):
             if values[key] < 0:
                 raise ValueError(f"b2 fault knob {key} must not be negative")
-        if values["token_ttl"] < 0:
-            raise ValueError("b2 fault knob token_ttl must not be negative")
+        for key in ("token_ttl", "upload_rate"):
+            if values[key] < 0:
+                raise ValueError(f"b2 fault knob {key} must not be negative")
         return values
 
     @staticmethod
