@@ -1,7 +1,7 @@
 """Fetch benchmark: the nixos_image role's fetch, end to end, against scp + sha256sum.
 
     python -m benchmarks [--size-mib 1024] [--rounds 3] [--methods ssh,rsync] [--check]
-    (make benchmark; it then runs the B2 upload benchmark, benchmarks/b2_upload.py)
+    (make benchmark; it then runs the B2 upload benchmark, benchmarks/b2_upload.py, twice)
 
 Boots one host in the sandbox (instance NIXFORGE_SANDBOX_INSTANCE, brought up if it is
 down and taken down again if this run started it), writes a file of random bytes there,
@@ -232,13 +232,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(argv: list[str] | None = None) -> int:
-    """`make benchmark`: this fetch benchmark, then the B2 upload one (benchmarks/b2_upload.py)."""
+    """`make benchmark`: this fetch benchmark, then the B2 upload one (benchmarks/b2_upload.py)
+    on loopback and with each upload request limited to 100 MB/s."""
     from benchmarks import b2_upload
 
     argv = sys.argv[1:] if argv is None else argv
     fetch = main(argv)
-    upload = b2_upload.main(["--check"] if "--check" in argv else [])
-    return fetch or upload
+    check = ["--check"] if "--check" in argv else []
+    loopback = b2_upload.main(check)
+    limited = b2_upload.main([*check, "--upload-rate", "100"])
+    return fetch or loopback or limited
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """B2 upload benchmark: the b2_object module against a plain single-stream upload, in the same run.
 
-    python -m benchmarks.b2_upload [--size-mib 2048] [--rounds 1] [--part-size 100MB] [--threads 4] [--check]
-    (also run by `make benchmark`, after the fetch benchmark)
+    python -m benchmarks.b2_upload [--size-mib 2048] [--rounds 1] [--part-size 100MB] [--threads 4]
+                                   [--upload-rate MB/s] [--check]
+    (also run by `make benchmark`, after the fetch benchmark: on loopback, then with
+    --upload-rate 100)
 
 Uses the B2 emulator of sandbox instance NIXFORGE_SANDBOX_INSTANCE (brought up if it is
 down, and down again if this run started it). Writes a file of random bytes, then uploads
@@ -27,6 +29,15 @@ bytes downloaded back for the module) and deleted. The ratio is single-stream se
 module seconds: above 1 the module is faster. Targets: ratio >= 1.0, peak RSS < 200 MB.
 Not a test: the machine's load moves the numbers; only --check turns a missed target into
 a failing exit code.
+
+Each upload also reports the CPU seconds of the client and of the emulator (the sandbox
+daemon), and how busy they kept the machine's cores: on loopback both ends SHA-1 every
+byte (B2 requires it), so a fast upload is CPU-bound, and when one stream already keeps
+every core busy, parallel parts have nothing left to gain.
+
+`--upload-rate` sets the B2 emulator's `upload_rate` knob for the run: each upload
+request is received at most at that many MB/s, as one request to B2 over a real network
+is limited (the regime parallel parts are for). It applies to both uploads alike.
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 sys.path.insert(0, str(ROOT / ".build" / "collections"))
 
 from ansible_collections.nixforge.images.plugins.module_utils import checksum_record  # noqa: E402
-from nfsandbox import client  # noqa: E402
+from nfsandbox import client, procs  # noqa: E402
 from nfsandbox.config import instance_from_env  # noqa: E402
 from nfsandbox.testing import VENV_BIN, SandboxHandle, sandboxctl  # noqa: E402
 
@@ -155,6 +166,13 @@ class RawB2:
         self.call("b2_delete_file_version", {"fileId": file_id, "fileName": name})
 
 
+def emulator_cpu(inst: Any) -> float:
+    """CPU seconds (user + system) the sandbox daemon, which serves B2, has used so far."""
+    pid = next(int(r["pid"]) for r in procs.Records(inst.records_dir).live_pids() if r["name"] == "daemon")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def module_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(COLLECTIONS) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -201,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--part-size", default="100MB")
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--upload-rate", type=float, default=0.0, help="MB/s at most per upload request (B2 knob upload_rate; 0: none)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
 
@@ -229,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         "part_size": args.part_size,
         "threads": args.threads,
     }
+    cores = os.cpu_count() or 1
     try:
+        sandbox.set_faults("b2", {"upload_rate": args.upload_rate} if args.upload_rate else {})
         src = work / "image.bin"
         size = args.size_mib * 1024 * 1024
         log(f"writing {args.size_mib} MiB of random bytes to {src}")
@@ -239,10 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {"module": [], "module-given": [], "module-prepass": [], "single": []}
         rss: list[float] = []
         cpus: dict[str, list[float]] = {}
+        emulator_cpus: dict[str, list[float]] = {}
+        busies: dict[str, list[float]] = {}
         for round_no in range(args.rounds):
             order = ["single", "module", "module-given", "module-prepass"]
             for name in order if round_no % 2 == 0 else list(reversed(order)):
                 subprocess.run(["sync"], check=True)
+                server_before = emulator_cpu(inst)
                 if name.startswith("module"):
                     given = {"sha256": sha256} if name != "module-prepass" else {}
                     if name == "module":
@@ -250,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         checksum_record.forget(str(src))
                     result, seconds, peak, cpu = run_module({**module_args, **given}, work, env)
+                    server = emulator_cpu(inst) - server_before
                     obj = result["object"]
                     how = {"module": "record", "module-given": "upload", "module-prepass": "read"}[name]
                     if not result["uploaded"] or obj["size"] != size or obj["sha256"] != sha256:
@@ -267,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.monotonic()
                     uploaded = raw.upload_single_stream(bucket_id, src, f"nixforge/{build_id}/single/image.bin")
                     seconds = time.monotonic() - started
+                    server = emulator_cpu(inst) - server_before
                     if int(uploaded["contentLength"]) != size:
                         raise SystemExit(f"unexpected single-stream result: {uploaded}")
                     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -276,8 +304,14 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name].append(seconds)
                 if name == "single":
                     cpus.setdefault(name, []).append(round(cpu, 2))
+                emulator_cpus.setdefault(name, []).append(round(server, 2))
+                busy = (cpu + server) / (cores * seconds)
+                busies.setdefault(name, []).append(round(busy, 2))
                 mib_s = args.size_mib / seconds
-                log(f"round {round_no + 1}: {name:14s} {seconds:7.2f} s  {mib_s:7.1f} MiB/s{extra}")
+                log(
+                    f"round {round_no + 1}: {name:14s} {seconds:7.2f} s  {mib_s:7.1f} MiB/s{extra}"
+                    f"  emulator CPU {server:5.2f} s  cores busy {busy:4.0%}"
+                )
 
         module_s = statistics.median(samples["module"])
         given_s = statistics.median(samples["module-given"])
@@ -299,10 +333,21 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_single_over_module_given": round(single_s / given_s, 3),
             "ratio_single_over_module_prepass": round(prepass_ratio, 3),
             "module_peak_rss_mb": round(peak, 1),
+            "upload_rate_mb_s": args.upload_rate,
             "cpu_seconds": cpus,
+            "emulator_cpu_seconds": emulator_cpus,
+            "cores": cores,
+            "cores_busy": busies,
             "load_average": os.getloadavg(),
         }
         log("")
+        if args.upload_rate:
+            log(f"each upload request limited to {args.upload_rate:g} MB/s (B2 emulator knob upload_rate)")
+        else:
+            log(
+                f"loopback: the single stream kept the {cores} cores "
+                f"{statistics.median(busies['single']):.0%} busy (client + emulator CPU / cores x wall)"
+            )
         log(
             f"module (as in the pipeline: fetched file, sha256 recorded) {module_s:7.2f} s, "
             f"single stream {single_s:7.2f} s: {ratio:.2f}x "
@@ -318,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         missed = ratio < RATIO_TARGET or peak >= RSS_TARGET_MB
         return 1 if args.check and missed else 0
     finally:
+        try:
+            sandbox.set_faults("b2", {})
+        except Exception as exc:  # noqa: BLE001 - the run's own error matters more
+            log(f"resetting the B2 knobs failed: {exc}")
         try:  # whatever a failed round left in the bucket
             run_module({**module_args, "state": "absent"}, work, env)
         except (SystemExit, OSError) as exc:
