@@ -164,6 +164,8 @@ def test_disk_writer_falls_back_to_buffered_writes_where_o_direct_is_refused(tmp
         assert out.write(memoryview(chunk)) == CHUNK
         assert out.direct is False
     assert (tmp_path / "b").read_bytes() == data[:CHUNK]
+    with pytest.raises(FileNotFoundError):  # other errors are not a reason to try buffered
+        DiskWriter(tmp_path / "no-such-dir" / "c")
 
 
 def test_names_follow_b2_rules() -> None:

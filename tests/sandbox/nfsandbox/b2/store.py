@@ -156,7 +156,9 @@ class DiskWriter:
         self.direct = hasattr(os, "O_DIRECT")
         try:
             self.fd = os.open(dest, flags | (os.O_DIRECT if self.direct else 0), 0o644)
-        except OSError:  # EINVAL: this filesystem has no O_DIRECT
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no O_DIRECT
+                raise
             self.direct = False
             self.fd = os.open(dest, flags, 0o644)
 
