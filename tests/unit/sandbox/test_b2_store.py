@@ -164,8 +164,16 @@ def test_disk_writer_falls_back_to_buffered_writes_where_o_direct_is_refused(tmp
         assert out.write(memoryview(chunk)) == CHUNK
         assert out.direct is False
     assert (tmp_path / "b").read_bytes() == data[:CHUNK]
-    with pytest.raises(FileNotFoundError):  # other errors are not a reason to try buffered
-        DiskWriter(tmp_path / "no-such-dir" / "c")
+    monkeypatch.setattr(os, "write", real_write)
+
+    def denying_open(path, flags, mode=0o777):
+        if flags & os.O_DIRECT:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", denying_open)
+    with pytest.raises(PermissionError):  # only EINVAL means "no O_DIRECT here"
+        DiskWriter(tmp_path / "c")
 
 
 def test_names_follow_b2_rules() -> None:
