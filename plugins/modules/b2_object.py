@@ -100,6 +100,9 @@ options:
   threads:
     description:
       - How many parts are uploaded at the same time.
+      - B2 limits each upload request to a fraction of a fast link, so more threads move more of a large file
+        at once; memory does not grow with them (parts stream from disk).
+      - Where the CPU is the limit (a fast local link), more threads than cores gain nothing.
     type: int
     default: 4
 """
