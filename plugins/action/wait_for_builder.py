@@ -17,9 +17,18 @@ from ansible_collections.nixforge.images.plugins.module_utils.ssh_errors import 
 display = Display()
 
 
+# keep in step with DOCUMENTATION in plugins/modules/wait_for_builder.py
+ARGUMENT_SPEC: Dict[str, Any] = dict(
+    timeout=dict(type="int", default=600),
+    sleep=dict(type="int", default=2),
+    permanent_error_grace=dict(type="int", default=20),
+    connect_timeout=dict(type="int"),
+)
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("timeout", "sleep", "connect_timeout", "permanent_error_grace"))
+    _VALID_ARGS = frozenset(ARGUMENT_SPEC)
 
     def probe(self, task_vars: Dict[str, Any]) -> None:
         try:
@@ -38,10 +47,10 @@ class ActionModule(ActionBase):
         if self._task.check_mode:
             result["skipped"] = True
             return result
-        args = self._task.args
-        timeout = float(args.get("timeout", 600))
-        sleep = float(args.get("sleep", 2))
-        grace = float(args.get("permanent_error_grace", 20))
+        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+        timeout = float(args["timeout"])
+        sleep = float(args["sleep"])
+        grace = float(args["permanent_error_grace"])
         start = time.monotonic()
         first_permanent: Optional[float] = None
         attempts = 0
@@ -71,9 +80,9 @@ class ActionModule(ActionBase):
             if now - start >= timeout:
                 result.update(failed=True, attempts=attempts, elapsed=round(now - start, 1))
                 result["msg"] = (
-                    "The builder did not accept an SSH login within %d s (builder_host_wait_timeout); last error: %s"
-                    % (int(timeout), last or "none")
+                    "The builder did not accept an SSH login within %d s (option 'timeout'; the builder_host role "
+                    "sets it from builder_host_wait_timeout); last error: %s" % (int(timeout), last or "none")
                 )
                 return result
             display.vvv("wait_for_builder: not ready yet (%s), retrying in %.0f s" % (last[:200], sleep))
-            time.sleep(sleep)
+            time.sleep(max(0.0, min(sleep, start + timeout - now)))  # never past the timeout

@@ -24,7 +24,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
 
 BLOCK = 1024 * 1024
 HEX_DIGITS_AT_END = "hex_digits_at_end"
@@ -232,7 +232,11 @@ class Uploader:
                     response = self.session.upload_part(file_id, number, len(stream), HEX_DIGITS_AT_END, stream)
                     stored = response.get("contentSha1")
                     if stored not in (None, stream.hash):
-                        raise OSError("B2 stored part %d with sha1 %s, not %s" % (number, stored, stream.hash))
+                        raise ProviderError(
+                            "B2 stored part %d with sha1 %s, not %s" % (number, stored, stream.hash),
+                            hint="The bytes changed on the way; run again (the unfinished upload was cancelled)",
+                            what="Uploading part %d of %s" % (number, file_id),
+                        )
                     return stream.hash
 
             return self.call(attempt, what="Uploading part %d of %s" % (number, file_id), upload=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import socket
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ansible_collections.nixforge.images.plugins.module_utils._ec2_build import SSH_PORT, BuildResources
@@ -37,6 +38,12 @@ from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait
 DEBIAN_OWNER = "136693071363"
 DEBIAN_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
 VOLUME_TYPES = ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"]
+# what EC2 answers a create whose name is taken
+DUPLICATE_CODES = (
+    "InvalidKeyPair.Duplicate",
+    "InvalidGroup.Duplicate",
+    "InvalidLaunchTemplateName.AlreadyExistsException",
+)
 
 
 class Launch(BuildResources):
@@ -192,15 +199,34 @@ class Launch(BuildResources):
 
     # -- creation ----------------------------------------------------------------------
 
-    def import_key_pair(self, name: str, public_key: str, tags: Mapping[str, str]) -> None:
+    def create(self, operation: str, find: Callable[[], List[Mapping[str, Any]]], **kwargs: Any) -> Any:
+        """``operation`` (a create); when EC2 answers that the resource exists, the build's own
+        one is taken instead (``find``; ``owned`` refuses another build's). The create is
+        retried on 5xx and dropped connections: when the answer to a request that EC2 carried
+        out was lost, the retry meets the resource the first attempt made."""
+        try:
+            return self.client.call(operation, **kwargs)
+        except ProviderError as exc:
+            if exc.code not in DUPLICATE_CODES:
+                raise
+            found = find()
+            if not found:
+                raise
+            return found[0]
+
+    def find_key_pairs(self, name: str) -> List[Mapping[str, Any]]:
         existing = self.client.call(
             "describe_key_pairs", what="Looking up the key pair", Filters=filters({"key-name": name})
         ).get("KeyPairs", [])
-        for _pair in self.owned("key pair", name, existing):
+        return self.owned("key pair", name, existing)
+
+    def import_key_pair(self, name: str, public_key: str, tags: Mapping[str, str]) -> None:
+        for _pair in self.find_key_pairs(name):
             # ours, from an earlier attempt: replace it (the key may have changed)
             self.client.call("delete_key_pair", what="Replacing the build's key pair", KeyName=name)
-        self.client.call(
+        self.create(
             "import_key_pair",
+            lambda: self.find_key_pairs(name),
             what="Importing the key pair",
             parameter="public_key",
             KeyName=name,
@@ -222,8 +248,9 @@ class Launch(BuildResources):
                     IpPermissions=existing["IpPermissions"],
                 )
         else:
-            group_id = self.client.call(
+            group_id = self.create(
                 "create_security_group",
+                lambda: self.find_security_group(vpc_id),
                 what="Creating the security group",
                 GroupName=self.build.resource_name("ssh"),
                 Description="SSH to the nixforge builder of build %s" % self.build_id,
@@ -282,25 +309,31 @@ class Launch(BuildResources):
     def instance_name(self) -> str:
         return self.params["instance_name"] or self.build.user_tags.get("Name") or "nixforge-%s" % self.build_id
 
-    def create_launch_template(self, data: Dict[str, Any], tags: Mapping[str, str]) -> str:
-        name = self.build.resource_name("lt")
+    def find_launch_templates(self, name: str) -> List[Mapping[str, Any]]:
         found = self.client.call(
             "describe_launch_templates",
             what="Looking up the launch template",
             Filters=filters({"launch-template-name": name}),
         ).get("LaunchTemplates", [])
-        for template in self.owned("launch template", name, found):
+        return self.owned("launch template", name, found)
+
+    def create_launch_template(self, data: Dict[str, Any], tags: Mapping[str, str]) -> str:
+        name = self.build.resource_name("lt")
+        for template in self.find_launch_templates(name):
             self.client.call(
                 "delete_launch_template",
                 what="Replacing the build's launch template",
                 LaunchTemplateId=template["LaunchTemplateId"],
             )
-        reply = self.client.call(
+        reply = self.create(
             "create_launch_template",
+            lambda: [{"LaunchTemplate": t} for t in self.find_launch_templates(name)],
             what="Creating the launch template",
             LaunchTemplateName=name,
             LaunchTemplateData=data,
             TagSpecifications=tag_specifications(["launch-template"], tags),
+            # EC2 answers a repeated request with the same token with the same template
+            ClientToken=uuid.uuid4().hex,
         )
         return str(reply["LaunchTemplate"]["LaunchTemplateId"])
 

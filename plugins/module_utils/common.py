@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import traceback
 from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -443,11 +444,22 @@ class NixforgeModule:
             self.result["rolled_back"] = rolled_back
 
     def execute(self) -> NoReturn:
-        """Run the module; ``NixforgeError`` becomes ``fail_json``, success ``exit_json``."""
+        """Run the module; ``NixforgeError`` becomes ``fail_json``, success ``exit_json``.
+
+        Any other exception (a bug, or a library error nobody translated) fails the same
+        way: secrets masked, the result so far (ids created, ``rolled_back``) kept, the
+        traceback in ``exception`` for ``-vvv``, instead of Ansible's bare MODULE FAILURE.
+        """
         try:
             self.run()
         except NixforgeError as exc:
             self.fail_error(exc)
+        except Exception as exc:  # noqa: BLE001 - reported, never swallowed
+            self.fail(
+                "%s: %s" % (type(exc).__name__, exc),
+                hint="This is unexpected; the traceback is in 'exception' (run with -vvv)",
+                exception=self.redact(traceback.format_exc()),
+            )
         self.exit()
 
     @property

@@ -146,7 +146,8 @@ EXAMPLES = r"""
 RETURN = r"""
 object:
   description: The object (with O(state=present)). In check mode, before a first upload, RV(object.file_id) and
-    RV(object.url) are empty and RV(object.name) is the name the upload would get.
+    RV(object.url) are empty and RV(object.name) is the name the upload would get, with C(<random>) in place
+    of the random part of a generated name.
   returned: when O(state=present)
   type: dict
   contains:
@@ -472,10 +473,7 @@ class B2Object(NixforgeModule):
             ]
         if self.existing is not None:
             return []
-        shown = self.params.get("name") or "%s<random>/%s" % (
-            build_prefix(self.ident.build_id),
-            os.path.basename(self.params["src"]),
-        )
+        shown = self.pending_name()
         size = self.src_size
         how = "in parts of %d bytes" % self.part_size if size > self.part_size else "in one request"
         return [
@@ -486,6 +484,13 @@ class B2Object(NixforgeModule):
                 undo=self.delete_uploaded,
             )
         ]
+
+    def pending_name(self) -> str:
+        """The name an upload will get, ``<random>`` standing for a generated name's random part."""
+        return self.params.get("name") or "%s<random>/%s" % (
+            build_prefix(self.ident.build_id),
+            os.path.basename(self.params["src"]),
+        )
 
     # -- doing ----------------------------------------------------------------------
 
@@ -501,7 +506,9 @@ class B2Object(NixforgeModule):
     def upload(self) -> None:
         name = self.params.get("name") or generate_name(self.ident.build_id, self.params["src"])
         self.object_name = name
+        # what exists of this name already (unfinished or finished) is not ours to clean up
         before = {v["file_id"] for v in self.client.unfinished(self.bucket, name) if v["name"] == name}
+        before |= {v["file_id"] for v in self.client.versions(self.bucket, name, exact=True)}
         try:
             self.uploaded = self.client.upload(
                 self.bucket,
@@ -519,10 +526,27 @@ class B2Object(NixforgeModule):
         except BaseException:
             self.clean_failed_upload(name, before)
             raise
-        # attempts b2sdk gave up on may have left unfinished large files of this name behind
+        # attempts b2sdk gave up on may have left unfinished large files of this name behind,
+        # and a retried request whose first answer was lost a second finished version
         for entry in self.client.unfinished(self.bucket, name):
             if entry["name"] == name and entry["file_id"] not in before:
                 self.client.cancel_large_file(entry["file_id"], name)
+        for entry in self.versions_of_this_upload(name, before):
+            if entry["file_id"] != self.uploaded["file_id"]:
+                self.client.delete_version(entry["file_id"], name)
+
+    def versions_of_this_upload(self, name: str, before: Any) -> List[Dict[str, Any]]:
+        """Finished versions of ``name`` that did not exist before and carry this build's id and
+        sha256: what this run's upload requests made, even those whose answer never came."""
+        sha256 = self.src_sha256()
+        return [
+            v
+            for v in self.client.versions(self.bucket, name, exact=True)
+            if v["action"] == "upload"
+            and v["file_id"] not in before
+            and v["file_info"].get(TAG_BUILD_ID) == self.ident.build_id
+            and v["file_info"].get(FILE_INFO_SHA256) == sha256
+        ]
 
     def check_src_unchanged(self) -> None:
         now = os.stat(self.params["src"])
@@ -534,13 +558,16 @@ class B2Object(NixforgeModule):
                 what="Uploading %s" % self.params["src"],
             )
 
-    def clean_failed_upload(self, name: str, unfinished_before: Any) -> None:
+    def clean_failed_upload(self, name: str, before: Any) -> None:
         try:
             for entry in self.client.unfinished(self.bucket, name):
-                if entry["name"] == name and entry["file_id"] not in unfinished_before:
+                if entry["name"] == name and entry["file_id"] not in before:
                     self.client.cancel_large_file(entry["file_id"], name)
             if self.uploaded is not None:
                 self.delete_uploaded()
+            # a finish (or single upload) B2 carried out although its answer was lost
+            for entry in self.versions_of_this_upload(name, before):
+                self.client.delete_version(entry["file_id"], name)
         except Exception as exc:  # noqa: BLE001 - the upload's own error is what the user must see
             self.warn("could not remove what the failed upload left of %s: %s" % (name, exc))
 
@@ -567,7 +594,7 @@ class B2Object(NixforgeModule):
             return {"deleted": [{k: e[k] for k in ("name", "file_id", "kind")} for e in self.to_delete]}
         version = self.uploaded or self.existing
         if version is None:  # check mode, upload pending
-            name = self.params.get("name") or generate_name(self.ident.build_id, self.params["src"])
+            name = self.pending_name()
             sha256 = self.src_sha256()
             obj = {"bucket": self.params["bucket"], "name": name, "file_id": None, "size": self.src_size}
             obj.update(sha256=sha256, url=None, upload_timestamp=None, file_info=self.file_info(sha256))

@@ -569,7 +569,7 @@ class Ec2SpotHost(NixforgeModule):
 
     def describe(self) -> Dict[str, Any]:
         if self.params["state"] == "absent":
-            return {"build": {"build_id": self.identity.build_id}}
+            return {}  # RV build stays the full identity set by prepare(), as documented
         if self.adopting:
             return self.adopt(self.adopting)
         if self.check_mode:

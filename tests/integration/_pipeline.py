@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook
+from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook, leftovers_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOXCTL = ROOT / "tests" / "sandbox" / "sandboxctl"
@@ -64,8 +64,9 @@ def resources() -> list[dict[str, Any]]:
 
 
 def resources_of(build_id: str) -> list[dict[str, Any]]:
-    """Live resources that carry the build id (tags, names) or were booted for it."""
-    return [r for r in resources() if build_id in json.dumps(r)]
+    """Live resources that carry the build id (tags, names), and machines left running without
+    their cloud record (see nfsandbox.testing.leftovers_of)."""
+    return leftovers_of(resources(), build_id)
 
 
 def control(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:

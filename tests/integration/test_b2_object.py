@@ -26,7 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox.testing import VENV_BIN, SandboxHandle, ansible_env  # noqa: E402
+from nfsandbox.testing import VENV_BIN, SandboxHandle, ansible_env, emulator_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 MB = 1000 * 1000
@@ -54,7 +54,7 @@ def b2(sandbox_instance) -> B2Sandbox:
     env = sandbox_instance.env()
     if "B2_API_URL" not in env:
         status = (sandbox_instance.state().get("providers") or {}).get("b2", "not loaded")
-        pytest.skip("the sandbox has no B2 emulator (%s)" % status)
+        emulator_missing("the sandbox has no B2 emulator (%s)" % status)
     return B2Sandbox(sandbox_instance)
 
 
@@ -353,7 +353,11 @@ def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:
     api_url = auth["apiInfo"]["storageApi"]["apiUrl"]
     assert b2_call(env, api_url + "/b2api/v3/b2_list_buckets", auth["authorizationToken"], auth["accountId"])
     leaked = []
-    for candidate in sorted(set(re.findall(r"[A-Za-z0-9_\-.=+/~]{20,}", text)))[:2000]:
+    # the emulator's tokens are "4_<key id>_<urlsafe base64>": this alphabet finds them inside
+    # "Authorization=..." or a URL path too, where a wider one would glue them to their neighbours
+    candidates = sorted(set(re.findall(r"[A-Za-z0-9_-]{20,}", text)))
+    assert len(candidates) < 5000, "too many candidates to try each one"
+    for candidate in candidates:
         if b2_call(env, api_url + "/b2api/v3/b2_list_buckets", candidate, auth["accountId"]) is not None:
             leaked.append(candidate)
     return leaked

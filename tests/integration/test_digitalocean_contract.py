@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import os
 import re
 import sys
 import time
@@ -35,27 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _specs import find_spec, require_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_NAME = "digitalocean-v2.yaml"
 
 
-def _find_spec() -> Path:
-    """`../shared/specs` next to the checkout (or next to a folder above it, for git worktrees
-    kept in a subfolder); NIXFORGE_SPECS_DIR overrides."""
-    if os.environ.get("NIXFORGE_SPECS_DIR"):
-        return Path(os.environ["NIXFORGE_SPECS_DIR"]) / SPEC_NAME
-    for parent in REPO.parents:
-        candidate = parent / "shared" / "specs" / SPEC_NAME
-        if candidate.exists():
-            return candidate
-    return REPO.parent / "shared" / "specs" / SPEC_NAME
-
-
-SPEC = _find_spec()
+SPEC = find_spec(SPEC_NAME)
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, mbr_image, qcow2_image  # noqa: E402
+from nfsandbox.testing import emulator_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -87,8 +76,7 @@ RATELIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    if not SPEC.exists():
-        pytest.skip(f"contract spec not found at {SPEC} (the shared specs folder is not next to the repository)")
+    require_spec(SPEC)
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -100,7 +88,7 @@ def spec() -> dict[str, Any]:
 def sandbox(sandbox_instance) -> DOSandbox:
     state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
     if state is None:
-        pytest.skip(reason)
+        emulator_missing(reason)
     return DOSandbox(state)
 
 

@@ -24,17 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _specs import find_spec, require_spec
 
 REPO = Path(__file__).resolve().parents[2]
-# The shared specs folder sits next to the repository, or next to the folder of worktrees.
-SPEC = next(
-    (
-        p / "shared" / "specs" / "equinix-metal-v1.json"
-        for p in (REPO.parent, REPO.parent.parent)
-        if (p / "shared").is_dir()
-    ),
-    REPO.parent / "shared" / "specs" / "equinix-metal-v1.json",
-)
+SPEC = find_spec("equinix-metal-v1.json")
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox import testing  # noqa: E402
@@ -66,8 +59,7 @@ OPERATIONS = {
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    if not SPEC.exists():
-        pytest.skip(f"contract spec not found at {SPEC} (the shared specs folder is not next to the repository)")
+    require_spec(SPEC)
     return json.loads(SPEC.read_text())
 
 

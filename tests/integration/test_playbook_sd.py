@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -243,9 +244,9 @@ def test_no_capacity_on_first_candidate_only(env: dict[str, str], tmp_path: Path
 @pytest.mark.parametrize(
     ("extra", "env_change", "named"),
     [
-        ({"builder_host_ec2_region": "mars-north-1"}, {}, "region"),
+        ({"builder_host_ec2_region": "mars-north-1"}, {}, "Parameter 'region'"),
         ({"builder_host_ssh_cidr": "10.0.0.300/33"}, {}, "builder_host_ssh_cidr"),
-        ({"builder_host_ec2_instance_types": ["c5.2xlarge"]}, {}, "instance_types"),
+        ({"builder_host_ec2_instance_types": ["c5.2xlarge"]}, {}, "Parameter 'instance_types'"),
         ({"builder_host_ec2_debian_release": "11"}, {}, "builder_host_ec2_debian_release"),
         ({"nixforge_build_id": "Not_A_Valid_Id"}, {}, "nixforge_build_id"),
         (
@@ -280,7 +281,7 @@ def test_bad_input_fails_before_creating(
     proc = run_playbook(PLAYBOOK, recording(run_env, tmp_path / "record.jsonl"), variables)
     assert proc.returncode != 0
     message = failure_message(tmp_path)
-    assert named in message, message
+    assert re.search(r"(?<!\w)%s(?!\w)" % re.escape(named), message), message  # the name, not part of another
     # refused before anything was rented: the EC2 module never ran, or refused its input
     launched = [r for r in recorded(tmp_path) if r["task"].endswith("Launch or adopt the build's EC2 instance")]
     assert all(r["status"] == "failed" and not r["result"].get("instance_id") for r in launched), launched

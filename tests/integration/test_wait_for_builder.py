@@ -20,7 +20,7 @@ PLAY = """\
   tasks:
     - name: Wait
       nixforge.images.wait_for_builder:
-        timeout: 120
+        timeout: {timeout}
         sleep: 1
         permanent_error_grace: 4
 """
@@ -33,14 +33,17 @@ def booted(sandbox_instance, tmp_path_factory):
     host = sandbox_instance.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pub}\n", owner="test-wait")
     yield host, key
     sandbox_instance.stop_host(host["name"])
+    assert [r for r in sandbox_instance.resources() if r.get("id") == host["name"]] == []
 
 
-def run_wait(directory: Path, host: dict, key: Path, extra: str = "") -> tuple[subprocess.CompletedProcess, float]:
+def run_wait(
+    directory: Path, host: dict, key: Path, extra: str = "", timeout: str = "120"
+) -> tuple[subprocess.CompletedProcess, float]:
     inv = write_inventory(directory, {"builder": host}, key)
     if extra:
         inv.path.write_text(inv.path.read_text() + extra + "\n")
     play = directory / "play.yml"
-    play.write_text(PLAY)
+    play.write_text(PLAY.format(timeout=timeout))
     start = time.monotonic()
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", str(inv.path), str(play)],
@@ -86,3 +89,20 @@ def test_refused_key_fails_after_the_grace_not_the_timeout(booted, tmp_path):
     assert proc.returncode != 0
     assert "refused the build's SSH key" in proc.stdout, proc.stdout
     assert elapsed < 60, elapsed
+
+
+def test_bad_argument_is_refused_naming_it(booted, tmp_path):
+    host, key = booted
+    proc, elapsed = run_wait(tmp_path, host, key, timeout="soon")
+    assert proc.returncode != 0
+    assert "timeout" in proc.stdout and "soon" in proc.stdout and "int" in proc.stdout, proc.stdout
+    assert elapsed < 60, elapsed
+
+
+def test_timeout_names_the_option_and_is_kept(booted, tmp_path):
+    host, key = booted
+    # a port nothing listens on: refused on every attempt, which waiting could heal (sshd starting)
+    proc, elapsed = run_wait(tmp_path, host, key, "[builders:vars]\nansible_port=2", timeout="4")
+    assert proc.returncode != 0
+    assert "within 4 s (option 'timeout'" in proc.stdout, proc.stdout
+    assert elapsed < 40, elapsed

@@ -174,6 +174,9 @@ class Demo(NixforgeModule):
             raise UserInputError("'x' is wrong", hint="use 'y'", parameter="boom")
         if self.params["boom"] == "provider":
             raise ProviderError("token %s rejected" % self.params["password"], what="Calling the API", code="E1")
+        if self.params["boom"] == "bug":
+            self.result["created_id"] = "thing-1"
+            raise KeyError("no %s here" % self.params["password"])
         if self.would_change("create thing"):
             self.result["created"] = True
         self.result["tags"] = self.build.tags()
@@ -184,6 +187,16 @@ def run_demo(args):
         with pytest.raises(_Exit) as info:
             Demo().execute()
     return info.value
+
+
+def test_an_unexpected_exception_fails_cleanly_with_secrets_masked_and_the_result_kept(exits):
+    out = run_demo({"build_id": "b1", "boom": "bug", "password": "hunter2-secret"})
+    assert out.kind == "fail"
+    assert out.result["msg"].startswith("KeyError: ")
+    assert "-vvv" in out.result["msg"]
+    assert out.result["created_id"] == "thing-1"  # what was created is still reported
+    assert "Traceback" in out.result["exception"] and "KeyError" in out.result["exception"]
+    assert "hunter2-secret" not in json.dumps(out.result)
 
 
 def test_module_merges_shared_options_and_module_wins():

@@ -179,6 +179,7 @@ def test_check_mode_reports_the_actions_of_a_real_run(cloud, exits, tmp_path):
     assert check.kind == "exit", check.result
     assert check.result["changed"] is True and check.result["uploaded"] is False
     assert check.result["object"]["file_id"] is None
+    assert check.result["object"]["name"].endswith("/<random>/image.img")  # not a name the upload will not use
     assert leak_free(cloud)
     real = run(cloud, src=str(src), part_size="5MB")
     assert real.result["actions"] == check.result["actions"]
@@ -433,3 +434,54 @@ def test_a_stale_record_is_ignored_and_the_sha256_checked_while_uploading(cloud,
     out = run(cloud, src=str(src), part_size="5MB", sha256=digest)
     assert out.kind == "exit", out.result
     assert out.result["sha256_checked"] == "upload" and out.result["object"]["sha256"] == digest
+
+
+def lose_first_answer(monkeypatch, cloud, method, then=None):
+    """B2 carries out the first `method` call but its answer is lost (a dropped connection):
+    the client retries a request that has already taken effect. `then`: what the retries
+    raise instead of being carried out."""
+    from b2sdk.v2.exception import B2ConnectionError
+
+    real = getattr(cloud.sim, method)
+    calls = []
+
+    def once(*args, **kwargs):
+        calls.append(method)
+        if len(calls) > 1 and then is not None:
+            raise then
+        answer = real(*args, **kwargs)
+        if len(calls) == 1:
+            raise B2ConnectionError("connection reset after the request was carried out")
+        return answer
+
+    monkeypatch.setattr(cloud.sim, method, once)
+    return calls
+
+
+def test_a_finish_carried_out_but_unanswered_leaves_no_object(cloud, exits, tmp_path, monkeypatch):
+    src = tmp_path / "image.img"
+    write(src, 12 * MB)
+    from b2sdk.v2.exception import BadRequest
+
+    # as B2 answers a second finish: the large file is no longer in progress
+    finished = BadRequest("No active upload for this file", "bad_request")
+    calls = lose_first_answer(monkeypatch, cloud, "finish_large_file", then=finished)
+
+    def cancel(*args, **kwargs):  # B2 cancels only files in progress (the simulator deletes any)
+        raise BadRequest("No active upload for this file", "bad_request")
+
+    monkeypatch.setattr(cloud.sim, "cancel_large_file", cancel)
+    out = run(cloud, src=str(src), part_size="5MB")
+    assert len(calls) >= 2  # the retry met a file B2 had already finished
+    assert out.kind == "fail", out.result
+    assert leak_free(cloud), cloud.files(cloud.public)
+
+
+def test_a_retried_single_upload_keeps_one_version(cloud, exits, tmp_path, monkeypatch):
+    src = tmp_path / "image.img"
+    write(src, 3 * MB)
+    calls = lose_first_answer(monkeypatch, cloud, "upload_file")
+    out = run(cloud, src=str(src))
+    assert out.kind == "exit", out.result
+    assert len(calls) == 2 and out.result["uploaded"] is True
+    assert cloud.files(cloud.public) == [(out.result["object"]["name"], out.result["object"]["file_info"])]

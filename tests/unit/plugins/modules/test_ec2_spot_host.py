@@ -537,3 +537,48 @@ def test_teardown_reports_instances_ended_by_ec2_or_by_expiry():
     [call] = client.ops("describe_instances")
     states = next(f["Values"] for f in call["Filters"] if f["Name"] == "instance-state-name")
     assert "terminated" in states and "running" not in states
+
+
+def test_a_create_whose_answer_was_lost_takes_the_resource_the_first_attempt_made():
+    # the retry of a create EC2 had carried out meets the resource: the build's own is taken
+    from ansible_collections.nixforge.images.plugins.module_utils import _ec2_launch
+    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
+
+    ours = [{"Key": "nixforge-build-id", "Value": "b1"}]
+    client = FakeClient(
+        {
+            "describe_security_groups": [
+                {"SecurityGroups": [{"GroupId": "sg-9", "Tags": ours}]},
+            ],
+            "create_security_group": [ProviderError("exists", code="InvalidGroup.Duplicate")],
+            "describe_launch_templates": [
+                {"LaunchTemplates": []},
+                {"LaunchTemplates": [{"LaunchTemplateId": "lt-9", "Tags": ours}]},
+            ],
+            "create_launch_template": [
+                ProviderError("exists", code="InvalidLaunchTemplateName.AlreadyExistsException")
+            ],
+            "describe_key_pairs": [{"KeyPairs": []}, {"KeyPairs": [{"KeyName": "k", "Tags": ours}]}],
+            "import_key_pair": [ProviderError("exists", code="InvalidKeyPair.Duplicate")],
+        }
+    )
+    launch = _ec2_launch.Launch(client, identity(), {"wait": True, "wait_timeout": 30}, warn=lambda msg: None)
+    assert launch.ensure_security_group("vpc-1", ["192.0.2.1/32"], {}, None) == "sg-9"
+    assert launch.create_launch_template({}, {}) == "lt-9"
+    launch.import_key_pair("k", "ssh-ed25519 AAAA", {})
+    assert len(client.ops("create_launch_template")[0]["ClientToken"]) == 32  # EC2's own idempotency too
+
+    # a name taken by another build is refused, naming build_id; other errors stay errors
+    theirs = [{"Key": "nixforge-build-id", "Value": "other"}]
+    client = FakeClient(
+        {
+            "describe_key_pairs": [{"KeyPairs": []}, {"KeyPairs": [{"KeyName": "k", "Tags": theirs}]}],
+            "import_key_pair": [ProviderError("exists", code="InvalidKeyPair.Duplicate")],
+            "create_security_group": [ProviderError("no", code="UnauthorizedOperation")],
+        }
+    )
+    launch = _ec2_launch.Launch(client, identity(), {"wait": True, "wait_timeout": 30}, warn=lambda msg: None)
+    with pytest.raises(UserInputError, match="does not belong to build"):
+        launch.import_key_pair("k", "ssh-ed25519 AAAA", {})
+    with pytest.raises(ProviderError, match="no"):
+        launch.ensure_security_group("vpc-1", ["192.0.2.1/32"], {}, None)

@@ -120,15 +120,19 @@ def test_start_command_survives_the_pty_hangup(tmp_path: Path) -> None:
         for n in range(40):
             work = tmp_path / ("w%d" % n)
             work.mkdir()
-            (work / "build.sh").write_text("echo built > build.log\n")
+            # the build goes on after it said it started: the hang-up must not kill it then either
+            (work / "build.sh").write_text("echo building > build.log\nsleep 0.5\necho ok > done\n")
             assert "started" in _run_in_pty(start_command(str(work), 10)).split()
             works.append(work)
     finally:
         for proc in burners:
             proc.kill()
             proc.wait()
-    lost = [w.name for w in works if not (w / "build.log").exists()]
-    assert lost == []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all((w / "done").exists() for w in works):
+        time.sleep(0.1)
+    killed = [w.name for w in works if not (w / "done").exists()]
+    assert killed == []
 
 
 def test_start_command_reports_a_build_that_never_starts(tmp_path: Path) -> None:
