@@ -40,6 +40,25 @@ def reap_lines(builds: Iterable[Mapping[str, Any]]) -> List[str]:
     return lines
 
 
+def reap_failures(registered: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The failed items of reap.yml's removal loops (``{provider: registered result}``) as
+    ``{provider, build_id, msg, line}``; a loop item is a build id, or ``[build, location or resource]``."""
+    failures = []
+    for provider, result in (registered or {}).items():
+        for item in (result or {}).get("results") or []:
+            if not item.get("failed"):
+                continue
+            loop_item = item.get("item")
+            if isinstance(loop_item, (list, tuple)) and loop_item and isinstance(loop_item[0], Mapping):
+                build_id = str(loop_item[0].get("build_id"))
+            else:
+                build_id = str(loop_item)
+            msg = str(item.get("msg") or "failed")
+            line = "%s %s: %s" % (provider, build_id, msg)
+            failures.append({"provider": provider, "build_id": build_id, "msg": msg, "line": line})
+    return failures
+
+
 class FilterModule:
     def filters(self) -> Dict[str, Callable[..., Any]]:
-        return {"reap_targets": reap_targets, "reap_lines": reap_lines}
+        return {"reap_targets": reap_targets, "reap_lines": reap_lines, "reap_failures": reap_failures}

@@ -229,7 +229,8 @@ def test_bytes_altered_every_time_fail_clearly_and_keep_nothing(builder: Builder
     assert f"sha256 {builder.sha256}" in msg
     assert "Nothing was kept" in msg
     result = fetched["result"]
-    assert "path" not in result and "sha256" not in result and "size" not in result, result  # no image reported
+    assert "sha256" not in result and "size" not in result, result  # no image reported
+    assert not Path(result.get("path") or tmp_path / "always" / "image.bin").exists()  # nor kept where it would be
     assert list((tmp_path / "always").iterdir()) == []
 
 

@@ -341,7 +341,7 @@ BAD_INPUT = {
     "no-bucket": ({"do_image_publish_bucket": ""}, {}, "do_image_publish_bucket"),
     "unknown-bucket": ({"do_image_publish_bucket": "nixforge-no-such-bucket"}, {}, "do_image_publish_bucket"),
     "private-bucket": ({"do_image_publish_bucket": "@private"}, {}, "do_image_publish_url_mode"),
-    "b2-credentials": ({}, {"B2_APPLICATION_KEY_ID": None, "B2_APPLICATION_KEY": None}, "B2_APPLICATION_KEY"),
+    "b2-credentials": ({}, {"B2_APPLICATION_KEY_ID": None, "B2_APPLICATION_KEY": None}, "B2_APPLICATION_KEY_ID"),
     "do-token": ({}, {"DIGITALOCEAN_TOKEN": None, "DO_API_TOKEN": None}, "DIGITALOCEAN_TOKEN"),
     "ec2-no-kvm": (
         {"nixforge_require_kvm": True, "builder_host_ec2_instance_types": ["c5.metal", "c6i.2xlarge"]},

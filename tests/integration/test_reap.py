@@ -228,3 +228,34 @@ def test_reap_finds_and_removes_expired_builds_in_every_account(env: dict[str, s
                 run_playbook(PLAYBOOK, penv, {"nixforge_build_id": build_id})
     for build_id in everything:
         assert resources_of(build_id) == [], build_id
+
+
+def test_a_removal_that_fails_does_not_stop_the_others(env: dict[str, str], tmp_path: Path) -> None:
+    """A DigitalOcean droplet that cannot be deleted (every DELETE answered 500): the expired EC2
+    build is still removed, the play fails at the end naming what is left, and a second run,
+    once DigitalOcean answers again, removes it."""
+    run = secrets.token_hex(3)
+    old_ec2, old_do = "t-reap-go-ec2-" + run, "t-reap-go-do-" + run
+    do = DOSandbox.running()
+    assert do is not None
+    penv = playbook_env(env)
+    try:
+        ec2_leftovers(env, old_ec2, PAST)
+        do_droplet(do, old_do, PAST)
+        do.set_faults({"routes": {"^DELETE /v2/droplets": {"server_error_rate": 1.0}}})
+        proc = run_playbook(PLAYBOOK, penv, {"nixforge_reap_providers": ["ec2", "digitalocean"]})
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        text = " ".join(proc.stdout.split())
+        assert "Could not remove everything: digitalocean droplets %s:" % old_do in text, proc.stdout[-6000:]
+        assert resources_of(old_ec2) == []  # removed although the droplet's removal failed
+        assert len(droplets(old_do)) == 1
+        do.set_faults({})
+        again = run_playbook(PLAYBOOK, penv, {"nixforge_reap_providers": ["ec2", "digitalocean"]})
+        assert again.returncode == 0, again.stdout[-6000:]
+        assert droplets(old_do) == []
+    finally:
+        do.set_faults({})
+        for build_id in (old_ec2, old_do):
+            if resources_of(build_id):
+                run_playbook(PLAYBOOK, penv, {"nixforge_build_id": build_id})
+    assert resources_of(old_ec2) == [] and resources_of(old_do) == []
