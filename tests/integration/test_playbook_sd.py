@@ -108,7 +108,8 @@ def summary(tmp_path: Path) -> dict[str, str]:
     for line in lines:
         key, _sep, value = " ".join(line.split()).partition(": ")
         out[key] = value.strip()
-    assert {"Image", "Size", "sha256", "Builder", "Price", "Elapsed", "Cost (est)", "Build id"} <= set(out), out
+    keys = {"Image", "Size", "sha256", "Builder", "Timings", "Price", "Elapsed", "Cost (est)", "Build id"}
+    assert keys <= set(out), out
     return out
 
 
@@ -135,6 +136,9 @@ def test_end_to_end_with_vvvv(env: dict[str, str], tmp_path: Path) -> None:
     check_image(image, s["sha256"])
     assert str(image.stat().st_size) in s["Size"]
     assert "USD/h" in s["Price"] and s["Cost (est)"].endswith("USD")
+    # the cost is the builder's time (start to teardown) at its price, not the whole run's
+    up = int(re.search(r"builder up (\d+) s", s["Timings"]).group(1))
+    assert abs(float(s["Cost (est)"].split()[0]) - float(s["Price"].split()[0]) * up / 3600) < 0.0002, s
     assert resources_of(build_id) == []
     assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
     # no secret at any verbosity
