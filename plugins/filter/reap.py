@@ -59,6 +59,23 @@ def reap_failures(registered: Mapping[str, Any]) -> List[Dict[str, Any]]:
     return failures
 
 
+def name_list(value: Any) -> List[str]:
+    """Names from a list, or from text separated by commas or blanks (an AWX survey answer);
+    empty entries dropped, order kept, no duplicates."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value or [])
+    out: List[str] = []
+    for item in items:
+        text = str(item or "").strip()
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
 class FilterModule:
     def filters(self) -> Dict[str, Callable[..., Any]]:
-        return {"reap_targets": reap_targets, "reap_lines": reap_lines, "reap_failures": reap_failures}
+        return {
+            "reap_targets": reap_targets,
+            "reap_lines": reap_lines,
+            "reap_failures": reap_failures,
+            "name_list": name_list,
+        }

@@ -28,3 +28,11 @@ def test_reap_failures_lists_failed_items_of_every_loop_shape() -> None:
     ]
     assert reap_failures({}) == []
     assert FilterModule().filters()["reap_failures"] is reap_failures
+
+
+def test_name_list_reads_lists_and_survey_text() -> None:
+    from ansible_collections.nixforge.images.plugins.filter.reap import name_list
+
+    assert name_list("us-east-2, eu-west-1,,us-east-2") == ["us-east-2", "eu-west-1"]
+    assert name_list(["b1", "", None, "b2"]) == ["b1", "b2"]
+    assert name_list("") == [] and name_list(None) == []
