@@ -24,7 +24,7 @@ import os
 import re
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
 from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
@@ -385,6 +385,26 @@ class B2Client(RetryingClient):
             start_id = page.get("nextFileId")
             if not start_id:
                 return found
+
+    def existing_ids(self, bucket: Any, name: str) -> Set[str]:
+        """File ids of what exists of ``name`` now (unfinished large files and versions)."""
+        ids = {v["file_id"] for v in self.unfinished(bucket, name) if v["name"] == name}
+        return ids | {v["file_id"] for v in self.versions(bucket, name, exact=True)}
+
+    def remove_new(
+        self, bucket: Any, name: str, before: Set[str], marks: Mapping[str, str], keep: Optional[str] = None
+    ) -> None:
+        """Cancel the unfinished large files of ``name`` not in ``before``, and delete its new
+        versions whose file info carries every entry of ``marks`` (but ``keep``): what one
+        upload's requests made, those whose answer was lost (and were retried) included."""
+        for entry in self.unfinished(bucket, name):
+            if entry["name"] == name and entry["file_id"] not in before:
+                self.cancel_large_file(entry["file_id"], name)
+        for entry in self.versions(bucket, name, exact=True):
+            info = entry["file_info"]
+            ours = all(info.get(k) == v for k, v in marks.items())
+            if entry["action"] == "upload" and entry["file_id"] not in before | {keep} and ours:
+                self.delete_version(entry["file_id"], name)
 
     def delete_version(self, file_id: str, name: str) -> None:
         def delete() -> None:

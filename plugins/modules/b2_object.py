@@ -495,9 +495,7 @@ class B2Object(NixforgeModule):
     # -- doing ----------------------------------------------------------------------
 
     def file_info(self, sha256: str) -> Dict[str, str]:
-        info = self.ident.tags()
-        info[FILE_INFO_SHA256] = sha256
-        return info
+        return {**self.ident.tags(), FILE_INFO_SHA256: sha256}
 
     @property
     def src_size(self) -> int:
@@ -506,9 +504,7 @@ class B2Object(NixforgeModule):
     def upload(self) -> None:
         name = self.params.get("name") or generate_name(self.ident.build_id, self.params["src"])
         self.object_name = name
-        # what exists of this name already (unfinished or finished) is not ours to clean up
-        before = {v["file_id"] for v in self.client.unfinished(self.bucket, name) if v["name"] == name}
-        before |= {v["file_id"] for v in self.client.versions(self.bucket, name, exact=True)}
+        before = self.client.existing_ids(self.bucket, name)  # not ours to clean up
         try:
             self.uploaded = self.client.upload(
                 self.bucket,
@@ -526,27 +522,12 @@ class B2Object(NixforgeModule):
         except BaseException:
             self.clean_failed_upload(name, before)
             raise
-        # attempts b2sdk gave up on may have left unfinished large files of this name behind,
-        # and a retried request whose first answer was lost a second finished version
-        for entry in self.client.unfinished(self.bucket, name):
-            if entry["name"] == name and entry["file_id"] not in before:
-                self.client.cancel_large_file(entry["file_id"], name)
-        for entry in self.versions_of_this_upload(name, before):
-            if entry["file_id"] != self.uploaded["file_id"]:
-                self.client.delete_version(entry["file_id"], name)
+        # leftovers of attempts given up on, or of retried requests whose first answer was lost
+        self.client.remove_new(self.bucket, name, before, self.marks(), keep=self.uploaded["file_id"])
 
-    def versions_of_this_upload(self, name: str, before: Any) -> List[Dict[str, Any]]:
-        """Finished versions of ``name`` that did not exist before and carry this build's id and
-        sha256: what this run's upload requests made, even those whose answer never came."""
-        sha256 = self.src_sha256()
-        return [
-            v
-            for v in self.client.versions(self.bucket, name, exact=True)
-            if v["action"] == "upload"
-            and v["file_id"] not in before
-            and v["file_info"].get(TAG_BUILD_ID) == self.ident.build_id
-            and v["file_info"].get(FILE_INFO_SHA256) == sha256
-        ]
+    def marks(self) -> Dict[str, str]:
+        """File info that only this build's upload of these bytes carries."""
+        return {TAG_BUILD_ID: self.ident.build_id, FILE_INFO_SHA256: self.src_sha256()}
 
     def check_src_unchanged(self) -> None:
         now = os.stat(self.params["src"])
@@ -560,14 +541,9 @@ class B2Object(NixforgeModule):
 
     def clean_failed_upload(self, name: str, before: Any) -> None:
         try:
-            for entry in self.client.unfinished(self.bucket, name):
-                if entry["name"] == name and entry["file_id"] not in before:
-                    self.client.cancel_large_file(entry["file_id"], name)
-            if self.uploaded is not None:
-                self.delete_uploaded()
-            # a finish (or single upload) B2 carried out although its answer was lost
-            for entry in self.versions_of_this_upload(name, before):
-                self.client.delete_version(entry["file_id"], name)
+            self.delete_uploaded()
+            # also a finish (or single upload) B2 carried out although its answer was lost
+            self.client.remove_new(self.bucket, name, before, self.marks())
         except Exception as exc:  # noqa: BLE001 - the upload's own error is what the user must see
             self.warn("could not remove what the failed upload left of %s: %s" % (name, exc))
 

@@ -47,6 +47,7 @@ class FakePool:
         self.stopped = []
         self.fail = None
         self.delay = 0.05
+        self.stop_delay = 0.0
 
     def boot(self, owner, userdata, default_user="admin", on_poweroff=None, arch="x86_64", suite="bookworm"):
         assert default_user == "admin"
@@ -59,6 +60,7 @@ class FakePool:
         return host
 
     def stop(self, host):
+        time.sleep(self.stop_delay)
         with self.lock:
             host.state = "terminated"
             self.stopped.append(host)
@@ -212,6 +214,34 @@ def test_terminate_while_booting_stops_the_host_when_it_comes_up(cloud):
         assert wait_state(ec2c, iid, "terminated")
     finally:
         cloud.pool.delay = 0.05
+
+
+@pytest.mark.parametrize("shutdown_seconds", [0.0, 0.2])
+def test_a_terminated_instance_has_no_running_host(cloud, shutdown_seconds):
+    # stopping the host takes longer than shutting-down: terminated must still mean "off"
+    ec2c = client(cloud)
+    cloud.pool.stop_delay = 0.6
+    cloud.provider.shutdown_seconds = shutdown_seconds
+    try:
+        ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
+        iid = ec2c.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0][
+            "InstanceId"
+        ]
+        assert wait_state(ec2c, iid, "running")
+        watcher = threading.Thread(target=ec2c.terminate_instances, kwargs={"InstanceIds": [iid]})
+        watcher.start()
+        deadline = time.monotonic() + 10
+        while True:
+            state = ec2c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+            if state == "terminated":
+                assert [h for h in cloud.pool.stopped if h.owner == iid], "terminated while its host still ran"
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.02)
+        watcher.join()
+    finally:
+        cloud.pool.stop_delay = 0.0
+        cloud.provider.shutdown_seconds = 0.0
 
 
 @pytest.mark.parametrize(("behaviour", "final"), [("terminate", "terminated"), ("stop", "stopped")])

@@ -163,8 +163,7 @@ class Provider:
                     continue
                 log.info("instance %s: spot interruption (fault)", iid)
                 patches.set_reason(instance, "Server.SpotInstanceTermination", "Spot instance termination")
-                instance.terminate()
-                self.on_gone(instance)
+                instance.terminate()  # stops the host (on_gone) before the instance is terminated
                 self.faults.interrupted(iid)
                 break
             time.sleep(0.5)

@@ -14,6 +14,7 @@ import fnmatch
 import math
 import re
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from xml.sax.saxutils import escape
@@ -366,17 +367,22 @@ def _instance_terminate(self: Any):
             request._status_code = "instance-terminated-by-user"
             request.status_message = "Spot Instance terminated due to user-initiated termination."
     delay = float(getattr(_hooks, "shutdown_seconds", 0) or 0)
-    if delay <= 0:
+    if delay > 0 and "_nf_state_reason" not in self.__dict__:
+        set_reason(self, "Client.UserInitiatedShutdown", "User initiated shutdown")
+    if delay > 0:
+        self._state = InstanceState("shutting-down", 32)
+    # The machine stops before the instance is terminated: on EC2 a terminated instance is off
+    # (stopping a host can take longer than the shutting-down delay).
+    started = time.monotonic()
+    _hooks.on_gone(self)
+    left = delay - (time.monotonic() - started)
+    if left <= 0:
         _orig(Instance, "terminate")(self)
     else:
         # As on EC2: shutting-down for a while (its security groups still in use), then terminated.
-        if "_nf_state_reason" not in self.__dict__:
-            set_reason(self, "Client.UserInitiatedShutdown", "User initiated shutdown")
-        self._state = InstanceState("shutting-down", 32)
-        timer = threading.Timer(delay, _orig(Instance, "terminate"), args=(self,))
+        timer = threading.Timer(left, _orig(Instance, "terminate"), args=(self,))
         timer.daemon = True
         timer.start()
-    _hooks.on_gone(self)
     return previous
 
 
