@@ -166,9 +166,13 @@ class RawB2:
         self.call("b2_delete_file_version", {"fileId": file_id, "fileName": name})
 
 
-def emulator_cpu(inst: Any) -> float:
-    """CPU seconds (user + system) the sandbox daemon, which serves B2, has used so far."""
-    pid = next(int(r["pid"]) for r in procs.Records(inst.records_dir).live_pids() if r["name"] == "daemon")
+def daemon_pid(inst: Any) -> int:
+    """The sandbox daemon, which serves B2."""
+    return next(int(r["pid"]) for r in procs.Records(inst.records_dir).live_pids() if r["name"] == "daemon")
+
+
+def emulator_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -251,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
     }
     cores = os.cpu_count() or 1
+    daemon = daemon_pid(inst)
     try:
         sandbox.set_faults("b2", {"upload_rate": args.upload_rate} if args.upload_rate else {})
         src = work / "image.bin"
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             order = ["single", "module", "module-given", "module-prepass"]
             for name in order if round_no % 2 == 0 else list(reversed(order)):
                 subprocess.run(["sync"], check=True)
-                server_before = emulator_cpu(inst)
+                server_before = emulator_cpu(daemon)
                 if name.startswith("module"):
                     given = {"sha256": sha256} if name != "module-prepass" else {}
                     if name == "module":
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         checksum_record.forget(str(src))
                     result, seconds, peak, cpu = run_module({**module_args, **given}, work, env)
-                    server = emulator_cpu(inst) - server_before
+                    server = emulator_cpu(daemon) - server_before
                     obj = result["object"]
                     how = {"module": "record", "module-given": "upload", "module-prepass": "read"}[name]
                     if not result["uploaded"] or obj["size"] != size or obj["sha256"] != sha256:
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.monotonic()
                     uploaded = raw.upload_single_stream(bucket_id, src, f"nixforge/{build_id}/single/image.bin")
                     seconds = time.monotonic() - started
-                    server = emulator_cpu(inst) - server_before
+                    server = emulator_cpu(daemon) - server_before
                     if int(uploaded["contentLength"]) != size:
                         raise SystemExit(f"unexpected single-stream result: {uploaded}")
                     after = resource.getrusage(resource.RUSAGE_SELF)

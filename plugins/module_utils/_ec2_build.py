@@ -97,14 +97,16 @@ class BuildResources:
                 )
         return found
 
+    def find_owned(self, kind: str, name: str, operation: str, key: str, **spec: str) -> List[Mapping[str, Any]]:
+        """The resources named ``name`` that ``operation`` finds with the filters ``spec``
+        (its reply's list ``key``), refusing one of another build (``owned``)."""
+        found = self.client.call(operation, what="Looking up the %s" % kind, Filters=filters(spec)).get(key, [])
+        return self.owned(kind, name, found)
+
     def find_security_group(self, vpc_id: str) -> List[Mapping[str, Any]]:
         name = self.build.resource_name("ssh")
-        groups = self.client.call(
-            "describe_security_groups",
-            what="Looking up the security group",
-            Filters=filters({"group-name": name, "vpc-id": vpc_id}),
-        ).get("SecurityGroups", [])
-        return self.owned("security group", name, groups[:1])
+        spec = {"group-name": name, "vpc-id": vpc_id}
+        return self.find_owned("security group", name, "describe_security_groups", "SecurityGroups", **spec)[:1]
 
     # -- removal -----------------------------------------------------------------------
 

@@ -215,10 +215,7 @@ class Launch(BuildResources):
             return found[0]
 
     def find_key_pairs(self, name: str) -> List[Mapping[str, Any]]:
-        existing = self.client.call(
-            "describe_key_pairs", what="Looking up the key pair", Filters=filters({"key-name": name})
-        ).get("KeyPairs", [])
-        return self.owned("key pair", name, existing)
+        return self.find_owned("key pair", name, "describe_key_pairs", "KeyPairs", **{"key-name": name})
 
     def import_key_pair(self, name: str, public_key: str, tags: Mapping[str, str]) -> None:
         for _pair in self.find_key_pairs(name):
@@ -310,12 +307,8 @@ class Launch(BuildResources):
         return self.params["instance_name"] or self.build.user_tags.get("Name") or "nixforge-%s" % self.build_id
 
     def find_launch_templates(self, name: str) -> List[Mapping[str, Any]]:
-        found = self.client.call(
-            "describe_launch_templates",
-            what="Looking up the launch template",
-            Filters=filters({"launch-template-name": name}),
-        ).get("LaunchTemplates", [])
-        return self.owned("launch template", name, found)
+        spec = {"launch-template-name": name}
+        return self.find_owned("launch template", name, "describe_launch_templates", "LaunchTemplates", **spec)
 
     def create_launch_template(self, data: Dict[str, Any], tags: Mapping[str, str]) -> str:
         name = self.build.resource_name("lt")

@@ -400,10 +400,10 @@ class B2Client(RetryingClient):
         for entry in self.unfinished(bucket, name):
             if entry["name"] == name and entry["file_id"] not in before:
                 self.cancel_large_file(entry["file_id"], name)
+        spared = before | {keep}
         for entry in self.versions(bucket, name, exact=True):
-            info = entry["file_info"]
-            ours = all(info.get(k) == v for k, v in marks.items())
-            if entry["action"] == "upload" and entry["file_id"] not in before | {keep} and ours:
+            ours = all(entry["file_info"].get(k) == v for k, v in marks.items())
+            if entry["action"] == "upload" and entry["file_id"] not in spared and ours:
                 self.delete_version(entry["file_id"], name)
 
     def delete_version(self, file_id: str, name: str) -> None:

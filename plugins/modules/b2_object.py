@@ -276,7 +276,6 @@ class B2Object(NixforgeModule):
     src_stat: Optional[os.stat_result] = None
     existing: Optional[Dict[str, Any]] = None
     uploaded: Optional[Dict[str, Any]] = None
-    object_name = ""
     url: Optional[str] = None
     part_size = 0
     url_seconds = 0
@@ -328,7 +327,6 @@ class B2Object(NixforgeModule):
         if present:
             self.check_against_account()
             self.existing = self.find_adoptable()
-            self.object_name = self.existing["name"] if self.existing else self.params.get("name") or ""
         else:
             self.to_delete = self.build_leftovers()
 
@@ -502,9 +500,10 @@ class B2Object(NixforgeModule):
         return self.src_stat.st_size if self.src_stat is not None else 0
 
     def upload(self) -> None:
-        name = self.params.get("name") or generate_name(self.ident.build_id, self.params["src"])
-        self.object_name = name
-        before = self.client.existing_ids(self.bucket, name)  # not ours to clean up
+        given = self.params.get("name")
+        name = given or generate_name(self.ident.build_id, self.params["src"])
+        # what exists of a given name is not ours to clean up; a generated one is new
+        before = self.client.existing_ids(self.bucket, name) if given else set()
         try:
             self.uploaded = self.client.upload(
                 self.bucket,

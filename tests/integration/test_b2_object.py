@@ -26,7 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox.testing import VENV_BIN, SandboxHandle, ansible_env, emulator_missing  # noqa: E402
+from nfsandbox.testing import VENV_BIN, SandboxHandle, ansible_env, sandbox_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 MB = 1000 * 1000
@@ -54,7 +54,7 @@ def b2(sandbox_instance) -> B2Sandbox:
     env = sandbox_instance.env()
     if "B2_API_URL" not in env:
         status = (sandbox_instance.state().get("providers") or {}).get("b2", "not loaded")
-        emulator_missing("the sandbox has no B2 emulator (%s)" % status)
+        sandbox_missing("the sandbox has no B2 emulator (%s)" % status)
     return B2Sandbox(sandbox_instance)
 
 

@@ -44,7 +44,7 @@ SPEC = find_spec(SPEC_NAME)
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, mbr_image, qcow2_image  # noqa: E402
-from nfsandbox.testing import emulator_missing  # noqa: E402
+from nfsandbox.testing import sandbox_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -88,7 +88,7 @@ def spec() -> dict[str, Any]:
 def sandbox(sandbox_instance) -> DOSandbox:
     state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
     if state is None:
-        emulator_missing(reason)
+        sandbox_missing(reason)
     return DOSandbox(state)
 
 

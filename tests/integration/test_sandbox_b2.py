@@ -22,7 +22,7 @@ from b2sdk.v2 import B2Api, InMemoryAccountInfo, UploadSourceLocalFile
 from b2sdk.v2.exception import B2Error, BadRequest, FileNotPresent, Unauthorized
 from nfsandbox.b2.testing import B2Sandbox
 from nfsandbox.digitalocean.testing import DOSandbox, qcow2_image
-from nfsandbox.testing import emulator_missing
+from nfsandbox.testing import sandbox_missing
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -247,7 +247,7 @@ def test_digitalocean_imports_from_a_public_bucket_url(b2: B2Sandbox, sandbox_in
     """The DigitalOcean emulator fetches (HEAD, then GET) the B2 URL from the daemon itself."""
     state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
     if state is None:
-        emulator_missing(reason)
+        sandbox_missing(reason)
     do = DOSandbox(state)
     do.set_faults({"import_delay": 0.2})
     body = gzip.compress(qcow2_image(1024**3))

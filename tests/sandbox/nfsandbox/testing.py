@@ -410,10 +410,10 @@ except ImportError:  # pragma: no cover - scripts use the helpers above without 
     pytest = None  # type: ignore[assignment]
 
 
-def emulator_missing(reason: str) -> NoReturn:
-    """A sandbox that is up but lacks an emulator: fails under `make test`
+def sandbox_missing(reason: str) -> NoReturn:
+    """No sandbox, or one without an emulator a test needs: fails under `make test`
     (NIXFORGE_REQUIRE_SANDBOX=1, which promises the integration tests ran), skips otherwise."""
-    assert pytest is not None, "emulator_missing() is for tests"
+    assert pytest is not None, "sandbox_missing() is for tests"
     if os.environ.get("NIXFORGE_REQUIRE_SANDBOX") == "1":
         pytest.fail("NIXFORGE_REQUIRE_SANDBOX=1 (make test) but " + reason, pytrace=False)
     pytest.skip(reason)
@@ -437,5 +437,5 @@ if pytest is not None:
 
         state, reason = MetalSandbox.state_of(sandbox_instance.instance.number)
         if state is None:
-            emulator_missing(reason)
+            sandbox_missing(reason)
         return MetalSandbox(state)

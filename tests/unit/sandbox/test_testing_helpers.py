@@ -9,16 +9,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
-from nfsandbox.testing import emulator_missing
+from nfsandbox.testing import sandbox_missing
 
 
 def test_a_missing_emulator_fails_under_make_test_and_skips_otherwise(monkeypatch) -> None:
     monkeypatch.setenv("NIXFORGE_REQUIRE_SANDBOX", "1")
     with pytest.raises(pytest.fail.Exception, match=r"NIXFORGE_REQUIRE_SANDBOX=1 .* no B2 emulator"):
-        emulator_missing("the sandbox has no B2 emulator (failed)")
+        sandbox_missing("the sandbox has no B2 emulator (failed)")
     monkeypatch.delenv("NIXFORGE_REQUIRE_SANDBOX")
     with pytest.raises(pytest.skip.Exception, match="no B2 emulator"):
-        emulator_missing("the sandbox has no B2 emulator (failed)")
+        sandbox_missing("the sandbox has no B2 emulator (failed)")
 
 
 def test_leftovers_of_a_build_include_machines_running_without_their_cloud_record() -> None:
