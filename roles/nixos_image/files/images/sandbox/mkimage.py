@@ -369,15 +369,18 @@ def mke2fs(tree: str, image: str, size_mib: int, label: str, uuid: str) -> None:
         env={"E2FSPROGS_FAKE_TIME": str(EPOCH), "SOURCE_DATE_EPOCH": str(EPOCH)},
     )
     # mke2fs copies each file's ctime, which no one can set on the source tree: set them
-    # in the file system (debugfs works on the image file, no root needed).
-    # (and atime: reading a directory to copy it updates its atime after it was set).
+    # in the file system (debugfs works on the image file, no root needed), and atime
+    # (reading a directory to copy it updates its atime after it was set).
     paths = ["/"]
     for base, dirs, names in os.walk(tree):
         paths += ["/" + os.path.relpath(os.path.join(base, name), tree) for name in sorted(dirs + names)]
+    # Owner root: mke2fs copies each file's owner, and Nix builds as a build user (nixbld*);
+    # dropbear refuses keys under a /root that root does not own.
     commands = []
     for path in paths:
         for field in ("ctime", "atime"):
             commands += ['sif "%s" %s @%d' % (path, field, EPOCH), 'sif "%s" %s_extra 0' % (path, field)]
+        commands += ['sif "%s" uid 0' % path, 'sif "%s" gid 0' % path]
     fake_time = {"E2FSPROGS_FAKE_TIME": str(EPOCH)}
     run(["debugfs", "-w", "-f", "-", image], env=fake_time, stdin="\n".join(commands).encode())
 
