@@ -196,7 +196,7 @@ def test_do_image_boots_from_its_disk_and_answers_ssh(images: dict[str, Built], 
     hostname = "droplet-" + TOKEN
     root = write_metadata(tmp_path / "metadata", public + "\n", hostname, user_data)
     with metadata_namespace() as ns, metadata_server(ns, root):
-        accel = choose_accel(ns, disk, tmp_path, r"^nixforge-sandbox: initramfs")
+        accel = choose_accel(ns, disk, tmp_path, r"Linux version")
         with boot(ns, disk, tmp_path / "console.log", accel) as guest:
             guest.wait_for(r"^nixforge-sandbox: ssh up", r"^nixforge-sandbox: boot failed")
             console = guest.text()
