@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -318,7 +318,7 @@ def extract_deb(deb: str, dest: str, members: Sequence[str] = ()) -> None:
     run(tar, stdin=data)
 
 
-def write(path: str, data, mode: int = 0o644) -> None:
+def write(path: str, data: Union[str, bytes], mode: int = 0o644) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
