@@ -48,13 +48,13 @@ class Provider(EmulatorProvider):
         # downloads go to disk next to the hosts' overlays, not to /run (a tmpfs)
         self.work_dir = Path(instance.work_dir) / "digitalocean"
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        # droplets of custom images boot under QEMU where there is a sandbox (not in unit tests)
-        machines = Machines(self.sandbox, self.work_dir) if hasattr(self.sandbox, "pool") else None
-        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)], machines=machines)
+        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)])
         self.http = DigitalOceanHTTPServer(self.api, "127.0.0.1", self.sandbox.port("digitalocean"))
         self.http.start()
         endpoint = self.api.base_url
         log.info("DigitalOcean emulator listening on %s", endpoint)
+        if hasattr(self.sandbox, "pool"):  # droplets of custom images boot under QEMU (not in unit tests)
+            self.api.droplets.machines = Machines(self.sandbox, self.work_dir)
         return {
             "digitalocean_endpoint": endpoint,
             # exported as they are by `sandboxctl env`: what do_custom_image and python-digitalocean read
