@@ -103,11 +103,15 @@ class DOSandbox(EmulatorSandbox):
 
 
 class FileServer:
-    """Serves `directory` on 127.0.0.1 (HEAD and GET); names in `forbidden` answer 403."""
+    """Serves `directory` on 127.0.0.1 (HEAD and GET); names in `forbidden` answer 403,
+    names in `no_head` answer HEAD with the status given (405, 501: a server without HEAD)."""
 
-    def __init__(self, directory: Path, forbidden: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, forbidden: tuple[str, ...] = (), no_head: dict[str, int] | None = None
+    ) -> None:
         self.requests: list[tuple[str, str]] = []
         log = self.requests
+        headless = dict(no_head or {})
 
         class Handler(SimpleHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
@@ -115,8 +119,12 @@ class FileServer:
 
             def send_head(self):  # type: ignore[no-untyped-def]
                 log.append((self.command, self.path))
-                if self.path.split("?")[0].lstrip("/") in forbidden:
+                name = self.path.split("?")[0].lstrip("/")
+                if name in forbidden:
                     self.send_error(403, "Forbidden")
+                    return None
+                if self.command == "HEAD" and name in headless:
+                    self.send_error(headless[name])
                     return None
                 return super().send_head()
 
