@@ -1,9 +1,10 @@
 """Fault knobs of the DigitalOcean emulator (control API `POST /faults/digitalocean`).
 
 A call replaces the whole table; `{}` restores the defaults. What was served is counted
-by status in `served` (429s of the rate limiter itself as `ratelimited`) and by "METHOD /v2/path" in `served_by_route` (never reset by a new
-table, only by `reset()`), so a test can prove that the faults it asked for really
-fired: `GET /faults/digitalocean` on the control API shows the knobs and the counters.
+by status in `served` (429s of the rate limiter itself as `ratelimited`) and by
+"METHOD /v2/path" in `served_by_route` (never reset by a new table, only by `reset()`),
+so a test can prove that the faults it asked for really fired: `GET /faults/digitalocean`
+on the control API shows the knobs and the counters.
 
     {"throttle_rate": 0.2,          # fraction of requests answered 429 too_many_requests
      "server_error_rate": 0.1,      # ... 500 server_error
