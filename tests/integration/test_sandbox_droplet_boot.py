@@ -46,7 +46,12 @@ def call(do: DOSandbox, method: str, path: str, body: Any = None, expect: int | 
     import requests
 
     answer = requests.request(
-        method, do.endpoint + path, json=body, headers={"Authorization": f"Bearer {do.token}"}, timeout=60
+        method,
+        do.endpoint + path,
+        json=body,
+        headers={"Authorization": f"Bearer {do.token}"},
+        timeout=60,
+        verify=do.ca_bundle,  # this instance's CA
     )
     if expect is not None:
         assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])

@@ -45,11 +45,11 @@ def sandbox(sandbox_instance) -> DOSandbox:
 
 
 def call(do: DOSandbox, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-    """The emulator's answer as another client gets it (requests honours REQUESTS_CA_BUNDLE)."""
+    """The emulator's answer as another client gets it (HTTPS, trusting that instance's CA)."""
     import requests
 
     headers = {"Authorization": f"Bearer {do.token}"}
-    answer = requests.request(method, do.endpoint + path, json=body, headers=headers, timeout=60)
+    answer = requests.request(method, do.endpoint + path, json=body, headers=headers, timeout=60, verify=do.ca_bundle)
     if expect is not None:
         assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])
     return answer.json() if answer.content else None
