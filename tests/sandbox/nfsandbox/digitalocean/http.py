@@ -1,16 +1,21 @@
-"""HTTP front of the DigitalOcean emulator (what python-digitalocean talks to).
+"""HTTPS front of the DigitalOcean emulator (what python-digitalocean talks to).
 
-Plain HTTP on 127.0.0.1: python-digitalocean takes the whole end point URL
-(`DIGITALOCEAN_API_URL`, e.g. http://127.0.0.1:PORT/v2/), so no TLS is needed.
+HTTPS only, as api.digitalocean.com: the certificate is issued by the sandbox CA (tls.py),
+which clients trust through the collection's `ca_bundle` option / DIGITALOCEAN_CA_BUNDLE
+or REQUESTS_CA_BUNDLE. python-digitalocean takes the whole end point URL
+(`DIGITALOCEAN_API_URL`, https://127.0.0.1:PORT/v2/).
 
 Not part of the DigitalOcean API (the emulator's token is required): `GET
 /_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them); the
-contract test validates them against DigitalOcean's OpenAPI document.
+contract test validates them against DigitalOcean's OpenAPI document. `GET
+/_sandbox/droplets` shows each droplet's status, error, QEMU/metadata PIDs, accelerator
+and serial console log.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -53,13 +58,25 @@ class _Handler(Handler):
         if what == "exchanges" and self.command == "DELETE":
             self.server.recorder.clear()
             return 204, None, {}
+        if what == "droplets" and self.command == "GET":
+            return 200, {"droplets": api.droplets_debug()}, {}
         return 404, {"id": "not_found", "message": "no such sandbox endpoint"}, {}
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
 
 
 class DigitalOceanHTTPServer(EmulatorServer):
-    def __init__(self, api: DigitalOceanAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(_Handler, "digitalocean-http", host, port, api=api, recorder=Recorder("authorization"))
+    def __init__(
+        self, api: DigitalOceanAPI, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        super().__init__(
+            _Handler,
+            "digitalocean-https",
+            host,
+            port,
+            ssl_context=ssl_context,
+            api=api,
+            recorder=Recorder("authorization"),
+        )
         host_, port_ = self.address
-        api.base_url = f"http://{host_}:{port_}"
+        api.base_url = f"https://{host_}:{port_}"
