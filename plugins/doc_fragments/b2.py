@@ -39,7 +39,8 @@ options:
     description:
       - PEM file of certificate authorities to trust for O(api_url) (and the URLs B2 hands out), for a private
         B2-compatible endpoint with its own CA.
-      - Falls back to E(REQUESTS_CA_BUNDLE). Unset, the system's CAs are trusted, which is what Backblaze needs.
+      - Falls back to E(B2_CA_BUNDLE). When given, it is used whatever E(REQUESTS_CA_BUNDLE) says; without either,
+        the system's trust store (or E(REQUESTS_CA_BUNDLE)) is used, which is what Backblaze's own endpoints need.
       - A certificate that does not verify fails at once (no retries), naming this option.
     type: path
 requirements:

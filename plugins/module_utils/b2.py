@@ -87,7 +87,7 @@ DEFAULT_API_URL = "https://api.backblazeb2.com"
 KEY_ID_ENV = "B2_APPLICATION_KEY_ID"
 KEY_ENV = "B2_APPLICATION_KEY"
 API_URL_ENV = "B2_API_URL"
-CA_BUNDLE_ENV = "REQUESTS_CA_BUNDLE"
+CA_BUNDLE_ENV = "B2_CA_BUNDLE"
 # The least a key needs for b2_object and b2_build_info (on the bucket, for names under
 # nixforge/): the bucket and its type, listing (adoption, clean-up, a lost finish), uploads
 # and large files (writeFiles also cancels them), deleting versions. url_mode=authorized
@@ -251,7 +251,8 @@ def translate_b2_error(
         return UserInputError(
             "the TLS certificate of the B2 endpoint was not trusted (%s)" % text,
             hint="Give the CA that signed the endpoint's certificate in 'ca_bundle' (or %s); without it the "
-            "system's CAs are trusted, which is what Backblaze's own endpoints need" % CA_BUNDLE_ENV,
+            "system's CAs (or REQUESTS_CA_BUNDLE) are trusted, which is what Backblaze's own endpoints need"
+            % CA_BUNDLE_ENV,
             parameter="ca_bundle",
             what=what,
         )

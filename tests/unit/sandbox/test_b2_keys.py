@@ -257,6 +257,7 @@ def test_a_503_on_an_upload_invalidates_its_url_and_token(api: B2API) -> None:
     assert (first.status, first.payload["code"]) == (503, "service_unavailable")
     again = upload_with(api, target, "x/f", b"data")  # the client reuses the URL: B2 refuses it
     assert (again.status, again.payload["code"]) == (401, "bad_auth_token")
+    assert api.faults.snapshot()["served"]["reused_upload_url"] == 1
     fresh = b2(api, master, "b2_get_upload_url", bucketId=bucket_id(api, "public-bucket")).payload
     assert upload_with(api, fresh, "x/f", b"data").status == 200
     # a 429 asked for by name on an upload call does not end the URL (B2 never sends it there)

@@ -40,7 +40,7 @@ class FakeSandbox:
 @pytest.fixture
 def provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sandbox = FakeSandbox(tmp_path)
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # start() sets it for the daemon's clients
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")  # start() sets it for the daemon's clients
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sandbox.ca.bundle))  # as `sandboxctl env` exports it
     prov = b2.Provider(sandbox)
     published = prov.start()
@@ -75,7 +75,7 @@ def test_start_publishes_what_clients_and_sandboxctl_env_need(provider) -> None:
     reaper_allowed = reaper.account_info.get_allowed()
     assert sorted(reaper_allowed["capabilities"]) == sorted(allowed["capabilities"])
     assert reaper_allowed["bucketName"] is None  # every bucket: a v3 key names one at most
-    assert env["NIXFORGE_SANDBOX_B2_CA_BUNDLE"] == str(prov.sandbox.ca.bundle)
+    assert env["B2_CA_BUNDLE"] == str(prov.sandbox.ca.bundle)
     assert prov.resources() == []  # fixture buckets and keys are not resources
 
 

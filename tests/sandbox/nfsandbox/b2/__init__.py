@@ -24,7 +24,7 @@ At start two buckets exist as fixtures (not resources): `nixforge-sandbox<N>-pub
 Published in state.json `endpoints` (and by `sandboxctl env`): B2_API_URL (the https
 realm URL for `authorize_account`), the keys above, `b2_public_bucket`,
 `b2_private_bucket`, `b2_download_url` (NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET, ...) and
-`b2_ca_bundle` (the sandbox CA; REQUESTS_CA_BUNDLE carries it too).
+B2_CA_BUNDLE (the sandbox CA, b2_object's `ca_bundle`; REQUESTS_CA_BUNDLE carries it too).
 Fault knobs: see `faults.py` (`POST /faults/b2`, `GET /faults/b2`).
 """
 
@@ -67,7 +67,7 @@ class Provider(EmulatorProvider):
             raise RuntimeError("the B2 emulator needs the sandbox CA (HTTPS only, as B2)")
         # Whoever fetches from B2 inside the daemon (the DigitalOcean importer) trusts its
         # certificate as the world trusts Backblaze's: the bundle holds the system CAs too.
-        os.environ.setdefault("SSL_CERT_FILE", str(ca.bundle))
+        os.environ["SSL_CERT_FILE"] = str(ca.bundle)
         self.api = B2API(inst.work_dir / "b2", "https://127.0.0.1")
         public = self.api.store.create_bucket(f"nixforge-sandbox{inst.number}-public", "allPublic", fixture=True)
         private = self.api.store.create_bucket(f"nixforge-sandbox{inst.number}-private", "allPrivate", fixture=True)
@@ -90,5 +90,5 @@ class Provider(EmulatorProvider):
             "b2_public_bucket": public.name,
             "b2_private_bucket": private.name,
             "b2_download_url": base,
-            "b2_ca_bundle": str(ca.bundle),
+            "B2_CA_BUNDLE": str(ca.bundle),  # what b2_object's ca_bundle falls back to
         }

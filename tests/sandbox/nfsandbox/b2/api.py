@@ -163,6 +163,7 @@ class B2API:
         self.store = Store(root, self.account_id)
         self.lock = threading.Lock()
         self.tokens: dict[str, Token] = {}
+        self.ended: set[str] = set()  # upload tokens a 503 ended (bounded like the tokens)
         self.keys: dict[str, AppKey] = {}
         self.key_serial = 0
         master = self.add_key("master", list(CAPABILITIES))
@@ -268,6 +269,9 @@ class B2API:
             # the client must ask for a new upload URL
             with self.lock:
                 self.tokens.pop(token.value, None)
+                if len(self.ended) > MAX_TOKENS:
+                    self.ended.clear()
+                self.ended.add(token.value)
         raise B2Error(503, "service_unavailable", "Service temporarily unavailable (sandbox fault)", headers)
 
     def _lose(self, call: str) -> None:
@@ -310,6 +314,9 @@ class B2API:
 
     def _check(self, value: str | None, kinds: tuple[str, ...], call: str) -> Token:
         token = self.tokens.get(value or "")
+        if token is None and value in self.ended:
+            self.faults.count_reused(call)
+            raise B2Error(401, "bad_auth_token", "Invalid authorization token (its upload URL ended with a 503)")
         if token is None or token.kind not in kinds:
             if not value:
                 raise B2Error(401, "bad_auth_token", "Authorization header is missing")

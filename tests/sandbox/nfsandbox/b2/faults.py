@@ -39,8 +39,13 @@ fetches a new upload URL), never 429: a global `rate_429` is served as 503 on
 `b2_upload_file`/`b2_upload_part`. A 429 set for an upload call by name under `calls` is
 served as asked (to test a client against it).
 
+A 503 on an upload ends that upload URL and its token, as on B2: using them again is
+answered 401 `bad_auth_token` and counted as `reused_upload_url` (a client that behaves
+asks for a new upload URL, so a test can assert the counter stays 0).
+
 `get_faults()` returns the knobs plus `served`: {"429": n, "503": n,
-"expired_auth_token": n, "calls": {"b2_upload_part": {"503": n}, ...}}.
+"expired_auth_token": n, "lost_answer": n, "reused_upload_url": n,
+"calls": {"b2_upload_part": {"503": n}, ...}}.
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ class Faults:
 
     @staticmethod
     def _empty_served() -> dict[str, Any]:
-        return {"429": 0, "503": 0, "expired_auth_token": 0, "lost_answer": 0, "calls": {}}
+        return {"429": 0, "503": 0, "expired_auth_token": 0, "lost_answer": 0, "reused_upload_url": 0, "calls": {}}
 
     @classmethod
     def parse(cls, faults: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +228,11 @@ class Faults:
     def count_expired(self, call: str) -> None:
         with self.lock:
             self._count(call, "expired_auth_token")
+
+    def count_reused(self, call: str) -> None:
+        """An upload URL ended by a 503 was used again (B2 refuses it; a good client never does it)."""
+        with self.lock:
+            self._count(call, "reused_upload_url")
 
     def _count(self, call: str, what: str) -> None:
         self.served[what] += 1

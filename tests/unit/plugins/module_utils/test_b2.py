@@ -271,7 +271,7 @@ def test_a_certificate_that_does_not_verify_names_ca_bundle_and_is_not_retried()
     assert not b2.is_retryable_b2_error(failed)
     err = b2.translate_b2_error(failed, "Authorizing with B2")
     assert isinstance(err, UserInputError) and err.parameter == "ca_bundle"
-    assert "'ca_bundle'" in err.hint and "REQUESTS_CA_BUNDLE" in err.hint
+    assert "'ca_bundle'" in err.hint and "B2_CA_BUNDLE" in err.hint
     # a connection that broke is not a certificate problem
     assert isinstance(b2.translate_b2_error(b2exc.B2ConnectionError("Connection reset"), "x"), ProviderError)
 
