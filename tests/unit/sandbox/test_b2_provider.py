@@ -40,7 +40,8 @@ class FakeSandbox:
 @pytest.fixture
 def provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sandbox = FakeSandbox(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")  # start() sets it for the daemon's clients
+    # start() sets SSL_CERT_FILE for the daemon's own clients: restored after the test
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sandbox.ca.bundle))  # as `sandboxctl env` exports it
     prov = b2.Provider(sandbox)
     published = prov.start()
