@@ -240,12 +240,8 @@ def _b2_text(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def translate_b2_error(
-    exc: BaseException, what: str, parameter: Optional[str] = None, needs: Optional[str] = None
-) -> NixforgeError:
-    """A b2sdk exception as the collection's error, naming the parameter to fix where one is at fault
-    (``needs``: the key capability the call takes, named when B2 refuses the key)."""
-    text = _b2_text(exc)
+def _access_error(exc: BaseException, what: str, needs: Optional[str], text: str) -> Optional[NixforgeError]:
+    """The errors of trust and of the key: the certificate, the credentials, what the key may do."""
     code = getattr(exc, "code", None)
     if is_certificate_error(exc):
         return UserInputError(
@@ -265,27 +261,13 @@ def translate_b2_error(
             what=what,
             code=code,
         )
-    if _is(exc, "Unauthorized"):
+    if _is(exc, "Unauthorized"):  # at authorization: the key itself
         return UserInputError(
             "B2 refused the credentials (%s)" % text,
             hint="Check 'application_key_id' and 'application_key' (or %s / %s) and 'api_url'" % (KEY_ID_ENV, KEY_ENV),
             parameter="application_key",
             what=what,
             code=code,
-        )
-    if _is(exc, "InvalidJsonResponse"):
-        return UserInputError(
-            "the endpoint did not answer like the B2 native API (%s)" % text,
-            hint="Set 'api_url' to a B2 realm URL such as 'https://api.backblazeb2.com' (not an S3 endpoint)",
-            parameter="api_url",
-            what=what,
-        )
-    if _is(exc, "NonExistentBucket", "BucketIdNotFound"):
-        return UserInputError(
-            "the bucket does not exist or the key cannot see it (%s)" % text,
-            hint="Check 'bucket', and that the application key is not restricted to another bucket",
-            parameter="bucket",
-            what=what,
         )
     if _is(exc, "RestrictedBucket"):
         return UserInputError(
@@ -301,6 +283,33 @@ def translate_b2_error(
             parameter="application_key_id",
             what=what,
             code=code,
+        )
+    return None
+
+
+def translate_b2_error(
+    exc: BaseException, what: str, parameter: Optional[str] = None, needs: Optional[str] = None
+) -> NixforgeError:
+    """A b2sdk exception as the collection's error, naming the parameter to fix where one is at fault
+    (``needs``: the key capability the call takes, named when B2 refuses the key)."""
+    text = _b2_text(exc)
+    code = getattr(exc, "code", None)
+    access = _access_error(exc, what, needs, text)
+    if access is not None:
+        return access
+    if _is(exc, "InvalidJsonResponse"):
+        return UserInputError(
+            "the endpoint did not answer like the B2 native API (%s)" % text,
+            hint="Set 'api_url' to a B2 realm URL such as 'https://api.backblazeb2.com' (not an S3 endpoint)",
+            parameter="api_url",
+            what=what,
+        )
+    if _is(exc, "NonExistentBucket", "BucketIdNotFound"):
+        return UserInputError(
+            "the bucket does not exist or the key cannot see it (%s)" % text,
+            hint="Check 'bucket', and that the application key is not restricted to another bucket",
+            parameter="bucket",
+            what=what,
         )
     if _is(exc, "B2ConnectionError", "B2RequestTimeout", "UnknownHost"):
         return ProviderError(
