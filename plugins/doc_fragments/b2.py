@@ -18,8 +18,14 @@ options:
     description:
       - The B2 application key itself. Never logged, and masked in every message.
       - Falls back to E(B2_APPLICATION_KEY).
-      - The key needs the C(listBuckets), C(listFiles), C(readFiles), C(writeFiles), C(deleteFiles) and
-        C(shareFiles) capabilities on the bucket.
+      - 'The least key the collection needs: the capabilities C(listBuckets), C(listFiles), C(writeFiles) and
+        C(deleteFiles), restricted to the bucket and, if you like, to the name prefix V(nixforge/) (where the objects
+        of every build live). Add C(shareFiles) for O(nixforge.images.b2_object#module:url_mode=authorized). No
+        other capability is used (not C(readFiles): the importer fetches a public URL).'
+      - A key that lacks a capability fails with a message naming it; B2 answers C(401 unauthorized).
+      - 'One key per purpose: the pipelines'' key restricted to the image bucket; the reaper (C(playbooks/reap.yml))
+        needs the same capabilities on every bucket it cleans (a key of B2 API v3, which b2sdk speaks, names one
+        bucket at most: for several buckets, a key without a bucket restriction).'
     type: str
   api_url:
     description:
@@ -29,6 +35,14 @@ options:
     type: str
     default: https://api.backblazeb2.com
     aliases: [realm]
+  ca_bundle:
+    description:
+      - PEM file of certificate authorities to trust for O(api_url) (and the URLs B2 hands out), for a private
+        B2-compatible endpoint with its own CA.
+      - Falls back to E(B2_CA_BUNDLE). When given, it is used whatever E(REQUESTS_CA_BUNDLE) says; without either,
+        the system's trust store (or E(REQUESTS_CA_BUNDLE)) is used, which is what Backblaze's own endpoints need.
+      - A certificate that does not verify fails at once (no retries), naming this option.
+    type: path
 requirements:
   - b2sdk >= 2.5.0
 notes:

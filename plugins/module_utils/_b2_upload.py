@@ -135,6 +135,15 @@ class SequentialHasher(threading.Thread):
             self.error = exc
 
 
+def matches(entry: Mapping[str, Any], size: int, info: Mapping[str, str]) -> bool:
+    """Whether a listed version is the large file we finished: its size, B2's "none" for the
+    whole-file sha1 of a large file (the parts' sha1s were checked by B2 at the finish), and
+    the file info it was started with (the build identity and the sha256 of the bytes)."""
+    stored = entry.get("fileInfo") or {}
+    same_info = all(stored.get(k) == v for k, v in info.items())
+    return entry.get("contentLength") == size and entry.get("contentSha1") in ("none", None) and same_info
+
+
 def mismatch(path: str, actual: str, expected: str) -> UserInputError:
     return UserInputError(
         "%s has sha256 %s, not %s" % (path, actual, expected),
@@ -156,6 +165,7 @@ class Uploader:
         self.call = call  # the client's call(fn, *args, what=...): our retries, errors translated
         self.threads = threads
         self.large_file_id: Optional[str] = None
+        self.finish_recovered = False  # the finish's answer was lost, the file found finished
 
     def upload(
         self,
@@ -213,11 +223,44 @@ class Uploader:
                     raise hasher.error
                 if hasher.digest != verify:
                     raise mismatch(path, str(hasher.digest), verify or "")
-            return self.call(self.session.finish_large_file, file_id, sha1s, what="Finishing %s" % name)
+            return self.finish(bucket_id, file_id, name, size, sha1s, info)
         except BaseException:
             stop.set()
             self.cancel(file_id, name)
             raise
+
+    def finish(
+        self, bucket_id: str, file_id: str, name: str, size: int, sha1s: List[str], info: Mapping[str, str]
+    ) -> Dict[str, Any]:
+        """b2_finish_large_file; when its answer is lost (a 5xx, a dropped connection, then B2's
+        "no active upload" to the retry), B2 says to ask for the file rather than upload again:
+        a finished version of this very large file with the size and file info (our sha256)
+        it was started with is the upload done. Anything else fails as the finish did."""
+        try:
+            return self.call(self.session.finish_large_file, file_id, sha1s, what="Finishing %s" % name)
+        except Exception:
+            found = self.finished(bucket_id, file_id, name)
+            if found is None or not matches(found, size, info):
+                raise
+            self.finish_recovered = True
+            return found
+
+    def finished(self, bucket_id: str, file_id: str, name: str) -> Optional[Dict[str, Any]]:
+        """The finished version ``file_id`` of ``name`` if B2 lists it (listFiles, no readFiles needed)."""
+        page = self.call(
+            self.session.list_file_versions,
+            bucket_id,
+            name,
+            file_id,
+            1,
+            name,
+            what="Looking for %s after its finish went unanswered" % name,
+            needs="listFiles",
+        )
+        for entry in page.get("files") or []:
+            if entry.get("fileId") == file_id and entry.get("action") == "upload":
+                return dict(entry)
+        return None
 
     def parts(self, file_id: str, path: str, size: int, part_size: int) -> List[str]:
         """Upload every part, ``threads`` at a time; the sha1s in part order."""

@@ -28,6 +28,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
 from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.nixforge.images.plugins.module_utils._b2._transport import (
+    is_certificate_error,
+    session_factory,
+)
 from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import Uploader
 from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     NixforgeError,
@@ -41,7 +45,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import (
 )
 
 try:
-    from b2sdk.v2 import B2Api, InMemoryAccountInfo
+    from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo
     from b2sdk.v2 import exception as b2_exceptions
 
     HAS_B2SDK = True
@@ -60,6 +64,7 @@ __all__ = [
     "HAS_B2SDK",
     "MAX_PARTS",
     "MAX_PART_SIZE",
+    "MINIMUM_CAPABILITIES",
     "MIN_PART_SIZE",
     "REQUIRED_LIBRARIES",
     "B2Client",
@@ -82,6 +87,16 @@ DEFAULT_API_URL = "https://api.backblazeb2.com"
 KEY_ID_ENV = "B2_APPLICATION_KEY_ID"
 KEY_ENV = "B2_APPLICATION_KEY"
 API_URL_ENV = "B2_API_URL"
+CA_BUNDLE_ENV = "B2_CA_BUNDLE"
+# The least a key needs for b2_object and b2_build_info (on the bucket, for names under
+# nixforge/): the bucket and its type, listing (adoption, clean-up, a lost finish), uploads
+# and large files (writeFiles also cancels them), deleting versions. url_mode=authorized
+# adds shareFiles. readFiles is never needed.
+MINIMUM_CAPABILITIES = ("listBuckets", "listFiles", "writeFiles", "deleteFiles")
+KEY_HINT = (
+    "Use an application key with the capabilities %s (and shareFiles for url_mode=authorized) on 'bucket', "
+    "restricted to that bucket and a name prefix that covers 'nixforge/' if you like" % ", ".join(MINIMUM_CAPABILITIES)
+)
 # B2's limits (decimal units, as B2 counts them).
 MIN_PART_SIZE = 5 * 1000 * 1000
 MAX_PART_SIZE = 5 * 1000 * 1000 * 1000
@@ -100,6 +115,7 @@ def b2_argument_spec() -> Dict[str, Any]:
         application_key_id=dict(type="str", no_log=True, fallback=(env_fallback, [KEY_ID_ENV])),
         application_key=dict(type="str", no_log=True, fallback=(env_fallback, [KEY_ENV])),
         api_url=dict(type="str", aliases=["realm"], fallback=(env_fallback, [API_URL_ENV]), default=DEFAULT_API_URL),
+        ca_bundle=dict(type="path", fallback=(env_fallback, [CA_BUNDLE_ENV])),
     )
 
 
@@ -211,6 +227,8 @@ def is_retryable_upload_error(exc: BaseException) -> bool:
     busy upload token); the failed URL is not reused, so the next attempt gets a new one."""
     if is_retryable_b2_error(exc):
         return True
+    if _is(exc, "Unauthorized") and getattr(exc, "code", None) == "unauthorized":
+        return False  # the key may not write there (capability, bucket, prefix): no new URL helps
     try:
         return isinstance(exc, B2Error) and bool(exc.should_retry_upload())
     except Exception:  # noqa: BLE001 - a foreign error type
@@ -222,11 +240,28 @@ def _b2_text(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] = None) -> NixforgeError:
-    """A b2sdk exception as the collection's error, naming the parameter to fix where one is at fault."""
-    text = _b2_text(exc)
+def _access_error(exc: BaseException, what: str, needs: Optional[str], text: str) -> Optional[NixforgeError]:
+    """The errors of trust and of the key: the certificate, the credentials, what the key may do."""
     code = getattr(exc, "code", None)
-    if _is(exc, "Unauthorized"):
+    if is_certificate_error(exc):
+        return UserInputError(
+            "the TLS certificate of the B2 endpoint was not trusted (%s)" % text,
+            hint="Give the CA that signed the endpoint's certificate in 'ca_bundle' (or %s); without it the "
+            "system's CAs (or REQUESTS_CA_BUNDLE) are trusted, which is what Backblaze's own endpoints need"
+            % CA_BUNDLE_ENV,
+            parameter="ca_bundle",
+            what=what,
+        )
+    if _is(exc, "Unauthorized") and needs and code == "unauthorized":
+        return UserInputError(
+            "B2 refused the application key for this call, which needs the %s capability on the bucket "
+            "and names under the key's prefix (%s)" % (needs, text),
+            hint=KEY_HINT,
+            parameter="application_key_id",
+            what=what,
+            code=code,
+        )
+    if _is(exc, "Unauthorized"):  # at authorization: the key itself
         return UserInputError(
             "B2 refused the credentials (%s)" % text,
             hint="Check 'application_key_id' and 'application_key' (or %s / %s) and 'api_url'" % (KEY_ID_ENV, KEY_ENV),
@@ -234,6 +269,34 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
             what=what,
             code=code,
         )
+    if _is(exc, "RestrictedBucket"):
+        return UserInputError(
+            "the application key is restricted to another bucket (%s)" % text,
+            hint="Set 'bucket' to the key's bucket, or use a key for this bucket. " + KEY_HINT,
+            parameter="bucket",
+            what=what,
+        )
+    if _is(exc, "NotAllowedByAppKeyError", "AccessDenied"):
+        return UserInputError(
+            "the application key may not do this%s (%s)" % (" (it needs %s)" % needs if needs else "", text),
+            hint=KEY_HINT,
+            parameter="application_key_id",
+            what=what,
+            code=code,
+        )
+    return None
+
+
+def translate_b2_error(
+    exc: BaseException, what: str, parameter: Optional[str] = None, needs: Optional[str] = None
+) -> NixforgeError:
+    """A b2sdk exception as the collection's error, naming the parameter to fix where one is at fault
+    (``needs``: the key capability the call takes, named when B2 refuses the key)."""
+    text = _b2_text(exc)
+    code = getattr(exc, "code", None)
+    access = _access_error(exc, what, needs, text)
+    if access is not None:
+        return access
     if _is(exc, "InvalidJsonResponse"):
         return UserInputError(
             "the endpoint did not answer like the B2 native API (%s)" % text,
@@ -247,15 +310,6 @@ def translate_b2_error(exc: BaseException, what: str, parameter: Optional[str] =
             hint="Check 'bucket', and that the application key is not restricted to another bucket",
             parameter="bucket",
             what=what,
-        )
-    if _is(exc, "NotAllowedByAppKeyError", "AccessDenied", "RestrictedBucket"):
-        return UserInputError(
-            "the application key may not do this (%s)" % text,
-            hint="Use a key with the listBuckets, listFiles, readFiles, writeFiles, deleteFiles and shareFiles "
-            "capabilities on 'bucket'",
-            parameter="application_key_id",
-            what=what,
-            code=code,
         )
     if _is(exc, "B2ConnectionError", "B2RequestTimeout", "UnknownHost"):
         return ProviderError(
@@ -314,9 +368,11 @@ class B2Client(RetryingClient):
         what: str,
         parameter: Optional[str] = None,
         classify: Callable[[BaseException], bool] = is_retryable_b2_error,
+        needs: Optional[str] = None,
         **kw: Any,
     ) -> Any:
-        """``fn(*args, **kw)`` with retries; a b2sdk error becomes a ``NixforgeError``."""
+        """``fn(*args, **kw)`` with retries; a b2sdk error becomes a ``NixforgeError`` (``needs``: the
+        key capability the call takes, named if B2 refuses the key)."""
 
         def classify_and_wait(exc: BaseException) -> bool:
             # B2 says how long to wait in Retry-After (429 and 503): at least that, then our backoff
@@ -331,7 +387,7 @@ class B2Client(RetryingClient):
         except NixforgeError:
             raise
         except B2Error as exc:
-            error = translate_b2_error(exc, what, parameter)
+            error = translate_b2_error(exc, what, parameter, needs)
             error.msg = redact(error.msg, self.secrets)
             raise error from None
 
@@ -344,7 +400,22 @@ class B2Client(RetryingClient):
         return int(self.api.account_info.get_absolute_minimum_part_size() or MIN_PART_SIZE)
 
     def bucket(self, name: str) -> Any:
-        return self.call(self.api.get_bucket_by_name, name, what="Looking up bucket %r" % name, parameter="bucket")
+        """The bucket, asked of B2 (a key restricted to it makes b2sdk answer from the key's data,
+        without the bucket's type, which url_mode=public checks)."""
+        found = self.call(
+            self.api.list_buckets,
+            bucket_name=name,
+            what="Looking up bucket %r" % name,
+            parameter="bucket",
+            needs="listBuckets",
+        )
+        if not found:
+            raise UserInputError(
+                "bucket %r does not exist or the application key cannot see it" % name,
+                hint="Check 'bucket', and that the application key is not restricted to another bucket",
+                parameter="bucket",
+            )
+        return found[0]
 
     def versions(self, bucket: Any, prefix: str, exact: bool = False) -> List[Dict[str, Any]]:
         """Every file version (uploads and hide markers) whose name starts with ``prefix``
@@ -360,6 +431,7 @@ class B2Client(RetryingClient):
                 1000,
                 prefix,
                 what="Listing file versions under %r" % prefix,
+                needs="listFiles",
             )
             # "start" entries are unfinished large files: unfinished() lists them, cancel removes them
             found.extend(_version_dict(e) for e in page.get("files") or [] if e.get("action") in ("upload", "hide"))
@@ -380,6 +452,7 @@ class B2Client(RetryingClient):
                 100,
                 prefix,
                 what="Listing unfinished large files under %r" % prefix,
+                needs="listFiles",
             )
             found.extend(_version_dict(e) for e in page.get("files") or [])
             start_id = page.get("nextFileId")
@@ -415,17 +488,19 @@ class B2Client(RetryingClient):
                 if not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
                     raise
 
-        self.call(delete, what="Deleting %s (version %s)" % (name, file_id))
+        self.call(delete, what="Deleting %s (version %s)" % (name, file_id), needs="deleteFiles")
 
     def cancel_large_file(self, file_id: str, name: str) -> None:
         def cancel() -> None:
             try:
                 self.api.session.cancel_large_file(file_id)
             except B2Error as exc:
-                if not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
+                # gone already: a retried call whose first answer was lost ("No active upload")
+                gone = _is(exc, "BadRequest") and "no active upload" in str(exc).lower()
+                if not gone and not _is(exc, "FileNotPresent", "FileOrBucketNotFound"):
                     raise
 
-        self.call(cancel, what="Cancelling the unfinished large file %s (%s)" % (name, file_id))
+        self.call(cancel, what="Cancelling the unfinished large file %s (%s)" % (name, file_id), needs="writeFiles")
 
     def upload(
         self,
@@ -445,11 +520,12 @@ class B2Client(RetryingClient):
         def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
             if kw.pop("upload", False):
                 kw["classify"] = is_retryable_upload_error
+            kw.setdefault("needs", "writeFiles")
             return self.call(fn, *args, **kw)
 
         engine = Uploader(self.api.session, call, threads)
         response = engine.upload(bucket.id_, path, name, size, file_info, part_size, verify)
-        return _version_dict(response)
+        return dict(_version_dict(response), finish_recovered=engine.finish_recovered)
 
     def public_url(self, bucket_name: str, name: str) -> str:
         return "%s/file/%s/%s" % (self.api.account_info.get_download_url(), bucket_name, quote(name, safe="/"))
@@ -457,7 +533,11 @@ class B2Client(RetryingClient):
     def authorized_url(self, bucket: Any, name: str, seconds: int) -> str:
         """The public URL plus a download authorization token for exactly this name."""
         token = self.call(
-            bucket.get_download_authorization, name, seconds, what="Authorizing the download of %s" % name
+            bucket.get_download_authorization,
+            name,
+            seconds,
+            what="Authorizing the download of %s" % name,
+            needs="shareFiles",
         )
         self.add_secret(token)
         return "%s?Authorization=%s" % (self.public_url(bucket.name, name), quote(token, safe=""))
@@ -473,8 +553,16 @@ def b2_client(params: Mapping[str, Any], threads: int = 4, policy: Optional[Retr
                 parameter=option,
             )
     realm = normalize_api_url(params.get("api_url"))
+    ca_bundle = params.get("ca_bundle") or None
+    if ca_bundle and not os.path.isfile(ca_bundle):
+        raise UserInputError(
+            "%r is not a file" % ca_bundle,
+            hint="Give the path of a PEM file of CA certificates in 'ca_bundle' (or %s)" % CA_BUNDLE_ENV,
+            parameter="ca_bundle",
+        )
     quiet_b2sdk_logging()
-    api = B2Api(InMemoryAccountInfo(), max_upload_workers=max(1, int(threads)))
+    config = B2HttpApiConfig(http_session_factory=session_factory(ca_bundle))
+    api = B2Api(InMemoryAccountInfo(), max_upload_workers=max(1, int(threads)), api_config=config)
     return B2Client(api, realm, params["application_key_id"], params["application_key"], policy=policy)
 
 

@@ -25,8 +25,9 @@ description:
     unfinished large file of the build (everything under C(nixforge/<build_id>/)).
   - The objects carry the build identity as B2 file info C(nixforge-build-id), C(nixforge-pipeline) and
     C(nixforge-expires-at), next to C(sha256) and the user's O(tags).
-  - If the upload fails, whatever it left (parts of an unfinished large file, a finished version) is removed
-    before the module fails.
+  - If the upload fails, whatever it left (an unfinished large file, a finished version) is removed first. A large
+    file whose finish went unanswered is kept when B2 lists it finished with the right size and sha256 (B2's advice).
+  - The least application key it needs is described under O(application_key).
 author:
   - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
@@ -296,10 +297,8 @@ class B2Object(NixforgeModule):
         super().exit(**kwargs)
 
     def unmask_key_id_in_url(self) -> None:
-        """B2 tokens may embed the application key id (account tokens do, and so do the sandbox's download
-        tokens). Ansible masks every occurrence of a no_log value in the result, which would break the
-        returned URL. The key id is an identifier, not the secret: it is unmasked in the result, while the
-        invocation still shows it masked, and errors and warnings still mask it."""
+        """B2 tokens may embed the key id; Ansible would mask it in the returned URL. It is an identifier,
+        not the secret: unmasked in the result, still masked in the invocation, errors and warnings."""
         key_id = self.params.get("application_key_id")
         if not key_id or key_id not in str(self.result.get("url") or ""):
             return
@@ -516,6 +515,8 @@ class B2Object(NixforgeModule):
                 # a valid record is the fetch's verified sha256 of these very bytes: no second hashing
                 verify=None if self.recorded_sha256 else self.params.get("sha256"),
             )
+            if self.uploaded.pop("finish_recovered", False):
+                self.warn("B2 did not answer the finish of %s; it was found finished (size, sha256), kept" % name)
             self.check_src_unchanged()
             self.url = self.make_url(name)
         except BaseException:

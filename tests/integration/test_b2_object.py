@@ -1,9 +1,11 @@
 """b2_object through ansible-playbook against the sandbox's B2 emulator.
 
-Real HTTP to the emulator's native API (b2sdk inside the module), real downloads of the
-returned URLs, credentials from the environment the way a user sets them (`sandboxctl
-env`: B2_API_URL, B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY). Every test ends by checking
-that `sandboxctl resources --json` lists no B2 file of its build.
+Real HTTPS to the emulator's native API (b2sdk inside the module, trusting the sandbox CA
+through B2_CA_BUNDLE), real downloads of the returned URLs, credentials from the
+environment the way a user sets them (`sandboxctl env`: B2_API_URL and the pipelines'
+least-privilege key in B2_APPLICATION_KEY_ID / B2_APPLICATION_KEY: listBuckets, listFiles,
+writeFiles, deleteFiles on the public bucket, names under nixforge/). Every test ends by
+checking that `sandboxctl resources --json` lists no B2 file of its build.
 """
 
 from __future__ import annotations
@@ -39,6 +41,31 @@ class B2Sandbox:
         self.env = handle.env()
         self.public = self.env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"]
         self.private = self.env["NIXFORGE_SANDBOX_B2_PRIVATE_BUCKET"]
+        self.master = (self.env["NIXFORGE_SANDBOX_B2_MASTER_KEY_ID"], self.env["NIXFORGE_SANDBOX_B2_MASTER_KEY"])
+        self.reaper = (self.env["NIXFORGE_SANDBOX_B2_REAPER_KEY_ID"], self.env["NIXFORGE_SANDBOX_B2_REAPER_KEY"])
+
+    def key_args(self, key: tuple[str, str]) -> dict[str, str]:
+        return {"application_key_id": key[0], "application_key": key[1]}
+
+    def create_key(self, name: str, capabilities: list[str], bucket: str, prefix: str = "nixforge/") -> tuple[str, str]:
+        """b2_create_key with the master key (the test deletes it with delete_key)."""
+        auth = authorize(self, self.master)
+        api_url = auth["apiInfo"]["storageApi"]["apiUrl"]
+        [found] = b2_call(
+            self.env, api_url + "/b2api/v3/b2_list_buckets", auth["authorizationToken"],
+            {"accountId": auth["accountId"], "bucketName": bucket},
+        )["buckets"]  # fmt: skip
+        made = b2_call(
+            self.env, api_url + "/b2api/v3/b2_create_key", auth["authorizationToken"],
+            {"accountId": auth["accountId"], "keyName": name, "capabilities": capabilities,
+             "bucketId": found["bucketId"], "namePrefix": prefix},
+        )  # fmt: skip
+        return made["applicationKeyId"], made["applicationKey"]
+
+    def delete_key(self, key_id: str) -> None:
+        auth = authorize(self, self.master)
+        url = auth["apiInfo"]["storageApi"]["apiUrl"] + "/b2api/v3/b2_delete_key"
+        assert b2_call(self.env, url, auth["authorizationToken"], {"applicationKeyId": key_id}) is not None
 
     def files_of(self, build_id: str) -> list[dict[str, Any]]:
         """What `sandboxctl resources --json` lists of B2 under the build's prefix."""
@@ -68,7 +95,10 @@ def clean(b2, request):
     left = [r for build in builds for r in b2.files_of(build)]
     if left:  # remove the leak so that the next tests start clean, then fail
         for build in builds:
-            run_tasks(b2, request.node.name + "-cleanup", [absent(b2.public, build), absent(b2.private, build)])
+            reaper = b2.key_args(b2.reaper)
+            run_tasks(
+                b2, request.node.name + "-cleanup", [absent(b2.public, build), absent(b2.private, build, **reaper)]
+            )
     assert left == []
 
 
@@ -219,20 +249,28 @@ def test_authorized_url_on_a_private_bucket(b2, clean, tmp_path):
     clean.append(build)
     src = tmp_path / "image.img"
     digest = random_file(src, 12 * MB)
-    results = tasks_results(
-        b2,
-        "private",
-        [
-            {
-                "bucket": b2.private,
-                "build_id": build,
-                "src": str(src),
-                "url_mode": "authorized",
-                "url_ttl": "30m",
-                "part_size": "5MB",
-            },
-        ],
+    # the least key for url_mode=authorized: the pipelines' capabilities plus shareFiles
+    key = b2.create_key(
+        "it-authorized", ["listBuckets", "listFiles", "writeFiles", "deleteFiles", "shareFiles"], b2.private
     )
+    try:
+        results = tasks_results(
+            b2,
+            "private",
+            [
+                {
+                    "bucket": b2.private,
+                    "build_id": build,
+                    "src": str(src),
+                    "url_mode": "authorized",
+                    "url_ttl": "30m",
+                    "part_size": "5MB",
+                    **b2.key_args(key),
+                },
+            ],
+        )
+    finally:
+        b2.delete_key(key[0])
     result = ok(results[0])
     url = result["url"]
     base, query = url.split("?", 1)
@@ -240,7 +278,7 @@ def test_authorized_url_on_a_private_bucket(b2, clean, tmp_path):
     assert fetch(url, b2.env) == (200, digest)
     status = fetch(base, b2.env)[0]  # the private bucket refuses the same object without the token
     assert status in (401, 403)
-    results = tasks_results(b2, "private-absent", [absent(b2.private, build)])
+    results = tasks_results(b2, "private-absent", [absent(b2.private, build, **b2.key_args(b2.reaper))])
     assert len(ok(results[0])["deleted"]) == 1
     assert b2.files_of(build) == []
 
@@ -256,7 +294,7 @@ def test_bad_input_fails_before_uploading_naming_the_parameter(b2, clean, tmp_pa
         "bad",
         [
             {**base, "bucket": "no-such-bucket-here"},
-            {**base, "bucket": b2.private},  # url_mode public on a private bucket
+            {**base, "bucket": b2.private, **b2.key_args(b2.reaper)},  # url_mode public on a private bucket
             {**base, "bucket": b2.public, "sha256": "0" * 64},
             {**base, "bucket": b2.public, "application_key": "K00wrongwrongwrongwrong"},
             {**base, "bucket": b2.public, "part_size": "1MB"},
@@ -289,6 +327,7 @@ def test_throttling_and_server_errors_are_survived(b2, clean, tmp_path):
     assert result["object"]["sha256"] == digest
     assert fetch(result["url"], b2.env) == (200, digest)
     assert fired["429"] + fired["503"] > 0, fired
+    assert fired["reused_upload_url"] == 0, fired  # after a 503 on an upload, a new upload URL each time
     print("faults fired: %s in %.1fs" % (fired, time.monotonic() - started))
     results = tasks_results(b2, "faults-absent", [absent(b2.public, build)])
     ok(results[0])
@@ -342,7 +381,8 @@ FAULTS_20_PERCENT: dict[str, Any] = {"rate_429": 0.1, "rate_503": 0.1, "retry_af
 def fault_counters(b2: B2Sandbox) -> dict[str, int]:
     """What the emulator served since the faults were set: {"429": n, "503": n}."""
     served = b2.handle.call("GET", "/faults/b2")["faults"]["served"]
-    return {k: int(served.get(k, 0)) for k in ("429", "503", "expired_auth_token")}
+    keys = ("429", "503", "expired_auth_token", "lost_answer", "reused_upload_url")
+    return {k: int(served.get(k, 0)) for k in keys}
 
 
 def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:
@@ -351,41 +391,41 @@ def leaked_tokens(b2: B2Sandbox, text: str) -> list[str]:
     env = b2.env
     auth = authorize(b2)
     api_url = auth["apiInfo"]["storageApi"]["apiUrl"]
-    assert b2_call(env, api_url + "/b2api/v3/b2_list_buckets", auth["authorizationToken"], auth["accountId"])
+    # a call every account token of the pipelines' key may make (it names the key's bucket)
+    probe = {"accountId": auth["accountId"], "bucketName": b2.public}
+    assert b2_call(env, api_url + "/b2api/v3/b2_list_buckets", auth["authorizationToken"], probe)
     leaked = []
     # the emulator's tokens are "4_<key id>_<urlsafe base64>": this alphabet finds them inside
     # "Authorization=..." or a URL path too, where a wider one would glue them to their neighbours
     candidates = sorted(set(re.findall(r"[A-Za-z0-9_-]{20,}", text)))
     assert len(candidates) < 5000, "too many candidates to try each one"
     for candidate in candidates:
-        if b2_call(env, api_url + "/b2api/v3/b2_list_buckets", candidate, auth["accountId"]) is not None:
+        if b2_call(env, api_url + "/b2api/v3/b2_list_buckets", candidate, probe) is not None:
             leaked.append(candidate)
     return leaked
 
 
-def authorize(b2: B2Sandbox) -> dict[str, Any]:
+def authorize(b2: B2Sandbox, key: tuple[str, str] | None = None) -> dict[str, Any]:
     import base64
 
     env = b2.env
-    basic = base64.b64encode(("%s:%s" % (env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"])).encode())
+    key_id, secret = key or (env["B2_APPLICATION_KEY_ID"], env["B2_APPLICATION_KEY"])
+    basic = base64.b64encode(("%s:%s" % (key_id, secret)).encode())
     return b2_call(env, env["B2_API_URL"].rstrip("/") + "/b2api/v3/b2_authorize_account", "Basic " + basic.decode())
 
 
 def stored(b2: B2Sandbox, file_id: str) -> dict[str, Any]:
-    """b2_get_file_info of one file version."""
-    auth = authorize(b2)
+    """b2_get_file_info of one file version (readFiles: the master key)."""
+    auth = authorize(b2, b2.master)
     url = auth["apiInfo"]["storageApi"]["apiUrl"] + "/b2api/v3/b2_get_file_info"
-    request = urllib.request.Request(url, data=json.dumps({"fileId": file_id}).encode(), method="POST")  # noqa: S310
-    request.add_header("Authorization", auth["authorizationToken"])
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - sandbox B2 (plain http)
-        return json.loads(response.read())
+    return b2_call(b2.env, url, auth["authorizationToken"], {"fileId": file_id})
 
 
-def b2_call(env: dict[str, str], url: str, token: str, account_id: str | None = None) -> Any:
-    """One native API call; None when B2 refuses it."""
+def b2_call(env: dict[str, str], url: str, token: str, body: dict[str, Any] | None = None) -> Any:
+    """One native API call (POST with ``body``, else GET); None when B2 refuses it."""
     import ssl
 
-    data = json.dumps({"accountId": account_id}).encode() if account_id else None
+    data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method="POST" if data else "GET")  # noqa: S310
     request.add_header("Authorization", token)
     context = ssl.create_default_context(cafile=env.get("REQUESTS_CA_BUNDLE")) if url.startswith("https") else None
@@ -394,3 +434,113 @@ def b2_call(env: dict[str, str], url: str, token: str, account_id: str | None = 
             return json.loads(response.read())
     except urllib.error.HTTPError:
         return None
+
+
+# -- certificates, keys, lost answers -----------------------------------------------------
+
+
+def test_a_certificate_that_does_not_verify_fails_naming_ca_bundle(b2, clean, tmp_path):
+    import trustme
+
+    build = "it-b2-tls"
+    clean.append(build)
+    src = tmp_path / "image.img"
+    random_file(src, 1000)
+    other = tmp_path / "other-ca.pem"
+    trustme.CA(organization_name="not the sandbox").cert_pem.write_to_path(str(other))
+    task = {"bucket": b2.public, "build_id": build, "src": str(src)}
+    results = tasks_results(b2, "tls", [{**task, "ca_bundle": str(other)}])
+    # and with no CA named at all: the system's store, which does not know the sandbox CA
+    results += tasks_results(b2, "tls-system", [task], drop_env=("B2_CA_BUNDLE", "REQUESTS_CA_BUNDLE"))
+    for result in results:
+        assert result.get("failed") and result.get("parameter") == "ca_bundle", result
+        assert "'ca_bundle'" in result["msg"] and "certificate" in result["msg"], result["msg"]
+        assert "Traceback" not in result["msg"]
+    assert b2.files_of(build) == []
+
+
+def test_a_key_lacking_one_capability_fails_naming_it(b2, clean, tmp_path):
+    build = "it-b2-caps"
+    clean.append(build)
+    src = tmp_path / "image.img"
+    random_file(src, 1000)
+    needed = ["listBuckets", "listFiles", "writeFiles", "deleteFiles"]
+    keys = {
+        missing: b2.create_key("it-no-" + missing, [c for c in needed if c != missing], b2.public) for missing in needed
+    }
+    upload = {"bucket": b2.public, "build_id": build, "src": str(src)}
+    try:
+        tasks = [{**upload, **b2.key_args(keys[m])} for m in ("listBuckets", "listFiles", "writeFiles")]
+        tasks.append({**upload, **b2.key_args(keys["deleteFiles"])})  # uploads: nothing to delete
+        tasks.append(absent(b2.public, build, **b2.key_args(keys["deleteFiles"])))
+        tasks.append({**upload, "url_mode": "authorized"})  # the pipelines' key has no shareFiles
+        results = tasks_results(b2, "caps", tasks)
+    finally:
+        for key_id, _secret in keys.values():
+            b2.delete_key(key_id)
+    no_list_buckets, no_list_files, no_write, no_delete_upload, no_delete, no_share = results
+    for result, capability in (
+        (no_list_buckets, "listBuckets"),
+        (no_list_files, "listFiles"),
+        (no_write, "writeFiles"),
+        (no_delete, "deleteFiles"),
+        (no_share, "shareFiles"),
+    ):
+        assert result.get("failed"), (capability, result)
+        assert "needs the %s capability" % capability in result["msg"], result["msg"]
+        assert result["parameter"] == "application_key_id" and "Traceback" not in result["msg"]
+    assert ok(no_delete_upload)["uploaded"] is True
+    left = {r["name"] for r in b2.files_of(build)}
+    assert left == {no_delete_upload["object"]["name"]}  # kept only what the key could not delete
+    ok(tasks_results(b2, "caps-absent", [absent(b2.public, build)])[0])
+    assert b2.files_of(build) == []
+
+
+def test_a_lost_finish_answer_keeps_the_finished_upload(b2, clean, tmp_path):
+    build = "it-b2-lost-finish"
+    clean.append(build)
+    src = tmp_path / "nixos.qcow2.gz"
+    digest = random_file(src, 12 * MB)  # three parts of 5 MB
+    b2.set_faults({"lost_answer": 1, "lost_answer_match": "^b2_finish_large_file$"})
+    results, proc = run_tasks(
+        b2, "lost-finish", [{"bucket": b2.public, "build_id": build, "src": str(src), "part_size": "5MB"}]
+    )
+    fired = fault_counters(b2)
+    b2.set_faults({})
+    result = ok(results[0])
+    assert fired["lost_answer"] == 1, fired  # B2 finished the file, the module never heard of it
+    assert result["uploaded"] is True and result["object"]["sha256"] == digest
+    assert "did not answer the finish" in proc.stdout + proc.stderr
+    [kept] = b2.files_of(build)  # the finished file, neither deleted nor uploaded twice
+    assert kept["id"] == result["object"]["file_id"] and kept["type"] == "b2_file"
+    assert stored(b2, kept["id"])["contentSha1"] == "none"  # a B2 large file
+    assert fetch(result["url"], b2.env) == (200, digest)
+    ok(tasks_results(b2, "lost-finish-absent", [absent(b2.public, build)])[0])
+    assert b2.files_of(build) == []
+
+
+def test_lost_answers_on_every_mutating_call_leave_one_object(b2, clean, tmp_path):
+    build = "it-b2-lost"
+    clean.append(build)
+    big, small = tmp_path / "nixos.qcow2.gz", tmp_path / "small.img"
+    big_sha, small_sha = random_file(big, 16 * MB), random_file(small, 4096)
+    lossy = {"lost_answer_rate": 0.3}
+    calls = ("b2_start_large_file", "b2_upload_part", "b2_finish_large_file", "b2_upload_file", "b2_cancel_large_file")
+    b2.set_faults({"calls": {c: lossy for c in calls}, "seed": 11})
+    upload = {"bucket": b2.public, "build_id": build, "part_size": "5MB"}
+    results = tasks_results(b2, "lost", [{**upload, "src": str(big)}, {**upload, "src": str(small)}])
+    fired = fault_counters(b2)
+    # one version per upload: no second copy of a retried upload, no unfinished large file left
+    assert sorted(r["type"] for r in b2.files_of(build)) == ["b2_file", "b2_file"], b2.files_of(build)
+    large, one = (ok(r) for r in results)
+    assert (large["object"]["sha256"], one["object"]["sha256"]) == (big_sha, small_sha)
+    assert fetch(large["url"], b2.env) == (200, big_sha) and fetch(one["url"], b2.env) == (200, small_sha)
+    b2.set_faults({"calls": {"b2_delete_file_version": {"lost_answer_rate": 0.5}}, "seed": 3})
+    gone = tasks_results(b2, "lost-absent", [absent(b2.public, build)])[0]
+    fired_delete = fault_counters(b2)
+    b2.set_faults({})
+    assert fired["lost_answer"] > 0, fired
+    ok(gone)
+    assert fired_delete["lost_answer"] > 0, fired_delete
+    print("lost answers: upload %s, absent %s" % (fired, fired_delete))
+    assert b2.files_of(build) == []

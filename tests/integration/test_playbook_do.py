@@ -372,6 +372,11 @@ def test_bad_input_fails_before_creating(env: dict[str, str], tmp_path: Path, ca
     extra, env_change, named = BAD_INPUT[case]
     if extra.get("do_image_publish_bucket") == "@private":
         extra = {**extra, "do_image_publish_bucket": env["NIXFORGE_SANDBOX_B2_PRIVATE_BUCKET"]}
+        # a key that sees the private bucket (the pipelines' key is restricted to the public one)
+        env_change = {
+            "B2_APPLICATION_KEY_ID": env["NIXFORGE_SANDBOX_B2_REAPER_KEY_ID"],
+            "B2_APPLICATION_KEY": env["NIXFORGE_SANDBOX_B2_REAPER_KEY"],
+        }
     build_id = new_id("t-dobad")
     run_env = playbook_env(env)
     for key, value in env_change.items():

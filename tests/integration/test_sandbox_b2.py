@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from b2sdk.v2 import B2Api, InMemoryAccountInfo, UploadSourceLocalFile
-from b2sdk.v2.exception import B2Error, BadRequest, FileNotPresent, Unauthorized
+from b2sdk.v2.exception import B2Error, BadRequest, FileNotPresent, RestrictedBucket, Unauthorized
 from nfsandbox.b2.testing import B2Sandbox
 from nfsandbox.digitalocean.testing import DOSandbox, qcow2_image
 from nfsandbox.testing import sandbox_missing
@@ -67,7 +67,7 @@ def delete_all(api: B2Api, bucket: Any) -> None:
 
 
 def test_published_settings_authorize_and_list_the_fixture_buckets(b2: B2Sandbox) -> None:
-    assert b2.url.startswith("http://127.0.0.1:")
+    assert b2.url.startswith("https://127.0.0.1:")
     api = b2.api()
     buckets = {b.name: b.type_ for b in api.list_buckets()}
     assert buckets == {b2.public: "allPublic", b2.private: "allPrivate"}
@@ -269,4 +269,98 @@ def test_digitalocean_imports_from_a_public_bucket_url(b2: B2Sandbox, sandbox_in
     finally:
         image.destroy()
         do.set_faults({})
+    delete_all(api, bucket)
+
+
+def test_https_only_with_the_sandbox_ca(b2: B2Sandbox) -> None:
+    """B2 speaks HTTPS only: plain HTTP gets no answer, and the certificate verifies only
+    against the sandbox CA (not the system's store alone)."""
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(b2.url.replace("https://", "http://") + "/b2api/v3/b2_authorize_account", timeout=10)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(b2.url + "/b2api/v3/b2_authorize_account", timeout=10, verify="/etc/ssl/certs/ca-certificates.crt")
+    answer = requests.get(b2.url + "/b2api/v3/b2_authorize_account", timeout=10, verify=b2.ca_bundle)
+    assert (answer.status_code, answer.json()["code"]) == (401, "unauthorized")  # verified; no key given
+
+
+def test_each_api_version_answers_in_its_own_shape(b2: B2Sandbox) -> None:
+    auth = (b2.key_id, b2.key)  # the pipelines' key: one bucket, a name prefix
+    v1 = requests.get(b2.url + "/b2api/v1/b2_authorize_account", auth=auth, timeout=10).json()
+    assert v1["allowed"]["bucketName"] == b2.public and v1["allowed"]["namePrefix"] == "nixforge/"
+    assert v1["minimumPartSize"] == v1["recommendedPartSize"] and "apiInfo" not in v1
+    v3 = requests.get(b2.url + "/b2api/v3/b2_authorize_account", auth=auth, timeout=10).json()
+    storage = v3["apiInfo"]["storageApi"]
+    assert (storage["bucketName"], storage["infoType"]) == (b2.public, "storageApi") and "allowed" not in storage
+    v4 = requests.get(b2.url + "/b2api/v4/b2_authorize_account", auth=auth, timeout=10).json()
+    assert [b["name"] for b in v4["apiInfo"]["storageApi"]["allowed"]["buckets"]] == [b2.public]
+    headers = {"Authorization": v1["authorizationToken"]}
+    listed = requests.post(
+        v1["apiUrl"] + "/b2api/v1/b2_list_buckets",
+        json={"accountId": v1["accountId"], "bucketName": b2.public},
+        headers=headers,
+        timeout=10,
+    ).json()["buckets"]
+    assert [b["bucketName"] for b in listed] == [b2.public] and "fileLockConfiguration" not in listed[0]
+
+
+def test_the_pipelines_key_can_do_what_the_collection_needs_and_nothing_else(b2: B2Sandbox) -> None:
+    api = b2.api(b2.key_id, b2.key)
+    with pytest.raises(RestrictedBucket):  # b2sdk knows the key's bucket from the authorization
+        api.get_bucket_by_name(b2.private)
+    [bucket] = api.list_buckets(bucket_name=b2.public)
+    assert bucket.type_ == "allPublic"
+    version = bucket.upload_bytes(b"image", "nixforge/k1/0123/image.img", file_info=TAGS)
+    assert [v.file_name for v, _ in bucket.ls("nixforge/", recursive=True)] == ["nixforge/k1/0123/image.img"]
+    with pytest.raises(B2Error, match="restricted to names starting with 'nixforge/'"):  # b2sdk tried 5 times
+        bucket.upload_bytes(b"image", "elsewhere/image.img")
+    with pytest.raises(Unauthorized, match="readFiles capability"):
+        api.get_file_info(version.id_)
+    with pytest.raises(Unauthorized, match="shareFiles capability"):
+        bucket.get_download_authorization("nixforge/k1/", 600)
+    with pytest.raises(Unauthorized, match="listKeys capability"):
+        api.session.list_keys(api.account_info.get_account_id())
+    api.delete_file_version(version.id_, version.file_name)
+    assert b2.resources() == []
+
+
+def test_keys_made_through_the_api_are_enforced_listed_and_deleted(b2: B2Sandbox) -> None:
+    key_id, secret = b2.create_key("read-builds", ["listBuckets", "listFiles", "readFiles"], b2.private, "builds/")
+    assert [r["type"] for r in b2.resources()] == ["b2_key"]
+    master = b2.api()
+    master.get_bucket_by_name(b2.private).upload_bytes(b"secret image", "builds/one/image.img", file_info=TAGS)
+    api = b2.api(key_id, secret)
+    [bucket] = api.list_buckets(bucket_name=b2.private)
+    assert [v.file_name for v, _ in bucket.ls("builds/", recursive=True)] == ["builds/one/image.img"]
+    assert bucket.download_file_by_name("builds/one/image.img").response.content == b"secret image"
+    with pytest.raises(B2Error, match="writeFiles capability"):
+        bucket.upload_bytes(b"x", "builds/two/image.img")
+    listed = master.session.list_keys(master.account_info.get_account_id())["keys"]
+    assert {k["keyName"] for k in listed} >= {"read-builds", "nixforge-pipeline", "nixforge-reaper"}
+    master.session.delete_key(key_id)
+    with pytest.raises(Unauthorized):
+        b2.api(key_id, secret)
+    delete_all(master, master.get_bucket_by_name(b2.private))
+    assert b2.resources() == []
+
+
+def test_a_503_on_an_upload_ends_that_upload_url(b2: B2Sandbox) -> None:
+    api = b2.api()
+    bucket = api.get_bucket_by_name(b2.public)
+    target = api.session.get_upload_url(bucket.id_)
+    data = b"some bytes"
+    headers = {
+        "Authorization": target["authorizationToken"],
+        "X-Bz-File-Name": "ended.bin",
+        "Content-Type": "b2/x-auto",
+        "X-Bz-Content-Sha1": hashlib.sha1(data, usedforsecurity=False).hexdigest(),
+    }
+    b2.set_faults({"service_unavailable": 1, "match": "^b2_upload_file$"})
+    first = requests.post(target["uploadUrl"], data=data, headers=headers, timeout=30)
+    assert (first.status_code, first.json()["code"]) == (503, "service_unavailable")
+    again = requests.post(target["uploadUrl"], data=data, headers=headers, timeout=30)
+    assert (again.status_code, again.json()["code"]) == (401, "bad_auth_token")
+    assert b2.served()["reused_upload_url"] == 1
+    b2.set_faults({"service_unavailable": 2, "match": "^b2_upload_file$"})
+    bucket.upload_bytes(data, "after.bin")  # b2sdk takes a new upload URL after each 503
+    assert b2.served()["503"] == 2 and b2.served()["reused_upload_url"] == 0
     delete_all(api, bucket)

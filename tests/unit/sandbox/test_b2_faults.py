@@ -75,6 +75,13 @@ def test_setting_again_clears_counters_and_token_ttl_defaults() -> None:
     assert faults.snapshot()["served"]["expired_auth_token"] == 1
     assert faults.token_ttl(86400) == 3
     faults.set({})
-    assert faults.snapshot()["served"] == {"429": 0, "503": 0, "expired_auth_token": 0, "calls": {}}
+    assert faults.snapshot()["served"] == {
+        "429": 0,
+        "503": 0,
+        "expired_auth_token": 0,
+        "lost_answer": 0,
+        "reused_upload_url": 0,
+        "calls": {},
+    }
     assert faults.token_ttl(86400) == 86400
     assert faults.pick("b2_list_buckets") is None

@@ -2,8 +2,9 @@
 
 `B2API.handle(Request)` answers one request with a `Response`: a JSON payload, or a
 download streamed from the store's files (`segments`). Upload bodies are read from
-`Request.stream` straight to disk. API versions v1-v4 share the handlers; only
-`b2_authorize_account` answers in the shape of the version asked for.
+`Request.stream` straight to disk. API versions v1-v4 share the handlers and answer in
+their own shapes (`views.py`). Every call with an account token is checked against the
+application key the token came from (`keys.py`: capability, buckets, name prefix).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import quote, unquote, unquote_plus
 
+from . import views
 from .faults import Faults
+from .keys import CALL_CAPABILITY, CAPABILITIES, AppKey, new_key, parse_create_key
 from .store import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MAX_SMALL_FILE,
-    MIN_PART_SIZE,
-    RECOMMENDED_PART_SIZE,
     UNVERIFIED,
     B2Error,
     Bucket,
@@ -41,13 +42,8 @@ from .store import (
 
 log = logging.getLogger("nfsandbox.b2")
 
-CAPABILITIES = [
-    "listKeys", "writeKeys", "deleteKeys", "listBuckets", "listAllBucketNames", "readBuckets", "writeBuckets",
-    "deleteBuckets", "readBucketEncryption", "writeBucketEncryption", "readBucketRetentions",
-    "writeBucketRetentions", "readFileRetentions", "writeFileRetentions", "readFileLegalHolds",
-    "writeFileLegalHolds", "readBucketReplications", "writeBucketReplications", "bypassGovernance", "listFiles",
-    "readFiles", "shareFiles", "writeFiles", "deleteFiles", "readBucketNotifications", "writeBucketNotifications",
-]  # fmt: skip
+__all__ = ["B2API", "CAPABILITIES", "Request", "Response"]
+
 TOKEN_TTL = 24 * 3600.0  # account and upload tokens, as on B2
 MAX_DOWNLOAD_AUTH = 604800
 MAX_JSON_BODY = 1 << 20
@@ -70,6 +66,7 @@ DOWNLOAD_OVERRIDES = {
     "b2ContentType": "Content-Type",
 }
 UPLOAD_CALLS = ("b2_upload_file", "b2_upload_part")
+LOST_MESSAGE = "Internal server error (sandbox fault: the call was carried out, its answer lost)"
 
 
 @dataclass
@@ -100,6 +97,16 @@ class Token:
     prefix: str = ""  # download: fileNamePrefix
     valid_for: float = 0.0  # download: validDurationInSeconds
     busy: bool = False  # upload: an upload is running with it (B2 allows one at a time)
+    key_id: str = ""  # account and upload: the application key it was issued to
+
+
+@dataclass
+class Ctx:
+    """What a handler knows of its request besides the parameters."""
+
+    call: str
+    version: str
+    key: AppKey
 
 
 class Paced:
@@ -152,13 +159,22 @@ class B2API:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id or secrets.token_hex(6)
-        self.key_id = key_id or f"00{self.account_id}0000000001"
-        self.key = key or "K00" + secrets.token_urlsafe(24)[:28]
         self.faults = faults or Faults()
         self.store = Store(root, self.account_id)
         self.lock = threading.Lock()
         self.tokens: dict[str, Token] = {}
-        self.calls: dict[str, Callable[[dict[str, Any]], Any]] = {
+        self.ended: set[str] = set()  # upload tokens a 503 ended (bounded like the tokens)
+        self.keys: dict[str, AppKey] = {}
+        self.key_serial = 0
+        master = self.add_key("master", list(CAPABILITIES))
+        if key_id:
+            del self.keys[master.key_id]
+            master.key_id = key_id
+            self.keys[key_id] = master
+        if key:
+            master.secret = key
+        self.key_id, self.key = master.key_id, master.secret  # the master key (all capabilities)
+        self.calls: dict[str, Callable[[dict[str, Any], Ctx], Any]] = {
             "b2_list_buckets": self._list_buckets,
             "b2_create_bucket": self._create_bucket,
             "b2_update_bucket": self._update_bucket,
@@ -176,7 +192,36 @@ class B2API:
             "b2_delete_file_version": self._delete_file_version,
             "b2_get_file_info": self._get_file_info,
             "b2_get_download_authorization": self._get_download_authorization,
+            "b2_create_key": self._create_key,
+            "b2_list_keys": self._list_keys,
+            "b2_delete_key": self._delete_key,
         }
+
+    # -- keys ----------------------------------------------------------------------
+    def add_key(
+        self,
+        name: str,
+        capabilities: list[str],
+        bucket_ids: list[str] | None = None,
+        name_prefix: str | None = None,
+        expires_ms: int | None = None,
+        fixture: bool = True,
+    ) -> AppKey:
+        """A new application key (fixture keys are the sandbox's own: not resources, not deletable)."""
+        with self.lock:
+            self.key_serial += 1
+            made = new_key(self.account_id, self.key_serial, name, capabilities, bucket_ids, name_prefix, expires_ms)
+            made.fixture = fixture
+            self.keys[made.key_id] = made
+        return made
+
+    def key_of(self, token: Token) -> AppKey:
+        key = self.keys.get(token.key_id)
+        if key is None:  # deleted since: its tokens die with it
+            raise B2Error(401, "bad_auth_token", "Invalid authorization token (its application key was deleted)")
+        if key.expired():
+            raise B2Error(401, "unauthorized", f"application key {key.name!r} has expired")
+        return key
 
     # -- entry ---------------------------------------------------------------------
     def handle(self, req: Request) -> Response:
@@ -192,7 +237,7 @@ class B2API:
             if call == "b2_authorize_account":
                 return self._authorize(req, version)
             if call in UPLOAD_CALLS:
-                return self._upload(req, call, rest or "")
+                return self._upload(req, call, rest or "", version)
             if call == "b2_download_file_by_id":
                 return self._download_by_id(req)
             handler = self.calls.get(call)
@@ -200,22 +245,40 @@ class B2API:
                 raise bad_request(f"{call} is not implemented by the sandbox's B2")
             if req.method not in ("GET", "POST"):
                 raise B2Error(405, "method_not_allowed", f"{req.method} is not allowed on {call}")
-            self._account_token(req.headers.get("Authorization"), call)
+            token = self._account_token(req.headers.get("Authorization"), call)
+            key = self.key_of(token)
+            key.lacks(CALL_CAPABILITY[call], call)
             self._fault(call)
-            return Response(200, handler(self._params(req)), dict(JSON_HEADERS))
+            payload = handler(self._params(req), Ctx(call, version, key))
+            self._lose(call)
+            return Response(200, payload, dict(JSON_HEADERS))
         match = re.fullmatch(r"/file/([^/]+)/(.+)", req.path)
         if match and req.method in ("GET", "HEAD"):
             return self._download_by_name(req, unquote(match.group(1)), unquote_plus(match.group(2)))
         raise B2Error(404, "not_found", f"no such API or file: {req.method} {req.path}")
 
-    def _fault(self, call: str) -> None:
+    def _fault(self, call: str, token: Token | None = None) -> None:
         status = self.faults.pick(call)
         if status is None:
             return
         headers = {"Retry-After": str(self.faults.get("retry_after"))}
         if status == 429:
             raise B2Error(429, "too_many_requests", "Too many requests, slow down (sandbox fault)", headers)
+        if token is not None:
+            # B2 answers an upload it cannot take with 503: that URL and its token are done for,
+            # the client must ask for a new upload URL
+            with self.lock:
+                self.tokens.pop(token.value, None)
+                if len(self.ended) > MAX_TOKENS:
+                    self.ended.clear()
+                self.ended.add(token.value)
         raise B2Error(503, "service_unavailable", "Service temporarily unavailable (sandbox fault)", headers)
+
+    def _lose(self, call: str) -> None:
+        """The call was carried out; when the lost-answer knob says so, its answer never arrives."""
+        if self.faults.lost(call):
+            log.info("b2: answer to %s lost (carried out, answered 500)", call)
+            raise B2Error(500, "internal_error", LOST_MESSAGE)
 
     def _params(self, req: Request) -> dict[str, Any]:
         if req.method == "GET":
@@ -234,14 +297,14 @@ class B2API:
         return {k: v for k, v in params.items() if v is not None}  # b2sdk sends unset params as null
 
     # -- tokens --------------------------------------------------------------------
-    def _issue(self, kind: str, target: str = "", prefix: str = "", valid_for: float = 0.0) -> str:
-        value = f"4_{self.key_id}_{secrets.token_urlsafe(30)}"
+    def _issue(self, kind: str, key_id: str = "", target: str = "", prefix: str = "", valid_for: float = 0.0) -> str:
+        value = f"4_{key_id or self.key_id}_{secrets.token_urlsafe(30)}"
         if kind == "download":
             value = "3_" + value[2:]
         with self.lock:
             if len(self.tokens) > MAX_TOKENS:
                 self._prune()
-            self.tokens[value] = Token(value, kind, time.time(), target, prefix, valid_for)
+            self.tokens[value] = Token(value, kind, time.time(), target, prefix, valid_for, key_id=key_id)
         return value
 
     def _prune(self) -> None:
@@ -251,6 +314,9 @@ class B2API:
 
     def _check(self, value: str | None, kinds: tuple[str, ...], call: str) -> Token:
         token = self.tokens.get(value or "")
+        if token is None and value in self.ended:
+            self.faults.count_reused(call)
+            raise B2Error(401, "bad_auth_token", "Invalid authorization token (its upload URL ended with a 503)")
         if token is None or token.kind not in kinds:
             if not value:
                 raise B2Error(401, "bad_auth_token", "Authorization header is missing")
@@ -266,108 +332,77 @@ class B2API:
 
     def _authorize(self, req: Request, version: str) -> Response:
         header = req.headers.get("Authorization") or ""
-        key_id = key = None
+        key_id = secret = None
         if header.startswith("Basic "):
             try:
-                key_id, _sep, key = base64.b64decode(header[6:], validate=True).decode().partition(":")
+                key_id, _sep, secret = base64.b64decode(header[6:], validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 pass
-        if key_id != self.key_id or not key or not secrets.compare_digest(key, self.key):
+        key = self.keys.get(key_id or "")
+        if key is None or not secret or not secrets.compare_digest(secret, key.secret) or key.expired():
             raise B2Error(401, "unauthorized", "application key id or application key is not valid")
         self._fault("b2_authorize_account")
-        token = self._issue("account")
-        api = {
-            "apiUrl": self.base_url,
-            "downloadUrl": self.base_url,
-            "s3ApiUrl": self.base_url,  # no S3 API here; b2sdk only stores it
-            "recommendedPartSize": RECOMMENDED_PART_SIZE,
-            "absoluteMinimumPartSize": MIN_PART_SIZE,
-        }
-        restrictions = {"capabilities": list(CAPABILITIES), "namePrefix": None}
-        if version in ("v1", "v2"):
-            body = {"accountId": self.account_id, "authorizationToken": token, "minimumPartSize": MIN_PART_SIZE}
-            return Response(200, {**body, **api, "allowed": {**restrictions, "bucketId": None, "bucketName": None}})
-        storage = {
-            **api,
-            **restrictions,
-            "infoType": "storageApi",
-            "bucketId": None,
-            "bucketName": None,
-            "allowed": {**restrictions, "buckets": None},
-        }
-        body = {"accountId": self.account_id, "authorizationToken": token, "apiInfo": {"storageApi": storage}}
+        token = self._issue("account", key.key_id)
+        with self.store.lock:
+            buckets = dict(self.store.buckets)
+        body = views.authorize_view(version, self.account_id, token, key, self.base_url, buckets)
         return Response(200, body, dict(JSON_HEADERS))
 
-    # -- views ---------------------------------------------------------------------
-    def _bucket_view(self, bucket: Bucket) -> dict[str, Any]:
-        return {
-            "accountId": self.account_id,
-            "bucketId": bucket.id,
-            "bucketName": bucket.name,
-            "bucketType": bucket.type,
-            "bucketInfo": dict(bucket.info),
-            "corsRules": [],
-            "lifecycleRules": [],
-            "options": ["s3"],
-            "revision": bucket.revision,
-            "defaultServerSideEncryption": {"isClientAuthorizedToRead": True, "value": {"mode": None}},
-            "fileLockConfiguration": {
-                "isClientAuthorizedToRead": True,
-                "value": {"defaultRetention": {"mode": None, "period": None}, "isFileLockEnabled": False},
-            },
-            "replicationConfiguration": {"isClientAuthorizedToRead": True, "value": None},
-        }
+    # -- restrictions --------------------------------------------------------------
+    def _bucket(self, ctx: Ctx, bucket_id: Any) -> Bucket:
+        """The bucket of a request, when the key may use it (unauthorized first, as B2 hides the rest)."""
+        with self.store.lock:
+            found = self.store.buckets.get(bucket_id) if isinstance(bucket_id, str) else None
+        ctx.key.bucket_allowed(found, ctx.call)
+        return self.store.bucket(bucket_id)
 
-    def _file_view(self, version: FileVersion) -> dict[str, Any]:
-        view: dict[str, Any] = {
-            "accountId": self.account_id,
-            "action": version.action,
-            "bucketId": version.bucket_id,
-            "contentLength": version.size,
-            "contentSha1": version.sha1,
-            "contentMd5": None,
-            "contentType": version.content_type,
-            "fileId": version.id,
-            "fileInfo": dict(version.info),
-            "fileName": version.name,
-            "uploadTimestamp": version.uploaded,
-            "replicationStatus": None,
-        }
-        if version.action != "hide":
-            no_retention = {"mode": None, "retainUntilTimestamp": None}
-            view["fileRetention"] = {"isClientAuthorizedToRead": True, "value": no_retention}
-            view["legalHold"] = {"isClientAuthorizedToRead": True, "value": None}
-        return view
+    def _file(self, ctx: Ctx, file_id: Any, name: Any = None) -> FileVersion | None:
+        """The file version of a request (None when there is none), checked against the key."""
+        found = self.store.get(file_id)
+        if found is None:
+            if ctx.key.bucket_ids is not None or ctx.key.name_prefix:
+                ctx.key.name_allowed(name if isinstance(name, str) else None, ctx.call)
+            return None
+        with self.store.lock:
+            ctx.key.bucket_allowed(self.store.buckets.get(found.bucket_id), ctx.call)
+        ctx.key.name_allowed(found.name, ctx.call)
+        return found
 
     # -- buckets -------------------------------------------------------------------
     def _check_account(self, params: dict[str, Any]) -> None:
         if params.get("accountId") != self.account_id:
             raise B2Error(401, "unauthorized", f"accountId {params.get('accountId')!r} does not match the token")
 
-    def _list_buckets(self, params: dict[str, Any]) -> Any:
+    def _list_buckets(self, params: dict[str, Any], ctx: Ctx) -> Any:
         self._check_account(params)
         types = params.get("bucketTypes") or ["all"]
         with self.store.lock:
             buckets = sorted(self.store.buckets.values(), key=lambda b: b.name)
-        out = [
-            self._bucket_view(b)
-            for b in buckets
-            if params.get("bucketId") in (None, b.id)
-            and params.get("bucketName") in (None, b.name)
-            and ("all" in types or b.type in types)
+        chosen = [
+            b for b in buckets if params.get("bucketId") in (None, b.id) and params.get("bucketName") in (None, b.name)
         ]
+        if ctx.key.bucket_ids is not None:
+            if params.get("bucketId") is None and params.get("bucketName") is None:
+                raise B2Error(
+                    401, "unauthorized", "the application key is restricted to buckets: give bucketId or bucketName"
+                )
+            for bucket in chosen:
+                ctx.key.bucket_allowed(bucket, ctx.call)
+        out = [views.bucket_view(ctx.version, self.account_id, b) for b in chosen if "all" in types or b.type in types]
         return {"buckets": out}
 
-    def _create_bucket(self, params: dict[str, Any]) -> Any:
+    def _create_bucket(self, params: dict[str, Any], ctx: Ctx) -> Any:
         self._check_account(params)
+        if ctx.key.bucket_ids is not None:
+            raise B2Error(401, "unauthorized", "a key restricted to buckets cannot create buckets")
         bucket = self.store.create_bucket(params.get("bucketName"), params.get("bucketType"), params.get("bucketInfo"))
         log.info("b2: bucket %s (%s) created", bucket.name, bucket.type)
-        return self._bucket_view(bucket)
+        return views.bucket_view(ctx.version, self.account_id, bucket)
 
-    def _update_bucket(self, params: dict[str, Any]) -> Any:
+    def _update_bucket(self, params: dict[str, Any], ctx: Ctx) -> Any:
         self._check_account(params)
         with self.store.lock:
-            bucket = self.store.bucket(params.get("bucketId"))
+            bucket = self._bucket(ctx, params.get("bucketId"))
             if "ifRevisionIs" in params and params["ifRevisionIs"] != bucket.revision:
                 raise B2Error(409, "conflict", f"bucket revision is {bucket.revision}, not {params['ifRevisionIs']}")
             if "bucketType" in params:
@@ -377,33 +412,77 @@ class B2API:
             if isinstance(params.get("bucketInfo"), dict):
                 bucket.info = {str(k): str(v) for k, v in params["bucketInfo"].items()}
             bucket.revision += 1
-            return self._bucket_view(bucket)
+            return views.bucket_view(ctx.version, self.account_id, bucket)
 
-    def _delete_bucket(self, params: dict[str, Any]) -> Any:
+    def _delete_bucket(self, params: dict[str, Any], ctx: Ctx) -> Any:
         self._check_account(params)
+        self._bucket(ctx, params.get("bucketId"))
         bucket = self.store.delete_bucket(params.get("bucketId"))
         log.info("b2: bucket %s deleted", bucket.name)
-        return self._bucket_view(bucket)
+        return views.bucket_view(ctx.version, self.account_id, bucket)
+
+    # -- keys ----------------------------------------------------------------------
+    def _create_key(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._check_account(params)
+        with self.store.lock:
+            buckets = dict(self.store.buckets)
+        spec = parse_create_key(params, ctx.version, buckets)
+        made = self.add_key(fixture=False, **spec)
+        log.info("b2: application key %s (%s) created", made.name, made.key_id)
+        return {**made.view(ctx.version, with_secret=True), "accountId": self.account_id}
+
+    def _list_keys(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._check_account(params)
+        count = int_param(params, "maxKeyCount", 100, 1, 10000)
+        with self.lock:
+            keys = sorted(self.keys.values(), key=lambda k: k.key_id)
+        start = params.get("startApplicationKeyId")
+        if start:
+            keys = [k for k in keys if k.key_id >= start]
+        views_ = [{**k.view(ctx.version), "accountId": self.account_id} for k in keys[:count]]
+        return {"keys": views_, "nextApplicationKeyId": keys[count].key_id if len(keys) > count else None}
+
+    def _delete_key(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        key_id = params.get("applicationKeyId")
+        with self.lock:
+            key = self.keys.get(key_id) if isinstance(key_id, str) else None
+            if key is None:
+                raise bad_request(f"Invalid applicationKeyId: {key_id}", "bad_request")
+            if key.fixture:
+                raise bad_request(f"the sandbox's own key {key.name!r} cannot be deleted (it is a fixture)")
+            del self.keys[key.key_id]
+        log.info("b2: application key %s (%s) deleted", key.name, key.key_id)
+        return {**key.view(ctx.version), "accountId": self.account_id}
 
     # -- uploads -------------------------------------------------------------------
-    def _get_upload_url(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
-        url = f"{self.base_url}/b2api/v4/b2_upload_file/{bucket.id}/c000_v0001000_t{secrets.randbelow(10000):04d}"
-        return {"bucketId": bucket.id, "uploadUrl": url, "authorizationToken": self._issue("upload", bucket.id)}
+    def _get_upload_url(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
+        url = f"{self.base_url}/b2api/{ctx.version}/b2_upload_file/{bucket.id}/{upload_pod()}"
+        return {
+            "bucketId": bucket.id,
+            "uploadUrl": url,
+            "authorizationToken": self._issue("upload", ctx.key.key_id, bucket.id),
+        }
 
-    def _get_upload_part_url(self, params: dict[str, Any]) -> Any:
+    def _get_upload_part_url(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._file(ctx, params.get("fileId"))
         version = self.store.unfinished(params.get("fileId"))
-        url = f"{self.base_url}/b2api/v4/b2_upload_part/{version.id}/c000_v0001000_t{secrets.randbelow(10000):04d}"
-        return {"fileId": version.id, "uploadUrl": url, "authorizationToken": self._issue("upload", version.id)}
+        url = f"{self.base_url}/b2api/{ctx.version}/b2_upload_part/{version.id}/{upload_pod()}"
+        return {
+            "fileId": version.id,
+            "uploadUrl": url,
+            "authorizationToken": self._issue("upload", ctx.key.key_id, version.id),
+        }
 
-    def _upload(self, req: Request, call: str, rest: str) -> Response:
+    def _upload(self, req: Request, call: str, rest: str, version: str) -> Response:
         if req.method != "POST":
             raise B2Error(405, "method_not_allowed", f"{call} takes POST")
         target = rest.split("/", 1)[0]
         token = self._check(req.headers.get("Authorization"), ("upload",), call)
         if token.target != target:
             raise B2Error(401, "bad_auth_token", "the authorization token is not the one of this upload URL")
-        self._fault(call)
+        key = self.key_of(token)
+        self._fault(call, token)
         length_header = req.headers.get("Content-Length")
         if length_header is None or not str(length_header).isdigit():
             raise B2Error(411, "bad_request", "Content-Length is required")
@@ -417,16 +496,21 @@ class B2API:
         rate = self.faults.get("upload_rate")
         if rate and req.stream is not None:
             req.stream = Paced(req.stream, rate * 1_000_000)
+        ctx = Ctx(call, version, key)
         try:
             if call == "b2_upload_file":
-                return Response(200, self._upload_file(req, target, length, sha1_header), dict(JSON_HEADERS))
-            return Response(200, self._upload_part(req, target, length, sha1_header), dict(JSON_HEADERS))
+                payload = self._upload_file(req, ctx, target, length, sha1_header)
+            else:
+                payload = self._upload_part(req, target, length, sha1_header)
         finally:
             token.busy = False
+        self._lose(call)
+        return Response(200, payload, dict(JSON_HEADERS))
 
-    def _upload_file(self, req: Request, bucket_id: str, length: int, sha1_header: str) -> Any:
+    def _upload_file(self, req: Request, ctx: Ctx, bucket_id: str, length: int, sha1_header: str) -> Any:
         bucket = self.store.bucket(bucket_id)
         name = check_file_name(unquote_plus(req.headers.get("X-Bz-File-Name") or ""))
+        ctx.key.name_allowed(name, ctx.call)
         if length > MAX_SMALL_FILE + 40:
             raise bad_request(f"files over {MAX_SMALL_FILE} bytes must be uploaded as large files")
         info = {}
@@ -443,7 +527,7 @@ class B2API:
             bucket, name, req.headers.get("Content-Type"), info, tmp, size, sha1 if verified else UNVERIFIED + sha1
         )
         log.info("b2: %s/%s uploaded (%d bytes, %s)", bucket.name, name, size, version.id)
-        return self._file_view(version)
+        return views.file_view(ctx.version, self.account_id, version)
 
     def _upload_part(self, req: Request, file_id: str, length: int, sha1_header: str) -> Any:
         self.store.unfinished(file_id)
@@ -465,19 +549,22 @@ class B2API:
         }
 
     # -- large files ---------------------------------------------------------------
-    def _start_large_file(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
+    def _start_large_file(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
         name = check_file_name(params.get("fileName"))
+        ctx.key.name_allowed(name, ctx.call)
         info = check_file_info(params.get("fileInfo"))
         version = self.store.start_large(bucket, name, params.get("contentType"), info)
-        return self._file_view(version)
+        return views.file_view(ctx.version, self.account_id, version)
 
-    def _finish_large_file(self, params: dict[str, Any]) -> Any:
+    def _finish_large_file(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._file(ctx, params.get("fileId"))
         version = self.store.finish_large(params.get("fileId"), params.get("partSha1Array"))
         log.info("b2: large file %s finished (%d bytes, %d parts)", version.name, version.size, len(version.segments))
-        return self._file_view(version)
+        return views.file_view(ctx.version, self.account_id, version)
 
-    def _cancel_large_file(self, params: dict[str, Any]) -> Any:
+    def _cancel_large_file(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._file(ctx, params.get("fileId"))
         version = self.store.cancel_large(params.get("fileId"))
         return {
             "accountId": self.account_id,
@@ -486,69 +573,78 @@ class B2API:
             "fileName": version.name,
         }
 
-    def _list_parts(self, params: dict[str, Any]) -> Any:
+    def _list_parts(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._file(ctx, params.get("fileId"))
         start = int_param(params, "startPartNumber", 1, 1, MAX_PARTS)
         count = int_param(params, "maxPartCount", 100, 1, 1000)
         parts, nxt = self.store.list_parts(params.get("fileId"), start, count)
-        views = [
+        views_ = [
             {"fileId": params["fileId"], "partNumber": p.number, "contentLength": p.size, "contentSha1": p.sha1,
              "contentMd5": None, "uploadTimestamp": p.uploaded}
             for p in parts
         ]  # fmt: skip
-        return {"parts": views, "nextPartNumber": nxt}
+        return {"parts": views_, "nextPartNumber": nxt}
 
-    def _list_unfinished(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
+    def _list_unfinished(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
         count = int_param(params, "maxFileCount", 100, 1, 100)
         prefix = params.get("namePrefix") or ""
+        ctx.key.name_allowed(prefix, ctx.call, "namePrefix")
         files, nxt = self.store.list_unfinished(bucket, prefix, params.get("startFileId"), count)
-        return {"files": [self._file_view(f) for f in files], "nextFileId": nxt}
+        return {"files": [views.file_view(ctx.version, self.account_id, f) for f in files], "nextFileId": nxt}
 
     # -- listing, hiding, deleting -------------------------------------------------
-    def _list_file_names(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
+    def _list_file_names(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
         count = int_param(params, "maxFileCount", 100, 1, 10000)
-        items, nxt = self.store.list_names(
-            bucket, params.get("startFileName"), count, params.get("prefix") or "", params.get("delimiter")
-        )
-        files = [self._folder_view(i) if isinstance(i, str) else self._file_view(i) for i in items]
+        prefix = params.get("prefix") or ""
+        ctx.key.name_allowed(prefix, ctx.call, "prefix")
+        items, nxt = self.store.list_names(bucket, params.get("startFileName"), count, prefix, params.get("delimiter"))
+        files = [
+            views.folder_view(ctx.version, i)
+            if isinstance(i, str)
+            else views.file_view(ctx.version, self.account_id, i)
+            for i in items
+        ]
         return {"files": files, "nextFileName": nxt}
 
-    @staticmethod
-    def _folder_view(name: str) -> dict[str, Any]:
-        return {"action": "folder", "fileId": None, "fileName": name, "contentLength": 0, "contentSha1": None,
-                "contentType": None, "fileInfo": {}, "uploadTimestamp": 0}  # fmt: skip
-
-    def _list_file_versions(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
+    def _list_file_versions(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
         count = int_param(params, "maxFileCount", 100, 1, 10000)
+        prefix = params.get("prefix") or ""
+        ctx.key.name_allowed(prefix, ctx.call, "prefix")
         items, next_name, next_id = self.store.list_versions(
-            bucket, params.get("startFileName"), params.get("startFileId"), count, params.get("prefix") or ""
+            bucket, params.get("startFileName"), params.get("startFileId"), count, prefix
         )
-        return {"files": [self._file_view(f) for f in items], "nextFileName": next_name, "nextFileId": next_id}
+        files = [views.file_view(ctx.version, self.account_id, f) for f in items]
+        return {"files": files, "nextFileName": next_name, "nextFileId": next_id}
 
-    def _hide_file(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
-        return self._file_view(self.store.hide(bucket, check_file_name(params.get("fileName"))))
+    def _hide_file(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
+        name = check_file_name(params.get("fileName"))
+        ctx.key.name_allowed(name, ctx.call)
+        return views.file_view(ctx.version, self.account_id, self.store.hide(bucket, name))
 
-    def _delete_file_version(self, params: dict[str, Any]) -> Any:
+    def _delete_file_version(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        self._file(ctx, params.get("fileId"), params.get("fileName"))
         version = self.store.delete_version(params.get("fileId"), params.get("fileName"))
         log.info("b2: version %s of %s deleted", version.id, version.name)
         return {"fileId": version.id, "fileName": version.name}
 
-    def _get_file_info(self, params: dict[str, Any]) -> Any:
-        version = self.store.get(params.get("fileId"))
+    def _get_file_info(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        version = self._file(ctx, params.get("fileId"))
         if version is None:
             raise B2Error(404, "not_found", f"File not present: {params.get('fileId')}")
-        return self._file_view(version)
+        return views.file_view(ctx.version, self.account_id, version)
 
-    def _get_download_authorization(self, params: dict[str, Any]) -> Any:
-        bucket = self.store.bucket(params.get("bucketId"))
+    def _get_download_authorization(self, params: dict[str, Any], ctx: Ctx) -> Any:
+        bucket = self._bucket(ctx, params.get("bucketId"))
         prefix = params.get("fileNamePrefix")
         if not isinstance(prefix, str):
             raise bad_request("fileNamePrefix is required")
+        ctx.key.name_allowed(prefix, ctx.call, "fileNamePrefix")
         duration = int_param(params, "validDurationInSeconds", None, 1, MAX_DOWNLOAD_AUTH)
-        token = self._issue("download", bucket.id, prefix, float(duration))
+        token = self._issue("download", ctx.key.key_id, bucket.id, prefix, float(duration))
         return {"bucketId": bucket.id, "fileNamePrefix": prefix, "authorizationToken": token}
 
     # -- downloads -----------------------------------------------------------------
@@ -589,8 +685,14 @@ class B2API:
         if not value:
             raise B2Error(401, "unauthorized", f"bucket {bucket.name} is private: an authorization token is required")
         token = self._check(value, ("account", "download"), call)
-        if token.kind == "download" and (token.target != bucket.id or not name.startswith(token.prefix)):
-            raise B2Error(401, "unauthorized", "the download authorization does not cover this file")
+        if token.kind == "download":
+            if token.target != bucket.id or not name.startswith(token.prefix):
+                raise B2Error(401, "unauthorized", "the download authorization does not cover this file")
+            return
+        key = self.key_of(token)
+        key.lacks(CALL_CAPABILITY[call], call)
+        key.bucket_allowed(bucket, call)
+        key.name_allowed(name, call)
 
     def _serve(self, req: Request, version: FileVersion) -> Response:
         size = version.size
@@ -645,11 +747,22 @@ class B2API:
                     "tags": {k: v for k, v in version.info.items() if k.startswith("nixforge-")},
                 }
             )
+        with self.lock:
+            keys = [k for k in self.keys.values() if not k.fixture]
+        for key in keys:
+            out.append({"type": "b2_key", "id": key.key_id, "name": key.name, "capabilities": list(key.capabilities)})
         return out
 
     def reset(self) -> None:
         self.store.reset()
         self.faults.reset()
+        with self.lock:
+            self.keys = {k: v for k, v in self.keys.items() if v.fixture}
+
+
+def upload_pod() -> str:
+    """The pod part of an upload URL (B2's look; the emulator does not read it)."""
+    return f"c000_v0001000_t{secrets.randbelow(10000):04d}"
 
 
 def auth_of(req: Request) -> str | None:

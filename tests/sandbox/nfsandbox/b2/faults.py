@@ -13,7 +13,18 @@ all) and the served counters start again from zero.
      "retry_after": 1,            # Retry-After seconds of the 429s and 503s
      "token_ttl": 2.0,            # account and upload tokens expire N s after issue (0: 24 h)
      "upload_rate": 100.0,        # MB/s at most per upload request (0: as fast as it comes)
+     "lost_answer": 1,            # the next N (matching) mutating calls: carried out, answered 500
+     "lost_answer_match": "^b2_finish_large_file$",   # regex on the call name for lost_answer
+     "lost_answer_rate": 0.1,     # share of mutating calls whose answer is lost (also per call
+                                  # under "calls": {"b2_upload_part": {"lost_answer_rate": 0.5}})
      "seed": 7}                   # random seed of the rates (reproducible runs)
+
+A lost answer is what a client sees when the reply of a call that B2 carried out never
+reaches it: the call's effect stays (a finished large file, an uploaded part, a deleted
+version, a new key), the client gets a 500 `internal_error` and must find out what
+happened (b2sdk retries the call, which B2 may then refuse: a large file finished twice
+is "No active upload"). Only the calls that change something lose answers
+(`MUTATING_CALLS`); a read has nothing to lose but its answer, which `rate_503` covers.
 
 `upload_rate` is B2's behaviour over a real network rather than a fault: B2 receives each
 upload request on one machine, over one TCP path, and one stream gets a fraction of the
@@ -28,8 +39,13 @@ fetches a new upload URL), never 429: a global `rate_429` is served as 503 on
 `b2_upload_file`/`b2_upload_part`. A 429 set for an upload call by name under `calls` is
 served as asked (to test a client against it).
 
+A 503 on an upload ends that upload URL and its token, as on B2: using them again is
+answered 401 `bad_auth_token` and counted as `reused_upload_url` (a client that behaves
+asks for a new upload URL, so a test can assert the counter stays 0).
+
 `get_faults()` returns the knobs plus `served`: {"429": n, "503": n,
-"expired_auth_token": n, "calls": {"b2_upload_part": {"503": n}, ...}}.
+"expired_auth_token": n, "lost_answer": n, "reused_upload_url": n,
+"calls": {"b2_upload_part": {"503": n}, ...}}.
 """
 
 from __future__ import annotations
@@ -40,6 +56,12 @@ import threading
 from typing import Any
 
 UPLOAD_CALLS = ("b2_upload_file", "b2_upload_part")
+MUTATING_CALLS = (
+    "b2_create_bucket", "b2_update_bucket", "b2_delete_bucket", "b2_upload_file", "b2_upload_part",
+    "b2_start_large_file", "b2_finish_large_file", "b2_cancel_large_file", "b2_hide_file",
+    "b2_delete_file_version", "b2_create_key", "b2_delete_key",
+)  # fmt: skip
+RATE_KEYS = ("rate_429", "rate_503", "lost_answer_rate")
 
 
 def parse_rate(name: str, value: Any) -> float:
@@ -63,6 +85,9 @@ class Faults:
         "retry_after": int,
         "token_ttl": float,
         "upload_rate": float,
+        "lost_answer": int,
+        "lost_answer_match": str,
+        "lost_answer_rate": float,
         "seed": int,
     }
     DEFAULTS: dict[str, Any] = {
@@ -75,6 +100,9 @@ class Faults:
         "retry_after": 1,
         "token_ttl": 0.0,
         "upload_rate": 0.0,
+        "lost_answer": 0,
+        "lost_answer_match": "",
+        "lost_answer_rate": 0.0,
         "seed": None,
     }
 
@@ -86,7 +114,7 @@ class Faults:
 
     @staticmethod
     def _empty_served() -> dict[str, Any]:
-        return {"429": 0, "503": 0, "expired_auth_token": 0, "calls": {}}
+        return {"429": 0, "503": 0, "expired_auth_token": 0, "lost_answer": 0, "reused_upload_url": 0, "calls": {}}
 
     @classmethod
     def parse(cls, faults: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +128,7 @@ class Faults:
         for key, value in faults.items():
             if value is None:
                 continue
-            if key in ("rate_429", "rate_503"):
+            if key in RATE_KEYS:
                 values[key] = parse_rate(key, value)
             elif key == "calls":
                 values[key] = cls._parse_calls(value)
@@ -112,12 +140,12 @@ class Faults:
                     values[key] = kind(value)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"b2 fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-        if values["match"]:
+        for key in ("match", "lost_answer_match"):
             try:
-                re.compile(values["match"])
+                re.compile(values[key])
             except re.error as exc:
-                raise ValueError(f"b2 fault knob match is not a valid regex: {exc}") from exc
-        for key in ("throttle", "service_unavailable", "retry_after"):
+                raise ValueError(f"b2 fault knob {key} is not a valid regex: {exc}") from exc
+        for key in ("throttle", "service_unavailable", "retry_after", "lost_answer"):
             if values[key] < 0:
                 raise ValueError(f"b2 fault knob {key} must not be negative")
         for key in ("token_ttl", "upload_rate"):
@@ -128,11 +156,11 @@ class Faults:
     @staticmethod
     def _parse_calls(value: Any) -> dict[str, dict[str, float]]:
         if not isinstance(value, dict):
-            raise ValueError("b2 fault knob calls must map call names to {rate_429, rate_503}")
+            raise ValueError("b2 fault knob calls must map call names to {rate_429, rate_503, lost_answer_rate}")
         out: dict[str, dict[str, float]] = {}
         for call, rates in value.items():
-            if not isinstance(rates, dict) or set(rates) - {"rate_429", "rate_503"}:
-                raise ValueError(f"b2 fault knob calls.{call} must be an object with rate_429 and/or rate_503")
+            if not isinstance(rates, dict) or set(rates) - set(RATE_KEYS):
+                raise ValueError(f"b2 fault knob calls.{call} must be an object with {', '.join(RATE_KEYS)}")
             out[str(call)] = {k: parse_rate(f"calls.{call}.{k}", v) for k, v in rates.items()}
         return out
 
@@ -165,6 +193,8 @@ class Faults:
                     status = 503
             if status is None:
                 own = v["calls"].get(call)
+                if own is not None and not {"rate_429", "rate_503"} & set(own):
+                    own = None  # only a lost_answer_rate of its own: the global rates apply
                 rates = own if own is not None else {"rate_429": v["rate_429"], "rate_503": v["rate_503"]}
                 draw = self.random.random()
                 r429, r503 = rates.get("rate_429", 0.0), rates.get("rate_503", 0.0)
@@ -177,9 +207,32 @@ class Faults:
                 self._count(call, str(status))
             return status
 
+    def lost(self, call: str) -> bool:
+        """Whether the answer to this (carried out) call is lost; counts what it serves."""
+        if call not in MUTATING_CALLS:
+            return False
+        with self.lock:
+            v = self.values
+            hit = False
+            if v["lost_answer"] > 0 and re.search(v["lost_answer_match"], call):
+                v["lost_answer"] -= 1
+                hit = True
+            else:
+                own = v["calls"].get(call) or {}
+                rate = own.get("lost_answer_rate", v["lost_answer_rate"])
+                hit = bool(rate) and self.random.random() < rate
+            if hit:
+                self._count(call, "lost_answer")
+            return hit
+
     def count_expired(self, call: str) -> None:
         with self.lock:
             self._count(call, "expired_auth_token")
+
+    def count_reused(self, call: str) -> None:
+        """An upload URL ended by a 503 was used again (B2 refuses it; a good client never does it)."""
+        with self.lock:
+            self._count(call, "reused_upload_url")
 
     def _count(self, call: str, what: str) -> None:
         self.served[what] += 1

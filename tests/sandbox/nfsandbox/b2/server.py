@@ -1,4 +1,5 @@
-"""Plain-HTTP front of the B2 emulator on 127.0.0.1 (b2sdk's realm URL may be http://).
+"""HTTPS front of the B2 emulator on 127.0.0.1 (B2 speaks nothing else; the certificate is
+issued by the sandbox CA, which clients trust through REQUESTS_CA_BUNDLE or a CA option).
 
 One thread per connection, HTTP/1.1 keep-alive. Upload bodies are handed to the API as
 a length-limited stream it copies to disk in 1 MiB chunks; downloads leave through
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -123,5 +125,6 @@ class _Handler(Handler):
 
 
 class B2HTTPServer(EmulatorServer):
-    def __init__(self, api: B2API, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(_Handler, "b2-http", host, port, api=api)
+    def __init__(self, api: B2API, ssl_context: ssl.SSLContext | None, host: str = "127.0.0.1", port: int = 0) -> None:
+        # ssl_context None (plain HTTP) is for the emulator's own unit tests only
+        super().__init__(_Handler, "b2-https", host, port, ssl_context=ssl_context, api=api)

@@ -240,3 +240,58 @@ def test_call_waits_at_least_retry_after():
 
     assert c.call(fn, what="Listing") == "ok"
     assert sleeps[0] == 3.0 and len(sleeps) == 2  # Retry-After, then the jittered backoff
+
+
+# -- keys and certificates ----------------------------------------------------------
+
+
+def test_a_refused_capability_names_it_and_the_least_key():
+    refused = b2exc.Unauthorized("application key 'k' does not have the listFiles capability", "unauthorized")
+    err = b2.translate_b2_error(refused, "Listing file versions under 'nixforge/b1/'", needs="listFiles")
+    assert isinstance(err, UserInputError) and err.parameter == "application_key_id"
+    assert "listFiles capability" in err.msg
+    for capability in b2.MINIMUM_CAPABILITIES:
+        assert capability in err.hint
+    # at authorization (no capability involved) it is the credentials that are wrong
+    bad_key = b2.translate_b2_error(b2exc.Unauthorized("not valid", "unauthorized"), "Authorizing with B2")
+    assert bad_key.parameter == "application_key"
+
+
+def test_a_refused_upload_is_not_retried_but_an_ended_upload_url_is():
+    assert not b2.is_retryable_upload_error(b2exc.Unauthorized("restricted to names starting with", "unauthorized"))
+    assert b2.is_retryable_upload_error(b2exc.InvalidAuthToken("Invalid authorization token", "bad_auth_token"))
+    assert b2.is_retryable_upload_error(b2exc.ServiceError("503 service_unavailable"))
+
+
+def test_a_certificate_that_does_not_verify_names_ca_bundle_and_is_not_retried():
+    from ansible_collections.nixforge.images.plugins.module_utils._b2._transport import CertificateNotTrusted
+
+    # b2sdk wraps what the session raises in UnknownError
+    failed = b2exc.UnknownError(repr(CertificateNotTrusted("[SSL: CERTIFICATE_VERIFY_FAILED] unable to get issuer")))
+    assert not b2.is_retryable_b2_error(failed)
+    err = b2.translate_b2_error(failed, "Authorizing with B2")
+    assert isinstance(err, UserInputError) and err.parameter == "ca_bundle"
+    assert "'ca_bundle'" in err.hint and "B2_CA_BUNDLE" in err.hint
+    # a connection that broke is not a certificate problem
+    assert isinstance(b2.translate_b2_error(b2exc.B2ConnectionError("Connection reset"), "x"), ProviderError)
+
+
+def test_the_session_trusts_the_bundle_over_the_environment(monkeypatch, tmp_path):
+    from ansible_collections.nixforge.images.plugins.module_utils._b2._transport import session_factory
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere.pem")
+    session = session_factory(str(bundle))()
+    settings = session.merge_environment_settings("https://b2.test", {}, False, None, None)
+    assert settings["verify"] == str(bundle)
+    assert (
+        session_factory(None)().merge_environment_settings("https://b2.test", {}, False, None, None)["verify"]
+        == "/elsewhere.pem"
+    )
+
+
+def test_a_missing_ca_bundle_fails_naming_it(tmp_path):
+    with pytest.raises(UserInputError) as info:
+        b2.b2_client({"application_key_id": KEY_ID, "application_key": KEY, "ca_bundle": str(tmp_path / "none.pem")})
+    assert info.value.parameter == "ca_bundle"

@@ -458,22 +458,45 @@ def lose_first_answer(monkeypatch, cloud, method, then=None):
     return calls
 
 
-def test_a_finish_carried_out_but_unanswered_leaves_no_object(cloud, exits, tmp_path, monkeypatch):
+def test_a_finish_carried_out_but_unanswered_is_found_and_kept(cloud, exits, tmp_path, monkeypatch):
     src = tmp_path / "image.img"
-    write(src, 12 * MB)
+    digest = write(src, 12 * MB)
     from b2sdk.v2.exception import BadRequest
 
     # as B2 answers a second finish: the large file is no longer in progress
     finished = BadRequest("No active upload for this file", "bad_request")
     calls = lose_first_answer(monkeypatch, cloud, "finish_large_file", then=finished)
-
-    def cancel(*args, **kwargs):  # B2 cancels only files in progress (the simulator deletes any)
-        raise BadRequest("No active upload for this file", "bad_request")
-
-    monkeypatch.setattr(cloud.sim, "cancel_large_file", cancel)
+    warned = []
+    monkeypatch.setattr(b2_object.B2Object, "warn", lambda self, msg: warned.append(msg))
     out = run(cloud, src=str(src), part_size="5MB")
     assert len(calls) >= 2  # the retry met a file B2 had already finished
-    assert out.kind == "fail", out.result
+    assert out.kind == "exit", out.result  # found finished with its size and sha256: done, kept
+    assert out.result["uploaded"] is True and out.result["object"]["sha256"] == digest
+    assert any("did not answer the finish" in w for w in warned), warned
+    assert cloud.files(cloud.public) == [(out.result["object"]["name"], out.result["object"]["file_info"])]
+    assert cloud.unfinished(cloud.public) == []
+
+
+def test_an_unanswered_finish_of_other_bytes_is_not_kept(cloud, exits, tmp_path, monkeypatch):
+    src = tmp_path / "image.img"
+    write(src, 12 * MB)
+    from b2sdk.v2.exception import BadRequest
+
+    calls = lose_first_answer(
+        monkeypatch, cloud, "finish_large_file", then=BadRequest("No active upload", "bad_request")
+    )
+    real_list = cloud.sim.list_file_versions
+
+    def other_size(*args, **kwargs):  # what B2 lists is not what was sent: the module must not keep it
+        page = real_list(*args, **kwargs)
+        for entry in page["files"]:
+            entry["contentLength"] = 1
+        return page
+
+    monkeypatch.setattr(cloud.sim, "list_file_versions", other_size)
+    out = run(cloud, src=str(src), part_size="5MB")
+    assert len(calls) >= 2 and out.kind == "fail", out.result
+    monkeypatch.setattr(cloud.sim, "list_file_versions", real_list)
     assert leak_free(cloud), cloud.files(cloud.public)
 
 
