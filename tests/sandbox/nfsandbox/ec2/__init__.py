@@ -75,6 +75,12 @@ class Provider:
         self.shutdown_seconds = (
             float(os.environ.get("NIXFORGE_SANDBOX_EC2_SHUTDOWN_SECONDS", "3")) if (self.enforce_groups) else 0.0
         )
+        # seconds a terminated instance keeps its security groups in use (DependencyViolation),
+        # as EC2 does while it releases the network interface; the fault knob
+        # ``security_group_hold`` overrides it per test
+        self.security_group_hold_seconds = (
+            float(os.environ.get("NIXFORGE_SANDBOX_EC2_SG_HOLD_SECONDS", "1")) if self.enforce_groups else 0.0
+        )
         self._applied_rules: dict[str, str] = {}
         self._stopping = threading.Event()
 
@@ -167,6 +173,11 @@ class Provider:
                 self.faults.interrupted(iid)
                 break
             time.sleep(0.5)
+
+    def security_group_hold(self) -> float:
+        """Seconds a terminated instance still holds its security groups (see patches)."""
+        armed = self.faults.security_group_hold()
+        return self.security_group_hold_seconds if armed is None else armed
 
     def attached_hosts_full(self) -> dict[str, _Attachment]:
         """instance id -> attachment, for instances whose host is up."""
