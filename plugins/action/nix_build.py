@@ -19,11 +19,13 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    KERNEL_LOG_COMMAND,
     VANISHED,
     build_script,
     elapsed_text,
     failure_reason,
     follow_command,
+    kernel_log_lines,
     start_command,
 )
 
@@ -122,7 +124,7 @@ class ActionModule(ActionBase):
             self._start(plan, params)
             code, seconds, tail = self._follow(plan, params, host)
             if code != 0:
-                return self._failed(result, plan, params, host, code, tail)
+                return self._failed(result, plan, params, host, (code, seconds), tail)
             found = json.loads(
                 self._sh(
                     " ".join(
@@ -214,6 +216,8 @@ class ActionModule(ActionBase):
                 return VANISHED, elapsed, "\n".join(tail)
             if head[:1] == ["finished"]:
                 code = int(head[1])
+                # the builder's own clock: the build's start (for its kernel log) and length
+                self._started_epoch = float(head[2]) if len(head) >= 4 else None
                 seconds = float(head[3]) - float(head[2]) if len(head) >= 4 else elapsed
                 return code, seconds, "\n".join(tail)
             display.display(
@@ -226,15 +230,24 @@ class ActionModule(ActionBase):
                 return None, elapsed, "\n".join(tail)
             round_no += 1
 
+    def _kernel_log(self, code: Optional[int]) -> str:
+        """For a build killed by a signal: the out-of-memory lines the builder's kernel logged
+        since the build started (or why there are none)."""
+        if code is None or code <= 128:
+            return ""
+        res = self._low_level_execute_command(KERNEL_LOG_COMMAND, sudoable=True)
+        return kernel_log_lines(to_text(res.get("stdout", "")), getattr(self, "_started_epoch", None))
+
     def _failed(
         self,
         result: Dict[str, Any],
         plan: Dict[str, Any],
         params: Dict[str, Any],
         host: str,
-        code: Optional[int],
+        ended: Tuple[Optional[int], float],
         tail: str,
     ) -> Dict[str, Any]:
+        code, seconds = ended
         log_remote = plan["work_dir"] + "/build.log"
         res = self._low_level_execute_command(
             "tail -n %d %s" % (params["failure_lines"], shlex.quote(log_remote)), sudoable=True
@@ -248,9 +261,10 @@ class ActionModule(ActionBase):
         except Exception as exc:  # noqa: BLE001 - the failure below matters more than the copy
             kept = "\n(the whole log could not be copied: %s)" % to_text(exc)
         result.update(failed=True, exit_code=code)
+        reason = failure_reason(code, params["timeout"], seconds, self._kernel_log(code))
         result["msg"] = "The image build failed on %s: %s.\nBuilt: %s (%s).\nLast lines of the build log:\n%s%s" % (
             host,
-            failure_reason(code, params["timeout"]),
+            reason,
             plan["label"],
             params["method"],
             "\n".join("  " + line for line in tail.splitlines()),

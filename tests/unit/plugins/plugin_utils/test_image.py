@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    KERNEL_LOG_COMMAND,
     VANISHED,
     InputError,
     build_script,
     failure_reason,
     follow_command,
+    kernel_log_lines,
     resolve,
     start_command,
 )
@@ -91,6 +93,35 @@ def test_failure_reasons() -> None:
     assert failure_reason(7, 60) == "the build command exited with code 7"
     assert "longer than nixos_image_build_timeout (60 s)" in failure_reason(124, 60)
     assert "longer than" in failure_reason(None, 60)
+
+
+def test_a_build_killed_by_a_signal_is_reported_as_killed_not_as_a_timeout() -> None:
+    """Exit 137 before the timeout is a kill (the OOM killer's SIGKILL), with the kernel's
+    line when there is one; at or after the timeout it is the timeout's own --kill-after."""
+    oom = "2026-12-06T22:00:05,000000+00:00 Out of memory: Killed process 4242 (nix) total-vm:9000kB"
+    killed = failure_reason(137, 3600, 42.0, oom)
+    assert killed.startswith("it was killed by SIGKILL (exit 137) after 0m42s, before nixos_image_build_timeout")
+    assert "OOM killer" in killed and killed.endswith("Kernel log: " + oom)
+    assert "longer than" not in killed
+    assert "longer than nixos_image_build_timeout (60 s)" in failure_reason(137, 60, 95.0)
+    assert failure_reason(143, 3600, 10.0).startswith("it was killed by SIGTERM (exit 143) after 0m10s")
+    assert "longer than" not in failure_reason(137, 60)  # the length unknown: not called a timeout
+    assert failure_reason(1, 60, 5.0) == "the build command exited with code 1"
+
+
+def test_kernel_log_lines_keep_the_lines_of_this_build_or_say_why_there_are_none() -> None:
+    start = 1796594400.0  # 2026-12-06T22:00:00Z
+    output = (
+        "2026-12-06T21:00:00,000000+00:00 Out of memory: Killed process 1 (old)\n"
+        "2026-12-06T22:00:07,500000+00:00 Out of memory: Killed process 4242 (nix)\n"
+    )
+    assert (
+        kernel_log_lines(output, start) == "2026-12-06T22:00:07,500000+00:00 Out of memory: Killed process 4242 (nix)"
+    )
+    assert kernel_log_lines("", start) == "(no out-of-memory line in the builder's kernel log)"
+    refused = kernel_log_lines("unreadable: dmesg: read kernel buffer failed: Operation not permitted", start)
+    assert refused.startswith("(the kernel log is not readable on the builder") and "not permitted" in refused
+    subprocess.run(["sh", "-n", "-c", KERNEL_LOG_COMMAND], check=True)
 
 
 def _run_in_pty(command: str) -> str:
