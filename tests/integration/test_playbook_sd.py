@@ -19,6 +19,7 @@ from _pipeline import (
     BIN,
     INVENTORY,
     ROOT,
+    control,
     new_id,
     playbook_env,
     resources_of,
@@ -296,10 +297,14 @@ def test_bad_input_fails_before_creating(
 
 
 def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str], tmp_path: Path) -> None:
-    """The spot instance is reclaimed while Nix builds: the play tears everything down
-    and fails naming the interruption."""
+    """EC2 gives the spot builder its interruption notice while Nix builds: the build watcher
+    reads it from the builder's instance metadata (spot/instance-action) at its next look,
+    reports "interrupted by EC2 (spot)" and the play tears everything down, without waiting
+    for the build or for EC2. The notice lasts longer than the build would (the sandbox
+    reclaims only after notice_seconds), so a watcher that missed it would let the build
+    succeed, and EC2 never ends the instance: the teardown does."""
     build_id = new_id("t-intr")
-    module = slow_module(tmp_path, 120)
+    module = slow_module(tmp_path, 300)
     variables = {
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
@@ -312,31 +317,35 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
+    notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600}
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
             if line.startswith("TASK [nixforge.images.nixos_image : Build "):
-                set_faults(env, "ec2", {"spot_interruption": {"build_id": build_id, "after_seconds": 2}})
+                set_faults(env, "ec2", {"spot_interruption": notice})
         proc.wait(timeout=900)
+        served = control(env, "GET", "/faults/ec2")["faults"]
     finally:
         if proc.poll() is None:
             proc.kill()
+        set_faults(env, "ec2", {})
     output = "".join(lines)
     assert any(line.startswith("TASK [nixforge.images.nixos_image : Build ") for line in lines), output[-6000:]
     assert proc.returncode != 0
     instance_id = result_of(recorded(tmp_path), "Launch or adopt the build's EC2 instance", "ok")["result"][
         "instance_id"
     ]
+    assert served["served"] == {"spot_interruption_notice": {instance_id: 1}}, served  # EC2 never reclaimed it
+    assert [e["detail"]["instance-id"] for e in served["events"]] == [instance_id]
+    build = [r for r in failures(recorded(tmp_path)) if r["result"].get("interrupted")]
+    assert [r["result"]["exit_code"] for r in build] == [-2], failures(recorded(tmp_path))
+    assert json.loads(build[0]["result"]["interrupted"]["notice"])["action"] == "terminate"
     teardown = result_of(recorded(tmp_path), "Remove every EC2 resource of the build", "ok")["result"]
-    assert [(e["instance_id"], e["code"]) for e in teardown["ended"]] == [
-        (instance_id, "Server.SpotInstanceTermination")
-    ], teardown["ended"]
+    assert teardown["removed"]["instances"] == [instance_id] and teardown["ended"] == [], teardown
     message = failure_message(tmp_path)
     assert message.startswith(f"Build {build_id} failed and everything it created was removed."), message
-    assert message.endswith(f"The provider ended the builder: Server.SpotInstanceTermination on {instance_id}."), (
-        message
-    )
+    assert "interrupted by EC2 (spot)" in message, message
     assert resources_of(build_id) == []
     assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
 

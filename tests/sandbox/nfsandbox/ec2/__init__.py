@@ -25,7 +25,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import catalog, firewall
+from . import catalog, firewall, imds
 from .faults import Faults
 
 log = logging.getLogger("nfsandbox.ec2")
@@ -82,6 +82,10 @@ class Provider:
             float(os.environ.get("NIXFORGE_SANDBOX_EC2_SG_HOLD_SECONDS", "1")) if self.enforce_groups else 0.0
         )
         self._applied_rules: dict[str, str] = {}
+        # host name -> its instance metadata service (real pools: a namespace to serve in)
+        self._imds: dict[str, imds.Service] = {}
+        # EventBridge-style events (spot interruption warnings), newest last
+        self.events: list[dict[str, Any]] = []
         self._stopping = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -136,6 +140,7 @@ class Provider:
         """Forget everything: stop every host, clear faults, empty moto, reload the AMIs."""
         self._release_all()
         self.faults.clear()
+        self.events.clear()
         self._reset_moto()
 
     def set_faults(self, faults: dict[str, Any]) -> None:
@@ -147,10 +152,11 @@ class Provider:
             watcher.start()
 
     def _interrupt_when_due(self) -> None:
-        """Interrupt the spot instances the armed ``spot_interruption`` names, once due."""
-        from . import patches
-
+        """Interrupt the spot instances the armed ``spot_interruption`` names, once due: the
+        notice first (metadata ``spot/instance-action``, an EventBridge-style warning, the spot
+        request ``marked-for-termination``), the termination ``notice_seconds`` later."""
         running_since: dict[str, float] = {}
+        noticed: dict[str, float] = {}
         while True:
             entry = self.faults.interruption()
             if entry is None:
@@ -167,12 +173,43 @@ class Provider:
                 since = running_since.setdefault(iid, now)
                 if now - since < float(entry.get("after_seconds") or 0):
                     continue
-                log.info("instance %s: spot interruption (fault)", iid)
-                patches.set_reason(instance, "Server.SpotInstanceTermination", "Spot instance termination")
-                instance.terminate()  # stops the host (on_gone) before the instance is terminated
-                self.faults.interrupted(iid)
-                break
+                notice = float(entry.get("notice_seconds", 120))
+                if iid not in noticed:
+                    noticed[iid] = now
+                    self._give_notice(att, notice)
+                if now - noticed[iid] >= notice:
+                    self._reclaim(att)
+                    break
             time.sleep(0.5)
+
+    def _give_notice(self, att: _Attachment, seconds: float) -> None:
+        """EC2's interruption notice, ``seconds`` ahead (two minutes on EC2)."""
+        from . import patches
+
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+        action = {"action": "terminate", "time": at}
+        service = self._imds.get(getattr(att.host, "name", ""))
+        if service is not None:
+            service.meta.notice = action
+        patches.mark_spot_request(att.instance, "marked-for-termination", at)
+        self.events.append(
+            {
+                "detail-type": "EC2 Spot Instance Interruption Warning",
+                "source": "aws.ec2",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "detail": {"instance-id": att.instance_id, "instance-action": "terminate"},
+            }
+        )
+        self.faults.served("spot_interruption_notice", att.instance_id)
+        log.info("instance %s: spot interruption notice, terminated at %s", att.instance_id, at)
+
+    def _reclaim(self, att: _Attachment) -> None:
+        from . import patches
+
+        log.info("instance %s: spot interruption (fault)", att.instance_id)
+        patches.set_reason(att.instance, "Server.SpotInstanceTermination", "Spot instance termination")
+        att.instance.terminate()  # stops the host (on_gone) before the instance is terminated
+        self.faults.interrupted(att.instance_id)
 
     def security_group_hold(self) -> float:
         """Seconds a terminated instance still holds its security groups (see patches)."""
@@ -185,7 +222,7 @@ class Provider:
             return {iid: att for iid, att in self._attached.items() if att.host is not None}
 
     def get_faults(self) -> dict[str, Any]:
-        return self.faults.snapshot()
+        return {**self.faults.snapshot(), "events": list(self.events)}
 
     # -- moto setup ---------------------------------------------------------------
     def _configure_moto(self) -> None:
@@ -288,6 +325,7 @@ class Provider:
             )
             if self.enforce_groups:
                 self._apply_groups(att.instance_id, host, att.instance)
+                self._serve_metadata(att, host)
         except Exception as exc:  # noqa: BLE001 - any failure ends the instance, as on EC2
             log.error("instance %s: no host could be booted: %s", att.instance_id, exc)
             with self._lock:
@@ -356,7 +394,26 @@ class Provider:
             instance.stop()
         log.info("instance %s %s: its host powered itself off", instance.id, instance.state)
 
+    def _serve_metadata(self, att: _Attachment, host: Any) -> None:
+        instance = att.instance
+        placement = getattr(instance, "placement", None) or ""
+        values = {
+            "instance-id": att.instance_id,
+            "instance-type": str(getattr(instance, "instance_type", "")),
+            "instance-life-cycle": "spot" if getattr(instance, "lifecycle", None) == "spot" else "on-demand",
+            "placement/availability-zone": str(getattr(placement, "zone", placement) or ""),
+            "local-ipv4": str(getattr(instance, "private_ip", "") or ""),
+            "public-ipv4": str(host.ip),
+        }
+        service = imds.start_for(host.name, values)
+        if service is not None:
+            with self._lock:
+                self._imds[host.name] = service
+
     def _stop_host(self, host: Any) -> None:
+        service = self._imds.pop(getattr(host, "name", ""), None)
+        if service is not None:
+            service.stop()
         try:
             self.pool.stop(host)
         except Exception:  # logged; `sandboxctl down` cleans up what is left

@@ -16,7 +16,7 @@ The document replaces the previous one as a whole (``{}`` clears everything)::
       "server_error": {"count": 2, "code": "InternalError", "status": 500, "actions": ["CreateFleet"]},
       "delay":        {"seconds": 0.5, "count": 10, "actions": ["DescribeInstances"]},
       "lost_answer":  {"count": 1, "actions": ["CreateFleet"]},
-      "spot_interruption": {"build_id": "b1", "after_seconds": 5, "count": 1},
+      "spot_interruption": {"build_id": "b1", "after_seconds": 5, "notice_seconds": 120, "count": 1},
       "security_group_hold": {"seconds": 8}
     }
 
@@ -33,8 +33,13 @@ candidate.
 them with a 500 ``InternalError``, as when the reply is lost on the way back: a client
 that retries blindly creates a second resource. ``spot_interruption`` interrupts up to
 ``count`` (default 1) running spot instances tagged ``nixforge-build-id`` = ``build_id``
-(or listed in ``instance_ids``) once they have run ``after_seconds``: EC2 records
-``Server.SpotInstanceTermination`` and the host stops, as on a real reclaim.
+(or listed in ``instance_ids``) once they have run ``after_seconds``, as EC2 does: first
+the two-minute notice (``notice_seconds``, default 120): the host's metadata answers
+``/latest/meta-data/spot/instance-action`` with ``{"action": "terminate", "time": ...}``,
+an EventBridge-style "EC2 Spot Instance Interruption Warning" is recorded (``GET
+/faults/ec2`` ``events``), a spot request is ``marked-for-termination``, and
+``served.spot_interruption_notice`` counts it; then EC2 records
+``Server.SpotInstanceTermination`` and the host stops.
 ``security_group_hold`` keeps the security groups of an instance in use for ``seconds``
 after it terminated (``DeleteSecurityGroup`` answers ``DependencyViolation``, as EC2 does
 while it releases the instance's network interface); without it the sandbox holds them
@@ -56,7 +61,7 @@ _HTTP_KEYS = {
     "server_error": {"count", "code", "status", "message", "actions"},
     "delay": {"seconds", "count", "actions"},
     "lost_answer": {"count", "actions"},
-    "spot_interruption": {"build_id", "instance_ids", "after_seconds", "count"},
+    "spot_interruption": {"build_id", "instance_ids", "after_seconds", "notice_seconds", "count"},
     "security_group_hold": {"seconds"},
 }
 

@@ -443,6 +443,14 @@ def _instance_start(self: Any):
     return previous
 
 
+def mark_spot_request(instance: Any, code: str, at: str) -> None:
+    """The status EC2 gives the spot request of an instance it is about to reclaim."""
+    for request in instance.ec2_backend.spot_instance_requests.values():
+        if getattr(request, "instance", None) is instance:
+            request._status_code = code
+            request.status_message = "Spot Instance is marked for termination at %s." % at
+
+
 def set_pending(instance: Any) -> None:
     instance._state = InstanceState("pending", 0)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    INTERRUPTED,
     KERNEL_LOG_COMMAND,
     VANISHED,
     InputError,
@@ -202,3 +203,39 @@ def test_a_build_killed_on_the_builder_is_reported_at_once(tmp_path: Path) -> No
     assert _follow(tmp_path, wait=20)[0] == "vanished"
     assert time.monotonic() - started < 10
     assert failure_reason(VANISHED, 60).startswith("the build process ended without an exit status")
+
+
+def test_follow_notices_a_spot_interruption_within_seconds(tmp_path: Path) -> None:
+    """With spot_notice, a round ends as soon as the metadata has EC2's notice (a python3 on
+    PATH stands in for the metadata query here; the real one runs against the sandbox's IMDS
+    in test_playbook_sd.py), however long the round was meant to wait."""
+    (tmp_path / "build.log").write_text("one\ntwo\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    flag = tmp_path / "noticed"
+    (fake / "python3").write_text(
+        '#!/bin/sh\n[ -e %s ] && echo \'{"action": "terminate", "time": "2026-12-06T22:02:00Z"}\'\nexit 0\n' % flag
+    )
+    (fake / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": "%s:%s" % (fake, os.environ["PATH"])}
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "build.pid").write_text("%d\n" % sleeper.pid)
+        command = follow_command(str(tmp_path), 1, 2, spot_notice=True)
+        quiet = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, check=True)
+        assert quiet.stdout.splitlines()[0] == "running"  # no notice: the build goes on
+        flag.touch()
+        command = follow_command(str(tmp_path), 60, 2, spot_notice=True)
+        started = time.monotonic()
+        noticed = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, check=True)
+        assert time.monotonic() - started < 30  # not the round's 60 s
+        lines = noticed.stdout.splitlines()
+        assert lines[0] == 'interrupted {"action": "terminate", "time": "2026-12-06T22:02:00Z"}', lines
+        assert lines[1:] == ["one", "two"]
+        # without spot_notice the metadata is never asked
+        assert "169.254.169.254" not in follow_command(str(tmp_path), 60, 2)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    reason = failure_reason(INTERRUPTED, 60, 5.0, '{"action": "terminate"}')
+    assert reason.startswith("interrupted by EC2 (spot)") and '{"action": "terminate"}' in reason
