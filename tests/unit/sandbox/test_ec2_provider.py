@@ -681,3 +681,38 @@ def test_a_launch_template_shows_tags_changed_after_its_creation(cloud):
     described = ec2c.describe_launch_templates(LaunchTemplateIds=[lt])["LaunchTemplates"][0]
     assert {t["Key"]: t["Value"] for t in described["Tags"]} == {"nixforge-expires-at": "2026-01-01T00:00:00Z"}
     ec2c.delete_launch_template(LaunchTemplateId=lt)
+
+
+def test_a_spot_interruption_gives_one_notice_before_the_termination(cloud):
+    """The notice comes first (once; it uses up the fault's count), with an EventBridge-style
+    warning; EC2's reclaim follows notice_seconds later."""
+    ec2c = client(cloud)
+    ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "nixforge-build-id", "Value": "notice"}]}]
+    iid = ec2c.run_instances(
+        ImageId=ami,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        InstanceMarketOptions={"MarketType": "spot"},
+        TagSpecifications=tags,
+    )["Instances"][0]["InstanceId"]
+    assert wait_state(ec2c, iid, "running")
+    fault = {"spot_interruption": {"build_id": "notice", "after_seconds": 0, "notice_seconds": 2}}
+    try:
+        cloud.provider.set_faults(fault)
+        deadline = time.monotonic() + 30
+        while "spot_interruption_notice" not in cloud.provider.get_faults()["served"]:
+            assert time.monotonic() < deadline, "no notice"
+            time.sleep(0.05)
+        assert ec2c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"] == (
+            "running"
+        )
+        inst = wait_state(ec2c, iid, "terminated", timeout=30)
+        assert inst["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+        faults = cloud.provider.get_faults()
+        assert faults["served"] == {"spot_interruption_notice": {iid: 1}, "spot_interruption": {iid: 1}}
+        assert faults["spot_interruption"]["count"] == 0
+        assert [e["detail"] for e in faults["events"]] == [{"instance-id": iid, "instance-action": "terminate"}]
+    finally:
+        cloud.provider.set_faults({})

@@ -86,6 +86,8 @@ class Provider:
         self._imds: dict[str, imds.Service] = {}
         # EventBridge-style events (spot interruption warnings), newest last
         self.events: list[dict[str, Any]] = []
+        # bumped by set_faults: the spot interruption watcher of older faults ends
+        self._generation = 0
         self._stopping = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -147,40 +149,48 @@ class Provider:
         """Replace the fault table (``{}`` clears it); ValueError says what is wrong."""
         self.faults.set(faults)
         log.info("EC2 faults set: %s", faults)
-        if "spot_interruption" in faults:
-            watcher = threading.Thread(target=self._interrupt_when_due, name="ec2-spot-interruption", daemon=True)
-            watcher.start()
+        with self._lock:
+            self._generation += 1  # a watcher of earlier faults ends
+            if "spot_interruption" in faults:
+                threading.Thread(
+                    target=self._interrupt_when_due, args=(self._generation,), name="ec2-spot-interruption", daemon=True
+                ).start()
 
-    def _interrupt_when_due(self) -> None:
+    def _interrupt_when_due(self, generation: int) -> None:
         """Interrupt the spot instances the armed ``spot_interruption`` names, once due: the
         notice first (metadata ``spot/instance-action``, an EventBridge-style warning, the spot
-        request ``marked-for-termination``), the termination ``notice_seconds`` later."""
+        request ``marked-for-termination``; it uses up one ``count``), the termination
+        ``notice_seconds`` later. Ends when the faults are set again."""
         running_since: dict[str, float] = {}
-        noticed: dict[str, float] = {}
-        while True:
+        due: dict[str, tuple[_Attachment, float]] = {}  # noticed instance -> (attachment, reclaim at)
+        while self._generation == generation:
             entry = self.faults.interruption()
-            if entry is None:
+            if entry is None and not due:
                 return
             now = time.monotonic()
-            for iid, att in list(self.attached_hosts_full().items()):
-                instance = att.instance
-                tags = {t["key"]: t["value"] for t in getattr(instance, "get_tags", lambda: [])()}
-                wanted = iid in (entry.get("instance_ids") or []) or (
-                    entry.get("build_id") and tags.get("nixforge-build-id") == entry["build_id"]
-                )
-                if not wanted or getattr(instance, "lifecycle", None) != "spot":
+            for iid, att in list(self.attached_hosts_full().items()) if entry is not None else []:
+                if iid in due or not self._interruption_targets(entry, att):
                     continue
-                since = running_since.setdefault(iid, now)
-                if now - since < float(entry.get("after_seconds") or 0):
+                if now - running_since.setdefault(iid, now) < float(entry.get("after_seconds") or 0):
                     continue
                 notice = float(entry.get("notice_seconds", 120))
-                if iid not in noticed:
-                    noticed[iid] = now
-                    self._give_notice(att, notice)
-                if now - noticed[iid] >= notice:
+                due[iid] = (att, now + notice)
+                self._give_notice(att, notice)
+                break
+            for iid, (att, at) in list(due.items()):
+                if now >= at:
+                    del due[iid]
                     self._reclaim(att)
-                    break
             time.sleep(0.5)
+
+    @staticmethod
+    def _interruption_targets(entry: dict[str, Any], att: _Attachment) -> bool:
+        instance = att.instance
+        tags = {t["key"]: t["value"] for t in getattr(instance, "get_tags", lambda: [])()}
+        wanted = att.instance_id in (entry.get("instance_ids") or []) or (
+            entry.get("build_id") and tags.get("nixforge-build-id") == entry["build_id"]
+        )
+        return bool(wanted) and getattr(instance, "lifecycle", None) == "spot"
 
     def _give_notice(self, att: _Attachment, seconds: float) -> None:
         """EC2's interruption notice, ``seconds`` ahead (two minutes on EC2)."""
@@ -200,7 +210,7 @@ class Provider:
                 "detail": {"instance-id": att.instance_id, "instance-action": "terminate"},
             }
         )
-        self.faults.served("spot_interruption_notice", att.instance_id)
+        self.faults.noticed(att.instance_id)
         log.info("instance %s: spot interruption notice, terminated at %s", att.instance_id, at)
 
     def _reclaim(self, att: _Attachment) -> None:

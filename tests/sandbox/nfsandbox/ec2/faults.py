@@ -258,11 +258,15 @@ class Faults:
             entry = self._doc.get("security_group_hold")
             return float(entry["seconds"]) if entry else None
 
-    def interrupted(self, instance_id: str) -> None:
+    def noticed(self, instance_id: str) -> None:
+        """One interruption begun (its notice given): uses up one ``count``."""
         with self._lock:
             entry = self._doc.get("spot_interruption")
             if entry:
                 entry["count"] = entry.get("count", 1) - 1
+        self.served("spot_interruption_notice", instance_id)
+
+    def interrupted(self, instance_id: str) -> None:
         self.served("spot_interruption", instance_id)
 
     @staticmethod
