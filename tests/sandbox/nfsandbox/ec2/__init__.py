@@ -149,6 +149,7 @@ class Provider:
         """Replace the fault table (``{}`` clears it); ValueError says what is wrong."""
         self.faults.set(faults)
         log.info("EC2 faults set: %s", faults)
+        self.events.clear()  # as the served counters: per fault document
         with self._lock:
             self._generation += 1  # a watcher of earlier faults ends
             if "spot_interruption" in faults:

@@ -37,8 +37,9 @@ that retries blindly creates a second resource. ``spot_interruption`` interrupts
 the two-minute notice (``notice_seconds``, default 120): the host's metadata answers
 ``/latest/meta-data/spot/instance-action`` with ``{"action": "terminate", "time": ...}``,
 an EventBridge-style "EC2 Spot Instance Interruption Warning" is recorded (``GET
-/faults/ec2`` ``events``), a spot request is ``marked-for-termination``, and
-``served.spot_interruption_notice`` counts it; then EC2 records
+/faults/ec2`` ``events``, cleared with the counters when faults are set), a spot request
+is ``marked-for-termination``, ``served.spot_interruption_notice`` counts it and one
+``count`` is used up; ``notice_seconds`` later EC2 records
 ``Server.SpotInstanceTermination`` and the host stops.
 ``security_group_hold`` keeps the security groups of an instance in use for ``seconds``
 after it terminated (``DeleteSecurityGroup`` answers ``DependencyViolation``, as EC2 does
