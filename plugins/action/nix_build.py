@@ -19,11 +19,14 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    INTERRUPTED,
+    KERNEL_LOG_COMMAND,
     VANISHED,
     build_script,
     elapsed_text,
     failure_reason,
     follow_command,
+    kernel_log_lines,
     start_command,
 )
 
@@ -41,6 +44,9 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "failure_lines": {"type": "int", "default": 40},
     "log_dest": {"type": "path", "required": True},
     "sha256": {"type": "bool", "default": False},
+    # look for EC2's spot interruption notice while following; None: when the builder is
+    # an EC2 spot instance (host vars nixforge_builder_provider / nixforge_builder_lifecycle)
+    "spot_notice": {"type": "bool", "default": None},
 }
 
 # Seconds the start command waits for build.sh to write build.log.
@@ -118,11 +124,15 @@ class ActionModule(ActionBase):
             result.update(changed=True, msg="would build %s on %s" % (plan["label"], host))
             return result
         python = task_vars.get("ansible_facts", {}).get("discovered_interpreter_python") or "python3"
+        if params["spot_notice"] is None:
+            on_ec2 = task_vars.get("nixforge_builder_provider") == "ec2"
+            params["spot_notice"] = on_ec2 and task_vars.get("nixforge_builder_lifecycle") == "spot"
+        self._notice = ""
         try:
             self._start(plan, params)
             code, seconds, tail = self._follow(plan, params, host)
             if code != 0:
-                return self._failed(result, plan, params, host, code, tail)
+                return self._failed(result, plan, params, host, (code, seconds), tail)
             found = json.loads(
                 self._sh(
                     " ".join(
@@ -206,14 +216,20 @@ class ActionModule(ActionBase):
         round_no = 1
         while True:
             wait = min(params["poll_interval"] * round_no, params["poll_interval_max"])
-            out = self._sh(follow_command(plan["work_dir"], wait, params["progress_lines"]), "Following the build")
+            command = follow_command(plan["work_dir"], wait, params["progress_lines"], params["spot_notice"])
+            out = self._sh(command, "Following the build")
             lines = out.splitlines() or ["running"]
             head, tail = lines[0].split(), lines[1:]
             elapsed = time.monotonic() - started
+            if head[:1] == ["interrupted"]:
+                self._notice = lines[0][len("interrupted") :].strip()
+                return INTERRUPTED, elapsed, "\n".join(tail)
             if head[:1] == ["vanished"]:
                 return VANISHED, elapsed, "\n".join(tail)
             if head[:1] == ["finished"]:
                 code = int(head[1])
+                # the builder's own clock: the build's start (for its kernel log) and length
+                self._started_epoch = float(head[2]) if len(head) >= 4 else None
                 seconds = float(head[3]) - float(head[2]) if len(head) >= 4 else elapsed
                 return code, seconds, "\n".join(tail)
             display.display(
@@ -226,15 +242,24 @@ class ActionModule(ActionBase):
                 return None, elapsed, "\n".join(tail)
             round_no += 1
 
+    def _kernel_log(self, code: Optional[int]) -> str:
+        """For a build killed by a signal: the out-of-memory lines the builder's kernel logged
+        since the build started (or why there are none)."""
+        if code is None or code <= 128:
+            return ""
+        res = self._low_level_execute_command(KERNEL_LOG_COMMAND, sudoable=True)
+        return kernel_log_lines(to_text(res.get("stdout", "")), getattr(self, "_started_epoch", None))
+
     def _failed(
         self,
         result: Dict[str, Any],
         plan: Dict[str, Any],
         params: Dict[str, Any],
         host: str,
-        code: Optional[int],
+        ended: Tuple[Optional[int], float],
         tail: str,
     ) -> Dict[str, Any]:
+        code, seconds = ended
         log_remote = plan["work_dir"] + "/build.log"
         res = self._low_level_execute_command(
             "tail -n %d %s" % (params["failure_lines"], shlex.quote(log_remote)), sudoable=True
@@ -248,9 +273,13 @@ class ActionModule(ActionBase):
         except Exception as exc:  # noqa: BLE001 - the failure below matters more than the copy
             kept = "\n(the whole log could not be copied: %s)" % to_text(exc)
         result.update(failed=True, exit_code=code)
+        detail = self._notice if code == INTERRUPTED else self._kernel_log(code)
+        reason = failure_reason(code, params["timeout"], seconds, detail)
+        if code == INTERRUPTED:
+            result["interrupted"] = {"provider": "ec2", "market": "spot", "notice": detail}
         result["msg"] = "The image build failed on %s: %s.\nBuilt: %s (%s).\nLast lines of the build log:\n%s%s" % (
             host,
-            failure_reason(code, params["timeout"]),
+            reason,
             plan["label"],
             params["method"],
             "\n".join("  " + line for line in tail.splitlines()),

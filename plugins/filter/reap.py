@@ -6,7 +6,11 @@ from __future__ import annotations
 
 """Filters of playbooks/reap.yml (documented in reap_targets.yml and reap_lines.yml)."""
 
+import datetime
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+from ansible_collections.nixforge.images.plugins.module_utils._discovery import merge_builds
+from ansible_collections.nixforge.images.plugins.module_utils.common import utcnow
 
 
 def reap_targets(
@@ -24,6 +28,26 @@ def reap_targets(
         if resources:
             targets.append(dict(build, resources=resources))
     return targets
+
+
+def reap_select(
+    found: Mapping[str, Iterable[Mapping[str, Any]]], named: bool = False, now: Optional[datetime.datetime] = None
+) -> Dict[str, List[Dict[str, Any]]]:
+    """What reap.yml removes, per provider, from every build each provider listed
+    (``{provider: builds}``, expired or not).
+
+    A build's parts are judged together, across providers, regions and projects: its expiry
+    is the latest one any part carries, so a build with a live, unexpired machine anywhere
+    keeps every part everywhere (a key pair whose own expiry is past, a B2 object of a build
+    whose builder still runs). ``named``: the user named the build (the modules listed only
+    it): everything of it goes, products included.
+    """
+    found = {provider: [dict(b) for b in builds or []] for provider, builds in (found or {}).items()}
+    expired = {b["build_id"]: b["expired"] for b in merge_builds(*found.values(), now=now or utcnow())}
+    return {
+        provider: reap_targets([b for b in builds if named or expired.get(b.get("build_id"), True)], not named)
+        for provider, builds in found.items()
+    }
 
 
 def reap_lines(builds: Iterable[Mapping[str, Any]]) -> List[str]:
@@ -75,6 +99,7 @@ class FilterModule:
     def filters(self) -> Dict[str, Callable[..., Any]]:
         return {
             "reap_targets": reap_targets,
+            "reap_select": reap_select,
             "reap_lines": reap_lines,
             "reap_failures": reap_failures,
             "name_list": name_list,

@@ -442,6 +442,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         hostvars.update(
             nixforge_provider=record["provider"],
             nixforge_builder_provider=record["provider"],  # the name builder_host's add_host uses
+            nixforge_builder_lifecycle=record.get("lifecycle") or "",  # nix_build watches spot builders
             ansible_host=record["address"],
             ansible_user=record["ssh_user"],
             ansible_connection="ssh",

@@ -69,6 +69,16 @@ options:
     description: Also compute the artifact's sha256 on the builder (when it is not fetched, which hashes it anyway).
     type: bool
     default: false
+  spot_notice:
+    description:
+      - Look for EC2's spot interruption notice (instance metadata C(/latest/meta-data/spot/instance-action))
+        every 2 seconds while following the build. When it appears, the module fails at once with
+        C(interrupted by EC2 (spot)) and returns RV(interrupted), so that the play tears down without waiting
+        for the build or for EC2 to take the instance away.
+      - Not set, it is on when the builder is an EC2 spot instance (host variables C(nixforge_builder_provider=ec2)
+        and C(nixforge_builder_lifecycle=spot), as P(nixforge.images.builder_host#role) and the
+        P(nixforge.images.builders#inventory) inventory set them).
+    type: bool
 extends_documentation_fragment:
   - nixforge.images.attributes
 attributes:
@@ -127,8 +137,13 @@ work_dir:
   description: The work directory on the builder.
   returned: always
   type: str
+interrupted:
+  description: EC2's spot interruption notice, when the build was given up for it (O(spot_notice)).
+  returned: when the builder got a spot interruption notice
+  type: dict
+  sample: {provider: ec2, market: spot, notice: '{"action": "terminate", "time": "2026-12-06T22:00:00Z"}'}
 exit_code:
-  description: Exit code of a failed build (none when it was stopped at the timeout by the controller).
+  description: Exit code of a failed build (none when it was stopped at the timeout by the controller; -1 when the build process vanished without one; -2 when EC2 gave a spot interruption notice).
   returned: failure
   type: int
 """

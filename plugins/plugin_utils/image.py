@@ -7,6 +7,7 @@ Pure functions (the controller's file system aside), unit tested."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import shlex
 from typing import Any, Dict, List, Optional
@@ -175,36 +176,127 @@ def start_command(work_dir: str, wait: int) -> str:
 
 # exit_code when build.sh is gone without writing its exit status
 VANISHED = -1
+# exit_code when EC2 gave the builder a spot interruption notice while it built
+INTERRUPTED = -2
+
+# Runs on an EC2 builder: the spot interruption notice (instance metadata, IMDSv2 token,
+# IMDSv1 when tokens are off), one JSON line, or nothing while there is none.
+SPOT_NOTICE = (
+    "import urllib.request as u\n"
+    "b = 'http://169.254.169.254/latest/'\n"
+    "h = {}\n"
+    "try:\n"
+    "    r = u.Request(b + 'api/token', method='PUT', headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'})\n"
+    "    h = {'X-aws-ec2-metadata-token': u.urlopen(r, timeout=1).read().decode()}\n"
+    "except Exception:\n"
+    "    pass\n"
+    "try:\n"
+    "    print(u.urlopen(u.Request(b + 'meta-data/spot/instance-action', headers=h), timeout=1).read().decode())\n"
+    "except Exception:\n"
+    "    pass\n"
+)
 
 
-def follow_command(work_dir: str, wait: int, lines: int) -> str:
+def follow_command(work_dir: str, wait: int, lines: int, spot_notice: bool = False) -> str:
     """One round of following the build: wait up to `wait` seconds for it to end, then
-    print `finished <exit-code line>`, `running`, or `vanished` (the process is gone and
-    left no exit status: killed), then the last `lines` lines of build.log. exit-code is
-    read again after the liveness check, as the build may end between the two."""
+    print `finished <exit-code line>`, `running`, `vanished` (the process is gone and
+    left no exit status: killed) or, with `spot_notice`, `interrupted <notice JSON>` (EC2's
+    two-minute spot interruption notice in the instance metadata, looked for every 2 s),
+    then the last `lines` lines of build.log. exit-code is read again after the liveness
+    check, as the build may end between the two."""
+    notice = ""
+    if spot_notice:
+        notice = ' if [ $((i %% 10)) -eq 0 ]; then n=$(python3 -c %s 2>/dev/null); [ -n "$n" ] && break; fi;' % (
+            shlex.quote(SPOT_NOTICE)
+        )
     return (
-        "cd %s && pid=$(cat build.pid 2>/dev/null); i=0;"
-        ' while [ $i -lt %d ] && [ ! -e exit-code ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; i=$((i+1)); done;'
+        "cd %s && pid=$(cat build.pid 2>/dev/null); i=0; n=;"
+        ' while [ $i -lt %d ] && [ ! -e exit-code ] && kill -0 "$pid" 2>/dev/null; do%s sleep 0.2; i=$((i+1)); done;'
         " if [ -e exit-code ]; then echo finished $(cat exit-code);"
+        ' elif [ -n "$n" ]; then echo interrupted $n;'
         ' elif kill -0 "$pid" 2>/dev/null; then echo running;'
         " elif [ -e exit-code ]; then echo finished $(cat exit-code);"
         " else echo vanished; fi;"
-        " tail -n %d build.log 2>/dev/null; true" % (shlex.quote(work_dir), wait * 5, lines)
+        " tail -n %d build.log 2>/dev/null; true" % (shlex.quote(work_dir), wait * 5, notice, lines)
     )
 
 
-def failure_reason(exit_code: Optional[int], timeout: int) -> str:
-    """Why the build failed, in the words the role's users know."""
-    if exit_code in (124, 137):
-        return "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
-    if exit_code is None:
-        return "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
+SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+
+
+def failure_reason(exit_code: Optional[int], timeout: int, seconds: Optional[float] = None, detail: str = "") -> str:
+    """Why the build failed, in the words the role's users know.
+
+    ``seconds``: how long build.sh ran (its exit-code file), which tells the timeout's own
+    SIGKILL (``--kill-after``, never before ``timeout`` s) from an earlier kill, such as the
+    OOM killer's (exit 137). ``detail``: for a kill, what ``kernel_log_lines`` found on the
+    builder; for an interruption, EC2's notice."""
+    stopped = "it ran longer than nixos_image_build_timeout (%d s) and was stopped" % timeout
+    if exit_code is None or exit_code == 124:
+        return stopped
+    if exit_code == INTERRUPTED:
+        return (
+            "interrupted by EC2 (spot): the instance metadata gave the two-minute notice (%s), so the"
+            " build was given up and the builder torn down" % (detail or "spot/instance-action")
+        )
     if exit_code == VANISHED:
         return (
             "the build process ended without an exit status: it was killed (out of memory,"
             " a reboot, or someone else) before it could finish"
         )
-    return "the build command exited with code %d" % exit_code
+    if exit_code <= 128:
+        return "the build command exited with code %d" % exit_code
+    signal = SIGNALS.get(exit_code - 128, "signal %d" % (exit_code - 128))
+    if signal == "SIGKILL" and seconds is not None and seconds >= timeout:
+        return stopped
+    if seconds is None:
+        text = "it was killed by %s (exit %d), by someone or by nixos_image_build_timeout (%d s)" % (
+            signal,
+            exit_code,
+            timeout,
+        )
+    else:
+        text = "it was killed by %s (exit %d) after %s, before nixos_image_build_timeout (%d s)" % (
+            signal,
+            exit_code,
+            elapsed_text(seconds),
+            timeout,
+        )
+    if signal == "SIGKILL":
+        text += " - the kernel's OOM killer sends SIGKILL when the builder runs out of memory"
+    return text + (". Kernel log: %s" % detail if detail else "")
+
+
+# Runs on the builder after a kill: the kernel log's out-of-memory lines, with ISO times.
+KERNEL_LOG_COMMAND = (
+    "if out=$(dmesg --time-format iso 2>&1); then printf '%s\\n' \"$out\";"
+    " elif out2=$(journalctl -k -o short-iso --no-pager 2>&1); then printf '%s\\n' \"$out2\";"
+    " else echo \"unreadable: $out\"; fi | grep -i -E 'out of memory|oom-kill|oom_kill|killed process|^unreadable'"
+    " | tail -n 20; true"
+)
+
+
+def kernel_log_lines(output: str, since_epoch: Optional[float]) -> str:
+    """The out-of-memory lines of ``KERNEL_LOG_COMMAND``'s output logged since the build
+    started (the sandbox's or a container's kernel log is the machine's: older lines are not
+    ours), joined; or why there are none."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if lines and lines[0].startswith("unreadable:"):
+        return "(the kernel log is not readable on the builder, as in some containers: %s)" % lines[0][11:].strip()
+    found = [line for line in lines if since_epoch is None or (_logged_at(line) or since_epoch) >= since_epoch]
+    return " | ".join(found[-3:]) if found else "(no out-of-memory line in the builder's kernel log)"
+
+
+def _logged_at(line: str) -> Optional[float]:
+    """The epoch of a dmesg/journalctl ISO time stamp at the start of ``line`` (None: none)."""
+    stamp = line.split(" ", 1)[0].replace(",", ".")
+    try:
+        moment = datetime.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
 
 
 def elapsed_text(seconds: float) -> str:

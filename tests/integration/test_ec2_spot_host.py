@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -475,3 +476,86 @@ def test_existing_key_pair(runner: Runner, keys: Keys, build_id: str, ec2_sandbo
         assert not any(a.startswith("import key pair") for a in result["actions"])
     finally:
         client.delete_key_pair(KeyName="users-own-" + build_id)
+
+
+# -- SSH ingress only from the controller ------------------------------------------------------
+
+
+def tcp_open_from(netns: str, address: str, port: int = 22) -> bool:
+    """Whether a TCP connection to address:port opens from inside the sandbox host ``netns``
+    (the host's own network: its address, routes and the builder's security group)."""
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(); s.settimeout(5)\n"
+        "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\nexcept OSError as e:\n    print(e); sys.exit(1)\n"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "python3", "-c", probe, address, str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def test_ssh_ingress_only_from_the_controller(runner: Runner, keys: Keys, build_id: str, ec2_sandbox, tmp_path: Path):
+    """The build's security group opens TCP 22 to the controller's /32 only (no other port, no
+    other source, nothing over IPv6), and the sandbox enforces it: a second host on the same
+    network cannot open port 22 on the builder while the controller logs in."""
+    import boto3
+
+    result, _proc = runner.run(runner.present_args(build_id))
+    assert not result.get("failed"), result.get("msg")
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=runner.env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    groups = ec2.describe_security_groups(Filters=[{"Name": "tag:nixforge-build-id", "Values": [build_id]}])
+    [group] = groups["SecurityGroups"]
+    assert [
+        (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), [r["CidrIp"] for r in p.get("IpRanges", [])])
+        for p in group["IpPermissions"]
+    ] == [("tcp", 22, 22, ["%s/32" % runner.gateway])], group["IpPermissions"]
+    for permission in group["IpPermissions"]:
+        assert not permission.get("Ipv6Ranges"), permission  # nothing over IPv6
+        assert not permission.get("UserIdGroupPairs") and not permission.get("PrefixListIds"), permission
+    instance = ec2.describe_instances(InstanceIds=[result["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group["GroupId"]]
+
+    # the controller logs in
+    login = ssh(result, keys, tmp_path / "known_hosts", "true")
+    assert login.returncode == 0, login.stderr
+    # a second host of the sandbox cannot open TCP 22 on the builder ...
+    other = ec2_sandbox.boot_host(owner=build_id + "-other")
+    try:
+        assert not tcp_open_from(other["name"], result["ssh_host"]), "the second host reached port 22"
+        # ... because of the group alone: allowed in, the same probe opens the port
+        ec2.authorize_security_group_ingress(
+            GroupId=group["GroupId"], IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="%s/32" % other["ip"]
+        )
+        deadline = time.monotonic() + 120  # the sandbox applies rule changes within a second or so
+        while not tcp_open_from(other["name"], result["ssh_host"]):
+            assert time.monotonic() < deadline, "port 22 stayed closed to the second host after allowing it"
+    finally:
+        ec2_sandbox.stop_host(other["name"])
+    gone, _proc = runner.run({"build_id": build_id, "state": "absent"})
+    assert not gone.get("failed"), gone.get("msg")
+
+
+def test_teardown_waits_out_a_security_group_still_in_use(runner: Runner, build_id: str, ec2_sandbox):
+    """EC2 keeps a terminated instance's security group in use for a while
+    (DependencyViolation); state absent retries until the group goes, and succeeds."""
+    result, _proc = runner.run(runner.present_args(build_id))
+    assert not result.get("failed"), result.get("msg")
+    ec2_sandbox.set_faults("ec2", {"security_group_hold": {"seconds": 6}})
+    gone, _proc = runner.run({"build_id": build_id, "state": "absent"})
+    assert not gone.get("failed"), gone.get("msg")
+    assert len(gone["removed"]["security_groups"]) == 1
+    served = ec2_sandbox.call("GET", "/faults/ec2")["faults"]["served"]
+    # the teardown asked again after being refused: its retry loop ran
+    assert served.get("security_group_in_use", {}).get("DeleteSecurityGroup", 0) >= 1, served
+    assert of_build(ec2_sandbox, build_id) == []

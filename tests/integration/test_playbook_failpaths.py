@@ -9,6 +9,7 @@ on the tasks' structured results (a recording callback), not on stdout:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -138,4 +139,43 @@ def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str,
     assert time.monotonic() - started < 100, "waited for the build as if it still ran"
     failed = [r for r in records(record) if r["status"] == "failed"]
     assert any("ended without an exit status" in json.dumps(r["result"]) for r in failed), failed
+    assert resources_of(build_id) == []
+
+
+def test_nix_killed_by_sigkill_is_reported_as_killed_not_as_a_timeout(env: dict[str, str], tmp_path: Path) -> None:
+    """The Nix process itself (not build.sh) gets SIGKILL mid-build, as from the OOM killer:
+    build.sh records exit 137 well before nixos_image_build_timeout, and the role reports a
+    kill by SIGKILL with what the builder's kernel log says (an out-of-memory line, none, or
+    why it cannot be read), never a timeout; everything is torn down."""
+    build_id = new_id("t-sigkill")
+    state = tmp_path / "state"
+    record = tmp_path / "record.jsonl"
+    variables = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(state),
+        "nixos_image_module": str(slow_module(tmp_path, 300)),
+    }
+    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
+
+    def kill_nix() -> None:
+        address = (state / "known_hosts").read_text().split()[0]
+        ssh = ["ssh", "-F", "/dev/null", "-i", str(state / "id_ed25519"), "-o", "IdentitiesOnly=yes"]
+        ssh += ["-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes"]
+        # the `nix` process (its name exactly: not build.sh, timeout or nix-daemon), once it runs;
+        # /proc, as a minimal Debian may lack procps
+        script = (
+            'nix() { for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = nix ] && echo ${p#/proc/}; done; };'
+            ' until [ -n "$(nix)" ]; do sleep 0.2; done; sudo -n kill -KILL $(nix)'
+        )
+        subprocess.run([*ssh, f"admin@{address}", script], check=True, timeout=300, capture_output=True)
+
+    code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_nix)
+    assert code != 0, output[-6000:]
+    failed = [r for r in records(record) if r["status"] == "failed" and r["result"].get("exit_code") is not None]
+    assert [r["result"]["exit_code"] for r in failed] == [137], failed
+    message = failed[0]["result"]["msg"]
+    assert "it was killed by SIGKILL (exit 137) after " in message, message
+    assert "longer than" not in message, message
+    assert re.search(r"Kernel log: (\(no out-of-memory line|\(the kernel log is not readable|\S)", message), message
     assert resources_of(build_id) == []

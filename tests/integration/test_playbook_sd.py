@@ -19,6 +19,7 @@ from _pipeline import (
     BIN,
     INVENTORY,
     ROOT,
+    control,
     new_id,
     playbook_env,
     resources_of,
@@ -27,7 +28,7 @@ from _pipeline import (
     set_faults,
     slow_module,
 )
-from _record import failures, recording, records, result_of
+from _record import failures, recording, records, result_of, results_of
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -295,16 +296,25 @@ def test_bad_input_fails_before_creating(
     assert resources_of(used_id) == []
 
 
-def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str], tmp_path: Path) -> None:
-    """The spot instance is reclaimed while Nix builds: the play tears everything down
-    and fails naming the interruption."""
+@pytest.mark.parametrize("retry", [True, False], ids=["retried", "retry-off"])
+def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str], tmp_path: Path, retry: bool) -> None:
+    """EC2 gives the spot builder its interruption notice while Nix builds: the build watcher
+    reads it from the builder's instance metadata (spot/instance-action) at its next look,
+    reports "interrupted by EC2 (spot)" and the play tears that builder down without waiting
+    for the build or for EC2. The notice lasts longer than the build would (the sandbox
+    reclaims only after notice_seconds), so a watcher that missed it would let the build
+    succeed, and EC2 never ends the instance: the teardown does.
+
+    retried (the default): the build runs once more, with the same build id, on a fresh
+    builder of another candidate type, succeeds, and the summary shows both builders and
+    their cost. retry-off (nixforge_spot_retry: false): the play fails saying so."""
     build_id = new_id("t-intr")
-    module = slow_module(tmp_path, 120)
     variables = {
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
-        "nixos_image_module": str(module),
+        "nixos_image_module": str(slow_module(tmp_path, 60)),
+        "nixforge_spot_retry": retry,
     }
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
@@ -312,31 +322,56 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
+    # count 1: one interruption (the fresh builder is not interrupted again)
+    notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600, "count": 1}
+    armed = False
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("TASK [nixforge.images.nixos_image : Build "):
-                set_faults(env, "ec2", {"spot_interruption": {"build_id": build_id, "after_seconds": 2}})
+            if line.startswith("TASK [nixforge.images.nixos_image : Build ") and not armed:
+                set_faults(env, "ec2", {"spot_interruption": notice})
+                armed = True
         proc.wait(timeout=900)
+        served = control(env, "GET", "/faults/ec2")["faults"]
     finally:
         if proc.poll() is None:
             proc.kill()
+        set_faults(env, "ec2", {})
     output = "".join(lines)
-    assert any(line.startswith("TASK [nixforge.images.nixos_image : Build ") for line in lines), output[-6000:]
-    assert proc.returncode != 0
-    instance_id = result_of(recorded(tmp_path), "Launch or adopt the build's EC2 instance", "ok")["result"][
-        "instance_id"
-    ]
-    teardown = result_of(recorded(tmp_path), "Remove every EC2 resource of the build", "ok")["result"]
-    assert [(e["instance_id"], e["code"]) for e in teardown["ended"]] == [
-        (instance_id, "Server.SpotInstanceTermination")
-    ], teardown["ended"]
-    message = failure_message(tmp_path)
-    assert message.startswith(f"Build {build_id} failed and everything it created was removed."), message
-    assert message.endswith(f"The provider ended the builder: Server.SpotInstanceTermination on {instance_id}."), (
-        message
-    )
+    assert armed, output[-6000:]
+    runs = recorded(tmp_path)
+    launched = [r["result"] for r in results_of(runs, "Launch or adopt the build's EC2 instance", "ok")]
+    first = launched[0]["instance_id"]
+    assert served["served"]["spot_interruption_notice"] == {first: 1}, served
+    assert "spot_interruption" not in served["served"], served  # EC2 never reclaimed it: the teardown ended it
+    assert [e["detail"]["instance-id"] for e in served["events"]] == [first]
+    interrupted = [r for r in failures(runs) if r["result"].get("interrupted")]
+    assert [r["result"]["exit_code"] for r in interrupted] == [-2], failures(runs)
+    assert json.loads(interrupted[0]["result"]["interrupted"]["notice"])["action"] == "terminate"
+    assert "interrupted by EC2 (spot)" in interrupted[0]["result"]["msg"]
+    teardowns = [r["result"] for r in results_of(runs, "Remove every EC2 resource of the build", "ok")]
+    assert teardowns[0]["removed"]["instances"] == [first] and teardowns[0]["ended"] == [], teardowns[0]
+    if retry:
+        assert proc.returncode == 0, output[-6000:]
+        assert len(launched) == 2 and len(teardowns) == 2, (launched, teardowns)
+        second = launched[1]
+        assert second["instance_id"] != first and second["instance_type"] != launched[0]["instance_type"]
+        assert second["build"]["build_id"] == build_id  # the same build id
+        assert teardowns[1]["removed"]["instances"] == [second["instance_id"]]
+        lines_of = summary(tmp_path)
+        assert lines_of["Builder"].startswith(second["instance_type"] + " (ec2, spot"), lines_of
+        earlier = lines_of["Interrupted"]
+        assert (
+            earlier.startswith(launched[0]["instance_type"] + " (ec2, spot") and "interrupted by EC2 (spot)" in earlier
+        )
+        assert (tmp_path / "artifacts").is_dir() and list((tmp_path / "artifacts").glob("*.img.zst"))
+    else:
+        assert proc.returncode != 0
+        assert len(launched) == 1, launched
+        message = failure_message(tmp_path)
+        assert message.startswith(f"Build {build_id} failed and everything it created was removed."), message
+        assert "interrupted by EC2 (spot)" in message, message
     assert resources_of(build_id) == []
     assert all(i["State"]["Name"] == "terminated" for i in instances_ever(env, build_id))
 

@@ -9,6 +9,8 @@ request in EC2 and no host in use.
 from __future__ import annotations
 
 import base64
+import json
+import shlex
 import subprocess
 import time
 
@@ -26,6 +28,20 @@ SSH_GROUP = "it-sandbox-ec2-ssh"
 
 def api_resources(sandbox):
     return sandbox.call("GET", "/resources")["resources"]
+
+
+def delete_group(client, group):
+    """DeleteSecurityGroup as an EC2 client must: again while a terminated instance still holds
+    the group (DependencyViolation; the sandbox holds it a while after the termination)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.delete_security_group(GroupId=group)
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "DependencyViolation" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def leftovers(resources):
@@ -50,7 +66,7 @@ def ec2(sandbox):
     running = [r["id"] for r in leftovers(api_resources(sandbox)) if r["type"] == "instance"]
     if running:
         client.terminate_instances(InstanceIds=running)
-    client.delete_security_group(GroupId=group)
+    delete_group(client, group)
     left = leftovers(sandbox.resources())  # what `sandboxctl resources --json` says
     if left:  # clean up for the next test, then fail this one
         ids = [r["id"] for r in left if r["type"] == "instance"]
@@ -289,18 +305,56 @@ def test_a_lost_answer_is_applied_but_never_heard_of(sandbox, ec2, keys):
     wait_for(ec2, iid, "terminated")
 
 
+# Run on the host: its instance id and spot/instance-action (or "none"), asked with an IMDSv2 token.
+IMDS_SPOT_ACTION = """
+import urllib.error, urllib.request as u
+base = "http://169.254.169.254/latest/"
+put = u.Request(base + "api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+token = u.urlopen(put, timeout=5).read().decode()
+def get(path):
+    return u.urlopen(u.Request(base + path, headers={"X-aws-ec2-metadata-token": token}), timeout=5).read().decode()
+print(get("meta-data/instance-id"))
+try:
+    print(get("meta-data/spot/instance-action"))
+except urllib.error.HTTPError as e:
+    print("none", e.code)
+"""
+
+
 def test_a_spot_interruption_terminates_the_instance_and_stops_its_host(sandbox, ec2, keys):
+    """As on EC2: first the notice (instance metadata spot/instance-action, read from the host
+    itself with an IMDSv2 token, and an EventBridge-style warning), then the termination."""
     iid = launch(ec2, keys, InstanceType="t3.micro", InstanceMarketOptions={"MarketType": "spot"})
     ip = wait_for(ec2, iid, "running")["PublicIpAddress"]
-    assert ssh(keys, ip, "true").returncode == 0
-    sandbox.set_faults("ec2", {"spot_interruption": {"build_id": BUILD_TAG["Value"], "after_seconds": 1}})
-    inst = wait_for(ec2, iid, "terminated", timeout=60)
+    before = ssh(keys, ip, "python3 -c %s" % shlex.quote(IMDS_SPOT_ACTION))
+    assert before.returncode == 0 and before.stdout.split()[:2] == [iid, "none"], (before.stdout, before.stderr)
+    notice = 8
+    sandbox.set_faults(
+        "ec2", {"spot_interruption": {"build_id": BUILD_TAG["Value"], "after_seconds": 1, "notice_seconds": notice}}
+    )
+    deadline = time.monotonic() + 60
+    while "spot_interruption_notice" not in sandbox.call("GET", "/faults/ec2")["faults"]["served"]:
+        assert time.monotonic() < deadline, "no interruption notice"
+        time.sleep(0.2)
+    noticed = ssh(keys, ip, "python3 -c %s" % shlex.quote(IMDS_SPOT_ACTION))
+    lines = noticed.stdout.splitlines()
+    assert noticed.returncode == 0 and lines[0] == iid, (noticed.stdout, noticed.stderr)
+    action = json.loads(lines[1])
+    assert action["action"] == "terminate" and action["time"].endswith("Z"), action
+    events = sandbox.call("GET", "/faults/ec2")["faults"]["events"]
+    assert [(e["detail-type"], e["detail"]["instance-id"]) for e in events] == [
+        ("EC2 Spot Instance Interruption Warning", iid)
+    ]
+    inst = wait_for(ec2, iid, "terminated", timeout=60 + notice)
     assert inst["StateReason"]["Code"] == "Server.SpotInstanceTermination"
     deadline = time.monotonic() + 30  # the host goes down while the instance shows terminated
     while hosts_of(sandbox, iid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert hosts_of(sandbox, iid) == []
-    assert sandbox.call("GET", "/faults/ec2")["faults"]["served"] == {"spot_interruption": {iid: 1}}
+    assert sandbox.call("GET", "/faults/ec2")["faults"]["served"] == {
+        "spot_interruption_notice": {iid: 1},
+        "spot_interruption": {iid: 1},
+    }
 
 
 # -- security groups and key pairs, as EC2 applies them --------------------------------
@@ -327,7 +381,7 @@ def test_security_groups_are_enforced_and_follow_rule_changes(sandbox, ec2, keys
         ec2.terminate_instances(InstanceIds=[iid])
         wait_for(ec2, iid, "terminated")
     finally:
-        ec2.delete_security_group(GroupId=closed)
+        delete_group(ec2, closed)
 
 
 def test_a_key_pair_named_at_launch_logs_in_the_default_user(sandbox, ec2, keys):
@@ -354,11 +408,11 @@ def test_termination_goes_through_shutting_down_and_holds_the_security_group(san
     reply = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
     assert reply["CurrentState"]["Name"] == "shutting-down"
     with pytest.raises(ClientError) as err:
-        ec2.delete_security_group(GroupId=group)
+        ec2.delete_security_group(GroupId=group)  # shutting-down: still in use
     assert err.value.response["Error"]["Code"] == "DependencyViolation"
     inst = wait_for(ec2, iid, "terminated", timeout=30)
     assert inst["StateReason"]["Code"] == "Client.UserInitiatedShutdown"
-    ec2.delete_security_group(GroupId=group)
+    delete_group(ec2, group)  # terminated: held a while longer, then deleted
 
 
 def test_create_fleet_honours_client_tokens(sandbox, ec2, keys):

@@ -66,7 +66,9 @@ def test_cloud_config_is_parsed_like_cloud_init() -> None:
         bootcmd: [[echo, "a b"], echo c]
         runcmd: ["shutdown -P +5"]
         power_state: {mode: poweroff, delay: "+30"}
-        packages: [curl]
+        packages: [curl, [hello, "2.10-3"]]
+        ssh_pwauth: false
+        snap: {commands: [x]}
         """
     )
     plan = cloudinit.parse(userdata).to_guest()
@@ -78,7 +80,10 @@ def test_cloud_config_is_parsed_like_cloud_init() -> None:
     assert plan["bootcmd"] == "#!/bin/sh\necho 'a b'\necho c\n"
     assert plan["runcmd"] == "#!/bin/sh\nshutdown -P +5\n"
     assert plan["power_state"] == {"mode": "poweroff", "delay": "+30"}
-    assert cloudinit.parse(userdata).ignored == ["packages"]
+    assert plan["packages"] == ["curl", "hello=2.10-3"] and plan["package_update"] is True
+    assert plan["package_upgrade"] is False and plan["ssh_pwauth"] is False
+    # a key the sandbox does not apply is refused by name (logged by the daemon and the host)
+    assert cloudinit.parse(userdata).ignored == ["snap"] and plan["ignored"] == ["snap"]
 
 
 def test_scripts_gzip_and_multipart_user_data() -> None:
@@ -394,3 +399,41 @@ def test_up_fails_when_a_provider_cannot_start() -> None:
         assert "provider nosuch: no module nfsandbox/nosuch" in proc.stdout + proc.stderr
     finally:
         subprocess.run([str(SANDBOXCTL), "down"], env=env, capture_output=True, check=False, timeout=300)
+
+
+@pytest.mark.sandbox
+def test_cloud_init_applies_packages_and_ssh_pwauth_and_names_what_it_ignores(
+    sandbox: SandboxHandle, tmp_path: Path
+) -> None:
+    """Every key the collection's user data can carry is applied in the host, a user's
+    `packages` included (installed with apt before the user's scripts run), and a key the
+    sandbox does not apply is named in the host's cloud-init log."""
+    key, pubkey = ssh_keypair(tmp_path)
+    extra = "packages: [hello]\nssh_pwauth: false\nruncmd:\n  - [sh, -c, 'command -v hello > /root/hello-path']\n"
+    host = sandbox.boot_host(_userdata(pubkey, extra + "snap: {commands: [x]}\n"), owner="test-cloud-init")
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"{host['ip']} {k}\n" for k in host["host_public_keys"].values()))
+    ssh = ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+    ssh += ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", f"admin@{host['ip']}"]
+    try:
+        # the final stage (packages, then runcmd) writes boot-finished when it is done
+        while True:
+            done = subprocess.run([*ssh, "test -e /var/lib/cloud/instance/boot-finished"], check=False, timeout=120)
+            if done.returncode == 0:
+                break
+            assert done.returncode == 1, "SSH to the host failed"
+            assert sandbox.host(host["name"])["state"] == "running"
+            time.sleep(1)
+        script = (
+            "dpkg-query -W -f '${Status}\\n' hello; sudo -n cat /root/hello-path;"
+            " cat /etc/ssh/sshd_config.d/50-cloud-init.conf; sudo -n cat /var/log/cloud-init.log"
+        )
+        out = subprocess.run([*ssh, script], capture_output=True, text=True, check=True, timeout=120).stdout
+    finally:
+        sandbox.stop_host(host["name"])
+    lines = out.splitlines()
+    assert lines[0] == "install ok installed", out
+    assert lines[1] == "/usr/bin/hello", out  # runcmd ran after the packages were installed
+    assert "PasswordAuthentication no" in lines, out
+    assert any("snap is not supported by the sandbox; ignored" in line for line in lines), out
+    assert any("packages: apt-get -y install --no-install-recommends hello exited 0" in line for line in lines), out

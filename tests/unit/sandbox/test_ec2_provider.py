@@ -631,3 +631,88 @@ def test_resources_list_what_leaks_and_reset_empties(cloud):
     assert cloud.provider.resources() == []
     assert booted >= 2 and cloud.pool.hosts() == []
     assert len(ec2c.describe_images(Owners=[DEBIAN])["Images"]) > 20
+
+
+def test_a_terminated_instance_holds_its_security_group_for_the_configured_while(cloud):
+    """As on EC2, DeleteSecurityGroup answers DependencyViolation for a while after the instance
+    terminated (``security_group_hold``); each refusal is counted, then the group goes."""
+    ec2c = client(cloud)
+    group = ec2c.create_security_group(GroupName="held-after", Description="held")["GroupId"]
+    cloud.provider.set_faults({"security_group_hold": {"seconds": 0.5}})
+    try:
+        ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
+        iid = ec2c.run_instances(
+            ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, SecurityGroupIds=[group]
+        )["Instances"][0]["InstanceId"]
+        assert wait_state(ec2c, iid, "running")
+        ec2c.terminate_instances(InstanceIds=[iid])
+        assert wait_state(ec2c, iid, "terminated")
+        with pytest.raises(ClientError) as err:
+            ec2c.delete_security_group(GroupId=group)
+        assert err.value.response["Error"]["Code"] == "DependencyViolation"
+        served = cloud.provider.get_faults()["served"]
+        assert served["security_group_in_use"]["DeleteSecurityGroup"] >= 1, served
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                ec2c.delete_security_group(GroupId=group)
+                break
+            except ClientError as exc:
+                assert exc.response["Error"]["Code"] == "DependencyViolation"
+                assert time.monotonic() < deadline, "the group stayed in use"
+                time.sleep(0.1)
+    finally:
+        cloud.provider.set_faults({})
+    with pytest.raises(FaultError, match=r"security_group_hold\.seconds"):
+        cloud.provider.set_faults({"security_group_hold": {"seconds": -1}})
+
+
+def test_a_launch_template_shows_tags_changed_after_its_creation(cloud):
+    """CreateTags on a launch template reaches DescribeLaunchTemplates, as on EC2 (moto
+    copied the tags at creation, so a moved expiry was never seen by the reaper)."""
+    ec2c = client(cloud)
+    spec = [
+        {"ResourceType": "launch-template", "Tags": [{"Key": "nixforge-expires-at", "Value": "2099-01-01T00:00:00Z"}]}
+    ]
+    lt = ec2c.create_launch_template(
+        LaunchTemplateName="nf-retagged", LaunchTemplateData={"InstanceType": "t3.micro"}, TagSpecifications=spec
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    ec2c.create_tags(Resources=[lt], Tags=[{"Key": "nixforge-expires-at", "Value": "2026-01-01T00:00:00Z"}])
+    described = ec2c.describe_launch_templates(LaunchTemplateIds=[lt])["LaunchTemplates"][0]
+    assert {t["Key"]: t["Value"] for t in described["Tags"]} == {"nixforge-expires-at": "2026-01-01T00:00:00Z"}
+    ec2c.delete_launch_template(LaunchTemplateId=lt)
+
+
+def test_a_spot_interruption_gives_one_notice_before_the_termination(cloud):
+    """The notice comes first (once; it uses up the fault's count), with an EventBridge-style
+    warning; EC2's reclaim follows notice_seconds later."""
+    ec2c = client(cloud)
+    ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "nixforge-build-id", "Value": "notice"}]}]
+    iid = ec2c.run_instances(
+        ImageId=ami,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        InstanceMarketOptions={"MarketType": "spot"},
+        TagSpecifications=tags,
+    )["Instances"][0]["InstanceId"]
+    assert wait_state(ec2c, iid, "running")
+    fault = {"spot_interruption": {"build_id": "notice", "after_seconds": 0, "notice_seconds": 2}}
+    try:
+        cloud.provider.set_faults(fault)
+        deadline = time.monotonic() + 30
+        while "spot_interruption_notice" not in cloud.provider.get_faults()["served"]:
+            assert time.monotonic() < deadline, "no notice"
+            time.sleep(0.05)
+        assert ec2c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"] == (
+            "running"
+        )
+        inst = wait_state(ec2c, iid, "terminated", timeout=30)
+        assert inst["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+        faults = cloud.provider.get_faults()
+        assert faults["served"] == {"spot_interruption_notice": {iid: 1}, "spot_interruption": {iid: 1}}
+        assert faults["spot_interruption"]["count"] == 0
+        assert [e["detail"] for e in faults["events"]] == [{"instance-id": iid, "instance-action": "terminate"}]
+    finally:
+        cloud.provider.set_faults({})

@@ -25,7 +25,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from . import catalog, firewall
+from . import catalog, firewall, imds
 from .faults import Faults
 
 log = logging.getLogger("nfsandbox.ec2")
@@ -75,7 +75,19 @@ class Provider:
         self.shutdown_seconds = (
             float(os.environ.get("NIXFORGE_SANDBOX_EC2_SHUTDOWN_SECONDS", "3")) if (self.enforce_groups) else 0.0
         )
+        # seconds a terminated instance keeps its security groups in use (DependencyViolation),
+        # as EC2 does while it releases the network interface; the fault knob
+        # ``security_group_hold`` overrides it per test
+        self.security_group_hold_seconds = (
+            float(os.environ.get("NIXFORGE_SANDBOX_EC2_SG_HOLD_SECONDS", "1")) if self.enforce_groups else 0.0
+        )
         self._applied_rules: dict[str, str] = {}
+        # host name -> its instance metadata service (real pools: a namespace to serve in)
+        self._imds: dict[str, imds.Service] = {}
+        # EventBridge-style events (spot interruption warnings), newest last
+        self.events: list[dict[str, Any]] = []
+        # bumped by set_faults: the spot interruption watcher of older faults ends
+        self._generation = 0
         self._stopping = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -130,43 +142,90 @@ class Provider:
         """Forget everything: stop every host, clear faults, empty moto, reload the AMIs."""
         self._release_all()
         self.faults.clear()
+        self.events.clear()
         self._reset_moto()
 
     def set_faults(self, faults: dict[str, Any]) -> None:
         """Replace the fault table (``{}`` clears it); ValueError says what is wrong."""
         self.faults.set(faults)
         log.info("EC2 faults set: %s", faults)
-        if "spot_interruption" in faults:
-            watcher = threading.Thread(target=self._interrupt_when_due, name="ec2-spot-interruption", daemon=True)
-            watcher.start()
+        self.events.clear()  # as the served counters: per fault document
+        with self._lock:
+            self._generation += 1  # a watcher of earlier faults ends
+            if "spot_interruption" in faults:
+                threading.Thread(
+                    target=self._interrupt_when_due, args=(self._generation,), name="ec2-spot-interruption", daemon=True
+                ).start()
 
-    def _interrupt_when_due(self) -> None:
-        """Interrupt the spot instances the armed ``spot_interruption`` names, once due."""
-        from . import patches
-
+    def _interrupt_when_due(self, generation: int) -> None:
+        """Interrupt the spot instances the armed ``spot_interruption`` names, once due: the
+        notice first (metadata ``spot/instance-action``, an EventBridge-style warning, the spot
+        request ``marked-for-termination``; it uses up one ``count``), the termination
+        ``notice_seconds`` later. Ends when the faults are set again."""
         running_since: dict[str, float] = {}
-        while True:
+        due: dict[str, tuple[_Attachment, float]] = {}  # noticed instance -> (attachment, reclaim at)
+        while self._generation == generation:
             entry = self.faults.interruption()
-            if entry is None:
+            if entry is None and not due:
                 return
             now = time.monotonic()
-            for iid, att in list(self.attached_hosts_full().items()):
-                instance = att.instance
-                tags = {t["key"]: t["value"] for t in getattr(instance, "get_tags", lambda: [])()}
-                wanted = iid in (entry.get("instance_ids") or []) or (
-                    entry.get("build_id") and tags.get("nixforge-build-id") == entry["build_id"]
-                )
-                if not wanted or getattr(instance, "lifecycle", None) != "spot":
+            for iid, att in list(self.attached_hosts_full().items()) if entry is not None else []:
+                if iid in due or not self._interruption_targets(entry, att):
                     continue
-                since = running_since.setdefault(iid, now)
-                if now - since < float(entry.get("after_seconds") or 0):
+                if now - running_since.setdefault(iid, now) < float(entry.get("after_seconds") or 0):
                     continue
-                log.info("instance %s: spot interruption (fault)", iid)
-                patches.set_reason(instance, "Server.SpotInstanceTermination", "Spot instance termination")
-                instance.terminate()  # stops the host (on_gone) before the instance is terminated
-                self.faults.interrupted(iid)
+                notice = float(entry.get("notice_seconds", 120))
+                due[iid] = (att, now + notice)
+                self._give_notice(att, notice)
                 break
+            for iid, (att, at) in list(due.items()):
+                if now >= at:
+                    del due[iid]
+                    self._reclaim(att)
             time.sleep(0.5)
+
+    @staticmethod
+    def _interruption_targets(entry: dict[str, Any], att: _Attachment) -> bool:
+        instance = att.instance
+        tags = {t["key"]: t["value"] for t in getattr(instance, "get_tags", lambda: [])()}
+        wanted = att.instance_id in (entry.get("instance_ids") or []) or (
+            entry.get("build_id") and tags.get("nixforge-build-id") == entry["build_id"]
+        )
+        return bool(wanted) and getattr(instance, "lifecycle", None) == "spot"
+
+    def _give_notice(self, att: _Attachment, seconds: float) -> None:
+        """EC2's interruption notice, ``seconds`` ahead (two minutes on EC2)."""
+        from . import patches
+
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+        action = {"action": "terminate", "time": at}
+        service = self._imds.get(getattr(att.host, "name", ""))
+        if service is not None:
+            service.meta.notice = action
+        patches.mark_spot_request(att.instance, "marked-for-termination", at)
+        self.events.append(
+            {
+                "detail-type": "EC2 Spot Instance Interruption Warning",
+                "source": "aws.ec2",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "detail": {"instance-id": att.instance_id, "instance-action": "terminate"},
+            }
+        )
+        self.faults.noticed(att.instance_id)
+        log.info("instance %s: spot interruption notice, terminated at %s", att.instance_id, at)
+
+    def _reclaim(self, att: _Attachment) -> None:
+        from . import patches
+
+        log.info("instance %s: spot interruption (fault)", att.instance_id)
+        patches.set_reason(att.instance, "Server.SpotInstanceTermination", "Spot instance termination")
+        att.instance.terminate()  # stops the host (on_gone) before the instance is terminated
+        self.faults.interrupted(att.instance_id)
+
+    def security_group_hold(self) -> float:
+        """Seconds a terminated instance still holds its security groups (see patches)."""
+        armed = self.faults.security_group_hold()
+        return self.security_group_hold_seconds if armed is None else armed
 
     def attached_hosts_full(self) -> dict[str, _Attachment]:
         """instance id -> attachment, for instances whose host is up."""
@@ -174,7 +233,7 @@ class Provider:
             return {iid: att for iid, att in self._attached.items() if att.host is not None}
 
     def get_faults(self) -> dict[str, Any]:
-        return self.faults.snapshot()
+        return {**self.faults.snapshot(), "events": list(self.events)}
 
     # -- moto setup ---------------------------------------------------------------
     def _configure_moto(self) -> None:
@@ -277,6 +336,7 @@ class Provider:
             )
             if self.enforce_groups:
                 self._apply_groups(att.instance_id, host, att.instance)
+                self._serve_metadata(att, host)
         except Exception as exc:  # noqa: BLE001 - any failure ends the instance, as on EC2
             log.error("instance %s: no host could be booted: %s", att.instance_id, exc)
             with self._lock:
@@ -345,7 +405,26 @@ class Provider:
             instance.stop()
         log.info("instance %s %s: its host powered itself off", instance.id, instance.state)
 
+    def _serve_metadata(self, att: _Attachment, host: Any) -> None:
+        instance = att.instance
+        placement = getattr(instance, "placement", None) or ""
+        values = {
+            "instance-id": att.instance_id,
+            "instance-type": str(getattr(instance, "instance_type", "")),
+            "instance-life-cycle": "spot" if getattr(instance, "lifecycle", None) == "spot" else "on-demand",
+            "placement/availability-zone": str(getattr(placement, "zone", placement) or ""),
+            "local-ipv4": str(getattr(instance, "private_ip", "") or ""),
+            "public-ipv4": str(host.ip),
+        }
+        service = imds.start_for(host.name, values)
+        if service is not None:
+            with self._lock:
+                self._imds[host.name] = service
+
     def _stop_host(self, host: Any) -> None:
+        service = self._imds.pop(getattr(host, "name", ""), None)
+        if service is not None:
+            service.stop()
         try:
             self.pool.stop(host)
         except Exception:  # logged; `sandboxctl down` cleans up what is left

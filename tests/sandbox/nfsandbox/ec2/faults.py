@@ -16,7 +16,8 @@ The document replaces the previous one as a whole (``{}`` clears everything)::
       "server_error": {"count": 2, "code": "InternalError", "status": 500, "actions": ["CreateFleet"]},
       "delay":        {"seconds": 0.5, "count": 10, "actions": ["DescribeInstances"]},
       "lost_answer":  {"count": 1, "actions": ["CreateFleet"]},
-      "spot_interruption": {"build_id": "b1", "after_seconds": 5, "count": 1}
+      "spot_interruption": {"build_id": "b1", "after_seconds": 5, "notice_seconds": 120, "count": 1},
+      "security_group_hold": {"seconds": 8}
     }
 
 ``throttle`` answers the next ``count`` EC2 requests (those whose action is listed in
@@ -32,8 +33,19 @@ candidate.
 them with a 500 ``InternalError``, as when the reply is lost on the way back: a client
 that retries blindly creates a second resource. ``spot_interruption`` interrupts up to
 ``count`` (default 1) running spot instances tagged ``nixforge-build-id`` = ``build_id``
-(or listed in ``instance_ids``) once they have run ``after_seconds``: EC2 records
-``Server.SpotInstanceTermination`` and the host stops, as on a real reclaim.
+(or listed in ``instance_ids``) once they have run ``after_seconds``, as EC2 does: first
+the two-minute notice (``notice_seconds``, default 120): the host's metadata answers
+``/latest/meta-data/spot/instance-action`` with ``{"action": "terminate", "time": ...}``,
+an EventBridge-style "EC2 Spot Instance Interruption Warning" is recorded (``GET
+/faults/ec2`` ``events``, cleared with the counters when faults are set), a spot request
+is ``marked-for-termination``, ``served.spot_interruption_notice`` counts it and one
+``count`` is used up; ``notice_seconds`` later EC2 records
+``Server.SpotInstanceTermination`` and the host stops.
+``security_group_hold`` keeps the security groups of an instance in use for ``seconds``
+after it terminated (``DeleteSecurityGroup`` answers ``DependencyViolation``, as EC2 does
+while it releases the instance's network interface); without it the sandbox holds them
+``NIXFORGE_SANDBOX_EC2_SG_HOLD_SECONDS`` (default 1 on real hosts). Every such refusal is
+counted under ``served.security_group_in_use.DeleteSecurityGroup``.
 ``GET /faults/ec2`` returns what is still armed and, under ``served``, how many times
 each fault fired per action (tests use it to prove that their faults really fired).
 """
@@ -50,7 +62,8 @@ _HTTP_KEYS = {
     "server_error": {"count", "code", "status", "message", "actions"},
     "delay": {"seconds", "count", "actions"},
     "lost_answer": {"count", "actions"},
-    "spot_interruption": {"build_id", "instance_ids", "after_seconds", "count"},
+    "spot_interruption": {"build_id", "instance_ids", "after_seconds", "notice_seconds", "count"},
+    "security_group_hold": {"seconds"},
 }
 
 THROTTLE_DEFAULTS = {
@@ -165,6 +178,11 @@ class Faults:
                 seconds = entry.get("seconds")
                 if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 120:
                     raise FaultError("delay.seconds must be a number between 0 and 120")
+            if kind == "security_group_hold":
+                seconds = entry.get("seconds")
+                if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 600:
+                    raise FaultError("security_group_hold.seconds must be a number between 0 and 600")
+                continue
             if kind == "spot_interruption":
                 if not entry.get("build_id") and not entry.get("instance_ids"):
                     raise FaultError("spot_interruption needs build_id or instance_ids")
@@ -235,11 +253,21 @@ class Faults:
                 return None
             return dict(entry)
 
-    def interrupted(self, instance_id: str) -> None:
+    def security_group_hold(self) -> float | None:
+        """The armed ``security_group_hold`` in seconds, or None (the sandbox default applies)."""
+        with self._lock:
+            entry = self._doc.get("security_group_hold")
+            return float(entry["seconds"]) if entry else None
+
+    def noticed(self, instance_id: str) -> None:
+        """One interruption begun (its notice given): uses up one ``count``."""
         with self._lock:
             entry = self._doc.get("spot_interruption")
             if entry:
                 entry["count"] = entry.get("count", 1) - 1
+        self.served("spot_interruption_notice", instance_id)
+
+    def interrupted(self, instance_id: str) -> None:
         self.served("spot_interruption", instance_id)
 
     @staticmethod

@@ -26,6 +26,7 @@ from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.fleets import Fleet
 from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceState, StateReason
+from moto.ec2.models.launch_templates import LaunchTemplate
 from moto.ec2.responses.fleets import Fleets
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
@@ -174,6 +175,7 @@ def install(hooks: Any) -> None:
     _patch(Instance, "state_reason", property(_get_state_reason, _set_state_reason))
     _patch(Fleet, "instances", property(_fleet_instances))
     _patch(Fleet, "terminate_instances", _fleet_terminate_instances)
+    _patch(LaunchTemplate, "tags", property(_live_tags, _set_tags))
     _patch(InstanceResponse, "run_instances", _response_run_instances)
     _patch(Fleets, "create_fleet", _response_create_fleet)
     _patch(Fleets, "delete_fleets", _response_delete_fleets)
@@ -377,28 +379,47 @@ def _instance_terminate(self: Any):
     _hooks.on_gone(self)
     left = delay - (time.monotonic() - started)
     if left <= 0:
-        _orig(Instance, "terminate")(self)
+        _terminated(self)
     else:
         # As on EC2: shutting-down for a while (its security groups still in use), then terminated.
-        timer = threading.Timer(left, _orig(Instance, "terminate"), args=(self,))
+        timer = threading.Timer(left, _terminated, args=(self,))
         timer.daemon = True
         timer.start()
     return previous
 
 
+def _terminated(instance: Any) -> None:
+    """moto's terminate, and the moment it happened (its network interface lingers a while)."""
+    _orig(Instance, "terminate")(instance)
+    instance.__dict__["_nf_terminated_at"] = time.monotonic()
+
+
+def _still_holds(instance: Any) -> bool:
+    """Whether the instance keeps its security groups in use: not terminated yet, or
+    terminated less than the sandbox's hold ago (EC2 releases the network interface of a
+    terminated instance some time after; DeleteSecurityGroup answers DependencyViolation)."""
+    if instance.state != "terminated":
+        return True
+    at = instance.__dict__.get("_nf_terminated_at")
+    hold = float(_hooks.security_group_hold() if _hooks is not None else 0)
+    return at is not None and time.monotonic() - at < hold
+
+
 def _delete_security_group(self: Any, name: str | None = None, group_id: str | None = None) -> None:
-    """EC2 refuses to delete a group that an instance not yet terminated still uses."""
+    """EC2 refuses to delete a group that an instance still uses (not terminated, or
+    terminated a moment ago)."""
     if _hooks is not None:
         wanted = group_id or getattr(self.get_security_group_by_name_or_id(name), "id", None)
         for reservation in list(self.reservations.values()):
             for instance in reservation.instances:
-                if instance.state == "terminated":
+                if not _still_holds(instance):
                     continue
                 groups = {getattr(g, "id", None) for g in getattr(instance, "security_groups", None) or []}
                 nics = instance.nics.values() if isinstance(instance.nics, dict) else instance.nics
                 for nic in nics:
                     groups |= {getattr(g, "id", None) for g in getattr(nic, "group_set", None) or []}
                 if wanted in groups:
+                    _hooks.faults.served("security_group_in_use", "DeleteSecurityGroup")
                     raise DependencyViolationError(
                         "resource %s has a dependent object (instance %s is %s)" % (wanted, instance.id, instance.state)
                     )
@@ -420,6 +441,14 @@ def _instance_start(self: Any):
         wants_public = self.nics[0].public_ip is not None if self.nics else False
         _hooks.on_launch(self.ec2_backend, self, wants_public)
     return previous
+
+
+def mark_spot_request(instance: Any, code: str, at: str) -> None:
+    """The status EC2 gives the spot request of an instance it is about to reclaim."""
+    for request in instance.ec2_backend.spot_instance_requests.values():
+        if getattr(request, "instance", None) is instance:
+            request._status_code = code
+            request.status_message = "Spot Instance is marked for termination at %s." % at
 
 
 def set_pending(instance: Any) -> None:
@@ -727,6 +756,16 @@ def _fleet_terminate_instances(self: Fleet) -> None:
     if _hooks is not None and not live:
         return
     _orig(Fleet, "terminate_instances")(self)
+
+
+def _live_tags(self: Any) -> Any:
+    # Gap: moto copies a launch template's tags at creation, so DescribeLaunchTemplates
+    # missed CreateTags/DeleteTags (EC2 shows them; the reaper reads the expiry there).
+    return self.get_tags() if _hooks is not None else self.__dict__.get("_nf_tags", [])
+
+
+def _set_tags(self: Any, value: Any) -> None:
+    self.__dict__["_nf_tags"] = value
 
 
 def _orig_fleet_instances(fleet: Fleet):

@@ -4,14 +4,19 @@ Parsing happens here, on the machine (PyYAML is in the venv, not in a minimal
 Debian); applying happens inside the host at boot (guest/agent.py, run by two systemd
 units ordered like cloud-init's stages), so commands really run as root in the host.
 
-Supported, because our modules and roles use them: `#cloud-config` with
-`ssh_deletekeys`, `ssh_keys` (rsa/ecdsa/ed25519 private+public), `ssh_genkeytypes`,
-`ssh_authorized_keys` (default user; root gets them behind cloud-init's
-`disable_root` hint unless `disable_root: false`), `write_files` (encoding, owner,
-permissions, append, defer), `bootcmd`, `runcmd`, `power_state`, `hostname`; plain `#!`
-scripts; gzip-compressed and MIME multipart user data. Anything else is logged and
-ignored. Host keys missing from the user data are generated in the host at first boot
-(cloud-init's `ssh_genkeytypes`, default rsa, ecdsa, ed25519).
+Supported, because our modules and roles (or the user data they merge) use them:
+`#cloud-config` with `ssh_deletekeys`, `ssh_keys` (rsa/ecdsa/ed25519 private+public),
+`ssh_genkeytypes`, `ssh_authorized_keys` (default user; root gets them behind cloud-init's
+`disable_root` hint unless `disable_root: false`), `ssh_pwauth` (sshd's
+PasswordAuthentication, in /etc/ssh/sshd_config.d/50-cloud-init.conf), `write_files`
+(encoding, owner, permissions, append, defer), `bootcmd`, `runcmd`, `power_state`,
+`hostname`, `packages` (names, or [name, version]) with `package_update` /
+`package_upgrade` (apt through the sandbox's proxy, before the user's scripts, as
+cloud-init's package-update-upgrade-install); plain `#!` scripts; gzip-compressed and
+MIME multipart user data. Any other key is refused by name ("... is not supported by the
+sandbox; ignored") in the daemon's log and in the host's /var/log/cloud-init.log. Host keys
+missing from the user data are generated in the host at first boot (cloud-init's
+`ssh_genkeytypes`, default rsa, ecdsa, ed25519).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ HANDLED = {
     "runcmd",
     "power_state",
     "hostname",
+    "ssh_pwauth",
+    "packages",
+    "package_update",
+    "package_upgrade",
 }
 
 
@@ -82,7 +91,23 @@ class Plan:
             out["power_state"] = {k: str(v) for k, v in c["power_state"].items() if k in ("mode", "delay", "message")}
         if c.get("hostname"):
             out["hostname"] = str(c["hostname"])
+        if "ssh_pwauth" in c:
+            out["ssh_pwauth"] = str(c["ssh_pwauth"]).lower() in ("true", "yes", "1")
+        out["packages"] = [_package(p) for p in _as_list(c.get("packages"))]
+        # cloud-init updates the package lists before installing anything
+        out["package_update"] = bool(c.get("package_update")) or bool(out["packages"]) or bool(c.get("package_upgrade"))
+        out["package_upgrade"] = bool(c.get("package_upgrade"))
+        out["ignored"] = list(self.ignored)
         return out
+
+
+def _package(spec: Any) -> str:
+    """cloud-init's package entry for apt: ``name`` or ``[name, version]`` (``name=version``)."""
+    if isinstance(spec, list) and len(spec) == 2:
+        return "%s=%s" % (spec[0], spec[1])
+    if isinstance(spec, (list, dict)):
+        raise ValueError("user data: packages entries are names or [name, version], not %r" % (spec,))
+    return str(spec)
 
 
 def _as_list(value: Any) -> list:

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
+    INTERRUPTED,
+    KERNEL_LOG_COMMAND,
     VANISHED,
     InputError,
     build_script,
     failure_reason,
     follow_command,
+    kernel_log_lines,
     resolve,
     start_command,
 )
@@ -91,6 +94,35 @@ def test_failure_reasons() -> None:
     assert failure_reason(7, 60) == "the build command exited with code 7"
     assert "longer than nixos_image_build_timeout (60 s)" in failure_reason(124, 60)
     assert "longer than" in failure_reason(None, 60)
+
+
+def test_a_build_killed_by_a_signal_is_reported_as_killed_not_as_a_timeout() -> None:
+    """Exit 137 before the timeout is a kill (the OOM killer's SIGKILL), with the kernel's
+    line when there is one; at or after the timeout it is the timeout's own --kill-after."""
+    oom = "2026-12-06T22:00:05,000000+00:00 Out of memory: Killed process 4242 (nix) total-vm:9000kB"
+    killed = failure_reason(137, 3600, 42.0, oom)
+    assert killed.startswith("it was killed by SIGKILL (exit 137) after 0m42s, before nixos_image_build_timeout")
+    assert "OOM killer" in killed and killed.endswith("Kernel log: " + oom)
+    assert "longer than" not in killed
+    assert "longer than nixos_image_build_timeout (60 s)" in failure_reason(137, 60, 95.0)
+    assert failure_reason(143, 3600, 10.0).startswith("it was killed by SIGTERM (exit 143) after 0m10s")
+    assert "longer than" not in failure_reason(137, 60)  # the length unknown: not called a timeout
+    assert failure_reason(1, 60, 5.0) == "the build command exited with code 1"
+
+
+def test_kernel_log_lines_keep_the_lines_of_this_build_or_say_why_there_are_none() -> None:
+    start = 1796594400.0  # 2026-12-06T22:00:00Z
+    output = (
+        "2026-12-06T21:00:00,000000+00:00 Out of memory: Killed process 1 (old)\n"
+        "2026-12-06T22:00:07,500000+00:00 Out of memory: Killed process 4242 (nix)\n"
+    )
+    assert (
+        kernel_log_lines(output, start) == "2026-12-06T22:00:07,500000+00:00 Out of memory: Killed process 4242 (nix)"
+    )
+    assert kernel_log_lines("", start) == "(no out-of-memory line in the builder's kernel log)"
+    refused = kernel_log_lines("unreadable: dmesg: read kernel buffer failed: Operation not permitted", start)
+    assert refused.startswith("(the kernel log is not readable on the builder") and "not permitted" in refused
+    subprocess.run(["sh", "-n", "-c", KERNEL_LOG_COMMAND], check=True)
 
 
 def _run_in_pty(command: str) -> str:
@@ -171,3 +203,39 @@ def test_a_build_killed_on_the_builder_is_reported_at_once(tmp_path: Path) -> No
     assert _follow(tmp_path, wait=20)[0] == "vanished"
     assert time.monotonic() - started < 10
     assert failure_reason(VANISHED, 60).startswith("the build process ended without an exit status")
+
+
+def test_follow_notices_a_spot_interruption_within_seconds(tmp_path: Path) -> None:
+    """With spot_notice, a round ends as soon as the metadata has EC2's notice (a python3 on
+    PATH stands in for the metadata query here; the real one runs against the sandbox's IMDS
+    in test_playbook_sd.py), however long the round was meant to wait."""
+    (tmp_path / "build.log").write_text("one\ntwo\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    flag = tmp_path / "noticed"
+    (fake / "python3").write_text(
+        '#!/bin/sh\n[ -e %s ] && echo \'{"action": "terminate", "time": "2026-12-06T22:02:00Z"}\'\nexit 0\n' % flag
+    )
+    (fake / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": "%s:%s" % (fake, os.environ["PATH"])}
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "build.pid").write_text("%d\n" % sleeper.pid)
+        command = follow_command(str(tmp_path), 1, 2, spot_notice=True)
+        quiet = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, check=True)
+        assert quiet.stdout.splitlines()[0] == "running"  # no notice: the build goes on
+        flag.touch()
+        command = follow_command(str(tmp_path), 60, 2, spot_notice=True)
+        started = time.monotonic()
+        noticed = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, check=True)
+        assert time.monotonic() - started < 30  # not the round's 60 s
+        lines = noticed.stdout.splitlines()
+        assert lines[0] == 'interrupted {"action": "terminate", "time": "2026-12-06T22:02:00Z"}', lines
+        assert lines[1:] == ["one", "two"]
+        # without spot_notice the metadata is never asked
+        assert "169.254.169.254" not in follow_command(str(tmp_path), 60, 2)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    reason = failure_reason(INTERRUPTED, 60, 5.0, '{"action": "terminate"}')
+    assert reason.startswith("interrupted by EC2 (spot)") and '{"action": "terminate"}' in reason

@@ -5,8 +5,10 @@
 # applies it at boot, in the guest, in cloud-init's order:
 #   stage "init"  (before sshd):  bootcmd (every boot), ssh host keys, write_files,
 #                                 hostname, default user, authorized keys
-#   stage "final" (after sshd):   deferred write_files, user scripts, runcmd,
-#                                 boot-finished, power_state
+#                                 ssh_pwauth
+#   stage "final" (after sshd):   deferred write_files, packages (update, upgrade, install),
+#                                 user scripts, runcmd, boot-finished, power_state
+# Keys the sandbox does not apply are logged by name ("... ignored").
 # Per-instance steps run once (semaphores under /var/lib/cloud/instance/sem) so a
 # reboot re-runs only bootcmd, as cloud-init does.
 import base64
@@ -133,7 +135,37 @@ def authorize(user, keys, prefix=""):
         os.chmod(p, mode)
 
 
+def password_auth(plan):
+    """cloud-init's ssh_pwauth: sshd's PasswordAuthentication, in its own drop-in."""
+    conf = "/etc/ssh/sshd_config.d/50-cloud-init.conf"
+    os.makedirs(os.path.dirname(conf), exist_ok=True)
+    with open(conf, "w") as fh:
+        fh.write("PasswordAuthentication %s\n" % ("yes" if plan["ssh_pwauth"] else "no"))
+    log("ssh_pwauth: PasswordAuthentication %s" % ("yes" if plan["ssh_pwauth"] else "no"))
+
+
+def packages(plan):
+    """cloud-init's package-update-upgrade-install, with apt (the host's proxy applies)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    steps = []
+    if plan.get("package_update"):
+        steps.append(("package_update", ["apt-get", "update"]))
+    if plan.get("package_upgrade"):
+        steps.append(("package_upgrade", ["apt-get", "-y", "upgrade"]))
+    if plan.get("packages"):
+        steps.append(("packages", ["apt-get", "-y", "install", "--no-install-recommends"] + plan["packages"]))
+    for name, argv in steps:
+        with open(OUTPUT_LOG, "ab") as out:
+            rc = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        log("%s: %s exited %d" % (name, " ".join(shlex.quote(a) for a in argv), rc))
+        if rc != 0:
+            log("%s failed: see %s" % (name, OUTPUT_LOG))
+            return
+
+
 def stage_init(plan):
+    for key in plan.get("ignored", []):
+        log("%s is not supported by the sandbox; ignored" % key)
     if plan.get("bootcmd"):
         run_script("bootcmd", plan["bootcmd"])  # every boot, like cloud-init's bootcmd
     if once("ssh_host_keys"):
@@ -162,12 +194,17 @@ def stage_init(plan):
                     )
                 authorize("root", keys, prefix)
 
+    if "ssh_pwauth" in plan and once("ssh_pwauth"):
+        password_auth(plan)
+
 
 def stage_final(plan):
     if once("write_files_deferred"):
         for spec in plan.get("write_files", []):
             if spec.get("defer"):
                 write_file(spec)
+    if once("package_update_upgrade_install"):
+        packages(plan)
     if once("scripts_user"):
         for i, script in enumerate(plan.get("user_scripts", [])):
             run_script("part-%03d" % (i + 1), script)
