@@ -91,8 +91,10 @@ def test_import_transfer_delete(do, files):
     assert listed["sha256"] == hashlib.sha256(body).hexdigest() and listed["format"] == "qcow2"
     assert listed["tags"] == ["nixforge-build-id:it1", "nixforge-pipeline:do"]
 
+    do.set_faults({"import_delay": 0.5, "transfer_delay": 600})  # in progress until the knob is lowered
     action = do.manager().get_action(image.transfer("syd1")["action"]["id"])
     assert action.status == "in-progress"
+    do.set_faults({"import_delay": 0.5, "transfer_delay": 0})
     assert action.wait(update_every_seconds=0.2)
     assert wait_status(image, "available").regions == ["fra1", "syd1"]
     assert [i.id for i in do.manager().get_images(private=True)] == [image.id]
