@@ -399,6 +399,8 @@ def test_remote_build_mode_under_faults(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_image_digitalocean_refuses_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    """An image DigitalOcean would refuse (a tar inside the gzip) fails on the controller with
+    the reason, before anything is uploaded to B2 or imported; nothing is left."""
     build_id = new_id("t-dorf")
     flake = tmp_path / "refused-flake"
     flake.mkdir()
@@ -408,8 +410,10 @@ def test_image_digitalocean_refuses_leaves_nothing(env: dict[str, str], tmp_path
     assert proc.returncode != 0
     text = flat(proc)
     assert f"Build {build_id} failed; the builder and everything the build created were removed" in text, text[-6000:]
-    assert "We don't support the format of the image you provided" in text, proc.stdout[-6000:]  # DO's message
-    assert "Import it into DigitalOcean" in text  # it got as far as the import
+    # the controller reads the file before uploading it: a tar archive, which DigitalOcean refuses
+    assert "the image is a tar archive" in text, text[-6000:]
+    assert "Upload the image to B2" not in proc.stdout  # nothing went to B2, nothing was imported
+    assert "Import it into DigitalOcean" not in proc.stdout
     assert do_images(build_id) == [] and b2_leftovers(build_id) == []
     assert resources_of(build_id) == []
 
