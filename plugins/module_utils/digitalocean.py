@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 import random
 import re
 import time
@@ -36,6 +35,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from urllib.parse import urljoin, urlsplit
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._tls import (
+    CA_BUNDLE_ENV,
+    VerifyingSession,
+    check_ca_bundle,
+    tls_reason,
+)
 from ansible_collections.nixforge.images.plugins.module_utils.errors import (
     NixforgeError,
     ProviderError,
@@ -68,10 +73,8 @@ try:
 
     CONNECTION_ERRORS: tuple = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     TLS_ERRORS: tuple = (requests.exceptions.SSLError,)
-    _Session: Any = requests.Session
 except ImportError:  # pragma: no cover - python-digitalocean depends on requests
     CONNECTION_ERRORS = TLS_ERRORS = ()
-    _Session = object
 
 __all__ = [
     "API_URL_ENV",
@@ -96,7 +99,6 @@ REQUIRED_LIBRARIES = [("python-digitalocean", HAS_DIGITALOCEAN, DIGITALOCEAN_IMP
 DEFAULT_API_URL = "https://api.digitalocean.com/v2/"
 TOKEN_ENV = ("DIGITALOCEAN_TOKEN", "DO_API_TOKEN")
 API_URL_ENV = ("DIGITALOCEAN_API_URL",)
-CA_BUNDLE_ENV = ("DIGITALOCEAN_CA_BUNDLE",)
 USER_AGENT = "python-digitalocean/%s (nixforge.images)" % DIGITALOCEAN_VERSION
 DEFAULT_POLICY = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=20.0, max_total_delay=120.0)
 REQUEST_TIMEOUT = 60.0
@@ -300,20 +302,6 @@ def translate(
 # -- transport ---------------------------------------------------------------------
 
 
-class VerifyingSession(_Session):  # type: ignore[misc,valid-type]
-    """A requests session that verifies with ``ca_bundle`` whatever the environment says
-    (requests lets REQUESTS_CA_BUNDLE override a session's ``verify``)."""
-
-    def __init__(self, ca_bundle: str) -> None:
-        super().__init__()
-        self.ca_bundle = ca_bundle
-
-    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        settings = super().merge_environment_settings(*args, **kwargs)
-        settings["verify"] = self.ca_bundle
-        return settings
-
-
 class Transport(BaseAPI):  # type: ignore[misc,valid-type]
     """python-digitalocean's BaseAPI, keeping the last response, with a request timeout and
     (optionally) its own CA bundle."""
@@ -366,7 +354,7 @@ class DigitalOceanClient(RetryingClient):
         try:
             return self.transport.get_data(path, type=method, params=dict(params or {}))
         except TLS_ERRORS as exc:  # type: ignore[misc] - before CONNECTION_ERRORS, its parent
-            raise DigitalOceanError(redact(_tls_reason(exc), self.secrets), connection=True, tls=True) from None
+            raise DigitalOceanError(redact(tls_reason(exc), self.secrets), connection=True, tls=True) from None
         except CONNECTION_ERRORS as exc:  # type: ignore[misc]
             raise DigitalOceanError(redact(str(exc), self.secrets), connection=True) from None
         except (DigitalOceanLibraryError, IndexError) as exc:  # IndexError: an error body without id/message
@@ -506,26 +494,6 @@ class DigitalOceanClient(RetryingClient):
     def get_action(self, action_id: Any) -> Optional[Dict[str, Any]]:
         data = self.call("actions/%s" % action_id, what="Reading action %s" % action_id, missing_ok=True)
         return None if data is None else data.get("action")
-
-
-def _tls_reason(exc: BaseException) -> str:
-    """The verification failure in requests' nested SSLError text, else the whole text."""
-    text = str(exc)
-    match = re.search(r"certificate verify failed: [^'\")(]*", text)
-    return match.group(0).strip() if match else text
-
-
-def check_ca_bundle(value: Optional[str]) -> Optional[str]:
-    """``value`` when it is a readable file (or empty: None), else a UserInputError."""
-    if not value:
-        return None
-    if not os.path.isfile(value):
-        raise UserInputError(
-            "%r is not a file" % value,
-            hint="Give the path of a PEM file of CA certificates in 'ca_bundle' (or %s)" % " / ".join(CA_BUNDLE_ENV),
-            parameter="ca_bundle",
-        )
-    return value
 
 
 def digitalocean_client(params: Mapping[str, Any], policy: Optional[RetryPolicy] = None) -> DigitalOceanClient:

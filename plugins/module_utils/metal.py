@@ -312,6 +312,8 @@ def metal_client(params: Mapping[str, Any], policy: Optional[RetryPolicy] = None
         # packet-python has no verify knob; requests reads this for every call of this process.
         os.environ["REQUESTS_CA_BUNDLE"] = ca_bundle
     manager = packet.Manager(auth_token=token)
+    # the collection's requests say who sent them (BaseAPI's prefix; Manager does not pass it on)
+    manager._user_agent_prefix = "nixforge.images "
     manager.end_point = end_point
     return MetalClient(manager, policy=policy, secrets=[token])
 

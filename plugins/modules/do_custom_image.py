@@ -52,7 +52,7 @@ options:
       - URL DigitalOcean fetches the image from (it sends a HEAD request, then a GET). It must be reachable from
         the internet without credentials and must answer HEAD, for example a public bucket URL under an
         unguessable name.
-      - A URL with a query string (a pre-signed or authorized URL) fails before anything is imported:
+      - A URL with a query string (a pre-signed or authorized URL) fails before anything is imported, because
         DigitalOcean reads the file name from the URL's path and refuses such URLs.
       - Required when the build has no image of this name yet; not used when the image is adopted. An image
         whose import failed (status V(deleted)) or that was deleted is never adopted.
@@ -62,7 +62,7 @@ options:
     description:
       - Path on the controller of the image file that O(url) serves (or will serve once uploaded).
       - When given, the file is checked before anything is imported, in check mode too (so before an upload
-        when a check-mode run comes first, as in the C(nixforge.images.do_image_publish) role): its format and
+        when a check-mode run comes first, as in the C(nixforge.images.do_image_publish) role). Its format and
         compression are read from its bytes (raw, qcow2, VHDX, VDI or VMDK, uncompressed or inside gzip or
         bzip2, the only compressions DigitalOcean takes) and its uncompressed size must be under DigitalOcean's
         100 GiB. A file DigitalOcean would refuse fails naming this option, with the reason and the fix.

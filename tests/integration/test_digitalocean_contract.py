@@ -23,6 +23,13 @@ Known differences between the document and the service, applied in memory only:
 Every answer must carry DigitalOcean's ratelimit-* headers; error answers must be the
 document's `error` body (`id`, `message`, and here always `request_id`), except where an
 operation declares its own (a tag name refused by `tags_create`: `error`/`root_causes`).
+
+Every exchange is validated, not only those of a list of operations: a request to a path
+or with a method the document lacks fails the test. Besides the scripted session,
+`test_every_request_of_the_collections_modules_matches_the_spec` validates every request
+the collection's own modules sent to this sandbox instance since it started (the
+emulator's append-only log; the collection's User-Agent says which), so the requests of
+every integration test that ran before it on the instance are checked too.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _specs import find_spec, require_spec
+from _specs import find_spec, recorded, require_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_NAME = "digitalocean-v2.yaml"
@@ -189,7 +196,8 @@ def _validate(api: Any, spec: dict[str, Any], sandbox: DOSandbox, exchanges: lis
     error_schema["required"] = ["id", "message", "request_id"]
     for entry in exchanges:
         operation = _operation_id(spec, entry)
-        if operation not in OPERATIONS:
+        if operation is None:  # not dropped: a request the document does not know is off the contract
+            problems.append(f"{entry['method']} {entry['path']}: no such path and operation in {SPEC_NAME}")
             continue
         seen.add(operation)
         where = f"{operation} {entry['method']} {entry['path']} -> {entry['status']}"
@@ -389,3 +397,37 @@ def test_refusal_leaves_an_errored_action_in_the_documented_shape(spec, sandbox,
     seen = _validate(api, spec, sandbox, sandbox.exchanges())
     assert {"images_create_custom", "images_get", "imageActions_list"} <= seen
     assert sandbox.leftovers() == []
+
+
+COLLECTION_AGENT = "(nixforge.images)"  # in the User-Agent of the collection's DigitalOcean client
+
+
+def test_every_request_of_the_collections_modules_matches_the_spec(spec, sandbox, tmp_path):
+    """do_custom_image and do_build_info through ansible-playbook (import, transfer, look-ups,
+    removal), then every request the collection's modules sent to this instance, from this
+    test and every earlier one, validated against the document."""
+    from test_do_custom_image import play
+
+    api = _openapi(spec, sandbox)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "nixos.qcow2.gz").write_bytes(gzip.compress(qcow2_image(64 * 1024**2)))
+    sandbox.set_faults({"import_delay": 0.3, "transfer_delay": 0.3})
+    try:
+        with FileServer(root) as files:
+            args = {"name": "contract-mod", "build_id": "contract-mod", "ttl": "1h", "region": "nyc3",
+                    "url": files.url("nixos.qcow2.gz"), "regions": ["ams3"], "poll_interval": 0.3}  # fmt: skip
+            results = play(sandbox, tmp_path, [args, {"build_id": "contract-mod", "state": "absent"}])[0]
+    finally:
+        sandbox.set_faults({})
+    assert [r.get("failed", False) for r in results] == [False, False], [r.get("msg") for r in results]
+    exchanges = recorded(sandbox.state, "digitalocean", COLLECTION_AGENT)
+    seen = _validate(api, spec, sandbox, exchanges)
+    for operation in ("regions_list", "images_list", "images_create_custom", "images_get", "imageActions_post",
+                      "actions_get", "images_delete"):  # fmt: skip
+        assert operation in seen, sorted(seen)
+    assert sandbox.leftovers() == []
+    # not dropped: a path the document lacks fails
+    unknown = dict(exchanges[0], path="/v2/images/1/nonsense", method="GET")
+    with pytest.raises(AssertionError, match="no such path and operation"):
+        _validate(api, spec, sandbox, [unknown])

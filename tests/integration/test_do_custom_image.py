@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,117 @@ def test_throttling_and_server_errors_still_succeed(do, files, tmp_path):
     assert gone["deleted"] == [result["image"]["id"]]
     do.set_faults({})
     assert posts(do) >= 1 and len([e for e in do.exchanges() if e["status"] == 202]) == 1
+
+
+# -- as strict as DigitalOcean: certificates, URLs, files, rate limits, lost answers ----------
+
+
+def test_a_certificate_that_does_not_verify_fails_naming_ca_bundle(do, files, tmp_path):
+    """HTTPS only: a CA that did not sign the API's certificate fails at once, naming the
+    option; the sandbox's own CA (DIGITALOCEAN_CA_BUNDLE, from `sandboxctl env`) works."""
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA(organization_name="not the sandbox").cert_pem.write_to_path(str(other))
+    result = play(do, tmp_path, [image_args(files, "it-do-ca", ca_bundle=str(other))])[0][0]
+    assert result["failed"] is True and result["parameter"] == "ca_bundle", result.get("msg")
+    assert "certificate" in result["msg"] and "'ca_bundle'" in result["msg"]
+    assert result["retries"] == 0 and do.exchanges() == []  # no request got through
+    assert mine(do, "it-do-ca") == []
+
+
+def test_a_url_with_a_query_string_fails_before_the_import(do, files, tmp_path):
+    """An authorized (pre-signed) URL: DigitalOcean refuses it, the module says so first."""
+    url = files.url("nixos.qcow2.gz") + "?Authorization=3_20261206_downloadtoken"
+    results, proc = play(do, tmp_path, [image_args(files, "it-do-q", url=url, _check=True),
+                                         image_args(files, "it-do-q", url=url)], verbosity=4)  # fmt: skip
+    for result in results:
+        assert result["failed"] is True and result["parameter"] == "url", result.get("msg")
+        assert "query string" in result["msg"] and "do_image_publish_url_mode=public" in result["msg"]
+    assert "3_20261206_downloadtoken" not in proc.stdout + proc.stderr
+    assert posts(do) == 0 and files.requests == [] and mine(do, "it-do-q") == []
+
+
+def test_an_image_file_digitalocean_would_refuse_fails_before_any_call(do, files, tmp_path):
+    big = tmp_path / "big.qcow2.gz"
+    big.write_bytes(gzip.compress(qcow2_image(101 * 1024 * MIB)))  # a 101 GiB disk in a few KiB
+    good = tmp_path / "nixos.qcow2.gz"
+    good.write_bytes((tmp_path / "www" / "nixos.qcow2.gz").read_bytes())  # what `files` serves
+    refused, checked = play(do, tmp_path, [image_args(files, "it-do-src", src=str(big)),
+                                           image_args(files, "it-do-src", src=str(good), _check=True)])[0]  # fmt: skip
+    assert refused["failed"] is True and refused["parameter"] == "src"
+    assert "over DigitalOcean's limit of 100 GiB" in refused["msg"]
+    assert not checked.get("failed"), checked.get("msg")
+    assert checked["source"]["format"] == "qcow2" and checked["source"]["compression"] == "gzip"
+    assert posts(do) == 0 and files.requests == []
+
+
+def test_a_failed_import_is_not_listed_and_never_adopted(do, files, tmp_path):
+    """DigitalOcean's way: a failed import is `deleted` with an error_message, readable by id
+    but not listed; a re-run with the same name and build imports a new image."""
+    bad = image_args(files, "it-do-fail", url=files.url("random.img.gz"), wait=False)
+    started = play(do, tmp_path, [bad])[0][0]
+    assert not started.get("failed"), started.get("msg")
+    failed_id = started["image"]["id"]
+    image = do.image(id=failed_id)
+    deadline = time.monotonic() + 120
+    while image.load().status != "deleted":  # the import ends on its own
+        assert time.monotonic() < deadline, image.status
+        time.sleep(0.2)
+    assert "We don't support the format" in image.error_message
+    listed = do.manager().get_data("images", params={"private": "true", "tag_name": "nixforge-build-id:it-do-fail"})
+    assert listed["images"] == []
+    again, gone = play(do, tmp_path, [image_args(files, "it-do-fail"), {"build_id": "it-do-fail", "state": "absent"}])[
+        0
+    ]
+    assert not again.get("failed"), again.get("msg")
+    assert again["imported"] is True and again["image"]["id"] != failed_id
+    assert again["image"]["status"] == "available"
+    assert gone["deleted"] == [again["image"]["id"]]
+
+
+def test_a_lost_create_answer_is_adopted_not_imported_twice(do, files, tmp_path):
+    """The emulator applies the POST and loses its answer (a 500): the module finds the
+    image by name and build tag before retrying, so there is exactly one."""
+    do.set_faults({"import_delay": 0.5, "transfer_delay": 0.5, "lost_answer": 1, "match": "^POST /v2/images$"})
+    before = do.served_faults()["lost_answer"]
+    result, gone = play(do, tmp_path, [image_args(files, "it-do-lost"), {"build_id": "it-do-lost", "state": "absent"}])[
+        0
+    ]
+    assert not result.get("failed"), result.get("msg")
+    assert do.served_faults()["lost_answer"] == before + 1
+    assert posts(do) == 1 and result["retries"] >= 1
+    assert gone["deleted"] == [result["image"]["id"]]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"ratelimit_burst": 3, "ratelimit_burst_window": 2.0},  # DigitalOcean's 250/minute, scaled down
+        {"ratelimit_limit": 4, "ratelimit_window": 3.0},  # DigitalOcean's 5,000/hour, scaled down
+    ],
+    ids=["burst", "hourly"],
+)
+def test_rate_limits_are_ridden_through_honouring_retry_after(do, files, tmp_path, limits):
+    """Small limits through the knobs: the module gets 429s with retry-after, waits at
+    least that long before its next request, and succeeds; every answer carries the
+    ratelimit-* headers."""
+    do.set_faults({"import_delay": 0.5, "transfer_delay": 0.5, **limits})
+    before = do.served_faults()["ratelimited"]
+    args = image_args(files, "it-do-rl", regions=["ams3"], poll_interval=0.5)
+    result, gone = play(do, tmp_path, [args, {"build_id": "it-do-rl", "state": "absent"}])[0]
+    do.set_faults({})
+    assert not result.get("failed"), result.get("msg")
+    assert not gone.get("failed"), gone.get("msg")
+    assert do.served_faults()["ratelimited"] > before and result["retries"] > 0
+    exchanges = [e for e in do.exchanges() if e["path"].startswith("/v2/")]
+    throttled = [i for i, e in enumerate(exchanges) if e["status"] == 429]
+    assert throttled
+    for index in throttled:
+        asked = float(exchanges[index]["response_headers"]["retry-after"])
+        later = exchanges[index + 1 :]
+        if later:  # the next request (the same process) came no sooner than asked
+            assert later[0]["at"] - exchanges[index]["at"] >= asked - 0.05, (exchanges[index], later[0])
+    for entry in exchanges:
+        assert {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"} <= set(entry["response_headers"])
+    assert gone["deleted"] == [result["image"]["id"]]

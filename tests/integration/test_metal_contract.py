@@ -11,6 +11,12 @@ Known differences between the document and the service, applied in memory only:
   the service sent `null`.
 Answers with a status the operation does not declare (429, 5xx) are checked against the
 document's `Error` schema.
+
+Every exchange is validated, not only those of a list of operations: a request to a path
+or with a method the document lacks fails the test.
+`test_every_request_of_the_collections_modules_matches_the_spec` validates every request
+the collection's own modules sent to this sandbox instance since it started (the
+emulator's append-only log; the collection's User-Agent prefix says which).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _specs import find_spec, require_spec
+from _specs import find_spec, recorded, require_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = find_spec("equinix-metal-v1.json")
@@ -195,12 +201,13 @@ def _validate(api: Any, spec: dict[str, Any], sandbox: MetalSandbox, exchanges: 
     for entry in exchanges:
         request, response = _as_requests(sandbox, entry)
         oreq = RequestsOpenAPIRequest(request)
+        operation = _operation_id(spec, entry)
         try:
             result = api.unmarshal_request(oreq)
         except (PathNotFound, PathsNotFound):
-            continue
-        operation = _operation_id(spec, entry)
-        if operation not in OPERATIONS:
+            operation = None
+        if operation is None:  # not dropped: a request the document does not know is off the contract
+            problems.append(f"{entry['method']} {entry['path']}: no such path and operation in {SPEC.name}")
             continue
         seen.add(operation)
         where = f"{operation} {entry['method']} {entry['path']} -> {entry['status']}"
@@ -276,3 +283,24 @@ def test_metal_device_module_traffic_matches_the_spec(spec, sandbox, tmp_path):
     for operation in ("createDevice", "findDeviceById", "findProjectDevices", "deleteDevice", "createProjectSSHKey"):
         assert operation in seen
     assert sandbox.leftovers() == []
+
+
+COLLECTION_AGENT = "nixforge.images packet-python/"  # the collection's prefix of packet-python's User-Agent
+
+
+def test_every_request_of_the_collections_modules_matches_the_spec(spec, sandbox, tmp_path):
+    """metal_device through ansible-playbook, then every request the collection's modules
+    sent to this instance (from this test and every earlier one), validated."""
+    api = _openapi(spec, sandbox)
+    keys = write_keys(tmp_path)
+    args = {"build_id": "contract-all", "plan": "c3.small.x86", "metro": "da", **keys}
+    results = sandbox.play(tmp_path, [dict(args), {"build_id": "contract-all", "state": "absent"}])[0]
+    assert [r.get("failed", False) for r in results] == [False, False], [r.get("msg") for r in results]
+    exchanges = recorded(sandbox.state, "metal", COLLECTION_AGENT)
+    seen = _validate(api, spec, sandbox, exchanges)
+    for operation in ("createDevice", "findDeviceById", "findProjectDevices", "deleteDevice", "createProjectSSHKey"):
+        assert operation in seen, sorted(seen)
+    assert sandbox.leftovers() == []
+    unknown = dict(exchanges[0], path="/metal/v1/devices/x/nonsense", method="GET")
+    with pytest.raises(AssertionError, match="no such path and operation"):
+        _validate(api, spec, sandbox, [unknown])

@@ -212,17 +212,66 @@ def check_published(build_id: str, sha256: str, regions: set[str], s: dict[str, 
     return image
 
 
+# Every token the B2 emulator issues (account, upload URL, download authorization) has B2's
+# shape: `4_<key id>_<random>` (`3_...` for a download authorization).
+B2_ISSUED_TOKEN = re.compile(r"\b[34]_[0-9a-f]{12,}_[A-Za-z0-9_-]{30,}")
+SECRET_VARIABLES = ("B2_APPLICATION_KEY", "DIGITALOCEAN_TOKEN", "METAL_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY")
+
+
+def secret_env(env: dict[str, str]) -> dict[str, str]:
+    """The run's environment with AWS credentials of its own (moto takes any): distinctive
+    values that a leak would show, unlike the sandbox's `testing`."""
+    return playbook_env(
+        env,
+        AWS_ACCESS_KEY_ID="AKIA" + secrets.token_hex(8).upper(),
+        AWS_SECRET_ACCESS_KEY="nixforge-aws-" + secrets.token_urlsafe(24),
+    )
+
+
+def assert_no_secret(run_env: dict[str, str], output: str) -> None:
+    """No credential of the run and no token the B2 emulator issued appears in `output`."""
+    for name in SECRET_VARIABLES:
+        assert run_env[name] not in output, f"{name} leaked at -vvvv"
+    leaked = B2_ISSUED_TOKEN.findall(output)
+    assert not leaked, f"a B2 token leaked at -vvvv: {leaked[0][:12]}..."
+    assert "PRIVATE KEY-----" not in output
+
+
+def b2_token(env: dict[str, str]) -> str:
+    """An account token, issued by the sandbox's B2 the way the modules get theirs."""
+    import base64
+    import ssl
+    import urllib.request
+
+    request = urllib.request.Request(env["B2_API_URL"].rstrip("/") + "/b2api/v2/b2_authorize_account")  # noqa: S310
+    basic = base64.b64encode(f"{env['B2_APPLICATION_KEY_ID']}:{env['B2_APPLICATION_KEY']}".encode()).decode()
+    request.add_header("Authorization", "Basic " + basic)
+    context = ssl.create_default_context(cafile=env.get("REQUESTS_CA_BUNDLE"))
+    with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310 - loopback emulator
+        return json.loads(answer.read())["authorizationToken"]
+
+
+def test_the_no_secret_check_has_teeth(env: dict[str, str]) -> None:
+    token = b2_token(env)
+    assert B2_ISSUED_TOKEN.fullmatch(token), token[:12]
+    with pytest.raises(AssertionError, match="B2 token leaked"):
+        assert_no_secret(secret_env(env), f"ok: {{'authorizationToken': '{token}'}}")
+
+
 def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, expected_sha256: str) -> None:
     """Metal builder (as in the seed), build on the builder, three regions, -vvvv: the
     image is available everywhere with the builder's bytes, nothing else is left, no
-    secret is printed. A re-run with the same build id builds and imports nothing."""
+    secret is printed (credentials, and every token B2 issued: account, upload). A re-run
+    with the same build id builds and imports nothing."""
     build_id = new_id("t-do")
+    run_env = secret_env(env)
     try:
         proc = run(
             env,
             tmp_path,
             build_id,
             "-vvvv",
+            run_env=run_env,
             builder_host_provider="equinix_metal",
             do_image_publish_regions=["sfo3", "ams3"],
         )
@@ -235,9 +284,7 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
         assert "already imported" not in s["Image id"]
         assert s["Builder"].startswith("c3.small.x86 (equinix_metal")
         assert "USD" in s["Cost (est)"]
-        for name in ("B2_APPLICATION_KEY", "DIGITALOCEAN_TOKEN", "METAL_AUTH_TOKEN"):
-            assert env[name] not in output, f"{name} leaked at -vvvv"
-        assert "PRIVATE KEY-----" not in output
+        assert_no_secret(run_env, output)  # the upload got its account and upload tokens from B2
         assert not (tmp_path / "state").exists()
         # b2_object took the fetch's verified sha256 from its record: the image was not hashed again
         assert re.search(r"\bsha256_checked\W+record\b", output)
@@ -253,6 +300,39 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
     finally:
         delete_images(env, build_id)
     assert resources_of(build_id) == []
+
+
+def test_authorized_url_mode_fails_before_anything_saying_so_and_leaks_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`url_mode: authorized` gives a URL with a query string, which DigitalOcean refuses:
+    the preflight says so before a builder is rented or anything uploaded, at -vvvv without a
+    secret. The same URL made by b2_object (as the role does, `no_log`) leaks no download
+    authorization either."""
+    build_id = new_id("t-doauth")
+    run_env = secret_env(env)
+    proc = run(env, tmp_path, build_id, "-vvvv", run_env=run_env, do_image_publish_url_mode="authorized")
+    assert proc.returncode != 0
+    text = flat(proc)
+    assert "do_image_publish_url_mode: " in text and "query string" in text, text[-5000:]
+    assert "TASK [nixforge.images.builder_host : " not in proc.stdout
+    assert resources_of(build_id) == [] and b2_leftovers(build_id) == []
+    assert_no_secret(run_env, proc.stdout + proc.stderr)
+
+    image = tmp_path / "nixos.qcow2.gz"
+    image.write_bytes(gzip.compress(b"\0" * 4096))
+    upload = {"bucket": env["NIXFORGE_SANDBOX_B2_PRIVATE_BUCKET"], "build_id": build_id, "ttl": "1h"}
+    play = tmp_path / "authorized.yml"
+    play.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"nixforge.images.b2_object": {**upload, "src": str(image), "url_mode": "authorized"},
+         "no_log": True, "register": "uploaded"},
+        {"ansible.builtin.assert": {"that": ["'Authorization=' in uploaded.url"], "quiet": True}},
+        {"nixforge.images.b2_object": {**upload, "state": "absent"}},
+    ]}]))  # fmt: skip
+    done = run_playbook(play, run_env, None, "-vvvv")
+    assert done.returncode == 0, done.stdout[-5000:]
+    assert_no_secret(run_env, done.stdout + done.stderr)
+    assert b2_leftovers(build_id) == []
 
 
 def test_remote_build_mode_under_faults(env: dict[str, str], tmp_path: Path) -> None:
@@ -325,6 +405,8 @@ def test_remote_build_mode_under_faults(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_image_digitalocean_refuses_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    """An image DigitalOcean would refuse (a tar inside the gzip) fails on the controller with
+    the reason, before anything is uploaded to B2 or imported; nothing is left."""
     build_id = new_id("t-dorf")
     flake = tmp_path / "refused-flake"
     flake.mkdir()
@@ -334,8 +416,10 @@ def test_image_digitalocean_refuses_leaves_nothing(env: dict[str, str], tmp_path
     assert proc.returncode != 0
     text = flat(proc)
     assert f"Build {build_id} failed; the builder and everything the build created were removed" in text, text[-6000:]
-    assert "We don't support the format of the image you provided" in text, proc.stdout[-6000:]  # DO's message
-    assert "Import it into DigitalOcean" in text  # it got as far as the import
+    # the controller reads the file before uploading it: a tar archive, which DigitalOcean refuses
+    assert "the image is a tar archive" in text, text[-6000:]
+    assert "Upload the image to B2" not in proc.stdout  # nothing went to B2, nothing was imported
+    assert "Import it into DigitalOcean" not in proc.stdout
     assert do_images(build_id) == [] and b2_leftovers(build_id) == []
     assert resources_of(build_id) == []
 

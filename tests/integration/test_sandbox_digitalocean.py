@@ -53,7 +53,8 @@ def do(sandbox):
 def files(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    with FileServer(root, forbidden=("forbidden.qcow2.gz",)) as server:
+    no_head = {"no-head-405.img": 405, "no-head-501.img": 501}
+    with FileServer(root, forbidden=("forbidden.qcow2.gz",), no_head=no_head) as server:
         server.root = root
         yield server
 
@@ -90,8 +91,10 @@ def test_import_transfer_delete(do, files):
     assert listed["sha256"] == hashlib.sha256(body).hexdigest() and listed["format"] == "qcow2"
     assert listed["tags"] == ["nixforge-build-id:it1", "nixforge-pipeline:do"]
 
+    do.set_faults({"import_delay": 0.5, "transfer_delay": 600})  # in progress until the knob is lowered
     action = do.manager().get_action(image.transfer("syd1")["action"]["id"])
     assert action.status == "in-progress"
+    do.set_faults({"import_delay": 0.5, "transfer_delay": 0})
     assert action.wait(update_every_seconds=0.2)
     assert wait_status(image, "available").regions == ["fra1", "syd1"]
     assert [i.id for i in do.manager().get_images(private=True)] == [image.id]
@@ -107,6 +110,8 @@ def refusal_cases(files: FileServer) -> dict[str, tuple[str, str]]:
     (files.root / "forbidden.qcow2.gz").write_bytes(gzip.compress(qcow2_image(GIB)))
     (files.root / "big.img").write_bytes(mbr_image(2 * 1024 * 1024))
     (files.root / "ok.img").write_bytes(mbr_image())
+    for name in ("no-head-405.img", "no-head-501.img"):
+        (files.root / name).write_bytes(mbr_image())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
@@ -118,11 +123,14 @@ def refusal_cases(files: FileServer) -> dict[str, tuple[str, str]]:
         "outside the machine": ("http://192.0.2.10/disk.img", "network unreachable"),
         "too large": (files.url("big.img"), "larger than the maximum size"),
         "query string": (files.url("ok.img") + "?Authorization=xyz", "query string"),
+        "no HEAD (405)": (files.url("no-head-405.img"), "answered 405"),
+        "no HEAD (501)": (files.url("no-head-501.img"), "answered 501"),
     }
 
 
 def test_every_refusal_is_reported_like_digitalocean_and_leaves_nothing(do, files):
-    do.set_faults({"import_delay": 0.3, "size_limit": 1024 * 1024, "refuse_query_urls": True})
+    # refuse_query_urls is on by default, as DigitalOcean reads the file name from the path
+    do.set_faults({"import_delay": 0.3, "size_limit": 1024 * 1024})
     images = {}
     for case, (url, _message) in refusal_cases(files).items():
         images[case] = do.image(name=case.replace(" ", "-"), url=url, region="nyc3")
@@ -132,6 +140,8 @@ def test_every_refusal_is_reported_like_digitalocean_and_leaves_nothing(do, file
         image = wait_status(images[case], "deleted")
         assert message in image.error_message, (case, image.error_message)
         assert image.regions == []
+    # a server without HEAD got no GET: DigitalOcean stops at the HEAD
+    assert [m for m, p in files.requests if p.startswith("/no-head-")] == ["HEAD", "HEAD"]
     assert do.manager().get_my_images() == []
     assert do.do_resources() == []
 

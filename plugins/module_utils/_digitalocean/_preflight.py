@@ -93,10 +93,11 @@ def _compression(magic: bytes) -> Optional[str]:
         return "bzip2"
     for signature, offset, name, fix in OTHER_COMPRESSIONS:
         if magic[offset : offset + len(signature)] == signature:
-            raise ImageRefused(
-                "the image is %s; DigitalOcean takes images uncompressed or compressed with gzip or bzip2 only" % name,
-                "Recompress it, for example: %s" % fix,
-            )
+            if name.startswith("a "):
+                reason = "the image is %s, not a disk image; DigitalOcean imports the disk image itself" % name
+            else:
+                reason = "the image is compressed with %s; DigitalOcean takes gzip, bzip2 or no compression" % name
+            raise ImageRefused(reason, "For example: %s" % fix)
     return None
 
 

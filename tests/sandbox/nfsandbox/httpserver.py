@@ -11,24 +11,32 @@ import json
 import logging
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 MAX_EXCHANGES = 5000
 
 
 class Recorder:
-    """The last requests and answers (without the auth header), oldest first."""
+    """The last requests and answers (without the auth header), oldest first; with
+    ``log_path`` every one is also appended there as a JSON line, never cleared (the
+    contract tests validate all the requests a sandbox instance answered)."""
 
-    def __init__(self, secret_header: str) -> None:
+    def __init__(self, secret_header: str, log_path: Path | None = None) -> None:
         self.secret_header = secret_header.lower()
         self.lock = threading.Lock()
         self.items: list[dict[str, Any]] = []
+        self.log_path = log_path
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(
         self, method: str, path: str, headers: dict[str, str], body: bytes, status: int, payload: Any, extra: Any
     ) -> None:
         entry = {
+            "at": time.time(),  # when it was answered: tests check the waits clients keep
             "method": method,
             "path": path,
             "request_headers": {k: v for k, v in headers.items() if k.lower() != self.secret_header},
@@ -40,6 +48,9 @@ class Recorder:
         with self.lock:
             self.items.append(entry)
             del self.items[:-MAX_EXCHANGES]
+            if self.log_path is not None:
+                with self.log_path.open("a") as log:
+                    log.write(json.dumps(entry, default=str) + "\n")
 
     def list(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -201,11 +201,13 @@ def test_get_update_delete_with_and_without_trailing_slash(do):
 
 
 def test_transfer_adds_the_region_after_the_action_completes(do):
+    do.api.set_faults({"import_delay": 60, "transfer_delay": 0.3})  # NEW for as long as the test needs
     image = do.image(name="t", url=do.serve("d.img", mbr_image()), region="nyc3")
     image.create()
     early = do.raw("POST", f"/v2/images/{image.id}/actions", json={"type": "transfer", "region": "ams3"})
     assert early.status_code == 422  # still NEW
-    do.wait(image, "available")
+    do.api.set_faults({"import_delay": 0, "transfer_delay": 0.3})  # the import's wait ends
+    do.wait(image, "available", timeout=120)
     action = image.transfer("ams3")["action"]
     assert action["status"] == "in-progress" and action["region_slug"] == "ams3"
     same = do.raw("GET", f"/v2/images/{image.id}/actions/{action['id']}").json()["action"]
@@ -316,16 +318,25 @@ def test_rate_limit_budget_and_headers(do):
     assert do.api.faults.snapshot()["served"]["ratelimited"] == 1
 
 
-def test_the_burst_limit_answers_429_with_retry_after_and_frees_as_requests_expire(do):
-    """250 a minute on DigitalOcean; here 2 a second: each request counts for its own window."""
-    do.api.set_faults({"ratelimit_burst": 2, "ratelimit_burst_window": 1.0})
-    first, second, third = (do.raw("GET", "/v2/account") for _attempt in range(3))
+def test_the_burst_limit_answers_429_with_retry_after_and_frees_as_requests_expire(do, monkeypatch):
+    """250 a minute on DigitalOcean; here 2 in 10 s: each request counts for its own window.
+    The emulator's clock is the test's, so nothing depends on how fast requests go."""
+    import nfsandbox.digitalocean.api as api_module
+
+    clock = [time.time()]
+    monkeypatch.setattr(api_module, "now", lambda: clock[0])
+    do.api.set_faults({"ratelimit_burst": 2, "ratelimit_burst_window": 10.0})
+    first = do.raw("GET", "/v2/account")
+    clock[0] += 4
+    second, third = (do.raw("GET", "/v2/account") for _attempt in range(2))
     assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
-    assert third.headers["ratelimit-remaining"] == "0" and third.headers["retry-after"] == "1"
+    # the oldest counted request expires 10 s after it was made: 6 s from now
+    assert third.headers["ratelimit-remaining"] == "0" and third.headers["retry-after"] == "6"
     assert third.headers["ratelimit-limit"] == "5000"  # the hourly budget is not used up
     assert all(h in a.headers for a in (first, third) for h in ("ratelimit-limit", "ratelimit-reset"))
-    time.sleep(float(third.headers["retry-after"]))  # what the answer asked for
+    clock[0] += 6  # what the answer asked for
     assert do.raw("GET", "/v2/account").status_code == 200
+    assert do.raw("GET", "/v2/account").status_code == 429  # the second request still counts
 
 
 def test_a_throttle_fault_carries_retry_after(do):

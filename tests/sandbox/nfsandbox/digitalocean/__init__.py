@@ -54,7 +54,12 @@ class Provider(EmulatorProvider):
             raise RuntimeError("the DigitalOcean emulator needs the sandbox CA (HTTPS only)")
         context = self.sandbox.ca.server_context("127.0.0.1", "localhost")
         self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)])
-        self.http = DigitalOceanHTTPServer(self.api, context, "127.0.0.1", self.sandbox.port("digitalocean"))
+        # every exchange, for the contract test (tests/integration/test_digitalocean_contract.py)
+        state_dir = getattr(self.sandbox, "state_dir", None)
+        log_path = Path(state_dir) / "exchanges" / "digitalocean.jsonl" if state_dir else None
+        self.http = DigitalOceanHTTPServer(
+            self.api, context, "127.0.0.1", self.sandbox.port("digitalocean"), log_path=log_path
+        )
         self.http.start()
         endpoint = self.api.base_url
         log.info("DigitalOcean emulator listening on %s", endpoint)

@@ -7,7 +7,8 @@ or REQUESTS_CA_BUNDLE. python-digitalocean takes the whole end point URL
 
 Not part of the DigitalOcean API (the emulator's token is required): `GET
 /_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them); the
-contract test validates them against DigitalOcean's OpenAPI document. `GET
+contract test validates them against DigitalOcean's OpenAPI document. Every exchange is
+also appended to `<state dir>/exchanges/digitalocean.jsonl` (never cleared). `GET
 /_sandbox/droplets` shows each droplet's status, error, QEMU/metadata PIDs, accelerator
 and serial console log.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -67,7 +69,12 @@ class _Handler(Handler):
 
 class DigitalOceanHTTPServer(EmulatorServer):
     def __init__(
-        self, api: DigitalOceanAPI, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0
+        self,
+        api: DigitalOceanAPI,
+        ssl_context: ssl.SSLContext,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
     ) -> None:
         super().__init__(
             _Handler,
@@ -76,7 +83,7 @@ class DigitalOceanHTTPServer(EmulatorServer):
             port,
             ssl_context=ssl_context,
             api=api,
-            recorder=Recorder("authorization"),
+            recorder=Recorder("authorization", log_path),
         )
         host_, port_ = self.address
         api.base_url = f"https://{host_}:{port_}"

@@ -90,9 +90,7 @@ def check_url(url: str, networks: Iterable[str], refuse_query: bool = False) -> 
         raise ImportRefused(msg_unreachable(url, "only http and https URLs can be imported"))
     if refuse_query and parts.query:
         raise ImportRefused(
-            msg_unreachable(
-                url, "URLs with a query string are not accepted: the file name is read from the URL's path"
-            )
+            msg_unreachable(url, "URLs with a query string are not accepted: the file name is read from the URL's path")
         )
     host = parts.hostname
     if host == "localhost":

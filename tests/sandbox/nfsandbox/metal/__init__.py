@@ -55,6 +55,7 @@ import os
 import re
 import subprocess
 import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -111,7 +112,9 @@ class Provider(EmulatorProvider):
             raise RuntimeError("the Metal emulator needs the sandbox CA (HTTPS only)")
         context = self.sandbox.ca.server_context("127.0.0.1", "localhost")
         self.api = MetalAPI(_PoolBackend(self.sandbox))
-        self.http = MetalHTTPServer(self.api, context, "127.0.0.1", self.sandbox.port("metal"))
+        state_dir = getattr(self.sandbox, "state_dir", None)
+        log_path = Path(state_dir) / "exchanges" / "metal.jsonl" if state_dir else None
+        self.http = MetalHTTPServer(self.api, context, "127.0.0.1", self.sandbox.port("metal"), log_path=log_path)
         self.http.start()
         host, port = self.http.address
         endpoint = f"{host}:{port}"

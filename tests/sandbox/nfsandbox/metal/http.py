@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -61,7 +62,13 @@ class _Handler(Handler):
 
 
 class MetalHTTPServer(EmulatorServer):
-    def __init__(self, api: MetalAPI, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(
-            _Handler, "metal-https", host, port, ssl_context=ssl_context, api=api, recorder=Recorder("x-auth-token")
-        )
+    def __init__(
+        self,
+        api: MetalAPI,
+        ssl_context: ssl.SSLContext,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
+    ) -> None:
+        recorder = Recorder("x-auth-token", log_path)  # log_path: every exchange, for the contract test
+        super().__init__(_Handler, "metal-https", host, port, ssl_context=ssl_context, api=api, recorder=recorder)
