@@ -89,10 +89,13 @@ partitions:
     start: {description: Offset in the image in bytes., type: int}
     size: {description: Size in bytes., type: int}
     bootable: {description: The MBR's active flag., type: bool}
-    checks: {description: "What was checked and its result, e.g. C(e2fsck -fn: exit 0).", type: list, elements: str}
+    checks:
+      description: "What was checked and its result, e.g. C(e2fsck -fn: exit 0)."
+      type: list
+      elements: str
     summary: {description: One line for humans., type: str}
 summary:
-  description: One line per partition, e.g. C(2: ext4 NIXOS_SD, 1.9 GiB at 38.0 MiB (type 0x83 Linux, bootable)).
+  description: "One line per partition, e.g. C(2: ext4 NIXOS_SD, 1.9 GiB at 38.0 MiB (type 0x83 Linux, bootable))."
   returned: success
   type: list
   elements: str
