@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
+from ansible.errors import AnsibleError
+from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.nixforge.images.plugins.plugin_utils._preflight import problems, role_spec
 
@@ -29,9 +31,15 @@ class ActionModule(ActionBase):
         names = {"nixos_image_build_mode"}
         for role in ROLES:
             names.update(role_spec(role))
-        values = self._templar.template({k: task_vars[k] for k in sorted(names) if k in task_vars})
+        values: Dict[str, Any] = {}
+        unusable = []
+        for name in sorted(n for n in names if n in task_vars):
+            try:
+                values[name] = self._templar.template(task_vars[name])
+            except AnsibleError as exc:  # e.g. an undefined variable inside the value
+                unusable.append("%s cannot be evaluated: %s" % (name, to_text(exc).splitlines()[0]))
         mode = str(values.get("nixos_image_build_mode", "builder"))
-        found = problems(values, mode, os.getcwd())
+        found = unusable or problems(values, mode, os.getcwd())
         result.update(changed=False, problems=found)
         if len(found) == 1:
             result.update(failed=True, msg="Nothing was created: %s" % found[0])
