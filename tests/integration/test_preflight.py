@@ -129,7 +129,7 @@ def test_bad_input_fails_before_anything_is_created(
 
 def test_good_input_passes_the_preflight_and_reaches_the_provider(env: dict[str, str], tmp_path: Path) -> None:
     """The counterpart: the same run with good input gets past the preflight to EC2 (here
-    stopped by a capacity fault, so nothing is built): the counters do see requests."""
+    stopped by a spot capacity fault, so nothing is built): the counters do see requests."""
     build_id = new_id("t-pre-ok")
     variables = {
         "nixforge_build_id": build_id,
@@ -137,7 +137,7 @@ def test_good_input_passes_the_preflight_and_reaches_the_provider(env: dict[str,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "nixos_image_flake": "nixforge:sandbox",
     }
-    set_faults(env, "ec2", {**COUNT_EVERY_REQUEST, "capacity": [{}]})
+    set_faults(env, "ec2", {**COUNT_EVERY_REQUEST, "capacity": [{"market": "spot"}]})
     try:
         proc = run(env, tmp_path, SD, variables)
         requests = ec2_requests(env)
@@ -148,4 +148,6 @@ def test_good_input_passes_the_preflight_and_reaches_the_provider(env: dict[str,
     preflight = [r for r in recorded if r["task"].endswith("Check the build's inputs on the controller")]
     assert [r["status"] for r in preflight] == ["ok"], preflight
     assert requests, "the provider was never asked: the counters would prove nothing"
+    message = " ".join(str(failures(recorded)[-1]["result"].get("msg", "")).split())
+    assert "provisioning the builder failed" in message and "InsufficientInstanceCapacity" in message, message
     assert resources_of(build_id) == []
