@@ -42,6 +42,50 @@ def _local_path(path: str, cwd: str) -> str:
     return path if path.startswith("/") else os.path.normpath(os.path.join(cwd, path))
 
 
+def _shipped(name: str, images_dir: str) -> str:
+    """The directory of a definition shipped with the role (`nixforge:NAME`)."""
+    try:
+        shipped = sorted(d for d in os.listdir(images_dir) if os.path.isfile(os.path.join(images_dir, d, "flake.nix")))
+    except OSError:
+        shipped = []
+    if name not in shipped:
+        raise InputError(
+            "nixos_image_flake: nixforge:%s is not a definition shipped with the collection; the shipped ones are %s"
+            " (or give a flake directory or a flake reference)." % (name, ", ".join("nixforge:" + d for d in shipped))
+        )
+    return os.path.join(images_dir, name)
+
+
+MODULE_HINT = (
+    "Give a NixOS module file (like the seed's config/sd-image.nix) or a directory whose default.nix is the module."
+)
+
+
+def _check_module(path: str) -> None:
+    """The module exists and every file of it can be read (it is copied to the builder)."""
+    if not os.path.exists(path):
+        raise InputError("nixos_image_module: %s does not exist on the controller. %s" % (path, MODULE_HINT))
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "default.nix")):
+        raise InputError("nixos_image_module: %s is a directory without default.nix. %s" % (path, MODULE_HINT))
+    files = [path] if not os.path.isdir(path) else []
+    for root, _dirs, names in os.walk(path):
+        files += [os.path.join(root, n) for n in names]
+    for name in files:
+        if not os.path.isfile(name):
+            raise InputError(
+                "nixos_image_module: %s is not a regular file (a broken link, a device or a pipe); the module's files"
+                " are copied to the builder. %s" % (name, MODULE_HINT)
+            )
+        try:
+            with open(name, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise InputError(
+                "nixos_image_module: %s cannot be read on the controller (%s); the module's files are copied to the"
+                " builder. Make it readable by the user running ansible-playbook." % (name, exc.strerror or exc)
+            ) from None
+
+
 def resolve(
     kind: str, flake: str, attribute: str, module: str, images_dir: str, cwd: str, work_dir: str
 ) -> Dict[str, Any]:
@@ -54,7 +98,7 @@ def resolve(
     if flake == "":
         local_flake = os.path.join(images_dir, spec["definition"])
     elif flake.startswith("nixforge:"):
-        local_flake = os.path.join(images_dir, flake[len("nixforge:") :])
+        local_flake = _shipped(flake[len("nixforge:") :], images_dir)
     elif flake.startswith(("path:", "/", "./", "../", "~")):
         local_flake = _local_path(flake[5:] if flake.startswith("path:") else flake, cwd)
     else:
@@ -71,16 +115,8 @@ def resolve(
             " its flake.nix as ./nixforge-module); %s is fetched by Nix itself. Put the module into that flake, or give"
             " a local flake directory." % flake
         )
-    if local_module and not os.path.exists(local_module):
-        raise InputError(
-            "nixos_image_module: %s does not exist on the controller. Give a NixOS module file (like the seed's"
-            " config/sd-image.nix) or a directory whose default.nix is the module." % local_module
-        )
-    if local_module and os.path.isdir(local_module) and not os.path.isfile(os.path.join(local_module, "default.nix")):
-        raise InputError(
-            "nixos_image_module: %s is a directory without default.nix. Give a NixOS module file (like the seed's"
-            " config/sd-image.nix) or a directory whose default.nix is the module." % local_module
-        )
+    if local_module:
+        _check_module(local_module)
     work = work_dir.rstrip("/") or "/"
     if not work.startswith("/") or work == "/":
         raise InputError("nixos_image_work_dir must be an absolute path below /, got %r." % work_dir)

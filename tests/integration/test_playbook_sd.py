@@ -109,7 +109,7 @@ def summary(tmp_path: Path) -> dict[str, str]:
     for line in lines:
         key, _sep, value = " ".join(line.split()).partition(": ")
         out[key] = value.strip()
-    keys = {"Image", "Size", "sha256", "Builder", "Timings", "Price", "Elapsed", "Cost (est)", "Build id"}
+    keys = {"Image", "Size", "sha256", "Partitions", "Builder", "Timings", "Price", "Elapsed", "Cost (est)", "Build id"}
     assert keys <= set(out), out
     return out
 
@@ -136,6 +136,8 @@ def test_end_to_end_with_vvvv(env: dict[str, str], tmp_path: Path) -> None:
     # the sha256 the builder computed (reported in the summary) is the fetched file's
     check_image(image, s["sha256"])
     assert str(image.stat().st_size) in s["Size"]
+    # checked on the controller (sd_image_check): both partitions named with file system and label
+    assert re.fullmatch(r"1: FAT32 FIRMWARE, .*; 2: ext4 NIXOS_SD, .*\(type 0x83 Linux, bootable\)", s["Partitions"]), s
     assert "USD/h" in s["Price"] and s["Cost (est)"].endswith("USD")
     # the cost is the builder's time (start to teardown) at its price, not the whole run's
     up = int(re.search(r"builder up (\d+) s", s["Timings"]).group(1))
@@ -172,6 +174,7 @@ def test_remote_build_mode(env: dict[str, str], tmp_path: Path) -> None:
     assert image.parent == tmp_path / "artifacts"
     check_image(image, expected.hexdigest())
     assert s["sha256"] == expected.hexdigest()
+    assert s["Partitions"].startswith("1: FAT32 FIRMWARE, "), s  # the image copied out of the store is checked too
     # the output is in the builder's store: the builder built it (the controller has no build slots)
     address = s["Built on"].split()[0]
     assert s["Built on"] == f"{address} (remote build from the controller)", s

@@ -1,0 +1,51 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin: check every input of a pipeline's build that the controller alone can
+judge, before anything is created (plugin_utils/_preflight.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from ansible.errors import AnsibleError
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._preflight import problems, role_spec
+
+ARGUMENT_SPEC: Dict[str, Any] = {}
+# The roles whose variables a pipeline's build uses (their main entry points).
+ROLES = ("nixos_image", "nix_bootstrap", "nix_remote_builder")
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        # The role variables as this task sees them (play vars, -e, role defaults), templated.
+        names = {"nixos_image_build_mode"}
+        for role in ROLES:
+            names.update(role_spec(role))
+        values: Dict[str, Any] = {}
+        unusable = []
+        for name in sorted(n for n in names if n in task_vars):
+            try:
+                values[name] = self._templar.template(task_vars[name])
+            except AnsibleError as exc:  # e.g. an undefined variable inside the value
+                unusable.append("%s cannot be evaluated: %s" % (name, to_text(exc).splitlines()[0]))
+        mode = str(values.get("nixos_image_build_mode", "builder"))
+        found = unusable or problems(values, mode, os.getcwd())
+        result.update(changed=False, problems=found)
+        if len(found) == 1:
+            result.update(failed=True, msg="Nothing was created: %s" % found[0])
+        elif found:
+            listed = " ".join("(%d) %s" % (i + 1, p) for i, p in enumerate(found))
+            result.update(failed=True, msg="Nothing was created: %d problems: %s" % (len(found), listed))
+        else:
+            result["msg"] = "The inputs the controller can check are fine."
+        return result
