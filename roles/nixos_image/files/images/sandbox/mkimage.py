@@ -20,9 +20,10 @@ OUT/nix-support/hydra-build-products, as nixpkgs' image builders do. Module swit
 `# nixforge-sandbox-build-seconds: N` (the build lasts N more seconds) and
 `# nixforge-sandbox-break-init: true` (an image whose init fails: no SSH ever).
 
-Deterministic: the same inputs give the same bytes (fixed UUIDs, hash seeds, volume ids,
-time stamps). Nothing here needs root: file systems are made from directories
-(`mke2fs -d`, `mkfs.vfat` + `mcopy`) and the boot sector is written in Python.
+Deterministic: the same inputs and the same tool versions (the builder's Debian suite)
+give the same bytes (fixed UUIDs, hash seeds, volume ids, time stamps, owners, and a
+sorted fill order). Nothing here needs root: file systems are made in image files
+(`mke2fs` then `debugfs`, `mkfs.vfat` then `mcopy`) and the boot sector is written in Python.
 """
 
 from __future__ import annotations
