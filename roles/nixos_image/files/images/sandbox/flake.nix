@@ -1,8 +1,8 @@
 # Sandbox image definitions: small, real, bootable images of the real formats, built offline.
 #
 # No nixpkgs and no network: each image is a plain `builtins.derivation` run by the
-# builder host's own /bin/sh, python3 and image tools (mke2fs, mkfs.vfat, mcopy, zstd,
-# grub-mkimage), so Nix must run with `sandbox = false` (as nix_bootstrap sets it up for
+# builder host's own /bin/sh, python3 and image tools (mke2fs, debugfs, mkfs.vfat, mcopy,
+# zstd, grub-mkimage), so Nix must run with `sandbox = false` (as nix_bootstrap sets it up for
 # the sandbox). `mkimage.py` assembles the images; `guest/` holds the scripts that run in
 # the DigitalOcean image (initramfs, init, DHCP hook, GRUB menu).
 #
