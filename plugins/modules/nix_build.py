@@ -143,7 +143,9 @@ interrupted:
   type: dict
   sample: {provider: ec2, market: spot, notice: '{"action": "terminate", "time": "2026-12-06T22:00:00Z"}'}
 exit_code:
-  description: Exit code of a failed build (none when it was stopped at the timeout by the controller; -1 when the build process vanished without one; -2 when EC2 gave a spot interruption notice).
+  description:
+    - Exit code of a failed build. None when the controller stopped it at the timeout; -1 when the build
+      process vanished without one; -2 when EC2 gave a spot interruption notice.
   returned: failure
   type: int
 """
