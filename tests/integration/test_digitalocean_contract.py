@@ -17,6 +17,9 @@ Known differences between the document and the service, applied in memory only:
 - paths are validated without their trailing slash: python-digitalocean requests
   `images/`, `images/<id>/`, `images/<id>/actions/`, which the service accepts as the
   same resources the document lists without the slash.
+- `ssh_key_identifier` (the path parameter of /v2/account/keys/{...}) is `anyOf` an integer
+  id and a fingerprint, which openapi-core cannot take from a path; it is checked as one
+  string pattern covering both instead.
 Every answer must carry DigitalOcean's ratelimit-* headers; error answers must be the
 document's `error` body (`id`, `message`, and here always `request_id`), except where an
 operation declares its own (a tag name refused by `tags_create`: `error`/`root_causes`).
@@ -70,6 +73,12 @@ OPERATIONS = {
     "droplets_get",
     "droplets_destroy",
     "droplets_destroy_byTag",
+    "sshKeys_list",
+    "sshKeys_create",
+    "sshKeys_get",
+    "sshKeys_update",
+    "sshKeys_delete",
+    "sizes_list",
 }
 RATELIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 
@@ -105,6 +114,12 @@ def _openapi(spec: dict[str, Any], sandbox: DOSandbox) -> Any:
             "properties": {"action": {"$ref": "#/components/schemas/action"}},
             "required": ["action"],
         }
+    # openapi-core cannot read a path parameter typed `anyOf` (id or fingerprint): the same
+    # choice as one pattern
+    doc["components"]["parameters"]["ssh_key_identifier"]["schema"] = {
+        "type": "string",
+        "pattern": "^([0-9]+|[0-9a-f]{2}(:[0-9a-f]{2}){15})$",
+    }
     # upstream nits outside the operations we use (see the specs README): no document validation
     return OpenAPI.from_dict(doc, config=Config(spec_validator_cls=None))
 
@@ -259,6 +274,7 @@ def _produce_traffic(sandbox: DOSandbox, files: FileServer) -> None:
     assert raw("DELETE", f"/v2/droplets/{first.id}").status_code == 204
     assert raw("DELETE", "/v2/droplets", params={"tag_name": "nixforge-build-id:contract"}).status_code == 204
     assert raw("GET", f"/v2/droplets/{second.id}").status_code == 404
+    _droplet_of_a_custom_image(sandbox, manager, raw, image.id)
     # error answers: 401, 404, 422, 400, 429, 500, 503
     assert raw("GET", "/v2/account", token="dop_v1_wrong").status_code == 401
     assert raw("GET", "/v2/images/1").status_code == 404
@@ -278,6 +294,35 @@ def _produce_traffic(sandbox: DOSandbox, files: FileServer) -> None:
     sandbox.set_faults({})
     image.destroy()
     assert raw("DELETE", f"/v2/images/{image.id}").status_code == 404
+
+
+def _droplet_of_a_custom_image(sandbox: DOSandbox, manager: Any, raw: Any, image_id: int) -> None:
+    """Account keys and a droplet that boots the imported image (it has no boot loader: the
+    droplet is active all the same), as the boot check uses them."""
+    from digitalocean import SSHKey
+
+    public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1aYlYzHgUOcZzsDVdfBFiUiUhmyj1D7LtV5bwHfkU contract"
+    key = SSHKey(token=sandbox.token, end_point=sandbox.api_url, name="contract", public_key=public)
+    key.create()
+    key.load()  # create() keeps only the id
+    assert raw("POST", "/v2/account/keys", json={"name": "again", "public_key": public}).status_code == 422
+    manager.get_all_sshkeys()
+    raw("GET", f"/v2/account/keys/{key.fingerprint}")
+    raw("PUT", f"/v2/account/keys/{key.id}", json={"name": "contract-renamed"})
+    raw("GET", "/v2/sizes")
+    body = {"name": "contract-boot", "region": "nyc3", "size": "s-1vcpu-512mb-10gb", "image": image_id}
+    body.update(ssh_keys=[key.fingerprint], user_data="#cloud-config\n", tags=["nixforge-build-id:contract"])
+    assert raw("POST", "/v2/droplets", json={**body, "size": "s-99"}).status_code == 422
+    created = raw("POST", "/v2/droplets", json=body)
+    assert created.status_code == 202, created.text
+    droplet = created.json()["droplet"]
+    deadline = time.time() + 120
+    while raw("GET", f"/v2/droplets/{droplet['id']}").json()["droplet"]["status"] == "new":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert raw("DELETE", f"/v2/droplets/{droplet['id']}").status_code == 204
+    key.destroy()
+    assert raw("GET", f"/v2/account/keys/{key.id}").status_code == 404
 
 
 def test_python_digitalocean_traffic_matches_the_spec(spec, sandbox, tmp_path):

@@ -3,7 +3,10 @@
 Pieces: `catalog.py` (regions, distributions, public images), `faults.py` (fault knobs
 and the counters of faults served), `importer.py` (fetching and inspecting a custom
 image's URL), `api.py` (state and request handling), `http.py` (HTTP front and the
-exchange recorder), `testing.py` (helpers for tests).
+exchange recorder), `testing.py` (helpers for tests), `keys.py` (account SSH keys),
+`droplets.py` (droplets' states and views), `machine.py` (a droplet's namespace,
+metadata service and QEMU), `qemu.py` (accelerator probe, disk, command line),
+`metadata.py` (the metadata service, also a program run in the droplet's namespace).
 
 Published in state.json `endpoints` (and by `sandboxctl env`): `DIGITALOCEAN_TOKEN`,
 `DIGITALOCEAN_API_URL` and `DIGITALOCEAN_END_POINT` (both http://127.0.0.1:PORT/v2/, the
@@ -23,6 +26,7 @@ from typing import Any
 from ..providers import EmulatorProvider
 from .api import DigitalOceanAPI
 from .http import DigitalOceanHTTPServer
+from .machine import Machines
 
 log = logging.getLogger("nfsandbox.digitalocean")
 
@@ -44,7 +48,9 @@ class Provider(EmulatorProvider):
         # downloads go to disk next to the hosts' overlays, not to /run (a tmpfs)
         self.work_dir = Path(instance.work_dir) / "digitalocean"
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)])
+        # droplets of custom images boot under QEMU where there is a sandbox (not in unit tests)
+        machines = Machines(self.sandbox, self.work_dir) if hasattr(self.sandbox, "pool") else None
+        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)], machines=machines)
         self.http = DigitalOceanHTTPServer(self.api, "127.0.0.1", self.sandbox.port("digitalocean"))
         self.http.start()
         endpoint = self.api.base_url

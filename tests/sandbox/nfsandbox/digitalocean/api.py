@@ -33,8 +33,10 @@ from urllib.parse import urlencode, urlsplit
 
 from . import catalog as cat
 from . import importer
-from .droplets import Droplets
+from .droplets import SIZE_SPECS, Droplets, ImageRef
 from .faults import Faults
+from .keys import Keys
+from .machine import Machines
 
 log = logging.getLogger("nfsandbox.digitalocean")
 
@@ -111,6 +113,7 @@ class Image:
     format: str | None = None
     compression: str | None = None
     virtual_size: int | None = None
+    path: Path | None = None  # the fetched bytes, kept while the image exists (droplets boot them)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -193,7 +196,11 @@ class RateLimit:
 
 class DigitalOceanAPI:
     def __init__(
-        self, token: str | None = None, work_dir: Path | None = None, networks: list[str] | None = None
+        self,
+        token: str | None = None,
+        work_dir: Path | None = None,
+        networks: list[str] | None = None,
+        machines: Machines | None = None,
     ) -> None:
         self.token = token or "dop_v1_" + secrets.token_hex(32)
         self.work_dir = Path(work_dir or tempfile.gettempdir())
@@ -206,7 +213,8 @@ class DigitalOceanAPI:
         self.images: dict[int, Image] = {}
         self.actions: dict[int, Action] = {}
         self.tags: dict[str, float] = {}  # name -> created
-        self.droplets = Droplets(now, ApiError)
+        self.keys = Keys(ApiError)
+        self.droplets = Droplets(now, ApiError, self._image_ref, self.keys, machines)
         self.ids = itertools.count(190000001)
         self.action_ids = itertools.count(2100000001)
         self.stopping = threading.Event()
@@ -217,16 +225,19 @@ class DigitalOceanAPI:
         self.stopping.set()
         for t in list(self.threads):
             t.join(timeout=10)
+        self.droplets.shutdown()
 
     def reset(self) -> None:
         """Forget every image, action and tag; faults and the rate-limit budget back to defaults."""
         with self.lock:
             for image in self.images.values():
                 image.removed = True
+                self._forget_bytes(image)
             self.images.clear()
             self.actions.clear()
             self.tags.clear()
         self.droplets.reset()
+        self.keys.reset()
         self.faults.reset()
         self.ratelimit.reset()
 
@@ -325,6 +336,12 @@ class DigitalOceanAPI:
             ("DELETE", r"tags/([^/]+)", self._delete_tag),
             ("POST", r"tags/([^/]+)/resources", self._tag_resources),
             ("DELETE", r"tags/([^/]+)/resources", self._untag_resources),
+            ("GET", r"account/keys", self._list_keys),
+            ("POST", r"account/keys", self._create_key),
+            ("GET", r"account/keys/([^/]+)", self._get_key),
+            ("PUT", r"account/keys/([^/]+)", self._rename_key),
+            ("DELETE", r"account/keys/([^/]+)", self._delete_key),
+            ("GET", r"sizes", self._list_sizes),
             ("GET", r"droplets", self._list_droplets),
             ("POST", r"droplets", self._create_droplet),
             ("DELETE", r"droplets", self._delete_tagged_droplets),
@@ -524,6 +541,7 @@ class DigitalOceanAPI:
         with self.lock:
             image.removed = True
             self.images.pop(image.id, None)
+            self._forget_bytes(image)
         log.info("digitalocean: image %s deleted", image.id)
         return 204, None
 
@@ -533,23 +551,26 @@ class DigitalOceanAPI:
         fetched: importer.Fetched | None = None
         inspection: importer.Inspection | None = None
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.work_dir, prefix=f"import-{image.id}-") as tmp:
-            try:
-                limit = self.faults.get("size_limit")
-                fetched = importer.fetch(
-                    image.url, Path(tmp.name), limit, self.networks, self.faults.get("refuse_query_urls")
-                )
-                inspection = importer.inspect(Path(tmp.name), limit)
-            except importer.ImportRefused as exc:
-                error = str(exc)
-            except Exception:  # an emulator bug still ends the import as DigitalOcean would
-                log.exception("digitalocean: import of image %s failed", image.id)
-                error = "We had an internal problem importing your image. Please try again."
+        # the bytes stay (droplets boot them) until the image is deleted or the import fails
+        stored = self.work_dir / "images" / f"{image.id}.img"
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        image.path = stored
+        try:
+            limit = self.faults.get("size_limit")
+            fetched = importer.fetch(image.url, stored, limit, self.networks, self.faults.get("refuse_query_urls"))
+            inspection = importer.inspect(stored, limit)
+        except importer.ImportRefused as exc:
+            error = str(exc)
+        except Exception:  # an emulator bug still ends the import as DigitalOcean would
+            log.exception("digitalocean: import of image %s failed", image.id)
+            error = "We had an internal problem importing your image. Please try again."
         remaining = image.created_at + self.faults.get("import_delay") - now()
         if remaining > 0 and self.stopping.wait(remaining):
+            self._forget_bytes(image)
             return
         with self.lock:
             if image.removed:
+                self._forget_bytes(image)
                 return
             if fetched is not None:
                 image.sha256, image.downloaded_bytes = fetched.sha256, fetched.size
@@ -557,6 +578,7 @@ class DigitalOceanAPI:
             if error or inspection is None:
                 image.status, image.error_message, image.deleted_at = "deleted", error, now()
                 action.status = "errored"
+                self._forget_bytes(image)
                 log.info("digitalocean: image %s import failed: %s", image.id, error)
                 return
             image.format, image.compression = inspection.format, inspection.compression
@@ -731,7 +753,79 @@ class DigitalOceanAPI:
                     image.tags.remove(name)
         return 204, None
 
+    # ----------------------------------------------------------------- account keys
+    def _list_keys(self, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        views = [k.view() for k in self.keys.all()]
+        return self._page(views, query, "/v2/account/keys", "ssh_keys")
+
+    def _create_key(self, query: Any, body: Any) -> tuple[int, Any]:
+        key = self.keys.create(body)
+        log.info("digitalocean: ssh key %s (%s) added", key.id, key.name)
+        return 201, {"ssh_key": key.view()}
+
+    def _get_key(self, query: Any, body: Any, ident: str) -> tuple[int, Any]:
+        return 200, {"ssh_key": self.keys.get(ident).view()}
+
+    def _rename_key(self, query: Any, body: Any, ident: str) -> tuple[int, Any]:
+        return 200, {"ssh_key": self.keys.rename(ident, body).view()}
+
+    def _delete_key(self, query: Any, body: Any, ident: str) -> tuple[int, Any]:
+        self.keys.delete(ident)
+        return 204, None
+
+    # ----------------------------------------------------------------- sizes
+    def _list_sizes(self, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        regions = cat.available_regions()
+        views = [
+            {
+                "slug": slug,
+                "memory": memory,
+                "vcpus": vcpus,
+                "disk": disk,
+                "transfer": 1.0,
+                "price_monthly": round(hourly * 672, 2),
+                "price_hourly": hourly,
+                "regions": regions,
+                "available": True,
+                "description": "Basic",
+            }
+            for slug, (memory, vcpus, disk, hourly) in SIZE_SPECS.items()
+        ]
+        return self._page(views, query, "/v2/sizes", "sizes")
+
     # ----------------------------------------------------------------- droplets
+    def _image_ref(self, value: Any) -> ImageRef | None:
+        """The image a droplet create names: a custom image's id, or a public id or slug."""
+        for entry in cat.PUBLIC_IMAGES:
+            if value in (entry[0], entry[1], str(entry[0])):
+                view = cat.public_image(entry)
+                return ImageRef(view, view["status"], view["regions"], view["min_disk_size"])
+        if not str(value).isdigit():
+            return None
+        with self.lock:
+            image = self.images.get(int(value))
+            if image is None or image.removed or image.status != "available":
+                return None
+            return ImageRef(
+                image.view(),
+                image.status,
+                list(image.regions),
+                image.min_disk_size,
+                image.path,
+                image.format,
+                image.compression,
+            )
+
+    @staticmethod
+    def _forget_bytes(image: Image) -> None:
+        # the path stays set: an import still running may create the file after a delete
+        if image.path is not None:
+            image.path.unlink(missing_ok=True)
+
+    def droplets_debug(self) -> list[dict[str, Any]]:
+        """The emulator's debugging view of droplets (`GET /_sandbox/droplets`)."""
+        return self.droplets.debug()
+
     def _list_droplets(self, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         return self._page(self.droplets.views(self._q(query, "tag_name")), query, "/v2/droplets", "droplets")
 

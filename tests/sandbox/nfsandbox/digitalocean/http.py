@@ -5,7 +5,9 @@ Plain HTTP on 127.0.0.1: python-digitalocean takes the whole end point URL
 
 Not part of the DigitalOcean API (the emulator's token is required): `GET
 /_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them); the
-contract test validates them against DigitalOcean's OpenAPI document.
+contract test validates them against DigitalOcean's OpenAPI document. `GET
+/_sandbox/droplets` shows each droplet's status, error, QEMU/metadata PIDs, accelerator
+and serial console log.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class _Handler(Handler):
         if what == "exchanges" and self.command == "DELETE":
             self.server.recorder.clear()
             return 204, None, {}
+        if what == "droplets" and self.command == "GET":
+            return 200, {"droplets": api.droplets_debug()}, {}
         return 404, {"id": "not_found", "message": "no such sandbox endpoint"}, {}
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch

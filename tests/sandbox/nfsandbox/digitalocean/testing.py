@@ -148,7 +148,7 @@ def qcow2_image(virtual_size: int, cluster_bits: int = 16) -> bytes:
     l2_entries = cluster // 8
     l1_size = max(1, -(-virtual_size // (cluster * l2_entries)))
     header = struct.pack(
-        ">4sIQIIQIIQQIIQQQII",
+        ">4sIQIIQIIQQIIQQQQI",
         b"QFI\xfb",
         3,  # version
         0,  # backing_file_offset

@@ -91,6 +91,7 @@ class HostPool:
         self.boot_timeout = boot_timeout
         self._lock = threading.Lock()
         self._hosts: dict[str, Host] = {}
+        self._reserved: dict[int, str] = {}  # address index -> owner, for what is not a host
         self._next = 0
 
     # -- public interface ----------------------------------------------------------
@@ -146,6 +147,18 @@ class HostPool:
         with self._lock:
             return self._hosts.get(name)
 
+    def reserve(self, owner: str) -> int:
+        """An address index no host will get until `release` (a droplet's network namespace
+        takes `inst.host_name(index)` and `inst.host_ip(index)` like a host)."""
+        with self._lock:
+            index = self._allocate()
+            self._reserved[index] = owner
+            return index
+
+    def release(self, index: int) -> None:
+        with self._lock:
+            self._reserved.pop(index, None)
+
     def stop_all(self) -> None:
         threads = [threading.Thread(target=self.stop, args=(h,)) for h in self.hosts()]
         for t in threads:
@@ -157,7 +170,7 @@ class HostPool:
     def _allocate(self) -> int:
         # round robin, so a just-terminated host's address is not handed out again at
         # once (known_hosts entries of a dead host would otherwise match a new one)
-        used = {h.container.index for h in self._hosts.values()}
+        used = {h.container.index for h in self._hosts.values()} | set(self._reserved)
         for step in range(self.inst.max_hosts):
             index = (self._next + step) % self.inst.max_hosts
             if index not in used:
