@@ -48,12 +48,51 @@ PACKAGES = (
     "dbus",  # systemctl/logind/hostnamectl talk over it; `shutdown +N` needs logind
     "iproute2",  # Ansible's default_ipv4 facts
     "procps",  # ps/pgrep, used by service handling
+    # what the sandbox image definition (roles/nixos_image/files/images/sandbox) builds
+    # its real images with: ext4 and FAT32 from directories without root, zstd, GRUB
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
+    "zstd",
+    "grub-common",
+    "grub-pc-bin",
 )
 
-# Runs in a chroot of the fresh debootstrap. $1 suite, $2 mirror, $3 security mirror.
+# Debian packages the sandbox DigitalOcean image is made of, downloaded into the base
+# image at IMAGE_DEBS_DIR (the sandbox flake reads them there): Debian's cloud kernel
+# (the package linux-image-cloud-amd64 depends on), busybox-static (init, DHCP, wget)
+# and dropbear with the libraries it links.
+IMAGE_DEBS_DIR = "/usr/share/nixforge-sandbox/debs"
+IMAGE_DEBS = (
+    "busybox-static",
+    "dropbear-bin",
+    "libc6",
+    "libcrypt1",
+    "libtomcrypt1",
+    "libtommath1",
+    "libgmp10",
+    "zlib1g",
+)
+
+# Runs in a chroot of the fresh debootstrap. $1 suite, $2 mirror, $3 security mirror,
+# $4 the directory for the image .debs, then the image packages.
 CUSTOMIZE = r"""
 set -eu
-suite=$1 mirror=$2 security=$3
+suite=$1 mirror=$2 security=$3 debs=$4
+shift 4
+# sources like a Debian cloud image's, on the mirror this machine uses
+cat > /etc/apt/sources.list <<EOF
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb $security $suite-security main
+EOF
+# the sandbox image's packages, from the same mirror (the resolver is still the machine's)
+apt-get -q update >/dev/null
+mkdir -p "$debs"
+kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+(cd "$debs" && apt-get -q download "$kernel" "$@" >/dev/null)
+chown -R root:root "$debs"
+chmod 644 "$debs"/*.deb
 # host keys are generated per host at first boot (cloud-init does the same)
 rm -f /etc/ssh/ssh_host_*
 # an empty machine-id makes systemd derive a per-boot one from nspawn's container uuid
@@ -64,12 +103,6 @@ rm -f /etc/hostname /etc/hosts
 printf 'nameserver 127.0.0.1\n' > /etc/resolv.conf
 # no console is attached to the host (nspawn --console=passive)
 systemctl mask console-getty.service >/dev/null 2>&1
-# sources like a Debian cloud image's, on the mirror this machine uses
-cat > /etc/apt/sources.list <<EOF
-deb $mirror $suite main
-deb $mirror $suite-updates main
-deb $security $suite-security main
-EOF
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/bootstrap.log
 """
@@ -81,7 +114,14 @@ def normalize_suite(suite: str) -> str:
 
 
 def recipe_key(suite: str, mirror: str, security: str) -> str:
-    recipe = {"suite": suite, "mirror": mirror, "security": security, "packages": PACKAGES, "customize": CUSTOMIZE}
+    recipe = {
+        "suite": suite,
+        "mirror": mirror,
+        "security": security,
+        "packages": PACKAGES,
+        "customize": CUSTOMIZE,
+        "image_debs": [IMAGE_DEBS_DIR, *IMAGE_DEBS],
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -186,7 +226,22 @@ class BaseImages:
                 ],
                 timeout=1800,
             )
-            run(["chroot", str(root), "sh", "-c", CUSTOMIZE, "customize", suite, self.mirror, self.security])
+            run(
+                [
+                    "chroot",
+                    str(root),
+                    "sh",
+                    "-c",
+                    CUSTOMIZE,
+                    "customize",
+                    suite,
+                    self.mirror,
+                    self.security,
+                    IMAGE_DEBS_DIR,
+                    *IMAGE_DEBS,
+                ],
+                timeout=600,
+            )
             partial = build / "image.tar.zst"
             # numeric owners and xattrs so the unpacked tree is identical to the built one
             run(

@@ -1,18 +1,30 @@
-# Sandbox image definitions: tiny images of the real formats, built offline.
+# Sandbox image definitions: small, real, bootable images of the real formats, built offline.
 #
 # No nixpkgs and no network: each image is a plain `builtins.derivation` run by the
-# builder host's own /bin/sh and python3 (`mkimage.py` writes every byte), so Nix must
-# run with `sandbox = false` (as nix_bootstrap sets it up for the sandbox).
+# builder host's own /bin/sh, python3 and image tools (mke2fs, mkfs.vfat, mcopy, zstd,
+# grub-mkimage), so Nix must run with `sandbox = false` (as nix_bootstrap sets it up for
+# the sandbox). `mkimage.py` assembles the images; `guest/` holds the scripts that run in
+# the DigitalOcean image (initramfs, init, DHCP hook, GRUB menu).
+#
+# The Debian packages inside the DigitalOcean image (Debian's cloud kernel, busybox-static,
+# dropbear and its libraries) are read at build time from NIXFORGE_SANDBOX_DEBS, a
+# directory of .debs the sandbox's builder base image carries (fetched through the
+# machine's Debian mirror when that base image is built; see
+# tests/sandbox/nfsandbox/hosts/rootfs.py). It is a plain string, not a Nix path: the
+# flake is evaluated where Nix runs (the controller in remote build mode), the directory
+# exists only on the builder.
 #
 # The attribute paths are the ones of the real definitions (../sd-aarch64 and
 # ../digital-ocean), and the user's NixOS module is taken the same way (a
 # `nixforge-module` file or directory placed next to this flake.nix by the
 # nixos_image role), so that the role's code path is exactly the one of a real build.
 # The module is parsed (a syntax error fails the build, as it would for real) and the
-# sha256 of each of its files is written into the image; it is not evaluated as a
-# NixOS module.
+# sha256 of each of its files is written into the image (/etc/nixforge-image); it is not
+# evaluated as a NixOS module. Two comment lines in it act as switches:
+#   # nixforge-sandbox-build-seconds: N     the build lasts N seconds more
+#   # nixforge-sandbox-break-init: true     an image whose init fails (never answers SSH)
 {
-  description = "nixforge.images sandbox images: a tiny MBR .img.zst and a tiny qcow2.gz";
+  description = "nixforge.images sandbox images: a bootable qcow2.gz and an sd-image .img.zst";
 
   inputs = { };
 
@@ -34,8 +46,10 @@
         builder = "/bin/sh";
         args = [ "-c" "exec python3 ${./mkimage.py} ${kind} \"$out\" \"$module\"" ];
         # With sandbox = false Nix sets PATH=/path-not-set: use the host's tools.
-        PATH = "/usr/bin:/bin";
+        PATH = "/usr/bin:/bin:/usr/sbin:/sbin";
         module = moduleChecked;
+        NIXFORGE_SANDBOX_GUEST = ./guest;
+        NIXFORGE_SANDBOX_DEBS = "/usr/share/nixforge-sandbox/debs";
       };
 
       sdImage = image {
