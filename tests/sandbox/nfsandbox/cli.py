@@ -154,7 +154,19 @@ def status(inst: Instance, as_json: bool) -> int:
         print(f"  {key} = {value}")
     for host in state.get("hosts") or []:
         print(f"  host {host['name']} {host['ip']} {host['state']} owner={host['owner']}")
+    _print_droplets(inst)
     return 0
+
+
+def _print_droplets(inst: Instance) -> None:
+    """Droplets of the DigitalOcean emulator that run QEMU, with their serial console log."""
+    try:
+        found = client.call(inst, "GET", "/resources", timeout=60)["resources"]
+    except (client.NotUp, RuntimeError):
+        return
+    for r in found:
+        if r.get("type") == "do_droplet" and r.get("console"):
+            print(f"  droplet {r['id']} {r.get('address')} {r['status']} console={r['console']}")
 
 
 def resources(inst: Instance, as_json: bool) -> int:

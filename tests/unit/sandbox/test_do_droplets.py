@@ -198,3 +198,16 @@ def test_prepare_disk_never_writes_the_stored_image(tmp_path):
     info = subprocess.run(["qemu-img", "info", "--output=json", str(disk)], capture_output=True, check=True).stdout
     assert b'"virtual-size": 26843545600' in info and b"base.qcow2" in info
     assert stored.read_bytes() == before
+
+
+def test_droplet_addresses_are_reserved_in_the_host_pool():
+    """A droplet's address index is never handed to a builder host, and comes back on release."""
+    from types import SimpleNamespace
+
+    from nfsandbox.hosts import HostPool
+
+    pool = HostPool(SimpleNamespace(max_hosts=3, number=9), None, None, None, "")
+    first, second = pool.reserve("droplet-1"), pool.reserve("droplet-2")
+    assert first != second and pool._allocate() not in (first, second)
+    pool.release(first)
+    assert {pool._allocate() for _round in range(3)} >= {first}
