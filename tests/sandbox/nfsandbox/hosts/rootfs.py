@@ -309,3 +309,13 @@ def collect_garbage(base: BaseImages) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def image_debs(suite: str = DEFAULT_SUITE) -> Path:
+    """The .debs of the sandbox DigitalOcean image as the builder hosts of `suite` carry
+    them (built with the base image if need be): tests that run mkimage.py on the
+    controller point NIXFORGE_SANDBOX_DEBS here to get the builders' bytes."""
+    from .aptproxy import machine_mirrors
+
+    base = BaseImages(*machine_mirrors())
+    return base.ensure(suite) / IMAGE_DEBS_DIR.lstrip("/")
