@@ -53,6 +53,8 @@ def variables(tmp_path: Path, build_id: str, **extra: Any) -> dict[str, Any]:
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
         "do_image_publish_boot_timeout": BOOT_TIMEOUT,
+        # a Debian 12 builder (Metal): the sandbox image definition takes its kernel from the builder
+        "builder_host_provider": "equinix_metal",
         **extra,
     }
 
