@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from typing import Any, Callable, Dict, Optional
@@ -70,6 +71,20 @@ def expiry(args: Dict[str, Any]) -> Any:
     if args.get("expires_at") and args.get("ttl"):
         return compute_expiry(args["expires_at"], args["ttl"])  # raises: give one of them
     return compute_expiry(args.get("expires_at"), None if args.get("expires_at") else args.get("ttl") or "1h")
+
+
+def terminate_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt in this worker, so that the cleanup runs: on
+    Ctrl-C, ansible-playbook ends its workers with SIGTERM. The previous handler (None when
+    this is not the main thread, where handlers cannot be set)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM during the boot check")
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
 
 
 class BootCheckFailed(Exception):
@@ -234,7 +249,14 @@ class BootCheck:
             )
 
     def cleanup(self) -> Dict[str, Any]:
-        """Remove the droplet and the key (each whatever the other does); errors as text."""
+        """Remove the droplet and the key (each whatever the other does), then the private
+        keys on the controller whatever happened; errors as text."""
+        try:
+            return self.remove()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def remove(self) -> Dict[str, Any]:
         errors = []
         removed: Dict[str, Any] = {"droplets": [], "ssh_keys": []}
         if self.droplet_requested:
@@ -253,7 +275,6 @@ class BootCheck:
                 )
             except BootCheckFailed as exc:
                 errors.append(str(exc))
-        shutil.rmtree(self.workdir, ignore_errors=True)
         self.result["removed"] = removed
         gone = time.time()
         if self.started is not None:
@@ -287,12 +308,15 @@ class ActionModule(ActionBase):
 
         check = BootCheck(call, args)
         failure: Optional[str] = None
+        previous = terminate_as_interrupt()
         try:
             check.run()
         except BootCheckFailed as exc:
             failure = str(exc)
         finally:
             errors = check.cleanup()["errors"]
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         result.update(check.result, changed=True, command=args["command"], expires_at=check.expires_at)
         if errors:
             failure = (failure + ". " if failure else "") + self.leak_message(args["build_id"], errors)

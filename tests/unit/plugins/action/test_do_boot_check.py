@@ -188,3 +188,28 @@ def test_expiry_defaults_to_an_hour_and_refuses_both() -> None:
     assert action.expiry({"ttl": None, "expires_at": "2026-12-06T22:00:00Z"}).hour == 22
     with pytest.raises(UserInputError):
         action.expiry({"ttl": "1h", "expires_at": "2026-12-06T22:00:00Z"})
+
+
+def test_the_private_keys_go_even_when_the_removal_breaks(ladder: dict[str, Any]) -> None:
+    def broken(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("state") == "absent":
+            raise RuntimeError("connection to the controller lost")
+        return Modules()(name, args)
+
+    check = action.BootCheck(broken, dict(ARGS))
+    check.run()
+    with pytest.raises(RuntimeError):
+        check.cleanup()
+    assert not os.path.exists(check.workdir)
+
+
+def test_sigterm_becomes_an_interrupt_while_the_check_runs() -> None:
+    import signal
+
+    previous = action.terminate_as_interrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGTERM) == previous
