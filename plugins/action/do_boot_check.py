@@ -251,28 +251,30 @@ class BootCheck:
     def cleanup(self) -> Dict[str, Any]:
         """Remove the droplet and the key (each whatever the other does), then the private
         keys on the controller whatever happened; errors as text."""
-        try:
-            return self.remove()
-        finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        # the private keys first: an interrupted cleanup must not leave them behind
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.remove()
 
     def remove(self) -> Dict[str, Any]:
         errors = []
         removed: Dict[str, Any] = {"droplets": [], "ssh_keys": []}
+        # the droplet's deletion is asked for first (it is what costs), then the key goes,
+        # then the wait for the droplet to be gone: a cleanup cut short leaves least behind
+        steps = []
         if self.droplet_requested:
-            try:
-                reply = self.module(
-                    "do_droplet", "Removing the boot check's droplet", state="absent", name=self.name,
-                    wait=True, wait_timeout=self.args["cleanup_timeout"],
-                )  # fmt: skip
-                removed["droplets"] = reply.get("removed") or []
-            except BootCheckFailed as exc:
-                errors.append(str(exc))
+            steps.append(
+                ("droplets", "do_droplet", "Removing the boot check's droplet", {"name": self.name, "wait": False})
+            )
         if self.key_requested:
+            steps.append(("ssh_keys", "do_ssh_key", "Removing the boot check's SSH key", {}))
+        if self.droplet_requested:
+            wait = {"name": self.name, "wait": True, "wait_timeout": self.args["cleanup_timeout"]}
+            steps.append(("droplets", "do_droplet", "Waiting until the boot check's droplet is gone", wait))
+        for key, module_name, what, options in steps:
             try:
-                removed["ssh_keys"] = (
-                    self.module("do_ssh_key", "Removing the boot check's SSH key", state="absent").get("removed") or []
-                )
+                for item in self.module(module_name, what, state="absent", **options).get("removed") or []:
+                    if item.get("id") not in [r.get("id") for r in removed[key]]:
+                        removed[key].append(item)
             except BootCheckFailed as exc:
                 errors.append(str(exc))
         self.result["removed"] = removed

@@ -89,7 +89,10 @@ def test_a_passing_check_creates_key_and_droplet_then_removes_both(ladder: dict[
     modules = Modules()
     check, failure = run(modules)
     assert failure is None
-    assert modules.names() == ["do_ssh_key/present", "do_droplet/present", "do_droplet/absent", "do_ssh_key/absent"]
+    cleanup = ["do_droplet/absent", "do_ssh_key/absent", "do_droplet/absent"]
+    assert modules.names() == ["do_ssh_key/present", "do_droplet/present", *cleanup]
+    # the droplet's deletion is asked for without waiting, the key goes, then the wait
+    assert [a.get("wait") for _n, a in modules.calls[2:]] == [False, None, True]
     droplet_args = modules.calls[1][1]
     assert droplet_args["ssh_keys"] == ["55"] and droplet_args["min_disk_size"] == 3 and droplet_args["size"] is None
     assert droplet_args["name"] == "nixforge-b1-boot" and droplet_args["wait_timeout"] == 30
@@ -115,7 +118,7 @@ def test_no_ssh_banner_times_out_naming_the_option_and_the_stage(ladder: dict[st
     assert failure is not None
     assert "within 0 s (option 'boot_timeout'; do_image_publish_boot_timeout" in failure
     assert "192.0.2.9 and TCP port 22 accepted connections, but no SSH server ever greeted" in failure
-    assert modules.names()[-2:] == ["do_droplet/absent", "do_ssh_key/absent"]
+    assert modules.names()[-3:] == ["do_droplet/absent", "do_ssh_key/absent", "do_droplet/absent"]
 
 
 def test_a_refused_login_says_so(ladder: dict[str, Any]) -> None:
@@ -131,7 +134,7 @@ def test_a_failing_command_fails_the_check_and_still_cleans_up(ladder: dict[str,
     check, failure = run(modules)
     assert failure is not None and "exited with 1" in failure and "No such file" in failure
     assert check.result["reached"] == "login"
-    assert modules.names()[-2:] == ["do_droplet/absent", "do_ssh_key/absent"]
+    assert modules.names()[-3:] == ["do_droplet/absent", "do_ssh_key/absent", "do_droplet/absent"]
 
 
 def test_expect_must_be_in_the_output(ladder: dict[str, Any]) -> None:
@@ -144,7 +147,8 @@ def test_a_failed_droplet_create_still_removes_the_key_and_the_droplet(ladder: d
     check, failure = run(modules)
     assert failure == "Creating the boot check's droplet failed: HTTP 500: boom"
     # the create may have happened before the error: removal runs for both
-    assert modules.names() == ["do_ssh_key/present", "do_droplet/present", "do_droplet/absent", "do_ssh_key/absent"]
+    cleanup = ["do_droplet/absent", "do_ssh_key/absent", "do_droplet/absent"]
+    assert modules.names() == ["do_ssh_key/present", "do_droplet/present", *cleanup]
     assert check.result["reached"] == "created" and check.result["boot_seconds"] is None
 
 
@@ -168,7 +172,7 @@ def test_an_interrupt_still_cleans_up(ladder: dict[str, Any], monkeypatch: pytes
             check.run()
         finally:
             check.cleanup()
-    assert modules.names()[-2:] == ["do_droplet/absent", "do_ssh_key/absent"]
+    assert modules.names()[-3:] == ["do_droplet/absent", "do_ssh_key/absent", "do_droplet/absent"]
 
 
 def test_a_failed_removal_is_reported_with_the_reaper_command(ladder: dict[str, Any]) -> None:
@@ -176,8 +180,11 @@ def test_a_failed_removal_is_reported_with_the_reaper_command(ladder: dict[str, 
     check = action.BootCheck(modules, dict(ARGS))
     check.run()
     errors = check.cleanup()["errors"]
-    assert errors == ["Removing the boot check's droplet failed: HTTP 500: boom"]
-    assert modules.names()[-1] == "do_ssh_key/absent"  # the key goes whatever the droplet did
+    assert errors == [
+        "Removing the boot check's droplet failed: HTTP 500: boom",
+        "Waiting until the boot check's droplet is gone failed: HTTP 500: boom",
+    ]
+    assert modules.names()[-2] == "do_ssh_key/absent"  # the key goes whatever the droplet did
     message = action.ActionModule.leak_message("b1", errors)
     assert "playbooks/reap.yml -e nixforge_build_id=b1" in message
 
@@ -200,7 +207,7 @@ def test_the_private_keys_go_even_when_the_removal_breaks(ladder: dict[str, Any]
     check.run()
     with pytest.raises(RuntimeError):
         check.cleanup()
-    assert not os.path.exists(check.workdir)
+    assert not os.path.exists(check.workdir)  # removed before the API calls
 
 
 def test_sigterm_becomes_an_interrupt_while_the_check_runs() -> None:
