@@ -134,10 +134,12 @@ class Guest:
                 raise AssertionError(f"no {patterns} on the console after {limit:.0f}s:\n{text[-4000:]}")
             time.sleep(0.2)
 
-    def ssh(self, key: Path, known_hosts: Path, command: str) -> subprocess.CompletedProcess:
+    def ssh(self, key: Path, known_hosts: Path, command: str, connect_timeout: int = 60) -> subprocess.CompletedProcess:
+        """ssh as root through the forwarded port; ConnectTimeout also bounds the SSH
+        handshake (a guest that never answers holds the forwarded connection open)."""
         argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-p", str(SSH_PORT)]
         argv += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        argv += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=30"]
+        argv += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={connect_timeout}"]
         argv += ["root@127.0.0.1", command]
         return subprocess.run(ns_exec(self.ns, argv), capture_output=True, text=True, timeout=120, check=False)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -39,6 +40,7 @@ from _pipeline import (
     set_faults,
     snapshot,
 )
+from nfsandbox.hosts.rootfs import image_debs
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -102,9 +104,13 @@ def _no_faults(env: dict[str, str]) -> Iterator[None]:
 
 
 def mkimage_sha256(directory: Path, module_dir: Path | None = None) -> str:
-    """What the sandbox expression produces (deterministic), computed here with mkimage.py."""
+    """What the sandbox expression produces (deterministic), computed here with mkimage.py
+    from the Debian packages the builder hosts carry."""
     out = directory / "out"
-    subprocess.run([sys.executable, str(MKIMAGE), "do", str(out), str(module_dir or "")], check=True)
+    debs = {"NIXFORGE_SANDBOX_DEBS": str(image_debs())}
+    subprocess.run(
+        [sys.executable, str(MKIMAGE), "do", str(out), str(module_dir or "")], check=True, env={**os.environ, **debs}
+    )
     return hashlib.sha256((out / "nixos.qcow2.gz").read_bytes()).hexdigest()
 
 

@@ -156,3 +156,35 @@ def test_extlinux_conf_names_its_files() -> None:
     conf = mk.extlinux_conf("NixOS", "../nixos/Image", "../nixos/initrd", "../nixos/dtbs", "init=/sbin/init")
     assert "DEFAULT nixos-default\n" in conf and "LABEL nixos-default\n" in conf
     assert "  LINUX ../nixos/Image\n" in conf and "  APPEND init=/sbin/init\n" in conf
+
+
+def test_populate_commands_are_sorted_owned_by_root_and_timeless(tmp_path: Path) -> None:
+    """The ext4 images are filled in sorted order whatever the source directory's readdir
+    order (which differs between file systems), with modes kept, owner root, fixed times."""
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    (tmp_path / "usr" / "bin" / "busybox").write_bytes(b"x")
+    (tmp_path / "usr" / "bin" / "busybox").chmod(0o755)
+    (tmp_path / "bin").symlink_to("usr/bin")
+    (tmp_path / "root").mkdir(mode=0o700)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "shadow").write_text("root:*:::::::\n")
+    (tmp_path / "etc" / "shadow").chmod(0o600)
+    commands = mk.populate_commands(str(tmp_path))
+    created = [c for c in commands if not c.startswith("sif")]
+    assert created == [
+        'symlink "/bin" "usr/bin"',  # a directory's entries in sorted order, then each subdirectory's
+        'mkdir "/etc"',
+        'mkdir "/root"',
+        'mkdir "/usr"',
+        'write "%s" "/etc/shadow"' % (tmp_path / "etc" / "shadow"),
+        'mkdir "/usr/bin"',
+        'write "%s" "/usr/bin/busybox"' % (tmp_path / "usr" / "bin" / "busybox"),
+    ]
+    assert 'sif "/root" mode 040700' in commands and 'sif "/etc/shadow" mode 0100600' in commands
+    assert 'sif "/usr/bin/busybox" mode 0100755' in commands
+    for path in ("/", "/bin", "/etc/shadow", "/usr/bin/busybox"):
+        assert 'sif "%s" uid 0' % path in commands and 'sif "%s" gid 0' % path in commands
+        assert 'sif "%s" ctime @%d' % (path, mk.EPOCH) in commands and 'sif "%s" mtime_extra 0' % path in commands
+    (tmp_path / "etc" / 'we"ird').write_text("")
+    with pytest.raises(SystemExit, match="quote or newline"):
+        mk.populate_commands(str(tmp_path))

@@ -33,12 +33,13 @@ import hashlib
 import lzma
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -56,7 +57,9 @@ GRUB_DIR = "/usr/lib/grub/i386-pc"
 # The compressed images must be larger than two 5 MB B2 parts (10.5 MB) so that every
 # sandbox upload takes B2's large-file path with >= 3 parts.
 MIN_COMPRESSED = 11 * MIB
-# Debian's cloud kernel has ext4 built in but virtio as modules: load order by dependency.
+# Debian's cloud kernel has ext4 built in, virtio (some or all) as modules: load order by
+# dependency. Debian 12's kernel has them all as modules; 13's builds the core, ring and
+# PCI transport in: a module the package lacks must be built in (REQUIRED: or in config).
 VIRTIO_MODULES = (
     "virtio_ring",
     "virtio",
@@ -69,6 +72,11 @@ VIRTIO_MODULES = (
     "virtio_net",
     "virtio-rng",
 )
+REQUIRED_DRIVERS = {
+    "virtio_blk": "CONFIG_VIRTIO_BLK",
+    "virtio_net": "CONFIG_VIRTIO_NET",
+    "virtio_pci": "CONFIG_VIRTIO_PCI",
+}
 # What GRUB's core.img needs to read grub.cfg from the ext4 partition and boot Linux.
 GRUB_MODULES = ("biosdisk", "part_msdos", "ext2", "normal", "linux", "serial", "terminal", "echo", "test")
 
@@ -318,7 +326,7 @@ def extract_deb(deb: str, dest: str, members: Sequence[str] = ()) -> None:
     run(tar, stdin=data)
 
 
-def write(path: str, data, mode: int = 0o644) -> None:
+def write(path: str, data: Union[str, bytes], mode: int = 0o644) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
@@ -342,44 +350,43 @@ def settle_times(root: str) -> None:
 
 def mke2fs(tree: str, image: str, size_mib: int, label: str, uuid: str) -> None:
     """An ext4 file system of `tree`, made without root privileges, deterministically."""
-    settle_times(tree)
-    # E2FSPROGS_FAKE_TIME: the superblock's and inodes' times; hash_seed: directory hashes.
-    run(
-        [
-            "mke2fs",
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            label,
-            "-U",
-            uuid,
-            "-m",
-            "0",
-            "-I",
-            "256",
-            "-E",
-            "hash_seed=%s,root_owner=0:0" % uuid,
-            "-d",
-            tree,
-            image,
-            "%dM" % size_mib,
-        ],
-        env={"E2FSPROGS_FAKE_TIME": str(EPOCH), "SOURCE_DATE_EPOCH": str(EPOCH)},
-    )
-    # mke2fs copies each file's ctime, which no one can set on the source tree: set them
-    # in the file system (debugfs works on the image file, no root needed).
-    # (and atime: reading a directory to copy it updates its atime after it was set).
-    paths = ["/"]
-    for base, dirs, names in os.walk(tree):
-        paths += ["/" + os.path.relpath(os.path.join(base, name), tree) for name in sorted(dirs + names)]
-    commands = []
-    for path in paths:
-        for field in ("ctime", "atime"):
-            commands += ['sif "%s" %s @%d' % (path, field, EPOCH), 'sif "%s" %s_extra 0' % (path, field)]
+    # E2FSPROGS_FAKE_TIME: the superblock's times; hash_seed: directory hashes.
     fake_time = {"E2FSPROGS_FAKE_TIME": str(EPOCH)}
-    run(["debugfs", "-w", "-f", "-", image], env=fake_time, stdin="\n".join(commands).encode())
+    options = ["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid, "-m", "0", "-I", "256"]
+    options += ["-E", "hash_seed=%s,root_owner=0:0" % uuid]
+    run(["mke2fs", *options, image, "%dM" % size_mib], env=fake_time)
+    # Filled by debugfs in sorted order, not with `mke2fs -d`: that copies in the source
+    # directory's readdir order (which differs between file systems, so inode numbers and
+    # the image bytes would differ between a tmpfs and an overlayfs), each file's owner
+    # (Nix builds as a nixbld user) and its ctime (which nobody can set).
+    run(["debugfs", "-w", "-f", "-", image], env=fake_time, stdin="\n".join(populate_commands(tree)).encode())
+
+
+def populate_commands(tree: str) -> List[str]:
+    """debugfs commands creating `tree` in sorted order: owner root, times EPOCH, modes kept."""
+    commands, paths = ["sif / mode 040755"], ["/"]
+    for base, dirs, names in os.walk(tree):
+        dirs.sort()
+        for name in sorted(dirs + names):
+            full = os.path.join(base, name)
+            path = "/" + os.path.relpath(full, tree)
+            if '"' in path or "\n" in path:
+                raise SystemExit("cannot put %r in the image (quote or newline in the name)" % path)
+            info = os.lstat(full)
+            if stat.S_ISLNK(info.st_mode):
+                commands.append('symlink "%s" "%s"' % (path, os.readlink(full)))
+            elif stat.S_ISDIR(info.st_mode):
+                commands += ['mkdir "%s"' % path, 'sif "%s" mode 0%o' % (path, info.st_mode)]
+            elif stat.S_ISREG(info.st_mode):
+                commands += ['write "%s" "%s"' % (full, path), 'sif "%s" mode 0%o' % (path, info.st_mode)]
+            else:
+                raise SystemExit("cannot put %s in the image: only files, directories and symlinks" % path)
+            paths.append(path)
+    for path in paths:
+        for field in ("atime", "ctime", "mtime", "crtime"):
+            commands += ['sif "%s" %s @%d' % (path, field, EPOCH), 'sif "%s" %s_extra 0' % (path, field)]
+        commands += ['sif "%s" uid 0' % path, 'sif "%s" gid 0' % path]
+    return commands
 
 
 def mkfat(tree: str, image: str, size_mib: int, label: str, volume_id: str) -> None:
@@ -499,7 +506,7 @@ def do_tree(root: str, module: str, debs: str, guest: str, work: str) -> None:
     kernel_deb = find_deb(debs, "linux-image-*-cloud-amd64_*.deb")
     kernel_tree = os.path.join(work, "kernel")
     os.makedirs(kernel_tree)
-    patterns = ["./boot/vmlinuz-*", "./boot/config-*"] + ["*/%s.ko*" % m for m in VIRTIO_MODULES]
+    patterns = ["./boot/vmlinuz-*", "./boot/config-*", "*virtio*.ko*", "*failover.ko*"]
     extract_deb(kernel_deb, kernel_tree, patterns)
     os.makedirs(os.path.join(root, "boot"), exist_ok=True)
     for name in os.listdir(os.path.join(kernel_tree, "boot")):
@@ -543,20 +550,22 @@ def initramfs(kernel_tree: str, busybox: str, guest: str) -> bytes:
     modules = {}
     for path in glob.glob(os.path.join(kernel_tree, "**", "*.ko*"), recursive=True):
         modules[os.path.basename(path).split(".ko")[0]] = path
-    missing = [m for m in VIRTIO_MODULES if m not in modules]
+    order = [m for m in VIRTIO_MODULES if m in modules]
+    config = "".join(open(p).read() for p in glob.glob(os.path.join(kernel_tree, "boot", "config-*")))
+    missing = [m for m, symbol in REQUIRED_DRIVERS.items() if m not in modules and symbol + "=y" not in config]
     if missing:
-        raise SystemExit("the kernel package lacks the modules %s" % ", ".join(missing))
+        raise SystemExit("the kernel package has neither modules nor built-in drivers for %s" % ", ".join(missing))
     with open(busybox, "rb") as fh:
         entries: List[Tuple[str, int, bytes]] = [("bin", 0o40755, b""), ("bin/busybox", 0o100755, fh.read())]
     entries += [("dev", 0o40755, b""), ("dev/console", 0o20600, b"5:1"), ("modules", 0o40755, b"")]
-    for name in VIRTIO_MODULES:
+    for name in order:
         with open(modules[name], "rb") as fh:
             data = fh.read()
         # Debian 13 compresses its modules; busybox's insmod wants them plain.
         entries.append(
             ("modules/%s.ko" % name, 0o100644, lzma.decompress(data) if modules[name].endswith(".xz") else data)
         )
-    entries.append(("modules/order", 0o100644, ("\n".join(VIRTIO_MODULES) + "\n").encode()))
+    entries.append(("modules/order", 0o100644, "".join(m + "\n" for m in order).encode()))
     with open(os.path.join(guest, "initramfs-init"), "rb") as fh:
         entries.append(("init", 0o100755, fh.read()))
     return gzip.compress(cpio_newc(entries), compresslevel=1, mtime=0)
