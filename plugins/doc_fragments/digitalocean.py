@@ -24,6 +24,14 @@ options:
       - Falls back to E(DIGITALOCEAN_API_URL).
     type: str
     default: https://api.digitalocean.com/v2/
+  ca_bundle:
+    description:
+      - PEM file of certificate authorities to trust for O(api_url), for an endpoint with its own CA (such as the
+        sandbox's). When given, it is used whatever E(REQUESTS_CA_BUNDLE) says.
+      - Falls back to E(DIGITALOCEAN_CA_BUNDLE). Without either, the system's trust store (or
+        E(REQUESTS_CA_BUNDLE)) is used.
+      - A certificate that does not verify fails at once (it is not retried), naming this option.
+    type: path
 requirements:
   - python-digitalocean >= 1.17.0
 notes:

@@ -137,6 +137,13 @@ options:
     default: https://api.digitalocean.com/v2/
     env:
       - name: DIGITALOCEAN_API_URL
+  do_ca_bundle:
+    description:
+      - PEM file of certificate authorities to trust for O(do_api_url) (an endpoint with its own CA).
+      - Without it the system's trust store (or E(REQUESTS_CA_BUNDLE)) is used.
+    type: str
+    env:
+      - name: DIGITALOCEAN_CA_BUNDLE
   state_dirs:
     description:
       - Folders holding per-build state directories (C(<folder>/<build id>/)) as the C(nixforge.images.builder_host)
@@ -224,6 +231,7 @@ TEMPLATED = (
     "metal_ca_bundle",
     "do_api_token",
     "do_api_url",
+    "do_ca_bundle",
     "state_dirs",
     "known_hosts_dir",
     "build_ids",
@@ -266,7 +274,7 @@ def read_state_dir(roots: List[str], build_id: str) -> Dict[str, Optional[str]]:
 
 # (module option, this plugin's option) per provider, for error messages
 OPTION_NAMES = {
-    "digitalocean": (("oauth_token", "do_api_token"), ("api_url", "do_api_url")),
+    "digitalocean": (("oauth_token", "do_api_token"), ("api_url", "do_api_url"), ("ca_bundle", "do_ca_bundle")),
     "equinix_metal": (("auth_token", "metal_auth_token"), ("api_url", "metal_api_url")),
 }
 
@@ -389,7 +397,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             return self._skip("digitalocean", "no token (set 'do_api_token', or DIGITALOCEAN_TOKEN)")
         from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import digitalocean_client
 
-        client = digitalocean_client({"oauth_token": token, "api_url": self._opt("do_api_url")})
+        ca_bundle = self._opt("do_ca_bundle")
+        client = digitalocean_client(
+            {
+                "oauth_token": token,
+                "api_url": self._opt("do_api_url"),
+                "ca_bundle": os.path.abspath(os.path.expanduser(ca_bundle)) if ca_bundle else None,
+            }
+        )
         return _discovery_do.list_builders(client, build_ids, pipelines)
 
     # -- inventory ---------------------------------------------------------------------

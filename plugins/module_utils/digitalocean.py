@@ -17,17 +17,23 @@ silently; requests have no timeout. So the transport here records the last respo
 pages explicitly, sets a timeout, and every call is retried with the project's
 :class:`RetryPolicy`, honouring ``retry-after`` and (when the budget is used up)
 ``ratelimit-reset``.
+
+HTTPS is verified against ``ca_bundle`` (or DIGITALOCEAN_CA_BUNDLE) when given, else the
+system's store / REQUESTS_CA_BUNDLE; a certificate that does not verify fails at once
+(never retried), naming ``ca_bundle``.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
+import os
 import random
 import re
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from ansible.module_utils.basic import env_fallback
 from ansible_collections.nixforge.images.plugins.module_utils.errors import (
@@ -44,6 +50,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.retry import (
 )
 
 try:
+    from digitalocean import __version__ as DIGITALOCEAN_VERSION
     from digitalocean.baseapi import BaseAPI, NotFoundError
     from digitalocean.baseapi import Error as DigitalOceanLibraryError
 
@@ -53,14 +60,18 @@ except ImportError:  # pragma: no cover - exercised only without python-digitalo
     HAS_DIGITALOCEAN = False
     DIGITALOCEAN_IMPORT_ERROR = traceback.format_exc()
     BaseAPI = object  # type: ignore[misc,assignment]
+    DIGITALOCEAN_VERSION = "none"
     NotFoundError = DigitalOceanLibraryError = Exception  # type: ignore[misc,assignment]
 
 try:
     import requests
 
     CONNECTION_ERRORS: tuple = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    TLS_ERRORS: tuple = (requests.exceptions.SSLError,)
+    _Session: Any = requests.Session
 except ImportError:  # pragma: no cover - python-digitalocean depends on requests
-    CONNECTION_ERRORS = ()
+    CONNECTION_ERRORS = TLS_ERRORS = ()
+    _Session = object
 
 __all__ = [
     "API_URL_ENV",
@@ -71,6 +82,7 @@ __all__ = [
     "TOKEN_ENV",
     "DigitalOceanClient",
     "DigitalOceanError",
+    "check_ca_bundle",
     "check_distribution",
     "check_regions",
     "digitalocean_argument_spec",
@@ -84,6 +96,8 @@ REQUIRED_LIBRARIES = [("python-digitalocean", HAS_DIGITALOCEAN, DIGITALOCEAN_IMP
 DEFAULT_API_URL = "https://api.digitalocean.com/v2/"
 TOKEN_ENV = ("DIGITALOCEAN_TOKEN", "DO_API_TOKEN")
 API_URL_ENV = ("DIGITALOCEAN_API_URL",)
+CA_BUNDLE_ENV = ("DIGITALOCEAN_CA_BUNDLE",)
+USER_AGENT = "python-digitalocean/%s (nixforge.images)" % DIGITALOCEAN_VERSION
 DEFAULT_POLICY = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=20.0, max_total_delay=120.0)
 REQUEST_TIMEOUT = 60.0
 PER_PAGE = 200
@@ -112,6 +126,7 @@ def digitalocean_argument_spec() -> Dict[str, Any]:
     return dict(
         oauth_token=dict(type="str", no_log=True, aliases=["api_token"], fallback=(env_fallback, list(TOKEN_ENV))),
         api_url=dict(type="str", default=DEFAULT_API_URL, fallback=(env_fallback, list(API_URL_ENV))),
+        ca_bundle=dict(type="path", fallback=(env_fallback, list(CA_BUNDLE_ENV))),
     )
 
 
@@ -143,6 +158,7 @@ class DigitalOceanError(Exception):
         request_id: Optional[str] = None,
         retry_after: Optional[float] = None,
         connection: bool = False,
+        tls: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -151,10 +167,11 @@ class DigitalOceanError(Exception):
         self.request_id = request_id
         self.retry_after = retry_after
         self.connection = connection
+        self.tls = tls  # the server's certificate did not verify: waiting cannot heal that
 
     @property
     def retryable(self) -> bool:
-        return self.connection or is_retryable_http_status(self.status)
+        return not self.tls and (self.connection or is_retryable_http_status(self.status))
 
 
 def _retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[float]:
@@ -225,6 +242,14 @@ def translate(
     reason = error.message.rstrip(".")
     if error.request_id:
         reason += " (request id %s)" % error.request_id
+    if error.tls:
+        return UserInputError(
+            "the TLS certificate of the DigitalOcean API was not trusted (%s)" % error.message,
+            hint="Check 'api_url'; for an endpoint with its own CA give that CA's PEM file in 'ca_bundle' "
+            "(or %s)" % " / ".join(CA_BUNDLE_ENV),
+            parameter="ca_bundle",
+            what=what,
+        )
     if error.connection:
         return ProviderError(
             "the DigitalOcean API did not answer (%s)%s" % (error.message, retries_note),
@@ -275,16 +300,42 @@ def translate(
 # -- transport ---------------------------------------------------------------------
 
 
+class VerifyingSession(_Session):  # type: ignore[misc,valid-type]
+    """A requests session that verifies with ``ca_bundle`` whatever the environment says
+    (requests lets REQUESTS_CA_BUNDLE override a session's ``verify``)."""
+
+    def __init__(self, ca_bundle: str) -> None:
+        super().__init__()
+        self.ca_bundle = ca_bundle
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        settings = super().merge_environment_settings(*args, **kwargs)
+        settings["verify"] = self.ca_bundle
+        return settings
+
+
 class Transport(BaseAPI):  # type: ignore[misc,valid-type]
-    """python-digitalocean's BaseAPI, keeping the last response and with a request timeout."""
+    """python-digitalocean's BaseAPI, keeping the last response, with a request timeout and
+    (optionally) its own CA bundle."""
 
     last_response: Any = None
 
-    # BaseAPI.__perform_request (name-mangled) sends every request; wrapping it keeps the
-    # response that get_data's exceptions do not carry.
+    def __init__(self, *args: Any, ca_bundle: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if ca_bundle:
+            self._session = VerifyingSession(ca_bundle)
+
+    # BaseAPI.__perform_request (name-mangled) sends every request; replacing it keeps the
+    # response that get_data's exceptions do not carry, and sends every method through the
+    # session (the library posts with module-level requests.post, which would skip the CA).
     def _BaseAPI__perform_request(self, url: str, type: str = "GET", params: Any = None) -> Any:
         self.last_response = None
-        response = BaseAPI._BaseAPI__perform_request(self, url, type, params)  # type: ignore[attr-defined]
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer " + self.token}
+        headers["User-Agent"] = USER_AGENT
+        body: Dict[str, Any] = {"params": dict(params or {})} if type == "GET" else {"data": json.dumps(params or {})}
+        response = self._session.request(
+            type, urljoin(self.end_point, url), headers=headers, timeout=self.get_timeout(), **body
+        )
         self.last_response = response
         return response
 
@@ -314,6 +365,8 @@ class DigitalOceanClient(RetryingClient):
     def _once(self, method: str, path: str, params: Optional[Mapping[str, Any]]) -> Any:
         try:
             return self.transport.get_data(path, type=method, params=dict(params or {}))
+        except TLS_ERRORS as exc:  # type: ignore[misc] - before CONNECTION_ERRORS, its parent
+            raise DigitalOceanError(redact(_tls_reason(exc), self.secrets), connection=True, tls=True) from None
         except CONNECTION_ERRORS as exc:  # type: ignore[misc]
             raise DigitalOceanError(redact(str(exc), self.secrets), connection=True) from None
         except (DigitalOceanLibraryError, IndexError) as exc:  # IndexError: an error body without id/message
@@ -455,6 +508,26 @@ class DigitalOceanClient(RetryingClient):
         return None if data is None else data.get("action")
 
 
+def _tls_reason(exc: BaseException) -> str:
+    """The verification failure in requests' nested SSLError text, else the whole text."""
+    text = str(exc)
+    match = re.search(r"certificate verify failed: [^'\")(]*", text)
+    return match.group(0).strip() if match else text
+
+
+def check_ca_bundle(value: Optional[str]) -> Optional[str]:
+    """``value`` when it is a readable file (or empty: None), else a UserInputError."""
+    if not value:
+        return None
+    if not os.path.isfile(value):
+        raise UserInputError(
+            "%r is not a file" % value,
+            hint="Give the path of a PEM file of CA certificates in 'ca_bundle' (or %s)" % " / ".join(CA_BUNDLE_ENV),
+            parameter="ca_bundle",
+        )
+    return value
+
+
 def digitalocean_client(params: Mapping[str, Any], policy: Optional[RetryPolicy] = None) -> DigitalOceanClient:
     """A retrying client from the ``digitalocean_argument_spec`` options (no API call)."""
     token = (params.get("oauth_token") or "").strip()
@@ -467,7 +540,7 @@ def digitalocean_client(params: Mapping[str, Any], policy: Optional[RetryPolicy]
     end_point = normalize_api_url(params.get("api_url"))
     # The library falls back to DIGITALOCEAN_ACCESS_TOKEN / DIGITALOCEAN_END_POINT for
     # anything not passed; both are passed, so the environment cannot override them.
-    transport = Transport(token=token, end_point=end_point)
+    transport = Transport(token=token, end_point=end_point, ca_bundle=check_ca_bundle(params.get("ca_bundle")))
     return DigitalOceanClient(transport, policy=policy, secrets=[token])
 
 

@@ -50,11 +50,23 @@ options:
   url:
     description:
       - URL DigitalOcean fetches the image from (it sends a HEAD request, then a GET). It must be reachable from
-        the internet without credentials, for example a public bucket URL under an unguessable name. URLs with a
-        query string (pre-signed URLs) are reported to be refused by DigitalOcean.
-      - Required when the build has no image of this name yet; not used when the image is adopted.
+        the internet without credentials and must answer HEAD, for example a public bucket URL under an
+        unguessable name.
+      - A URL with a query string (a pre-signed or authorized URL) fails before anything is imported:
+        DigitalOcean reads the file name from the URL's path and refuses such URLs.
+      - Required when the build has no image of this name yet; not used when the image is adopted. An image
+        whose import failed (status V(deleted)) or that was deleted is never adopted.
       - Treated as a secret (an unguessable or authorized URL grants download); only its host is shown.
     type: str
+  src:
+    description:
+      - Path on the controller of the image file that O(url) serves (or will serve once uploaded).
+      - When given, the file is checked before anything is imported, in check mode too (so before an upload
+        when a check-mode run comes first, as in the C(nixforge.images.do_image_publish) role): its format and
+        compression are read from its bytes (raw, qcow2, VHDX, VDI or VMDK, uncompressed or inside gzip or
+        bzip2, the only compressions DigitalOcean takes) and its uncompressed size must be under DigitalOcean's
+        100 GiB. A file DigitalOcean would refuse fails naming this option, with the reason and the fix.
+    type: path
   region:
     description:
       - Slug of the region the image is imported into, for example V(nyc3). Required with O(state=present).
@@ -191,6 +203,16 @@ retries:
   description: How many API calls were retried after throttling, a 5xx answer or a dropped connection.
   returned: always
   type: int
+source:
+  description: What the check of O(src) read from the file.
+  returned: when O(src) is given and O(state=present)
+  type: dict
+  contains:
+    format: {description: "V(raw), V(qcow2), V(vhdx), V(vdi) or V(vmdk).", type: str, sample: qcow2}
+    compression: {description: "V(gzip), V(bzip2) or null.", type: str, sample: gzip}
+    virtual_size: {description: Bytes of the disk the image describes., type: int, sample: 2147483648}
+    uncompressed_size: {description: Bytes of the decompressed file when it was read to the end, else null., type: int}
+    file_size: {description: Bytes of the file as uploaded., type: int, sample: 412345678}
 build:
   description: The build identity the image carries.
   returned: always
@@ -202,6 +224,11 @@ import time
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._preflight import (
+    ImageRefused,
+    check_import_url,
+    inspect_image,
+)
 from ansible_collections.nixforge.images.plugins.module_utils.common import (
     TAG_BUILD_ID,
     Action,
@@ -229,6 +256,13 @@ FORMATS_HINT = (
 )
 
 
+def adoptable(image: Dict[str, Any]) -> bool:
+    """An image that is, or may still become, available (DigitalOcean's NEW/pending/available)."""
+    if str(image.get("error_message") or "").strip():
+        return False
+    return image.get("status") in ("NEW", "pending", "available")
+
+
 def display_url(url: str) -> str:
     """Only scheme and host: the rest of an image URL can grant download."""
     parts = urlsplit(url)
@@ -240,6 +274,7 @@ class DoCustomImage(NixforgeModule):
         name=dict(type="str"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         url=dict(type="str", no_log=True),
+        src=dict(type="path"),
         region=dict(type="str"),
         regions=dict(type="list", elements="str", default=[]),
         distribution=dict(type="str", default="Unknown"),
@@ -284,6 +319,8 @@ class DoCustomImage(NixforgeModule):
             self.targets = self.build_images()
             return
         self.result.update(image={}, imported=False, transferred=[])
+        if self.params.get("src"):
+            self.check_src(self.params["src"])  # on the controller, before any API call
         self.distribution = check_distribution(self.params["distribution"])
         self.tags = do_tags(self.ident.tags())
         self.ident.require_future_expiry()
@@ -355,9 +392,13 @@ class DoCustomImage(NixforgeModule):
     # -- lookups --------------------------------------------------------------------
 
     def build_images(self) -> List[Dict[str, Any]]:
-        """The build's images (of ``name``, when given), available ones first, then oldest."""
+        """The build's images (of ``name``, when given), available ones first, then oldest.
+        With state=present only images that can still become or are available: a failed
+        import (``deleted`` with an error_message) or a deleted image is never adopted."""
         name = self.params.get("name")
         images = [i for i in self.client.list_images(tag=self.build_tag) if not name or i.get("name") == name]
+        if self.params["state"] == "present":
+            images = [i for i in images if adoptable(i)]
         return sorted(images, key=lambda i: (i.get("status") != "available", str(i.get("created_at")), i["id"]))
 
     def find_created(self) -> Optional[Dict[str, Any]]:
@@ -372,13 +413,17 @@ class DoCustomImage(NixforgeModule):
                 hint="Set 'url' to where DigitalOcean can fetch the image",
                 parameter="url",
             )
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserInputError(
-                "the image URL is not an http(s) URL", hint="Give an http or https URL", parameter="url"
-            )
-        if parts.query:
-            self.warn("the image URL has a query string; DigitalOcean is reported to refuse such (pre-signed) URLs")
+        try:
+            check_import_url(url)
+        except ImageRefused as exc:
+            raise UserInputError(exc.reason, hint=exc.hint, parameter="url") from None
+
+    def check_src(self, path: str) -> None:
+        try:
+            facts = inspect_image(path)
+        except ImageRefused as exc:
+            raise UserInputError("%s: %s" % (path, exc.reason), hint=exc.hint, parameter="src") from None
+        self.result["source"] = facts.as_dict()
 
     def updates(self) -> Dict[str, str]:
         image = self.image or {}

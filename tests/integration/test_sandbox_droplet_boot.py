@@ -46,7 +46,12 @@ def call(do: DOSandbox, method: str, path: str, body: Any = None, expect: int | 
     import requests
 
     answer = requests.request(
-        method, do.endpoint + path, json=body, headers={"Authorization": f"Bearer {do.token}"}, timeout=60
+        method,
+        do.endpoint + path,
+        json=body,
+        headers={"Authorization": f"Bearer {do.token}"},
+        timeout=60,
+        verify=do.ca_bundle,  # this instance's CA
     )
     if expect is not None:
         assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])
@@ -62,7 +67,9 @@ def build_image(sandbox_instance: Any, tmp_path: Path, module: Path) -> Path:
         target = f"admin@{host['ip']}"
         subprocess.run(["scp", *ssh, "-q", "-r", str(SANDBOX_IMAGE), f"{target}:/tmp/def"], check=True, timeout=120)
         subprocess.run(["scp", *ssh, "-q", str(module), f"{target}:/tmp/module.nix"], check=True, timeout=120)
-        build = "python3 /tmp/def/mkimage.py do /tmp/out /tmp/module.nix"
+        # as the flake's derivation runs it: its PATH, as root (Nix builds as root on the builder;
+        # the image's files take the owner of what mke2fs copies, and dropbear wants /root root's)
+        build = "sudo env PATH=/usr/bin:/bin:/usr/sbin:/sbin python3 /tmp/def/mkimage.py do /tmp/out /tmp/module.nix"
         proc = subprocess.run(["ssh", *ssh, target, build], capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         subprocess.run(["scp", *ssh, "-q", f"{target}:/tmp/out/nixos.qcow2.gz", str(out)], check=True, timeout=300)

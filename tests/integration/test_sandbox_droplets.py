@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,14 @@ def sandbox(sandbox_instance) -> DOSandbox:
 
 
 def call(do: DOSandbox, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(do.endpoint + path, data=data, method=method)  # noqa: S310 - loopback
-    request.add_header("Authorization", f"Bearer {do.token}")
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
+    """The emulator's answer as another client gets it (HTTPS, trusting that instance's CA)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {do.token}"}
+    answer = requests.request(method, do.endpoint + path, json=body, headers=headers, timeout=60, verify=do.ca_bundle)
     if expect is not None:
-        assert status == expect, (method, path, status, raw[:500])
-    return json.loads(raw) if raw else None
+        assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])
+    return answer.json() if answer.content else None
 
 
 @pytest.fixture
@@ -147,7 +142,7 @@ def test_droplet_runs_qemu_with_its_metadata_and_delete_removes_everything(sandb
     assert disk.is_file()
     console = Path(entry["console"])
     assert console.is_file() and str(console).startswith(sandbox.state["state_dir"])
-    debug = sandbox._sandbox("GET", "droplets")["droplets"]
+    debug = call(sandbox, "GET", "/_sandbox/droplets", expect=200)["droplets"]
     assert [(d["id"], d["console"]) for d in debug] == [(droplet["id"], str(console))]
 
     base = "http://169.254.169.254/metadata/v1"
@@ -193,11 +188,12 @@ def test_sandbox_down_stops_droplets_left_running(sandbox, tmp_path):
         root.mkdir()
         (root / "d.qcow2.gz").write_bytes(gzip.compress(qcow2_image(GIB)))
         with FileServer(root) as files:
-            made = other.post("images", {"name": "left", "url": files.url("d.qcow2.gz"), "region": "nyc3"})
+            body = {"name": "left", "url": files.url("d.qcow2.gz"), "region": "nyc3"}
+            made = call(other, "POST", "/v2/images", body, expect=202)["image"]
             while call(other, "GET", f"/v2/images/{made['id']}", expect=200)["image"]["status"] == "NEW":
                 time.sleep(0.1)
         body = {"name": "left", "region": "nyc3", "size": "s-1vcpu-1gb", "image": made["id"]}
-        droplet = other.post("droplets", body)
+        droplet = call(other, "POST", "/v2/droplets", body, expect=202)["droplet"]
         wait_not_new(other, droplet["id"])
         [entry] = [r for r in other.do_resources() if r["type"] == "do_droplet"]
         qemu = (entry["processes"]["qemu"], procs.start_time(entry["processes"]["qemu"]))

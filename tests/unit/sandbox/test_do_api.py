@@ -21,6 +21,7 @@ from digitalocean.baseapi import DataReadError, NotFoundError
 from nfsandbox.digitalocean.api import DigitalOceanAPI
 from nfsandbox.digitalocean.http import DigitalOceanHTTPServer
 from nfsandbox.digitalocean.testing import FileServer, mbr_image, qcow2_image
+from nfsandbox.tls import CertificateAuthority
 
 GIB = 1024**3
 
@@ -59,8 +60,11 @@ def do(tmp_path, monkeypatch):
     root = tmp_path / "www"
     root.mkdir()
     api = DigitalOceanAPI(work_dir=tmp_path / "work")
-    server = DigitalOceanHTTPServer(api)
+    ca = CertificateAuthority(tmp_path)
+    server = DigitalOceanHTTPServer(api, ca.server_context("127.0.0.1"))
     server.start()
+    # HTTPS only: python-digitalocean (requests) trusts the emulator through the bundle
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.bundle))
     monkeypatch.setenv("DIGITALOCEAN_END_POINT", api.base_url + "/v2/")
     api.set_faults({"import_delay": 0.3, "transfer_delay": 0.3})
     with FileServer(root, forbidden=("forbidden.img",)) as files:
@@ -260,6 +264,7 @@ def test_fault_rates_and_counters(do):
         "500": statuses.count(500),
         "503": statuses.count(503),
         "lost_answer": 0,
+        "ratelimited": 0,
     }
     for status, share in ((429, 0.3), (500, 0.2), (503, 0.2)):
         assert abs(statuses.count(status) / 200 - share) < 0.12
@@ -276,7 +281,7 @@ def test_per_route_faults_and_counters(do):
     with pytest.raises(DataReadError, match="temporarily unavailable"):
         do.image(name="x", url=do.files.url("x.img"), region="nyc3").create()
     snap = do.api.faults.snapshot()
-    assert snap["served"] == {"429": 1, "500": 0, "503": 1, "lost_answer": 0}
+    assert snap["served"] == {"429": 1, "500": 0, "503": 1, "lost_answer": 0, "ratelimited": 0}
     assert snap["served_by_route"]["POST /v2/images"] == {"503": 1}
     with pytest.raises(ValueError, match="unknown digitalocean fault knob"):
         do.api.set_faults({"throttle_ratio": 1})
@@ -306,6 +311,28 @@ def test_rate_limit_budget_and_headers(do):
     assert [a.headers["ratelimit-remaining"] for a in answers] == ["2", "1", "0", "0"]
     assert answers[3].json()["id"] == "too_many_requests"
     assert int(answers[0].headers["ratelimit-reset"]) > time.time()
+    # the hourly budget's 429 says when the oldest request expires
+    assert 3500 < int(answers[3].headers["retry-after"]) <= 3600
+    assert do.api.faults.snapshot()["served"]["ratelimited"] == 1
+
+
+def test_the_burst_limit_answers_429_with_retry_after_and_frees_as_requests_expire(do):
+    """250 a minute on DigitalOcean; here 2 a second: each request counts for its own window."""
+    do.api.set_faults({"ratelimit_burst": 2, "ratelimit_burst_window": 1.0})
+    first, second, third = (do.raw("GET", "/v2/account") for _attempt in range(3))
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+    assert third.headers["ratelimit-remaining"] == "0" and third.headers["retry-after"] == "1"
+    assert third.headers["ratelimit-limit"] == "5000"  # the hourly budget is not used up
+    assert all(h in a.headers for a in (first, third) for h in ("ratelimit-limit", "ratelimit-reset"))
+    time.sleep(float(third.headers["retry-after"]))  # what the answer asked for
+    assert do.raw("GET", "/v2/account").status_code == 200
+
+
+def test_a_throttle_fault_carries_retry_after(do):
+    do.api.set_faults({"throttle": 1})
+    answer = do.raw("GET", "/v2/account")
+    assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+    assert "ratelimit-remaining" in answer.headers
 
 
 def test_reset_forgets_everything(do):
@@ -324,7 +351,9 @@ def test_provider_contract(tmp_path, monkeypatch):
     from nfsandbox.digitalocean import Provider
 
     instance = SimpleNamespace(work_dir=tmp_path / "var", network=ipaddress.ip_network("10.213.9.0/24"))
-    provider = Provider(SimpleNamespace(instance=instance, port=lambda name: 0))
+    ca = CertificateAuthority(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.bundle))
+    provider = Provider(SimpleNamespace(instance=instance, port=lambda name: 0, ca=ca))
     published = provider.start()
     try:
         assert set(published) == {
@@ -332,8 +361,13 @@ def test_provider_contract(tmp_path, monkeypatch):
             "DIGITALOCEAN_TOKEN",
             "DIGITALOCEAN_API_URL",
             "DIGITALOCEAN_END_POINT",
+            "DIGITALOCEAN_CA_BUNDLE",
         }
         assert published["DIGITALOCEAN_API_URL"] == published["digitalocean_endpoint"] + "/v2/"
+        assert published["digitalocean_endpoint"].startswith("https://")
+        assert published["DIGITALOCEAN_CA_BUNDLE"] == str(ca.bundle)
+        with pytest.raises(requests.exceptions.SSLError):  # HTTPS only, and only with the sandbox's CA
+            requests.get(published["DIGITALOCEAN_API_URL"] + "account", verify=requests.certs.where(), timeout=10)
         assert provider.api.networks == ["10.213.9.0/24"]
         provider.set_faults({"import_delay": 0, "throttle": 1})
         monkeypatch.setenv("DIGITALOCEAN_END_POINT", published["DIGITALOCEAN_API_URL"])

@@ -21,15 +21,18 @@ from nfsandbox.digitalocean.api import DigitalOceanAPI
 from nfsandbox.digitalocean.http import DigitalOceanHTTPServer
 from nfsandbox.digitalocean.keys import fingerprint
 from nfsandbox.digitalocean.testing import FileServer, qcow2_image
+from nfsandbox.tls import CertificateAuthority
 
 GIB = 1024**3
 
 
 @pytest.fixture
-def do(tmp_path):
+def do(tmp_path, monkeypatch):
     api = DigitalOceanAPI(work_dir=tmp_path / "work")
-    server = DigitalOceanHTTPServer(api)
+    ca = CertificateAuthority(tmp_path)
+    server = DigitalOceanHTTPServer(api, ca.server_context("127.0.0.1"))
     server.start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.bundle))  # HTTPS only
     api.set_faults({"import_delay": 0.1, "transfer_delay": 0.1})
 
     def call(method: str, path: str, **kw) -> requests.Response:

@@ -183,3 +183,15 @@ def test_sandbox_network_is_allowed_and_query_strings_only_refused_on_request(fi
     assert importer.fetch(url, tmp_path / "dl", LIMIT).size == MIB
     with pytest.raises(ImportRefused, match="query string"):
         importer.fetch(url, tmp_path / "dl", LIMIT, refuse_query=True)
+
+
+@pytest.mark.parametrize("status", [405, 501])
+def test_fetch_fails_when_the_server_does_not_answer_head(tmp_path, status):
+    """DigitalOcean sends HEAD first; a server without HEAD fails the import, no GET follows."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "disk.img").write_bytes(mbr_image())
+    with FileServer(root, no_head={"disk.img": status}) as files:
+        with pytest.raises(ImportRefused, match=f"answered {status} .* HEAD request"):
+            importer.fetch(files.url("disk.img"), tmp_path / "dl", LIMIT)
+        assert [method for method, _path in files.requests] == ["HEAD"]

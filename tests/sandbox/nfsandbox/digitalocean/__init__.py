@@ -9,8 +9,10 @@ metadata service and QEMU), `qemu.py` (accelerator probe, disk, command line),
 `metadata.py` (the metadata service, also a program run in the droplet's namespace).
 
 Published in state.json `endpoints` (and by `sandboxctl env`): `DIGITALOCEAN_TOKEN`,
-`DIGITALOCEAN_API_URL` and `DIGITALOCEAN_END_POINT` (both http://127.0.0.1:PORT/v2/, the
-end point python-digitalocean takes) and `digitalocean_endpoint` (http://127.0.0.1:PORT).
+`DIGITALOCEAN_API_URL` and `DIGITALOCEAN_END_POINT` (both https://127.0.0.1:PORT/v2/, the
+end point python-digitalocean takes), `DIGITALOCEAN_CA_BUNDLE` (the sandbox CA, what the
+collection's `ca_bundle` option falls back to) and `digitalocean_endpoint`
+(https://127.0.0.1:PORT). HTTPS only, as DigitalOcean.
 
 The importer fetches from the daemon's position: loopback and the instance's own network
 only (the B2 emulator's public files, a test's HTTP server, a sandbox host).
@@ -48,13 +50,16 @@ class Provider(EmulatorProvider):
         # downloads go to disk next to the hosts' overlays, not to /run (a tmpfs)
         self.work_dir = Path(instance.work_dir) / "digitalocean"
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        # droplets of custom images boot under QEMU where there is a sandbox (not in unit tests)
-        machines = Machines(self.sandbox, self.work_dir) if hasattr(self.sandbox, "pool") else None
-        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)], machines=machines)
-        self.http = DigitalOceanHTTPServer(self.api, "127.0.0.1", self.sandbox.port("digitalocean"))
+        if self.sandbox.ca is None:
+            raise RuntimeError("the DigitalOcean emulator needs the sandbox CA (HTTPS only)")
+        context = self.sandbox.ca.server_context("127.0.0.1", "localhost")
+        self.api = DigitalOceanAPI(work_dir=self.work_dir, networks=[str(instance.network)])
+        self.http = DigitalOceanHTTPServer(self.api, context, "127.0.0.1", self.sandbox.port("digitalocean"))
         self.http.start()
         endpoint = self.api.base_url
         log.info("DigitalOcean emulator listening on %s", endpoint)
+        if hasattr(self.sandbox, "pool"):  # droplets of custom images boot under QEMU (not in unit tests)
+            self.api.droplets.machines = Machines(self.sandbox, self.work_dir)
         return {
             "digitalocean_endpoint": endpoint,
             # exported as they are by `sandboxctl env`: what do_custom_image and python-digitalocean read
@@ -63,6 +68,8 @@ class Provider(EmulatorProvider):
             # python-digitalocean's own variable: objects it builds internally (Account,
             # Action, ...) take their end point from it, never from the Manager
             "DIGITALOCEAN_END_POINT": f"{endpoint}/v2/",
+            # the collection's ca_bundle fallback; python-digitalocean alone uses REQUESTS_CA_BUNDLE
+            "DIGITALOCEAN_CA_BUNDLE": str(self.sandbox.ca.bundle),
         }
 
     def _cleanup(self) -> None:

@@ -15,6 +15,7 @@ but stays readable by id for `failed_grace` seconds, then answers 404.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import itertools
 import json
@@ -160,38 +161,56 @@ class Action:
 
 
 class RateLimit:
-    """DigitalOcean's hourly budget per token, as a fixed window."""
+    """DigitalOcean's limits per token, as documented: every request counts against the
+    hourly budget for one window after it was made (ratelimit-reset is when the oldest
+    counted one expires), and against the burst budget (250 a minute) for one burst window;
+    past either, 429 with `retry-after` (seconds until a counted request expires)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.window_start = now()
-        self.used = 0
+        self.times: collections.deque[float] = collections.deque()
 
-    def charge(self, limit: int, window: float) -> tuple[bool, dict[str, str]]:
-        """(allowed, headers) for one request."""
+    def charge(self, limits: tuple[int, float, int, float]) -> tuple[bool, dict[str, str]]:
+        """(allowed, headers) for one request; `limits` is (hourly, window, burst, burst window)."""
+        limit, window, burst, burst_window = limits
         with self.lock:
             t = now()
-            if t >= self.window_start + window:
-                self.window_start, self.used = t, 0
-            allowed = self.used < limit
-            if allowed:
-                self.used += 1
-            return allowed, self._headers(limit, window)
+            self._expire(t, window)
+            recent = [x for x in self.times if x > t - burst_window]
+            wait = 0.0
+            if len(self.times) >= limit:
+                wait = self.times[len(self.times) - limit] + window - t
+            if len(recent) >= burst:
+                wait = max(wait, recent[len(recent) - burst] + burst_window - t)
+            if wait <= 0:
+                self.times.append(t)
+            headers = self._headers(t, limit, window)
+            if wait > 0:
+                headers["ratelimit-remaining"] = "0"  # DO's 429 says 0 even when only the burst was met
+                headers["retry-after"] = str(max(1, math.ceil(wait)))
+            return wait <= 0, headers
 
-    def headers(self, limit: int, window: float) -> dict[str, str]:
+    def headers(self, limits: tuple[int, float, int, float]) -> dict[str, str]:
         with self.lock:
-            return self._headers(limit, window)
+            t = now()
+            self._expire(t, limits[1])
+            return self._headers(t, limits[0], limits[1])
 
-    def _headers(self, limit: int, window: float) -> dict[str, str]:
+    def _expire(self, t: float, window: float) -> None:
+        while self.times and self.times[0] <= t - window:
+            self.times.popleft()
+
+    def _headers(self, t: float, limit: int, window: float) -> dict[str, str]:
+        oldest = self.times[0] if self.times else t
         return {
             "ratelimit-limit": str(limit),
-            "ratelimit-remaining": str(max(0, limit - self.used)),
-            "ratelimit-reset": str(int(self.window_start + window)),
+            "ratelimit-remaining": str(max(0, limit - len(self.times))),
+            "ratelimit-reset": str(math.ceil(oldest + window)),
         }
 
     def reset(self) -> None:
         with self.lock:
-            self.window_start, self.used = now(), 0
+            self.times.clear()
 
 
 class DigitalOceanAPI:
@@ -283,19 +302,25 @@ class DigitalOceanAPI:
         path = re.sub(r"/{2,}", "/", path).rstrip("/") or "/"
         line = f"{method} {path}"
         request_id = str(uuid.uuid4())
-        limit, window = self.faults.get("ratelimit_limit"), self.faults.get("ratelimit_window")
+        limits = tuple(
+            self.faults.get(k)
+            for k in ("ratelimit_limit", "ratelimit_window", "ratelimit_burst", "ratelimit_burst_window")
+        )
         extra = {"x-request-id": request_id}
         try:
             if not self.authorized(headers):
-                extra.update(self.ratelimit.headers(limit, window))
+                extra.update(self.ratelimit.headers(limits))  # type: ignore[arg-type]
                 raise ApiError(401, "Unable to authenticate you")
             fault = self.faults.draw(line)
-            allowed, rl_headers = self.ratelimit.charge(limit, window)
+            allowed, rl_headers = self.ratelimit.charge(limits)  # type: ignore[arg-type]
             extra.update(rl_headers)
             if fault is not None:
                 log.info("digitalocean: fault %s served for %s", fault, line)
+                if fault == 429:
+                    extra["retry-after"] = "1"
                 raise ApiError(fault, FAULT_MESSAGES[fault])
             if not allowed:
+                self.faults.count_ratelimited(line)
                 raise ApiError(429, "API Rate limit exceeded.")
             payload: Any = None
             if body and body.strip():

@@ -1,9 +1,10 @@
 """Fault knobs of the DigitalOcean emulator (control API `POST /faults/digitalocean`).
 
 A call replaces the whole table; `{}` restores the defaults. What was served is counted
-by status in `served` and by "METHOD /v2/path" in `served_by_route` (never reset by a new
-table, only by `reset()`), so a test can prove that the faults it asked for really
-fired: `GET /faults/digitalocean` on the control API shows the knobs and the counters.
+by status in `served` (429s of the rate limiter itself as `ratelimited`) and by
+"METHOD /v2/path" in `served_by_route` (never reset by a new table, only by `reset()`),
+so a test can prove that the faults it asked for really fired: `GET /faults/digitalocean`
+on the control API shows the knobs and the counters.
 
     {"throttle_rate": 0.2,          # fraction of requests answered 429 too_many_requests
      "server_error_rate": 0.1,      # ... 500 server_error
@@ -13,16 +14,20 @@ fired: `GET /faults/digitalocean` on the control API shows the knobs and the cou
      "throttle": 2, "server_error": 1, "unavailable": 1,         # the next N requests, deterministic
      "lost_answer_rate": 0.1, "lost_answer": 1,  # applied, then answered 500 (rate / next N)
      "seed": 7,                     # seeds the random draws (reproducible runs)
-     "ratelimit_limit": 5000,       # requests per window, as DO's ratelimit-limit header
-     "ratelimit_window": 3600,      # seconds; ratelimit-reset is the end of the window
+     "ratelimit_limit": 5000,       # requests per window (each request counts for one window), ratelimit-limit
+     "ratelimit_window": 3600,      # seconds; ratelimit-reset is when the oldest counted request expires
+     "ratelimit_burst": 250,        # requests per burst window (DO's 250/minute); past it: 429 + retry-after
+     "ratelimit_burst_window": 60,  # seconds
      "import_delay": 1.0,           # minimum seconds an imported image stays NEW
      "transfer_delay": 1.0,         # seconds a transfer action stays in-progress
      "size_limit": 107374182400,    # bytes; larger downloads/decompressed images are refused
      "failed_grace": 600,           # seconds a failed import stays readable (status deleted)
-     "refuse_query_urls": false}    # refuse URLs with a query string (signed/authorized URLs)
+     "refuse_query_urls": true}     # refuse URLs with a query string (DigitalOcean takes the file name
+                                    # from the path); false lets a test import a signed URL anyway
 
 Faults apply after the token check (a bad token always gets its 401) and are drawn
-before the rate-limit budget is charged.
+before the rate-limit budget is charged. A throttle fault's 429 carries `retry-after: 1`,
+as the burst limiter's does (with the seconds until a request expires).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Faults:
         "seed": int,
         "ratelimit_limit": int,
         "ratelimit_window": float,
+        "ratelimit_burst": int,
+        "ratelimit_burst_window": float,
         "import_delay": float,
         "transfer_delay": float,
         "size_limit": int,
@@ -63,11 +70,13 @@ class Faults:
         "seed": None,
         "ratelimit_limit": 5000,
         "ratelimit_window": 3600.0,
+        "ratelimit_burst": 250,
+        "ratelimit_burst_window": 60.0,
         "import_delay": 1.0,
         "transfer_delay": 1.0,
         "size_limit": 100 * GIB,
         "failed_grace": 600.0,
-        "refuse_query_urls": False,
+        "refuse_query_urls": True,
     }
 
     def __init__(self) -> None:
@@ -122,7 +131,7 @@ class Faults:
         values["routes"] = routes
         if values["match"]:
             self._regex(values["match"], "match")
-        for key in ("ratelimit_limit", "size_limit"):
+        for key in ("ratelimit_limit", "ratelimit_burst", "size_limit"):
             if values[key] < 0:
                 raise ValueError(f"{key} must be >= 0")
         with self.lock:
@@ -138,7 +147,7 @@ class Faults:
 
     @staticmethod
     def _zero() -> dict[str, int]:
-        return {**{str(s): 0 for s in KINDS.values()}, "lost_answer": 0}
+        return {**{str(s): 0 for s in KINDS.values()}, "lost_answer": 0, "ratelimited": 0}
 
     def reset(self) -> None:
         with self.lock:
@@ -172,6 +181,11 @@ class Faults:
             if hit:
                 self._count(line, "lost_answer")
             return hit
+
+    def count_ratelimited(self, line: str) -> None:
+        """A 429 of the rate limiter itself (not a fault knob): counted as `ratelimited`."""
+        with self.lock:
+            self._count(line, "ratelimited")
 
     def _count(self, line: str, what: str) -> None:
         self.served[what] += 1

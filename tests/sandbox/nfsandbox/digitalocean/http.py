@@ -1,7 +1,9 @@
-"""HTTP front of the DigitalOcean emulator (what python-digitalocean talks to).
+"""HTTPS front of the DigitalOcean emulator (what python-digitalocean talks to).
 
-Plain HTTP on 127.0.0.1: python-digitalocean takes the whole end point URL
-(`DIGITALOCEAN_API_URL`, e.g. http://127.0.0.1:PORT/v2/), so no TLS is needed.
+HTTPS only, as api.digitalocean.com: the certificate is issued by the sandbox CA (tls.py),
+which clients trust through the collection's `ca_bundle` option / DIGITALOCEAN_CA_BUNDLE
+or REQUESTS_CA_BUNDLE. python-digitalocean takes the whole end point URL
+(`DIGITALOCEAN_API_URL`, https://127.0.0.1:PORT/v2/).
 
 Not part of the DigitalOcean API (the emulator's token is required): `GET
 /_sandbox/exchanges` lists the last requests and answers (`DELETE` clears them); the
@@ -13,6 +15,7 @@ and serial console log.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -63,7 +66,17 @@ class _Handler(Handler):
 
 
 class DigitalOceanHTTPServer(EmulatorServer):
-    def __init__(self, api: DigitalOceanAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(_Handler, "digitalocean-http", host, port, api=api, recorder=Recorder("authorization"))
+    def __init__(
+        self, api: DigitalOceanAPI, ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        super().__init__(
+            _Handler,
+            "digitalocean-https",
+            host,
+            port,
+            ssl_context=ssl_context,
+            api=api,
+            recorder=Recorder("authorization"),
+        )
         host_, port_ = self.address
-        api.base_url = f"http://{host_}:{port_}"
+        api.base_url = f"https://{host_}:{port_}"

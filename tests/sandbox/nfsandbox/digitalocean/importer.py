@@ -1,6 +1,7 @@
 """What DigitalOcean does with the URL of a custom image: fetch it, look inside, size it.
 
-`fetch(url, dest, size_limit)` sends HEAD and then GET, streams the body to `dest` on
+`fetch(url, dest, size_limit)` sends HEAD (a server that does not answer it fails the
+import, 405 and 501 included, as DigitalOcean documents) and then GET, streams the body to `dest` on
 disk (never whole in memory) and hashes it on the way. `inspect(path, size_limit)`
 reads the file back: optionally gzip or bzip2 (decompressed as a stream, only the first
 `HEAD_BYTES` of the inner image kept), then one of the formats DigitalOcean accepts:
@@ -88,7 +89,11 @@ def check_url(url: str, networks: Iterable[str], refuse_query: bool = False) -> 
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ImportRefused(msg_unreachable(url, "only http and https URLs can be imported"))
     if refuse_query and parts.query:
-        raise ImportRefused(msg_unreachable(url, "URLs with a query string are not accepted"))
+        raise ImportRefused(
+            msg_unreachable(
+                url, "URLs with a query string are not accepted: the file name is read from the URL's path"
+            )
+        )
     host = parts.hostname
     if host == "localhost":
         return
@@ -131,8 +136,10 @@ def fetch(url: str, dest: Path, size_limit: int, networks: Iterable[str] = (), r
         if length and length.isdigit() and int(length) > size_limit:
             raise ImportRefused(msg_too_large(size_limit))
     except urllib.error.HTTPError as exc:
-        if exc.code not in (405, 501):  # a server without HEAD still gets its GET
-            raise ImportRefused(msg_unreachable(url, f"the server answered {exc.code} {exc.reason}")) from None
+        # DigitalOcean checks the URL with HEAD first: a server that does not answer it
+        # (405, 501, ...) fails the import before any GET, as documented
+        why = f"the server answered {exc.code} {exc.reason} to the HEAD request DigitalOcean sends first"
+        raise ImportRefused(msg_unreachable(url, why)) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ImportRefused(msg_unreachable(url, _reason(exc))) from None
     digest = hashlib.sha256()

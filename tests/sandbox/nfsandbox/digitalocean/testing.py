@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import ssl
 import struct
 import threading
 import urllib.request
@@ -39,6 +40,9 @@ class DOSandbox(EmulatorSandbox):
         self.endpoint: str = endpoints["digitalocean_endpoint"]
         self.api_url: str = endpoints["DIGITALOCEAN_API_URL"]
         self.token: str = endpoints["DIGITALOCEAN_TOKEN"]
+        # HTTPS only: the sandbox's CA (DIGITALOCEAN_CA_BUNDLE / REQUESTS_CA_BUNDLE)
+        self.ca_bundle: str = endpoints["DIGITALOCEAN_CA_BUNDLE"]
+        self.tls = ssl.create_default_context(cafile=self.ca_bundle)
 
     # -- python-digitalocean -----------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -46,6 +50,8 @@ class DOSandbox(EmulatorSandbox):
             "DIGITALOCEAN_TOKEN": self.token,
             "DIGITALOCEAN_API_URL": self.api_url,
             "DIGITALOCEAN_END_POINT": self.api_url,
+            "DIGITALOCEAN_CA_BUNDLE": self.ca_bundle,
+            "REQUESTS_CA_BUNDLE": self.ca_bundle,  # python-digitalocean on its own (requests)
         }
 
     def manager(self, token: str | None = None) -> Any:
@@ -53,12 +59,14 @@ class DOSandbox(EmulatorSandbox):
 
         # objects python-digitalocean builds itself (Account, Action) read the end point from here
         os.environ["DIGITALOCEAN_END_POINT"] = self.api_url
+        os.environ["REQUESTS_CA_BUNDLE"] = self.ca_bundle  # the sandbox CA plus the system's
         return digitalocean.Manager(token=token or self.token, end_point=self.api_url)
 
     def image(self, **kwargs: Any) -> Any:
         import digitalocean
 
         os.environ["DIGITALOCEAN_END_POINT"] = self.api_url
+        os.environ["REQUESTS_CA_BUNDLE"] = self.ca_bundle  # the sandbox CA plus the system's
         return digitalocean.Image(token=self.token, end_point=self.api_url, **kwargs)
 
     def post(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +78,7 @@ class DOSandbox(EmulatorSandbox):
             method="POST",
             headers={"Authorization": "Bearer " + self.token, "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=60, context=self.tls) as response:  # noqa: S310
             return json.loads(response.read())[collection.rstrip("s")]
 
     # -- control API (EmulatorSandbox) ----------------------------------------------------
@@ -81,7 +89,7 @@ class DOSandbox(EmulatorSandbox):
     def _sandbox(self, method: str, what: str) -> Any:
         request = urllib.request.Request(f"{self.endpoint}/_sandbox/{what}", method=method)  # noqa: S310
         request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback emulator
+        with urllib.request.urlopen(request, timeout=30, context=self.tls) as response:  # noqa: S310 - loopback
             raw = response.read()
         return json.loads(raw) if raw else None
 
@@ -103,11 +111,13 @@ class DOSandbox(EmulatorSandbox):
 
 
 class FileServer:
-    """Serves `directory` on 127.0.0.1 (HEAD and GET); names in `forbidden` answer 403."""
+    """Serves `directory` on 127.0.0.1 (HEAD and GET); names in `forbidden` answer 403,
+    names in `no_head` answer HEAD with the status given (405, 501: a server without HEAD)."""
 
-    def __init__(self, directory: Path, forbidden: tuple[str, ...] = ()) -> None:
+    def __init__(self, directory: Path, forbidden: tuple[str, ...] = (), no_head: dict[str, int] | None = None) -> None:
         self.requests: list[tuple[str, str]] = []
         log = self.requests
+        headless = dict(no_head or {})
 
         class Handler(SimpleHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
@@ -115,8 +125,12 @@ class FileServer:
 
             def send_head(self):  # type: ignore[no-untyped-def]
                 log.append((self.command, self.path))
-                if self.path.split("?")[0].lstrip("/") in forbidden:
+                name = self.path.split("?")[0].lstrip("/")
+                if name in forbidden:
                     self.send_error(403, "Forbidden")
+                    return None
+                if self.command == "HEAD" and name in headless:
+                    self.send_error(headless[name])
                     return None
                 return super().send_head()
 

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sandbox"))
 from nfsandbox.digitalocean.api import DigitalOceanAPI
 from nfsandbox.digitalocean.http import DigitalOceanHTTPServer
 from nfsandbox.digitalocean.testing import FileServer, qcow2_image
+from nfsandbox.tls import CertificateAuthority
 
 MIB = 1024 * 1024
 
@@ -55,8 +57,12 @@ def do(tmp_path, monkeypatch):
     root = tmp_path / "www"
     root.mkdir()
     api = DigitalOceanAPI(work_dir=tmp_path / "work")
-    server = DigitalOceanHTTPServer(api)
+    ca = CertificateAuthority(tmp_path)
+    server = DigitalOceanHTTPServer(api, ca.server_context("127.0.0.1"))
     server.start()
+    # HTTPS only: the module trusts the emulator through its ca_bundle fallback
+    monkeypatch.setenv("DIGITALOCEAN_CA_BUNDLE", str(ca.ca_cert))
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.setattr(do_utils, "DEFAULT_POLICY", RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05))
     with FileServer(root) as files:
         emulator = Emulator(api, server, files, root)
@@ -123,7 +129,7 @@ def closed_port() -> int:
 
 def test_import_transfer_then_rerun_changes_nothing(do):
     out = run(do, regions=["ams3", "sgp1"], description="nixos", tags={"team": "ops"})
-    assert out.kind == "exit", out.result
+    assert out.kind == "exit", out.result.get("msg")
     r = out.result
     assert r["changed"] is True and r["imported"] is True
     assert r["actions"] == [
@@ -242,7 +248,7 @@ def test_bad_input_fails_before_creating_anything(do, args, parameter, text):
 def test_token_from_the_environment_and_never_shown(do, monkeypatch):
     monkeypatch.setenv("DO_API_TOKEN", do.api.token)
     out = run(do, oauth_token=None)
-    assert out.kind == "exit", out.result
+    assert out.kind == "exit", out.result.get("msg")
     assert do.api.token not in json.dumps(out.result)
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", "dop_v1_wrongwrongwrong")
     failed = run(do, oauth_token=None)
@@ -253,7 +259,7 @@ def test_token_from_the_environment_and_never_shown(do, monkeypatch):
 def test_throttling_and_server_errors_are_retried(do):
     do.faults(throttle=2, server_error=1, unavailable=1, throttle_rate=0.2, seed=3)
     out = run(do, regions=["ams3"])
-    assert out.kind == "exit", out.result
+    assert out.kind == "exit", out.result.get("msg")
     assert out.result["image"]["status"] == "available"
     assert out.result["retries"] >= 4
     served = do.api.faults.snapshot()["served"]
@@ -277,7 +283,7 @@ def test_create_retried_after_a_5xx_adopts_what_the_first_attempt_made(do, monke
 
     monkeypatch.setattr(do.api, "_create_image", create_then_fail)
     out = run(do)
-    assert out.kind == "exit", out.result
+    assert out.kind == "exit", out.result.get("msg")
     assert len(calls) == 1 and len(do.images()) == 1
     assert out.result["retries"] == 1
 
@@ -290,7 +296,7 @@ def test_absent_by_name_then_by_build_id(do):
     run(do, name="two", wait=False)
     run(do, name="other", build_id="b2", wait=False)
     out = run(do, state="absent", name="one")
-    assert out.kind == "exit", out.result
+    assert out.kind == "exit", out.result.get("msg")
     assert out.result["changed"] is True and len(out.result["deleted"]) == 1
     assert sorted(i["name"] for i in do.images()) == ["other", "two"]
     check = run(do, check=True, state="absent", name=None)
@@ -302,3 +308,81 @@ def test_absent_by_name_then_by_build_id(do):
     assert [i["name"] for i in do.images()] == ["other"]
     again = run(do, state="absent", name=None)
     assert again.result["changed"] is False and again.result["deleted"] == []
+
+
+# -- certificates, URLs and files DigitalOcean would refuse -------------------------------
+
+
+def test_a_certificate_that_does_not_verify_fails_at_once_naming_ca_bundle(do, tmp_path, monkeypatch):
+    other = CertificateAuthority(tmp_path / "other")  # a CA that did not sign the emulator's certificate
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(do_ca_bundle()))  # the option wins over the environment
+    out = run(do, ca_bundle=str(other.ca_cert))
+    assert out.kind == "fail"
+    assert out.result["parameter"] == "ca_bundle" and out.result["retries"] == 0
+    assert "certificate" in out.result["msg"] and "'ca_bundle'" in out.result["msg"]
+    assert do.server.server.recorder.list() == [] and do.images() == []
+    missing = run(do, ca_bundle=str(tmp_path / "nope.pem"))
+    assert missing.result["parameter"] == "ca_bundle" and "is not a file" in missing.result["msg"]
+
+
+def do_ca_bundle() -> str:
+    return os.environ["DIGITALOCEAN_CA_BUNDLE"]
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check-mode", "real"])
+def test_a_url_with_a_query_string_fails_before_importing(do, check):
+    out = run(do, check=check, url=do.qcow2_url + "?Authorization=3_20261206_secret")
+    assert out.kind == "fail"
+    assert out.result["parameter"] == "url" and "query string" in out.result["msg"]
+    assert "do_image_publish_url_mode=public" in out.result["msg"]
+    assert "3_20261206_secret" not in json.dumps(out.result)
+    assert do.calls("POST", "/v2/images") == 0 and do.images() == []
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check-mode", "real"])
+def test_an_image_file_digitalocean_would_refuse_fails_before_any_call(do, tmp_path, check):
+    big = tmp_path / "big.qcow2.gz"
+    big.write_bytes(gzip.compress(qcow2_image(101 * 1024**3)))  # a 101 GiB disk, in a few KiB
+    out = run(do, check=check, src=str(big))
+    assert out.kind == "fail"
+    assert out.result["parameter"] == "src" and "over DigitalOcean's limit of 100 GiB" in out.result["msg"]
+    assert do.server.server.recorder.list() == []  # nothing asked of DigitalOcean either
+    zst = tmp_path / "nixos.img.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
+    refused = run(do, check=check, src=str(zst))
+    assert refused.result["parameter"] == "src" and "zstd" in refused.result["msg"]
+
+
+def test_a_good_image_file_is_described(do, tmp_path):
+    good = tmp_path / "nixos.qcow2.gz"
+    good.write_bytes(gzip.compress(qcow2_image(64 * MIB)))
+    out = run(do, check=True, src=str(good))
+    assert out.kind == "exit", out.result.get("msg")
+    assert out.result["source"]["format"] == "qcow2" and out.result["source"]["compression"] == "gzip"
+    assert out.result["source"]["virtual_size"] == 64 * MIB
+
+
+def test_a_failed_or_deleted_image_of_the_build_is_never_adopted(do, monkeypatch):
+    """Even where a listing shows failed imports (the emulator, like DigitalOcean, does not):
+    an image `deleted` with an error_message, or `retired`, is not the build's image."""
+    refused = run(do, url=do.serve("random.img.gz", gzip.compress(os.urandom(64 * 1024))), wait=False)
+    failed_id = refused.result["image"]["id"]
+    failed = do.api.images[failed_id]
+    deadline = time.monotonic() + 60
+    while failed.status != "deleted":  # the emulator's import ends (and fails) on its own
+        assert time.monotonic() < deadline, failed.status
+        time.sleep(0.05)
+    original = do.api._list_images
+
+    def list_with_failed(query, body):
+        status, answer = original(query, body)
+        answer["images"] = [dict(failed.view(), status="deleted", error_message="We don't support it")] + answer[
+            "images"
+        ]
+        return status, answer
+
+    monkeypatch.setattr(do.api, "_list_images", list_with_failed)
+    out = run(do)
+    assert out.kind == "exit", out.result.get("msg")
+    assert out.result["imported"] is True and out.result["image"]["id"] != failed_id
+    assert out.result["image"]["status"] == "available"
