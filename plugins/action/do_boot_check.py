@@ -63,6 +63,7 @@ ARGUMENT_SPEC: Dict[str, Any] = dict(
     cleanup_timeout=dict(type="int", default=300),
     oauth_token=dict(type="str", no_log=True, aliases=["api_token"]),
     api_url=dict(type="str"),
+    ca_bundle=dict(type="path"),
 )
 
 
@@ -109,7 +110,7 @@ class BootCheck:
     def common(self) -> Dict[str, Any]:
         """Options every module call gets (credentials only when given: else the modules' fallbacks)."""
         out = {"build_id": self.args["build_id"], "pipeline": self.args["pipeline"], "expires_at": self.expires_at}
-        for option in ("oauth_token", "api_url"):
+        for option in ("oauth_token", "api_url", "ca_bundle"):
             if self.args.get(option):
                 out[option] = self.args[option]
         return out

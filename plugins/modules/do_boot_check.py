@@ -99,6 +99,10 @@ options:
     description: Base URL of the DigitalOcean API v2 (default V(https://api.digitalocean.com/v2/), or
       E(DIGITALOCEAN_API_URL)).
     type: str
+  ca_bundle:
+    description: PEM file of the CA that signs the API's certificate, for an endpoint with its own CA (default
+      E(DIGITALOCEAN_CA_BUNDLE), else the system's store or E(REQUESTS_CA_BUNDLE)).
+    type: path
 requirements:
   - python-digitalocean >= 1.17.0
   - OpenSSH client (C(ssh), C(ssh-keygen)) on the controller

@@ -23,6 +23,7 @@ from ansible_collections.nixforge.images.plugins.modules import do_droplet, do_s
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sandbox"))
 from nfsandbox.digitalocean.api import DigitalOceanAPI
 from nfsandbox.digitalocean.http import DigitalOceanHTTPServer
+from nfsandbox.tls import CertificateAuthority
 
 
 class Emulator:
@@ -36,8 +37,12 @@ def do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     for name in ("DIGITALOCEAN_TOKEN", "DO_API_TOKEN", "DIGITALOCEAN_API_URL", "DIGITALOCEAN_ACCESS_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     api = DigitalOceanAPI(work_dir=tmp_path / "work")
-    server = DigitalOceanHTTPServer(api)
+    ca = CertificateAuthority(tmp_path)
+    server = DigitalOceanHTTPServer(api, ca.server_context("127.0.0.1"))
     server.start()
+    # HTTPS only: the modules trust the emulator through their ca_bundle fallback
+    monkeypatch.setenv("DIGITALOCEAN_CA_BUNDLE", str(ca.ca_cert))
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.setattr(do_utils, "DEFAULT_POLICY", RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05))
     yield Emulator(api)
     server.stop()
