@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Optional
 
+from ansible import constants as C
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _bootprobe as probe
@@ -95,13 +96,20 @@ class BootCheckFailed(Exception):
 class BootCheck:
     """One boot check: create, probe, run, and (``cleanup``) remove, with the numbers."""
 
-    def __init__(self, call: Callable[[str, Dict[str, Any]], Dict[str, Any]], args: Dict[str, Any]) -> None:
+    def __init__(
+        self,
+        call: Callable[[str, Dict[str, Any]], Dict[str, Any]],
+        args: Dict[str, Any],
+        tmp_root: Optional[str] = None,
+    ) -> None:
         self.call = call
         self.args = args
         self.expires_at = format_timestamp(expiry(args))
         self.name = args["name"] or "nixforge-%s-boot" % args["build_id"]
         self.ladder = probe.Ladder()
-        self.workdir = tempfile.mkdtemp(prefix="nixforge-boot-")
+        # inside ansible-playbook's own temporary directory when given: it removes that at
+        # exit, also after Ctrl-C, should the worker be killed before its cleanup
+        self.workdir = tempfile.mkdtemp(prefix="nixforge-boot-", dir=tmp_root)
         self.key_requested = self.droplet_requested = False
         self.started: Optional[float] = None
         self.logged_in: Optional[float] = None
@@ -309,7 +317,7 @@ class ActionModule(ActionBase):
                 module_name="nixforge.images.%s" % name, module_args=module_args, task_vars=task_vars
             )
 
-        check = BootCheck(call, args)
+        check = BootCheck(call, args, tmp_root=C.DEFAULT_LOCAL_TMP)
         failure: Optional[str] = None
         previous = terminate_as_interrupt()
         try:

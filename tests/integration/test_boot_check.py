@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ def test_image_that_does_not_boot_fails_and_leaves_nothing(env: dict[str, str], 
 
 def test_ctrl_c_during_the_boot_check_then_reap_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
     build_id = new_id("t-bootint")
+    started = time.time()
     record = tmp_path / "run.jsonl"
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK)]
     argv += ["-e", json.dumps(variables(tmp_path, build_id))]
@@ -166,6 +168,11 @@ def test_ctrl_c_during_the_boot_check_then_reap_leaves_nothing(env: dict[str, st
         if proc.poll() is None:
             kill_tree(proc.pid)
             proc.wait()
+    # the check's private keys lived in ansible-playbook's own temporary directory, gone with it
+    local_tmp = Path(recording(playbook_env(env), record)["ANSIBLE_LOCAL_TEMP"])
+    assert not list(local_tmp.glob("ansible-local-%d*/nixforge-boot-*" % proc.pid))
+    stray = [p for p in Path(tempfile.gettempdir()).glob("nixforge-boot-*") if p.stat().st_mtime >= started]
+    assert not stray, stray  # and never anywhere else
     # the pipeline did not go on after the boot check
     assert not [r for r in records(record) if r["task"] == "nixforge.images.do_image_publish : Publish the result"]
     assert not [r for r in records(record) if r["task"].startswith("Summary")]
