@@ -54,7 +54,8 @@ def variables(tmp_path: Path, build_id: str, **extra: Any) -> dict[str, Any]:
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
         "do_image_publish_boot_timeout": BOOT_TIMEOUT,
-        # a Debian 12 builder (Metal): the sandbox image definition takes its kernel from the builder
+        # a Metal builder (Debian 12), as test_playbook_do's main case; the EC2 default (Debian 13) builds the
+        # same image since wip/image handles that kernel's built-in virtio drivers
         "builder_host_provider": "equinix_metal",
         **extra,
     }
