@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._keys import key_tags, list_keys
 from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
     builder_record,
     filter_builds,
@@ -119,7 +120,8 @@ def list_builds(
     now: Optional[datetime.datetime] = None,
 ) -> List[Dict[str, Any]]:
     """Build records (see ``_discovery.group_builds``) of the account's tagged custom images
-    and droplets. Images that are ``available`` are marked ``product``."""
+    and droplets, and of its SSH keys named for a build (``_digitalocean/_keys``). Images that
+    are ``available`` are marked ``product``."""
     build_ids = list(build_ids or [])
     found: List[Tuple[Dict[str, str], Dict[str, Any]]] = []
     for image in client.list_images():
@@ -145,6 +147,10 @@ def list_builds(
                 resource_record("droplet", droplet.get("id"), droplet.get("name"), region, droplet.get("status")),
             )
         )
+    for key in list_keys(client):
+        tags = key_tags(key)
+        if tags:
+            found.append((tags, resource_record("ssh_key", key.get("id"), key.get("name"), None, "registered")))
     return filter_builds(group_builds(found, now), build_ids, expired)
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: do_build_info
-short_description: List the custom images and droplets of builds in a DigitalOcean account
+short_description: List the custom images, droplets and SSH keys of builds in a DigitalOcean account
 version_added: 0.2.0
 description:
   - Lists everything of ours in the DigitalOcean account, grouped by build; custom images and droplets tagged
-    C(nixforge-build-id:<id>).
+    C(nixforge-build-id:<id>), and account SSH keys named C(nixforge-<id>-<expiry>) (keys have no tags; the
+    expiry in the name counts as their C(nixforge-expires-at)).
   - An image that is C(available) is the finished product of a build, not a leftover; it is marked
     RV(builds[].resources[].product). C(playbooks/reap.yml) never removes a product because its build expired,
     only images stuck in another state (a failed or hanging import), unless you name the build id.
@@ -72,7 +73,8 @@ builds:
       elements: dict
       contains:
         type:
-          description: The kind of resource, one of V(image), V(droplet).
+          description: The kind of resource, one of V(image), V(droplet), V(ssh_key) (an account key named
+            C(nixforge-<build id>-<expiry>), see M(nixforge.images.do_ssh_key)).
           type: str
           sample: image
         id:

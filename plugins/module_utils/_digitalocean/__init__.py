@@ -1,0 +1,1 @@
+# Private to this collection: DigitalOcean helpers of the modules; no stable interface.
