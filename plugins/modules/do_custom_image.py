@@ -211,7 +211,9 @@ source:
     format: {description: "V(raw), V(qcow2), V(vhdx), V(vdi) or V(vmdk).", type: str, sample: qcow2}
     compression: {description: "V(gzip), V(bzip2) or null.", type: str, sample: gzip}
     virtual_size: {description: Bytes of the disk the image describes., type: int, sample: 2147483648}
-    uncompressed_size: {description: Bytes of the decompressed file when it was read to the end, else null., type: int}
+    uncompressed_size:
+      description: Bytes of the decompressed file when it was read to the end, else null.
+      type: int
     file_size: {description: Bytes of the file as uploaded., type: int, sample: 412345678}
 build:
   description: The build identity the image carries.

@@ -58,7 +58,7 @@ def metadata_namespace() -> Iterator[str]:
         subprocess.run(ns_exec(ns, ["ip", "addr", "add", METADATA_ADDRESS + "/32", "dev", "lo"]), check=True)
         yield ns
     finally:
-        left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout.split()
         subprocess.run(["ip", "netns", "del", ns], check=False)
         assert not left, f"processes left in {ns}: {left}"
 

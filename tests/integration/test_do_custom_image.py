@@ -241,8 +241,8 @@ def test_a_certificate_that_does_not_verify_fails_naming_ca_bundle(do, files, tm
 def test_a_url_with_a_query_string_fails_before_the_import(do, files, tmp_path):
     """An authorized (pre-signed) URL: DigitalOcean refuses it, the module says so first."""
     url = files.url("nixos.qcow2.gz") + "?Authorization=3_20261206_downloadtoken"
-    results, proc = play(do, tmp_path, [image_args(files, "it-do-q", url=url, _check=True),
-                                         image_args(files, "it-do-q", url=url)], verbosity=4)  # fmt: skip
+    calls = [image_args(files, "it-do-q", url=url, _check=True), image_args(files, "it-do-q", url=url)]
+    results, proc = play(do, tmp_path, calls, verbosity=4)
     for result in results:
         assert result["failed"] is True and result["parameter"] == "url", result.get("msg")
         assert "query string" in result["msg"] and "do_image_publish_url_mode=public" in result["msg"]

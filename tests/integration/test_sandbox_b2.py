@@ -310,7 +310,7 @@ def test_the_pipelines_key_can_do_what_the_collection_needs_and_nothing_else(b2:
     [bucket] = api.list_buckets(bucket_name=b2.public)
     assert bucket.type_ == "allPublic"
     version = bucket.upload_bytes(b"image", "nixforge/k1/0123/image.img", file_info=TAGS)
-    assert [v.file_name for v, _ in bucket.ls("nixforge/", recursive=True)] == ["nixforge/k1/0123/image.img"]
+    assert [v.file_name for v, _folder in bucket.ls("nixforge/", recursive=True)] == ["nixforge/k1/0123/image.img"]
     with pytest.raises(B2Error, match="restricted to names starting with 'nixforge/'"):  # b2sdk tried 5 times
         bucket.upload_bytes(b"image", "elsewhere/image.img")
     with pytest.raises(Unauthorized, match="readFiles capability"):
@@ -330,7 +330,7 @@ def test_keys_made_through_the_api_are_enforced_listed_and_deleted(b2: B2Sandbox
     master.get_bucket_by_name(b2.private).upload_bytes(b"secret image", "builds/one/image.img", file_info=TAGS)
     api = b2.api(key_id, secret)
     [bucket] = api.list_buckets(bucket_name=b2.private)
-    assert [v.file_name for v, _ in bucket.ls("builds/", recursive=True)] == ["builds/one/image.img"]
+    assert [v.file_name for v, _folder in bucket.ls("builds/", recursive=True)] == ["builds/one/image.img"]
     assert bucket.download_file_by_name("builds/one/image.img").response.content == b"secret image"
     with pytest.raises(B2Error, match="writeFiles capability"):
         bucket.upload_bytes(b"x", "builds/two/image.img")

@@ -70,7 +70,7 @@ def build_image(sandbox_instance: Any, tmp_path: Path, module: Path) -> Path:
         # as the flake's derivation runs it: its PATH, as root (Nix builds as root on the builder;
         # the image's files take the owner of what mke2fs copies, and dropbear wants /root root's)
         build = "sudo env PATH=/usr/bin:/bin:/usr/sbin:/sbin python3 /tmp/def/mkimage.py do /tmp/out /tmp/module.nix"
-        proc = subprocess.run(["ssh", *ssh, target, build], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(["ssh", *ssh, target, build], capture_output=True, text=True, timeout=900, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         subprocess.run(["scp", *ssh, "-q", f"{target}:/tmp/out/nixos.qcow2.gz", str(out)], check=True, timeout=300)
     return out / "nixos.qcow2.gz"
@@ -128,7 +128,7 @@ def test_droplet_boots_the_sandbox_image_and_lets_the_account_key_in(do, sandbox
         ssh = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}"]
         ssh += ["-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
         ssh += ["-F", "/dev/null", f"root@{address}", "cat /etc/nixforge-image"]
-        proc = subprocess.run(ssh, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(ssh, capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         print(f"droplet: SSH up {time.monotonic() - created_at:.1f}s after create (console wait {waited:.1f}s)")
         lines = proc.stdout.splitlines()

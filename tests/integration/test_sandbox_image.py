@@ -210,7 +210,7 @@ def test_do_image_boots_from_its_disk_and_answers_ssh(images: dict[str, Built], 
             assert hostname in lines and any(line.endswith("-cloud-amd64") for line in lines)
             assert "root=LABEL=nixos" in lines[-1] and "console=ttyS0" in lines[-1]
             # Only the key given gets in.
-            stranger, _ = ssh_keypair(tmp_path / "keys", "id_stranger")
+            stranger, _stranger_pub = ssh_keypair(tmp_path / "keys", "id_stranger")
             assert guest.ssh(stranger, known_hosts, "true").returncode == 255
 
 

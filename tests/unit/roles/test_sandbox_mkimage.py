@@ -95,7 +95,7 @@ def test_cpio_newc_round_trip() -> None:
     )
     assert len(archive) % 4 == 0
     parsed = _cpio_entries(archive)
-    assert [(n, m) for n, m, _, _ in parsed] == [
+    assert [(n, m) for n, m, _data, _size in parsed] == [
         ("bin", 0o40755),
         ("bin/busybox", 0o100755),
         ("bin/sh", 0o120777),

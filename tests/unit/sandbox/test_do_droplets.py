@@ -67,7 +67,8 @@ def _image(do, tmp_path: Path, virtual_size: int = GIB) -> dict:
 
 def test_fingerprint_is_ssh_keygens_md5(tmp_path):
     public = _keypair(tmp_path)
-    out = subprocess.run(["ssh-keygen", "-l", "-E", "md5", "-f", str(tmp_path / "id.pub")], capture_output=True)
+    command = ["ssh-keygen", "-l", "-E", "md5", "-f", str(tmp_path / "id.pub")]
+    out = subprocess.run(command, capture_output=True, check=True)
     assert fingerprint(public) == out.stdout.decode().split()[1].removeprefix("MD5:")
     for bad in (
         "ssh-ed25519",

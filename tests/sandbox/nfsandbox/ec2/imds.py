@@ -142,6 +142,6 @@ def start_for(netns: str, values: dict[str, str], on_error: Callable[[str], None
     try:
         service.start()
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        on_error("no metadata service for %s: %s" % (netns, exc))
+        on_error(f"no metadata service for {netns}: {exc}")
         return None
     return service

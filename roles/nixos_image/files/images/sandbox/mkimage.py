@@ -303,7 +303,7 @@ def extlinux_conf(label: str, kernel: str, initrd: str, fdtdir: str, append: str
 def run(argv: Sequence[str], env: Optional[Dict[str, str]] = None, stdin: Optional[bytes] = None) -> bytes:
     """Run a tool; its own error output names what failed."""
     full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run(list(argv), input=stdin, capture_output=True, env=full_env)
+    proc = subprocess.run(list(argv), input=stdin, capture_output=True, env=full_env, check=False)
     if proc.returncode != 0:
         raise SystemExit("%s failed (exit %d): %s" % (argv[0], proc.returncode, proc.stderr.decode(errors="replace")))
     return proc.stdout
@@ -433,7 +433,7 @@ def merge_usr(root: str) -> None:
 def disk(disk_id: int, parts: Sequence[Tuple[int, int, int, bool, str]], total_sectors: int) -> bytearray:
     """Raw disk bytes: the MBR and each partition's file system image at its place."""
     raw = bytearray(total_sectors * SECTOR)
-    raw[0:SECTOR] = mbr(disk_id, [(s, n, t, b) for s, n, t, b, _ in parts])
+    raw[0:SECTOR] = mbr(disk_id, [(s, n, t, b) for s, n, t, b, _image in parts])
     for start, count, _ptype, _boot, image in parts:
         with open(image, "rb") as fh:
             data = fh.read()
@@ -568,7 +568,7 @@ def initramfs(kernel_tree: str, busybox: str, guest: str) -> bytes:
         )
     entries.append(("modules/order", 0o100644, "".join(m + "\n" for m in order).encode()))
     with open(os.path.join(guest, "initramfs-init"), "rb") as fh:
-        entries.append(("init", 0o100755, fh.read()))
+        entries.append(("init", 0o100755, b"#!/bin/busybox sh\n" + fh.read()))
     return gzip.compress(cpio_newc(entries), compresslevel=1, mtime=0)
 
 
