@@ -131,7 +131,7 @@ def run_ssh(
 ) -> Tuple[int, str, str]:
     """``(exit status, stdout, stderr)``; a command that outlives ``timeout`` is status 124."""
     try:
-        done = run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        done = run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         return 124, "", "timed out after %d s" % timeout
     return done.returncode, done.stdout or "", done.stderr or ""

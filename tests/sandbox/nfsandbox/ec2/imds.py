@@ -136,12 +136,12 @@ class Service:
             server.server_close()
 
 
-def start_for(netns: str, values: dict[str, str], on_error: Callable[[str], None] = log.warning) -> Service | None:
+def start_for(netns: str, values: dict[str, str], on_error: Callable[..., None] = log.warning) -> Service | None:
     """A started metadata service, or None (logged) when the namespace refuses one."""
     service = Service(netns, Metadata(values))
     try:
         service.start()
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        on_error(f"no metadata service for {netns}: {exc}")
+        on_error("no metadata service for %s: %s", netns, exc)
         return None
     return service

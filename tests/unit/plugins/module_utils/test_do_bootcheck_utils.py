@@ -175,7 +175,7 @@ def serve_once(payload: bytes | None) -> tuple[int, threading.Thread]:
     server.listen(1)
 
     def answer() -> None:
-        conn, _ = server.accept()
+        conn, _peer = server.accept()
         with conn:
             if payload:
                 conn.sendall(payload)
