@@ -133,28 +133,29 @@ class ActionModule(ActionBase):
             code, seconds, tail = self._follow(plan, params, host)
             if code != 0:
                 return self._failed(result, plan, params, host, (code, seconds), tail)
-            found = json.loads(
-                self._sh(
-                    " ".join(
-                        shlex.quote(a)
-                        for a in (
-                            python if python.startswith("/") else "python3",
-                            "-c",
-                            FIND,
-                            plan["work_dir"] + ("/result" if params["method"] == "nix" else "/out"),
-                            plan["artifact_dir"],
-                            json.dumps(plan["patterns"]),
-                            "1" if params["sha256"] else "0",
-                        )
-                    ),
-                    "Looking for the artifact",
-                )
-                .strip()
-                .splitlines()[-1]
-            )
+            found = self._find(plan, params, python)
         except RuntimeError as exc:
             result.update(failed=True, msg="Building %s on %s: %s" % (plan["label"], host, to_text(exc)))
             return result
+        return self._report(result, plan, found, seconds)
+
+    def _find(self, plan: Dict[str, Any], params: Dict[str, Any], python: str) -> Dict[str, Any]:
+        """Look for the artifact in the build's output on the builder (hashing it when asked)."""
+        argv = (
+            python if python.startswith("/") else "python3",
+            "-c",
+            FIND,
+            plan["work_dir"] + ("/result" if params["method"] == "nix" else "/out"),
+            plan["artifact_dir"],
+            json.dumps(plan["patterns"]),
+            "1" if params["sha256"] else "0",
+        )
+        out = self._sh(" ".join(shlex.quote(a) for a in argv), "Looking for the artifact")
+        return json.loads(out.strip().splitlines()[-1])
+
+    @staticmethod
+    def _report(result: Dict[str, Any], plan: Dict[str, Any], found: Dict[str, Any], seconds: float) -> Dict[str, Any]:
+        """The task's result: the one artifact found, or a failure saying what the output holds instead."""
         if len(found["found"]) != 1:
             result.update(failed=True)
             result["msg"] = (

@@ -14,25 +14,20 @@ from typing import Any, Dict, List, Optional
 
 from ansible.errors import AnsibleFilterError
 
-# EC2 families that expose /dev/kvm inside an ordinary (virtualised) instance when the
-# nested virtualisation CPU option is turned on (offered since 2026-02).
-EC2_NESTED_FAMILIES = ("c8i", "m8i", "r8i")
 PROVIDERS = ("ec2", "equinix_metal", "ssh")
 
 
-def ec2_kvm(instance_type: str, nested_virtualization: bool = False) -> bool:
-    """`*.metal` and `*.metal-<size>` types are bare metal; C8i/M8i/R8i (and their -flex
-    variants) only with nested virtualisation turned on; every other type has no KVM."""
+def ec2_kvm(instance_type: str) -> bool:
+    """`*.metal` and `*.metal-<size>` types are bare metal. C8i/M8i/R8i would have KVM with
+    the nested virtualisation CPU option, which ec2_spot_host does not ask for, so every
+    other type has none."""
     family, _dot, size = instance_type.strip().lower().partition(".")
     if not family or not size:
         return False
-    if size == "metal" or size.startswith("metal-"):
-        return True
-    base = family[: -len("-flex")] if family.endswith("-flex") else family
-    return bool(nested_virtualization) and base in EC2_NESTED_FAMILIES
+    return size == "metal" or size.startswith("metal-")
 
 
-def kvm_capable(value: Any, provider: str = "ec2", nested_virtualization: bool = False) -> Optional[bool]:
+def kvm_capable(value: Any, provider: str = "ec2") -> Optional[bool]:
     """True/False for an EC2 instance type or a Metal plan; None for the ssh provider,
     whose host can only be checked after logging in (/dev/kvm)."""
     if provider not in PROVIDERS:
@@ -47,16 +42,16 @@ def kvm_capable(value: Any, provider: str = "ec2", nested_virtualization: bool =
         # Every Metal plan is a whole physical server; a compatible endpoint whose catalogue
         # says otherwise is caught by metal_device's require_kvm.
         return True
-    return ec2_kvm(value, nested_virtualization)
+    return ec2_kvm(value)
 
 
-def without_kvm(values: Any, provider: str = "ec2", nested_virtualization: bool = False) -> List[str]:
+def without_kvm(values: Any, provider: str = "ec2") -> List[str]:
     """The types of a list (or a single type) that have no KVM, in their order."""
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, (list, tuple)):
         raise AnsibleFilterError("without_kvm: expected a list of instance types or plans, got %r" % (values,))
-    return [str(v) for v in values if kvm_capable(str(v), provider, nested_virtualization) is False]
+    return [str(v) for v in values if kvm_capable(str(v), provider) is False]
 
 
 class FilterModule:

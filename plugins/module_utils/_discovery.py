@@ -121,10 +121,6 @@ def matches(
     return True
 
 
-def filter_records(records: Iterable[Mapping[str, Any]], **criteria: Any) -> List[Dict[str, Any]]:
-    return [dict(r) for r in records if matches(r, **criteria)]
-
-
 # -- build records: every resource of ours, grouped by build --------------------------
 
 

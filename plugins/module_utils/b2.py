@@ -24,7 +24,7 @@ import os
 import re
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set
 from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
@@ -573,7 +573,3 @@ def quiet_b2sdk_logging() -> None:
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
     logger.propagate = False
-
-
-def iter_names(versions: Iterable[Mapping[str, Any]]) -> List[str]:
-    return sorted({str(v.get("name")) for v in versions})

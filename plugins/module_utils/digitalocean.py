@@ -232,6 +232,43 @@ def _guess_parameter(message: str, candidates: Iterable[str]) -> Optional[str]:
     return None
 
 
+def _unreachable(error: DigitalOceanError, what: str, retries_note: str) -> NixforgeError:
+    """The API never answered: its TLS certificate was not trusted, or the connection failed."""
+    if error.tls:
+        return UserInputError(
+            "the TLS certificate of the DigitalOcean API was not trusted (%s)" % error.message,
+            hint="Check 'api_url'; for an endpoint with its own CA give that CA's PEM file in 'ca_bundle' "
+            "(or %s)" % " / ".join(CA_BUNDLE_ENV),
+            parameter="ca_bundle",
+            what=what,
+        )
+    return ProviderError(
+        "the DigitalOcean API did not answer (%s)%s" % (error.message, retries_note),
+        hint="Check 'api_url' (or DIGITALOCEAN_API_URL) and the network",
+        what=what,
+        retryable=True,
+    )
+
+
+def _refused_token(status: int, reason: str, what: str) -> NixforgeError:
+    """401 (the token is not accepted) or 403 (the token lacks a scope): both name ``oauth_token``."""
+    if status == 401:
+        return UserInputError(
+            "DigitalOcean refused the token (HTTP 401: %s)" % reason,
+            hint="Check 'oauth_token' (or the environment variables %s) and 'api_url'" % " / ".join(TOKEN_ENV),
+            parameter="oauth_token",
+            what=what,
+            status=status,
+        )
+    return UserInputError(
+        "the token may not do this (HTTP 403: %s)" % reason,
+        hint="Use a token with read and write scope for images, actions, regions and tags in 'oauth_token'",
+        parameter="oauth_token",
+        what=what,
+        status=status,
+    )
+
+
 def translate(
     error: DigitalOceanError,
     what: str,
@@ -244,37 +281,10 @@ def translate(
     reason = error.message.rstrip(".")
     if error.request_id:
         reason += " (request id %s)" % error.request_id
-    if error.tls:
-        return UserInputError(
-            "the TLS certificate of the DigitalOcean API was not trusted (%s)" % error.message,
-            hint="Check 'api_url'; for an endpoint with its own CA give that CA's PEM file in 'ca_bundle' "
-            "(or %s)" % " / ".join(CA_BUNDLE_ENV),
-            parameter="ca_bundle",
-            what=what,
-        )
-    if error.connection:
-        return ProviderError(
-            "the DigitalOcean API did not answer (%s)%s" % (error.message, retries_note),
-            hint="Check 'api_url' (or DIGITALOCEAN_API_URL) and the network",
-            what=what,
-            retryable=True,
-        )
-    if status == 401:
-        return UserInputError(
-            "DigitalOcean refused the token (HTTP 401: %s)" % reason,
-            hint="Check 'oauth_token' (or the environment variables %s) and 'api_url'" % " / ".join(TOKEN_ENV),
-            parameter="oauth_token",
-            what=what,
-            status=status,
-        )
-    if status == 403:
-        return UserInputError(
-            "the token may not do this (HTTP 403: %s)" % reason,
-            hint="Use a token with read and write scope for images, actions, regions and tags in 'oauth_token'",
-            parameter="oauth_token",
-            what=what,
-            status=status,
-        )
+    if error.tls or error.connection:
+        return _unreachable(error, what, retries_note)
+    if status is not None and status in (401, 403):
+        return _refused_token(status, reason, what)
     if status is not None and is_retryable_http_status(status):
         return ProviderError(
             "HTTP %d %s: %s%s" % (status, error.error_id or "", reason, retries_note),

@@ -330,6 +330,21 @@ class B2Object(NixforgeModule):
             self.to_delete = self.build_leftovers()
 
     def check_local_input(self) -> None:
+        """Everything that can be checked before talking to B2, in the order a user fixes it."""
+        self.check_source()
+        self.check_parts()
+        params = self.params
+        if not 1 <= params["threads"] <= 64:
+            raise UserInputError("%d threads" % params["threads"], hint="Use 1 to 64", parameter="threads")
+        seconds = parse_duration(params["url_ttl"], "url_ttl").total_seconds()
+        if seconds > MAX_URL_TTL:
+            raise UserInputError("longer than B2 allows", hint="Use at most '7d'", parameter="url_ttl")
+        self.url_seconds = int(seconds)
+        self.check_tags()
+        self.ident.require_future_expiry()
+
+    def check_source(self) -> None:
+        """'src' is a readable file whose checksum, if given, matches the one recorded when it was fetched."""
         params = self.params
         src = params["src"]
         if not os.path.isfile(src) or not os.access(src, os.R_OK):
@@ -350,7 +365,10 @@ class B2Object(NixforgeModule):
                 hint="Check that 'src' is the artifact the checksum belongs to; nothing was uploaded",
                 parameter="sha256",
             )
-        self.part_size = parse_size(params["part_size"], "part_size")
+
+    def check_parts(self) -> None:
+        """'part_size' is within B2's limits and cuts 'src' into no more parts than B2 accepts."""
+        self.part_size = parse_size(self.params["part_size"], "part_size")
         if self.part_size < MIN_PART_SIZE:
             raise UserInputError(
                 "%d bytes is below B2's minimum part size" % self.part_size,
@@ -363,7 +381,7 @@ class B2Object(NixforgeModule):
                 hint="Use at most 5GB",
                 parameter="part_size",
             )
-        self.src_stat = os.stat(src)
+        self.src_stat = os.stat(self.params["src"])
         size = self.src_stat.st_size
         if -(-size // self.part_size) > MAX_PARTS:
             raise UserInputError(
@@ -371,12 +389,9 @@ class B2Object(NixforgeModule):
                 hint="Raise 'part_size' to at least %d" % -(-size // MAX_PARTS),
                 parameter="part_size",
             )
-        if not 1 <= params["threads"] <= 64:
-            raise UserInputError("%d threads" % params["threads"], hint="Use 1 to 64", parameter="threads")
-        seconds = parse_duration(params["url_ttl"], "url_ttl").total_seconds()
-        if seconds > MAX_URL_TTL:
-            raise UserInputError("longer than B2 allows", hint="Use at most '7d'", parameter="url_ttl")
-        self.url_seconds = int(seconds)
+
+    def check_tags(self) -> None:
+        """Each tag is a valid B2 file info name, and they fit in B2's file info beside ours."""
         for key in self.ident.user_tags:
             if not INFO_KEY_RE.match(str(key)):
                 raise UserInputError(
@@ -390,7 +405,6 @@ class B2Object(NixforgeModule):
                 hint="Give at most %d tags" % (MAX_FILE_INFO - 5),
                 parameter="tags",
             )
-        self.ident.require_future_expiry()
 
     def check_against_account(self) -> None:
         minimum = self.client.absolute_minimum_part_size

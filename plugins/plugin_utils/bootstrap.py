@@ -70,13 +70,12 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
-def plan(facts: Dict[str, str], opts: Dict[str, Any]) -> Dict[str, Any]:
-    """Check the host and options; return the settings and the packages to install."""
+def _check_host(facts: Dict[str, str], opts: Dict[str, Any], build_systems: List[str]) -> None:
+    """Fail, naming the host and the options, unless nix_bootstrap supports this host with these options."""
     arch = facts.get("arch", "")
     os_id, like = facts.get("os_id", ""), facts.get("os_like", "").split()
     major = _int(facts.get("os_version", "").split(".")[0])
     systemd = facts.get("init", "") == "systemd"
-    build_systems = list(dict.fromkeys(opts.get("build_systems") or []))
     unknown = [s for s in build_systems if s not in QEMU_HANDLERS and s != SYSTEMS.get(arch)]
     debian_family = os_id == "debian" or "debian" in like or os_id == "ubuntu"
     if not debian_family or arch not in SYSTEMS or (opts["multi_user"] and not systemd) or unknown:
@@ -103,30 +102,42 @@ def plan(facts: Dict[str, str], opts: Dict[str, Any]) -> Dict[str, Any]:
             " set nix_bootstrap_install_method: upstream to install Nix %s with the official installer."
             % (os_id, facts.get("os_version", ""), opts.get("upstream_version", ""))
         )
-    system = SYSTEMS[arch]
-    emulated = [s for s in build_systems if s != system]
-    vcpus = max(1, _int(facts.get("vcpus"), 1))
-    mem_mb = _int(facts.get("mem_kb")) // 1024
-    max_jobs = _int(opts.get("max_jobs")) or max(1, min(vcpus, mem_mb // 2048))
-    cores = _int(opts.get("cores")) or vcpus
+
+
+def _packages(facts: Dict[str, str], opts: Dict[str, Any], qemu: bool) -> List[str]:
+    """The packages to install, in order and without repeats: Nix's (or the upstream installer's), ours, the user's."""
     packages: List[str] = []
     if opts["install_method"] == "debian":
         packages += ["nix-bin"] + (["nix-setup-systemd"] if opts["multi_user"] else [])
     elif facts.get("upstream_nix") != "yes":
         packages += UPSTREAM_PREREQUISITES
     packages += BASE_PACKAGES + list(opts.get("extra_packages") or [])
-    qemu = bool(emulated) and opts.get("qemu", True)
     if qemu:
         packages.append("qemu-user-static")
     if opts.get("build_method") == "docker":
         packages.append(opts.get("docker_package") or "docker.io")
+    return list(dict.fromkeys(packages))
+
+
+def plan(facts: Dict[str, str], opts: Dict[str, Any]) -> Dict[str, Any]:
+    """Check the host and options; return the settings and the packages to install."""
+    build_systems = list(dict.fromkeys(opts.get("build_systems") or []))
+    _check_host(facts, opts, build_systems)
+    arch = facts.get("arch", "")
+    system = SYSTEMS[arch]
+    emulated = [s for s in build_systems if s != system]
+    vcpus = max(1, _int(facts.get("vcpus"), 1))
+    mem_mb = _int(facts.get("mem_kb")) // 1024
+    max_jobs = _int(opts.get("max_jobs")) or max(1, min(vcpus, mem_mb // 2048))
+    cores = _int(opts.get("cores")) or vcpus
+    qemu = bool(emulated) and opts.get("qemu", True)
     present = set(facts.get("binfmt", "").split())
     return {
         "system": system,
         "emulated": emulated,
         "max_jobs": max_jobs,
         "cores": cores,
-        "packages": list(dict.fromkeys(packages)),
+        "packages": _packages(facts, opts, qemu),
         # A fresh image may have no package lists but a recent lists directory, which
         # apt's cache_valid_time would take for a recent update.
         "apt_cache_valid_time": _int(opts.get("apt_cache_valid_time")) if _int(facts.get("apt_lists")) > 0 else 0,
@@ -141,7 +152,7 @@ def plan(facts: Dict[str, str], opts: Dict[str, Any]) -> Dict[str, Any]:
             "architecture": arch,
             "vcpus": vcpus,
             "memtotal_mb": mem_mb,
-            "os": os_id,
+            "os": facts.get("os_id", ""),
             "os_version": facts.get("os_version", ""),
             "init": facts.get("init", ""),
         },

@@ -252,3 +252,38 @@ def test_api_url_and_token():
     assert info.value.parameter == "oauth_token" and "DO_API_TOKEN" in str(info.value)
     transport = do.digitalocean_client({"oauth_token": TOKEN, "api_url": "http://h/v2"}).transport
     assert transport.end_point == "http://h/v2/" and transport.get_timeout() == do.REQUEST_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "error, kind, parameter, retryable, words",
+    [
+        (do.DigitalOceanError("bad cert", tls=True, connection=True), UserInputError, "ca_bundle", None, "not trusted"),
+        (do.DigitalOceanError("refused", connection=True), ProviderError, None, True, "did not answer (refused) after"),
+        (
+            do.DigitalOceanError("no", status=401, request_id="r1"),
+            UserInputError,
+            "oauth_token",
+            None,
+            "401: no (request",
+        ),
+        (do.DigitalOceanError("scope", status=403), UserInputError, "oauth_token", None, "may not do this (HTTP 403"),
+        (
+            do.DigitalOceanError("slow", status=429, error_id="too_many"),
+            ProviderError,
+            None,
+            True,
+            "429 too_many: slow",
+        ),
+        (do.DigitalOceanError("bad region", status=422), UserInputError, "region", None, "422 : bad region"),
+        (do.DigitalOceanError("odd", status=422), UserInputError, None, None, "422 : odd"),
+        (do.DigitalOceanError("moved", status=301), ProviderError, None, False, "HTTP 301: moved"),
+    ],
+)
+def test_translate_maps_each_failure_to_its_error(error, kind, parameter, retryable, words):
+    """Each kind of failure becomes the error type that names what to fix (the parameter)."""
+    got = do.translate(error, "Creating", parameters=("region", "size"), retries_note=" after 3 tries")
+    assert type(got) is kind and words in got.msg and got.what == "Creating"
+    if kind is UserInputError:
+        assert got.parameter == parameter
+    else:
+        assert got.retryable is retryable

@@ -254,6 +254,9 @@ def test_authorized_url_for_a_private_bucket(cloud, exits, tmp_path):
         ({"name": "/leading/slash"}, "name"),
         ({"tags": {"nixforge-build-id": "x"}}, "tags"),
         ({"tags": {"bad key": "x"}}, "tags"),
+        ({"tags": {"t%d" % i: "x" for i in range(10)}}, "tags"),  # more than B2's 10 file info entries
+        ({"threads": 65}, "threads"),
+        ({"url_ttl": "8d"}, "url_ttl"),
         ({"api_url": "ftp://b2.test"}, "api_url"),
     ],
 )
