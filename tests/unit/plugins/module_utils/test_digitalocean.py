@@ -282,7 +282,7 @@ def test_api_url_and_token():
 def test_translate_maps_each_failure_to_its_error(error, kind, parameter, retryable, words):
     """Each kind of failure becomes the error type that names what to fix (the parameter)."""
     got = do.translate(error, "Creating", parameters=("region", "size"), retries_note=" after 3 tries")
-    assert type(got) is kind and words in got.msg and got.what == "Creating"
+    assert got.__class__ is kind and words in got.msg and got.what == "Creating"  # exactly that type
     if kind is UserInputError:
         assert got.parameter == parameter
     else:
