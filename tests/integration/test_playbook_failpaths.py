@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +109,9 @@ def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, 
 
 def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str, str], tmp_path: Path) -> None:
     """The build process dies on the builder without writing its exit status (the OOM
-    killer, a reboot): the role says so at its next look, long before the build would have
-    ended (120 s) or timed out, and everything is torn down."""
+    killer, a reboot): the role says so at its next look, and everything is torn down.
+    The build would last 10 minutes and never writes its status once killed: a role that
+    followed it would run into pytest's timeout, so the test needs no clock of its own."""
     build_id = new_id("t-vanish")
     state = tmp_path / "state"
     record = tmp_path / "record.jsonl"
@@ -119,7 +119,7 @@ def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str,
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(state),
-        "nixos_image_module": str(slow_module(tmp_path, 120)),
+        "nixos_image_module": str(slow_module(tmp_path, 600)),
     }
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
 
@@ -133,10 +133,8 @@ def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str,
         )
         subprocess.run([*ssh, f"admin@{address}", script], check=True, timeout=60, capture_output=True)
 
-    started = time.monotonic()
     code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_the_build)
     assert code != 0, output[-6000:]
-    assert time.monotonic() - started < 100, "waited for the build as if it still ran"
     failed = [r for r in records(record) if r["status"] == "failed"]
     assert any("ended without an exit status" in json.dumps(r["result"]) for r in failed), failed
     assert resources_of(build_id) == []
