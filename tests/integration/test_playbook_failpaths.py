@@ -107,6 +107,14 @@ def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, 
     assert resources_of(build_id) == []
 
 
+def builder_ssh(state: Path) -> list[str]:
+    """ssh to the build's builder as admin, with the build's key and pinned host key."""
+    address = (state / "known_hosts").read_text().split()[0]
+    ssh = ["ssh", "-F", "/dev/null", "-i", str(state / "id_ed25519"), "-o", "IdentitiesOnly=yes"]
+    ssh += ["-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes"]
+    return [*ssh, f"admin@{address}"]
+
+
 def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str, str], tmp_path: Path) -> None:
     """The build process dies on the builder without writing its exit status (the OOM
     killer, a reboot): the role says so at its next look, and everything is torn down.
@@ -124,14 +132,12 @@ def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str,
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
 
     def kill_the_build() -> None:
-        address = (state / "known_hosts").read_text().split()[0]
-        ssh = ["ssh", "-F", "/dev/null", "-i", str(state / "id_ed25519"), "-o", "IdentitiesOnly=yes"]
-        ssh += ["-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes"]
+        ssh = builder_ssh(state)
         script = (
             "pid=/var/tmp/nixforge-image/build.pid; for i in $(seq 100); do [ -s $pid ] && break; sleep 0.2; done;"
             " sudo -n kill -9 $(cat $pid)"
         )
-        subprocess.run([*ssh, f"admin@{address}", script], check=True, timeout=60, capture_output=True)
+        subprocess.run([*ssh, script], check=True, timeout=60, capture_output=True)
 
     code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_the_build)
     assert code != 0, output[-6000:]
@@ -157,16 +163,14 @@ def test_nix_killed_by_sigkill_is_reported_as_killed_not_as_a_timeout(env: dict[
     argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
 
     def kill_nix() -> None:
-        address = (state / "known_hosts").read_text().split()[0]
-        ssh = ["ssh", "-F", "/dev/null", "-i", str(state / "id_ed25519"), "-o", "IdentitiesOnly=yes"]
-        ssh += ["-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes"]
+        ssh = builder_ssh(state)
         # the `nix` process (its name exactly: not build.sh, timeout or nix-daemon), once it runs;
         # /proc, as a minimal Debian may lack procps
         script = (
             'nix() { for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = nix ] && echo ${p#/proc/}; done; };'
             ' until [ -n "$(nix)" ]; do sleep 0.2; done; sudo -n kill -KILL $(nix)'
         )
-        subprocess.run([*ssh, f"admin@{address}", script], check=True, timeout=300, capture_output=True)
+        subprocess.run([*ssh, script], check=True, timeout=300, capture_output=True)
 
     code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_nix)
     assert code != 0, output[-6000:]
