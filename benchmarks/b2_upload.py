@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 sys.path.insert(0, str(ROOT / ".build" / "collections"))
 
-from ansible_collections.nixforge.images.plugins.module_utils import checksum_record  # noqa: E402
+from ansible_collections.nixforge.images.plugins.module_utils._base import _checksum_record as checksum_record  # noqa: E402
 from nfsandbox import client, procs  # noqa: E402
 from nfsandbox.config import instance_from_env  # noqa: E402
 from nfsandbox.testing import VENV_BIN, SandboxHandle, sandboxctl  # noqa: E402

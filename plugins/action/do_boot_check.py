@@ -23,15 +23,15 @@ from typing import Any, Callable, Dict, Optional
 from ansible import constants as C
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _bootprobe as probe
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
-from ansible_collections.nixforge.images.plugins.module_utils._userdata import host_key_config, render
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     compute_expiry,
     format_timestamp,
     validate_name,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
+from ansible_collections.nixforge.images.plugins.module_utils._base._userdata import host_key_config, render
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _bootprobe as probe
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import keygen, write_private
 
 display = Display()

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.nixforge.images.plugins.module_utils.checksum_record import record, recorded
+from ansible_collections.nixforge.images.plugins.module_utils._base._checksum_record import record, recorded
 from ansible_collections.nixforge.images.plugins.plugin_utils.fetch import (
     MIB,
     FetchError,

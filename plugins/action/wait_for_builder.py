@@ -2,7 +2,7 @@
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin: wait until Ansible can log in to a builder; fail at once on an SSH error
-that waiting cannot heal (see module_utils/ssh_errors.py)."""
+that waiting cannot heal (see module_utils/_base/_ssh_errors.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.nixforge.images.plugins.module_utils.ssh_errors import classify_ssh_error
+from ansible_collections.nixforge.images.plugins.module_utils._base._ssh_errors import classify_ssh_error
 
 display = Display()
 

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-# The options here are implemented by plugins/module_utils/b2.py (b2_argument_spec).
+# The options here are implemented by plugins/module_utils/_b2/_client.py (b2_argument_spec).
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-# The options here are implemented by plugins/module_utils/common.py
+# The options here are implemented by plugins/module_utils/_base/_module.py
 # (identity_argument_spec / wait_argument_spec): change both together.
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ options:
 """
 
     # A builder's SSH keys and user data: the same names and rules for every provider
-    # (plugins/module_utils/_sshkeys.py and _userdata.py implement them).
+    # (plugins/module_utils/_base/_sshkeys.py and _userdata.py implement them).
     BUILDER = r"""
 options:
   public_key:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import merge_builds
-from ansible_collections.nixforge.images.plugins.module_utils.common import utcnow
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import merge_builds
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import utcnow
 
 
 def reap_targets(

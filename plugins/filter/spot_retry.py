@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_fleet import DEFAULT_INSTANCE_TYPES
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._fleet import DEFAULT_INSTANCE_TYPES
 
 
 def _cost(builder: Mapping[str, Any], gone_epoch: Any) -> Dict[str, Any]:

@@ -209,10 +209,10 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.display import Display
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import matches
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HOST_KEY_TYPES
-from ansible_collections.nixforge.images.plugins.module_utils.common import is_expired, utcnow
-from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import matches
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import is_expired, utcnow
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HOST_KEY_TYPES
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import write_private
 
 display = Display()
@@ -342,8 +342,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         return []
 
     def _discover_ec2(self, build_ids: List[str], pipelines: List[str]) -> List[Dict[str, Any]]:
-        from ansible_collections.nixforge.images.plugins.module_utils import _discovery_ec2
-        from ansible_collections.nixforge.images.plugins.module_utils.ec2 import HAS_BOTO3, ec2_client
+        from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _discovery as _discovery_ec2
+        from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import HAS_BOTO3, ec2_client
 
         if not HAS_BOTO3:
             return self._skip("ec2", "boto3 is not installed on the controller")
@@ -365,8 +365,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         return records
 
     def _discover_metal(self, build_ids: List[str], pipelines: List[str]) -> List[Dict[str, Any]]:
-        from ansible_collections.nixforge.images.plugins.module_utils import _discovery_metal
-        from ansible_collections.nixforge.images.plugins.module_utils.metal import HAS_PACKET, metal_client
+        from ansible_collections.nixforge.images.plugins.module_utils._metal import _discovery as _discovery_metal
+        from ansible_collections.nixforge.images.plugins.module_utils._metal._client import HAS_PACKET, metal_client
 
         token = self._opt("metal_auth_token")
         if not token:
@@ -390,12 +390,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         return records
 
     def _discover_do(self, build_ids: List[str], pipelines: List[str]) -> List[Dict[str, Any]]:
-        from ansible_collections.nixforge.images.plugins.module_utils import _discovery_do
+        from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _discovery as _discovery_do
 
         token = self._opt("do_api_token")
         if not token:
             return self._skip("digitalocean", "no token (set 'do_api_token', or DIGITALOCEAN_TOKEN)")
-        from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import digitalocean_client
+        from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import digitalocean_client
 
         ca_bundle = self._opt("do_ca_bundle")
         client = digitalocean_client(

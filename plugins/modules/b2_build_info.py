@@ -96,16 +96,16 @@ builds:
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._build_info import (
-    BuildInfoModule,
-    build_info_argument_spec,
-)
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_b2 import list_builds
-from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
+from ansible_collections.nixforge.images.plugins.module_utils._b2._client import (
     REQUIRED_LIBRARIES,
     B2Client,
     b2_argument_spec,
     b2_client,
+)
+from ansible_collections.nixforge.images.plugins.module_utils._b2._discovery import list_builds
+from ansible_collections.nixforge.images.plugins.module_utils._base._build_info import (
+    BuildInfoModule,
+    build_info_argument_spec,
 )
 
 

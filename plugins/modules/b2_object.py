@@ -221,7 +221,7 @@ import os
 import re
 from typing import Any, Dict, List, NoReturn, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
+from ansible_collections.nixforge.images.plugins.module_utils._b2._client import (
     FILE_INFO_SHA256,
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -237,15 +237,14 @@ from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
     parse_size,
     validate_object_name,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.checksum_record import recorded
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._checksum_record import recorded
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     TAG_BUILD_ID,
-    Action,
     BuildIdentity,
-    NixforgeModule,
     parse_duration,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 INFO_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")

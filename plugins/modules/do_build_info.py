@@ -96,16 +96,16 @@ builds:
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._build_info import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._build_info import (
     BuildInfoModule,
     build_info_argument_spec,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_do import list_builds
-from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import (
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import (
     REQUIRED_LIBRARIES,
     digitalocean_argument_spec,
     digitalocean_client,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._discovery import list_builds
 
 
 class DoBuildInfo(BuildInfoModule):

@@ -226,18 +226,11 @@ import time
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._preflight import (
-    ImageRefused,
-    check_import_url,
-    inspect_image,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
-    TAG_BUILD_ID,
-    Action,
-    BuildIdentity,
-    NixforgeModule,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID, BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
+from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import (
     REQUIRED_LIBRARIES,
     DigitalOceanClient,
     check_distribution,
@@ -246,8 +239,11 @@ from ansible_collections.nixforge.images.plugins.module_utils.digitalocean impor
     digitalocean_client,
     do_tags,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._preflight import (
+    ImageRefused,
+    check_import_url,
+    inspect_image,
+)
 
 IMAGE_FIELDS = ("id", "name", "status", "regions", "size_gigabytes", "min_disk_size", "distribution",
                 "description", "tags", "created_at", "error_message")  # fmt: skip

@@ -150,30 +150,28 @@ actions:
 
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
+from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import (
+    REQUIRED_LIBRARIES,
+    digitalocean_argument_spec,
+    digitalocean_client,
+    do_tags,
+)
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._droplets import (
     LIVE_STATES,
+    build_droplets,
     cheapest_size,
+    delete_droplet,
     droplet_body,
     droplet_view,
+    droplets_gone,
     get_droplet,
     list_sizes,
     public_ipv4,
     region_slug,
     size_price,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_do import (
-    build_droplets,
-    delete_droplet,
-    droplets_gone,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.common import Action, NixforgeModule
-from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import (
-    REQUIRED_LIBRARIES,
-    digitalocean_argument_spec,
-    digitalocean_client,
-    do_tags,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
 
 
 class DoDroplet(NixforgeModule):

@@ -89,6 +89,13 @@ actions:
 
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import validate_public_key
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import (
+    REQUIRED_LIBRARIES,
+    digitalocean_argument_spec,
+    digitalocean_client,
+)
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._keys import (
     build_keys,
     create_key,
@@ -96,13 +103,6 @@ from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._key
     key_name,
     key_view,
     same_public_key,
-)
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import validate_public_key
-from ansible_collections.nixforge.images.plugins.module_utils.common import Action, NixforgeModule
-from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import (
-    REQUIRED_LIBRARIES,
-    digitalocean_argument_spec,
-    digitalocean_client,
 )
 
 

@@ -113,16 +113,16 @@ builds:
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._build_info import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._build_info import (
     BuildInfoModule,
     build_info_argument_spec,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_ec2 import list_builds
-from ansible_collections.nixforge.images.plugins.module_utils.ec2 import (
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import (
     REQUIRED_LIBRARIES,
     ec2_argument_spec,
     ec2_client,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._discovery import list_builds
 
 
 class Ec2BuildInfo(BuildInfoModule):

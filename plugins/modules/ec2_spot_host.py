@@ -356,28 +356,28 @@ ended:
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_build import LIVE_STATES, SSH_PORT
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_fleet import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import (
+    REQUIRED_LIBRARIES,
+    AwsClient,
+    ec2_argument_spec,
+    ec2_client,
+)
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._fleet import (
     STRATEGIES,
     Fleet,
     instance_type_list,
     order_candidates,
     price_bound,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_input import (
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._input import (
     check_present_input,
     encode_user_data,
     render_user_data,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_launch import DEBIAN_OWNER, VOLUME_TYPES, Launch
-from ansible_collections.nixforge.images.plugins.module_utils.common import Action, NixforgeModule
-from ansible_collections.nixforge.images.plugins.module_utils.ec2 import (
-    REQUIRED_LIBRARIES,
-    AwsClient,
-    ec2_argument_spec,
-    ec2_client,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._launch import DEBIAN_OWNER, VOLUME_TYPES, Launch
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import LIVE_STATES, SSH_PORT
 
 
 class Ec2SpotHost(NixforgeModule):

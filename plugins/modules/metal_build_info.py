@@ -96,16 +96,16 @@ builds:
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._build_info import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._build_info import (
     BuildInfoModule,
     build_info_argument_spec,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_metal import list_builds
-from ansible_collections.nixforge.images.plugins.module_utils.metal import (
+from ansible_collections.nixforge.images.plugins.module_utils._metal._client import (
     REQUIRED_LIBRARIES,
     metal_argument_spec,
     metal_client,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._metal._discovery import list_builds
 
 
 class MetalBuildInfo(BuildInfoModule):

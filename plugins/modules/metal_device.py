@@ -363,21 +363,21 @@ build:
 from functools import partial
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_metal import ended_devices
-from ansible_collections.nixforge.images.plugins.module_utils._metal_device import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError, ProviderError
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
+from ansible_collections.nixforge.images.plugins.module_utils._metal._client import (
+    REQUIRED_LIBRARIES,
+    metal_argument_spec,
+    metal_client,
+)
+from ansible_collections.nixforge.images.plugins.module_utils._metal._device import (
     GONE_STATES,
     Device,
     DeviceBuild,
     check_device_input,
     project_id_of,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import Action, NixforgeModule
-from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError, ProviderError
-from ansible_collections.nixforge.images.plugins.module_utils.metal import (
-    REQUIRED_LIBRARIES,
-    metal_argument_spec,
-    metal_client,
-)
+from ansible_collections.nixforge.images.plugins.module_utils._metal._discovery import ended_devices
 
 
 class MetalDevice(NixforgeModule):

@@ -88,8 +88,8 @@ def wait_console(path: Path, droplet: dict[str, Any], do: DOSandbox) -> float:
 
 
 def test_droplet_boots_the_sandbox_image_and_lets_the_account_key_in(do, sandbox_instance, tmp_path):
-    from ansible_collections.nixforge.images.plugins.module_utils import _userdata
-    from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
+    from ansible_collections.nixforge.images.plugins.module_utils._base import _userdata
+    from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
 
     module = tmp_path / "module.nix"
     module.write_text('{ ... }: { networking.hostName = "droplet-boot"; }\n')

@@ -184,8 +184,8 @@ def test_do_image_boots_from_its_disk_and_answers_ssh(images: dict[str, Built], 
     """Boot by hand: the key given is let in, the host key given in user data is the one
     the server shows (pinned, StrictHostKeyChecking=yes), and the image is the one built."""
     collection_on_path()
-    from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
-    from ansible_collections.nixforge.images.plugins.module_utils._userdata import host_key_config, render
+    from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
+    from ansible_collections.nixforge.images.plugins.module_utils._base._userdata import host_key_config, render
 
     disk = _disk(images["do"], tmp_path)
     key, public = ssh_keypair(tmp_path / "keys", "id_login")

@@ -292,8 +292,8 @@ def test_catalogue(metal):
 
 def test_nixos_device_gets_host_key_and_userdata_file(sandbox, metal, tmp_path):
     collection_on_path()
-    from ansible_collections.nixforge.images.plugins.module_utils._metal_userdata import render_nixos_userdata
-    from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import validate_host_key
+    from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import validate_host_key
+    from ansible_collections.nixforge.images.plugins.module_utils._metal._userdata import render_nixos_userdata
 
     keys = write_keys(tmp_path)
     userdata = render_nixos_userdata(

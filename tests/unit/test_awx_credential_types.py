@@ -65,13 +65,13 @@ def primary_env(spec: dict[str, Any]) -> set[str]:
 
 
 def test_metal_primary_variables_are_injected() -> None:
-    from ansible_collections.nixforge.images.plugins.module_utils.metal import metal_argument_spec
+    from ansible_collections.nixforge.images.plugins.module_utils._metal._client import metal_argument_spec
 
     assert primary_env(metal_argument_spec()) <= set(load("equinix_metal.yml")["injectors"]["env"])
 
 
 def test_digitalocean_primary_variables_are_injected() -> None:
-    from ansible_collections.nixforge.images.plugins.module_utils import digitalocean
+    from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _client as digitalocean
 
     wanted = {digitalocean.TOKEN_ENV[0], digitalocean.API_URL_ENV[0]}
     assert wanted <= set(load("digitalocean.yml")["injectors"]["env"])

@@ -1,1 +1,1 @@
-# Private to this collection: DigitalOcean helpers of the modules; no stable interface.
+# Private to this collection: DigitalOcean (python-digitalocean): client, image engine, droplets, keys, discovery.

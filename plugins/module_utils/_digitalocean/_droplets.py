@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._discovery import GONE_STATES, droplets_of
 
 # slug -> (disk GB, USD per hour): fallback only; the API's own list wins.
 SIZE_TABLE: Dict[str, tuple] = {
@@ -126,3 +128,24 @@ def droplet_view(droplet: Mapping[str, Any], price_hourly: Optional[float] = Non
         "created_at": droplet.get("created_at"),
         "tags": list(droplet.get("tags") or []),
     }
+
+
+# -- removal of a build's droplets (do_droplet state=absent, the reaper's) -------------
+
+
+def build_droplets(client: Any, build_id: str) -> List[Dict[str, Any]]:
+    """The live droplets tagged with ``build_id``."""
+    tag = "%s:%s" % (TAG_BUILD_ID, build_id)
+    return [d for d in droplets_of(client, tag) if d.get("status") not in GONE_STATES]
+
+
+def delete_droplet(client: Any, droplet_id: Any) -> bool:
+    """Delete one droplet; False when it was gone already (a 404 is not an error here)."""
+    answer = client.call("droplets/%s" % droplet_id, "DELETE", what="Deleting droplet %s" % droplet_id, missing_ok=True)
+    return answer is not None
+
+
+def droplets_gone(client: Any, build_id: str, ids: Iterable[Any]) -> bool:
+    """Whether none of ``ids`` is listed any more under the build's tag."""
+    wanted = {str(i) for i in ids}
+    return not [d for d in build_droplets(client, build_id) if str(d.get("id")) in wanted]

@@ -16,7 +16,7 @@ import datetime
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     TAG_BUILD_ID,
     TAG_EXPIRES_AT,
     UTC,

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any, Dict, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
 
 try:
     import requests

@@ -14,7 +14,7 @@ What a device's host gets at boot, as on Metal:
 - NixOS (`nixos_*`): the sandbox hosts are Debian, so the NixOS module in the user data
   cannot be evaluated. The host gets the user data at /etc/nixos/packet/userdata.nix
   (where Metal's NixOS images read it), the SSH host key from the block that the
-  module's activation script would copy (see plugins/module_utils/metal.py), and the
+  module's activation script would copy (see plugins/module_utils/_metal/_client.py), and the
   keys listed in `users.users.root.openssh.authorizedKeys.keys`. Nothing else of the
   NixOS configuration is applied.
 

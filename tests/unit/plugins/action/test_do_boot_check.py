@@ -190,7 +190,7 @@ def test_a_failed_removal_is_reported_with_the_reaper_command(ladder: dict[str, 
 
 
 def test_expiry_defaults_to_an_hour_and_refuses_both() -> None:
-    from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+    from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
 
     assert action.expiry({"ttl": None, "expires_at": "2026-12-06T22:00:00Z"}).hour == 22
     with pytest.raises(UserInputError):

@@ -41,7 +41,7 @@ def test_name_list_reads_lists_and_survey_text() -> None:
 
 
 def _build(build_id: str, expires_at: str, *types: str) -> dict:
-    from ansible_collections.nixforge.images.plugins.module_utils._discovery import group_builds, resource_record
+    from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import group_builds, resource_record
 
     tags = {"nixforge-build-id": build_id, "nixforge-expires-at": expires_at}
     now = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.timezone.utc)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 from ansible.module_utils import _internal as module_utils_internal
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import builder_record
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import builder_record
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 LATER = (NOW + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,4 +1,4 @@
-"""Unit tests of module_utils/b2.py: names, sizes, hashing, error translation, retries, secrets."""
+"""Unit tests of module_utils/_b2/_client.py: names, sizes, hashing, error translation, retries, secrets."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import hashlib
 import re
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils import b2
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._b2 import _client as b2
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryPolicy
 from b2sdk.v2 import exception as b2exc
 
 KEY = "K005secretapplicationkey0123"
@@ -182,7 +182,7 @@ def test_argument_spec_marks_credentials_no_log():
 
 
 def test_part_stream_appends_the_sha1_and_rewinds(tmp_path):
-    from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import PartStream
+    from ansible_collections.nixforge.images.plugins.module_utils._b2._upload import PartStream
 
     path = tmp_path / "f"
     data = bytes(range(256)) * 1000
@@ -204,7 +204,7 @@ def test_part_stream_appends_the_sha1_and_rewinds(tmp_path):
 
 
 def test_part_stream_refuses_the_trailer_on_sha256_mismatch(tmp_path):
-    from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import PartStream
+    from ansible_collections.nixforge.images.plugins.module_utils._b2._upload import PartStream
 
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils import checksum_record
-from ansible_collections.nixforge.images.plugins.module_utils.checksum_record import forget, record, recorded
+from ansible_collections.nixforge.images.plugins.module_utils._base import _checksum_record as checksum_record
+from ansible_collections.nixforge.images.plugins.module_utils._base._checksum_record import forget, record, recorded
 
 
 @pytest.fixture

@@ -5,10 +5,12 @@ import json
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.nixforge.images.plugins.module_utils import common
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
+    TAG_BUILD_ID,
+    TAG_EXPIRES_AT,
+    TAG_PIPELINE,
     BuildIdentity,
-    NixforgeModule,
     build_tags,
     compute_expiry,
     format_timestamp,
@@ -17,7 +19,7 @@ from ansible_collections.nixforge.images.plugins.module_utils.common import (
     parse_timestamp,
     validate_name,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
@@ -265,7 +267,7 @@ def test_fail_without_what(exits):
 
 
 def test_constants():
-    assert (common.TAG_BUILD_ID, common.TAG_PIPELINE, common.TAG_EXPIRES_AT) == (
+    assert (TAG_BUILD_ID, TAG_PIPELINE, TAG_EXPIRES_AT) == (
         "nixforge-build-id",
         "nixforge-pipeline",
         "nixforge-expires-at",
@@ -294,9 +296,9 @@ class Flow(NixforgeModule):
         if self.params["exists"]:
             return []
         return [
-            common.Action("create key", self.step("key"), undo=lambda: self.log.append("undo key")),
-            common.Action("tag key", self.step("tag")),
-            common.Action("create host", self.step("host"), undo=lambda: self.log.append("undo host")),
+            Action("create key", self.step("key"), undo=lambda: self.log.append("undo key")),
+            Action("tag key", self.step("tag")),
+            Action("create host", self.step("host"), undo=lambda: self.log.append("undo host")),
         ]
 
     def describe(self):

@@ -1,4 +1,4 @@
-"""Unit tests of module_utils/digitalocean.py.
+"""Unit tests of module_utils/_digitalocean/_client.py.
 
 The client runs python-digitalocean's real request code against a scripted HTTP server on
 loopback (each answer given by the test), so what the library does with odd answers
@@ -14,9 +14,9 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils import digitalocean as do
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _client as do
 
 TOKEN = "dop_v1_unit5b1f0c2e9d"
 

@@ -6,14 +6,12 @@ import datetime
 from typing import Any
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils import (
-    _discovery,
-    _discovery_do,
-    _discovery_ec2,
-    _discovery_metal,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import do_tags
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+from ansible_collections.nixforge.images.plugins.module_utils._base import _discovery
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _discovery as _discovery_do
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import do_tags
+from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _discovery as _discovery_ec2
+from ansible_collections.nixforge.images.plugins.module_utils._metal import _discovery as _discovery_metal
 
 NOW = datetime.datetime(2026, 11, 28, 9, 0, tzinfo=datetime.timezone.utc)
 FUTURE = "2026-11-28T12:00:00Z"
@@ -189,7 +187,7 @@ def test_metal_by_build_id_asks_the_api_with_the_tag() -> None:
 
 
 class FakeClient:
-    """What list_builders needs of module_utils/digitalocean's client (paging and retries
+    """What list_builders needs of module_utils/_digitalocean/_client.py's client (paging and retries
     are tested with that client in test_digitalocean.py)."""
 
     def __init__(self, droplets: list[dict[str, Any]]) -> None:

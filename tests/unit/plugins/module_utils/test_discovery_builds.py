@@ -6,13 +6,11 @@ import datetime
 from typing import Any
 
 from ansible_collections.nixforge.images.plugins.filter import reap
-from ansible_collections.nixforge.images.plugins.module_utils import (
-    _discovery,
-    _discovery_b2,
-    _discovery_do,
-    _discovery_ec2,
-    _discovery_metal,
-)
+from ansible_collections.nixforge.images.plugins.module_utils._b2 import _discovery as _discovery_b2
+from ansible_collections.nixforge.images.plugins.module_utils._base import _discovery
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _discovery as _discovery_do
+from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _discovery as _discovery_ec2
+from ansible_collections.nixforge.images.plugins.module_utils._metal import _discovery as _discovery_metal
 
 NOW = datetime.datetime(2026, 11, 28, 9, 0, tzinfo=datetime.timezone.utc)
 FUTURE = "2026-11-28T12:00:00Z"
@@ -134,8 +132,8 @@ def test_ec2_by_build_id_filters_on_that_tag() -> None:
 
 
 def test_ec2_spot_host_looks_a_build_up_with_the_reapers_finders() -> None:
-    from ansible_collections.nixforge.images.plugins.module_utils._ec2_build import BuildResources
-    from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
+    from ansible_collections.nixforge.images.plugins.module_utils._base._identity import BuildIdentity
+    from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import BuildResources
 
     client = FakeEc2(
         {

@@ -1,10 +1,10 @@
-"""The removal half of _discovery_do (what do_droplet and reap.yml use), on a fake client."""
+"""Removing a build's droplets (_digitalocean/_droplets.py: do_droplet, reap.yml), on a fake client."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.nixforge.images.plugins.module_utils import _discovery_do
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _droplets
 
 
 class FakeClient:
@@ -33,14 +33,14 @@ def droplet(ident: int, build_id: str, status: str = "active") -> dict[str, Any]
 
 def test_build_droplets_asks_by_tag_and_skips_archived_ones() -> None:
     client = FakeClient([droplet(1, "b1"), droplet(2, "b2"), droplet(3, "b1", status="archive")])
-    assert [d["id"] for d in _discovery_do.build_droplets(client, "b1")] == [1]
+    assert [d["id"] for d in _droplets.build_droplets(client, "b1")] == [1]
     assert client.listed == ["nixforge-build-id:b1"]
 
 
 def test_delete_and_gone() -> None:
     client = FakeClient([droplet(1, "b1"), droplet(2, "b1")])
-    assert not _discovery_do.droplets_gone(client, "b1", [1])
-    assert _discovery_do.delete_droplet(client, 1) is True
-    assert _discovery_do.delete_droplet(client, 1) is False  # already gone
-    assert _discovery_do.droplets_gone(client, "b1", [1])
-    assert not _discovery_do.droplets_gone(client, "b1", [1, 2])
+    assert not _droplets.droplets_gone(client, "b1", [1])
+    assert _droplets.delete_droplet(client, 1) is True
+    assert _droplets.delete_droplet(client, 1) is False  # already gone
+    assert _droplets.droplets_gone(client, "b1", [1])
+    assert not _droplets.droplets_gone(client, "b1", [1, 2])

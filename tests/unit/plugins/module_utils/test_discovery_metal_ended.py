@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.nixforge.images.plugins.module_utils import _discovery_metal
+from ansible_collections.nixforge.images.plugins.module_utils._metal import _discovery as _discovery_metal
 
 D1 = "11111111-1111-1111-1111-111111111111"
 D2 = "22222222-2222-2222-2222-222222222222"

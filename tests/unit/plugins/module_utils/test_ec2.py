@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils import ec2
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _client as ec2
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,

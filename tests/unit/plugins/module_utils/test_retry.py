@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryPolicy,
     backoff_delays,
     call_with_retry,
@@ -119,7 +119,9 @@ def test_policy_validation():
 
 def test_ec2_and_metal_clients_share_the_one_cloud_api_policy():
     """The EC2 and Metal clients retry by the policy declared once in retry.py."""
-    from ansible_collections.nixforge.images.plugins.module_utils import ec2, metal, retry
+    from ansible_collections.nixforge.images.plugins.module_utils._base import _retry as retry
+    from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _client as ec2
+    from ansible_collections.nixforge.images.plugins.module_utils._metal import _client as metal
 
     policy = retry.CLOUD_API_POLICY
     assert (policy.max_attempts, policy.base_delay, policy.max_delay, policy.max_total_delay) == (8, 0.5, 20.0, 90.0)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils.ssh_errors import classify_ssh_error
+from ansible_collections.nixforge.images.plugins.module_utils._base._ssh_errors import classify_ssh_error
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils import _sshkeys
-from ansible_collections.nixforge.images.plugins.module_utils._metal_device import check_device_input
-from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base import _sshkeys
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._metal._device import check_device_input
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINsXfX44giElHYMcHMkMa/okQsCoDTrLTrVWXgIc5Oy4 host"
 ECDSA384 = (

@@ -7,12 +7,12 @@ import email
 
 import pytest
 import yaml
-from ansible_collections.nixforge.images.plugins.module_utils import _userdata
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_input import render_user_data
-from ansible_collections.nixforge.images.plugins.module_utils._metal_userdata import render_cloud_config
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
-from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base import _userdata
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._input import render_user_data
+from ansible_collections.nixforge.images.plugins.module_utils._metal._userdata import render_cloud_config
 
 HOST_KEY = HostKey(
     "ed25519",

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError, WaitTimeout
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError, WaitTimeout
+from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
 
 
 class FakeClock:

@@ -12,8 +12,8 @@ import json
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.nixforge.images.plugins.module_utils import b2
-from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._b2 import _client as b2
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryPolicy
 from ansible_collections.nixforge.images.plugins.modules import b2_object
 from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 
@@ -397,7 +397,8 @@ def test_given_sha256_is_not_read_twice(cloud, exits, tmp_path, monkeypatch):
 
 def test_a_fetch_record_spares_every_sha256_pass(cloud, exits, tmp_path, monkeypatch):
     """A file fetch_artifact verified carries its sha256: neither a pre-pass nor a hash while uploading."""
-    from ansible_collections.nixforge.images.plugins.module_utils import _b2_upload, checksum_record
+    from ansible_collections.nixforge.images.plugins.module_utils._b2 import _upload as _b2_upload
+    from ansible_collections.nixforge.images.plugins.module_utils._base import _checksum_record as checksum_record
 
     src = tmp_path / "image.img"
     digest = write(src, 12 * MB)
@@ -416,7 +417,7 @@ def test_a_fetch_record_spares_every_sha256_pass(cloud, exits, tmp_path, monkeyp
 
 
 def test_a_record_that_contradicts_the_given_sha256_fails_before_uploading(cloud, exits, tmp_path):
-    from ansible_collections.nixforge.images.plugins.module_utils import checksum_record
+    from ansible_collections.nixforge.images.plugins.module_utils._base import _checksum_record as checksum_record
 
     src = tmp_path / "image.img"
     digest = write(src, 12 * MB)
@@ -428,7 +429,7 @@ def test_a_record_that_contradicts_the_given_sha256_fails_before_uploading(cloud
 
 
 def test_a_stale_record_is_ignored_and_the_sha256_checked_while_uploading(cloud, exits, tmp_path):
-    from ansible_collections.nixforge.images.plugins.module_utils import checksum_record
+    from ansible_collections.nixforge.images.plugins.module_utils._base import _checksum_record as checksum_record
 
     src = tmp_path / "image.img"
     write(src, 12 * MB)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import group_builds, resource_record
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import group_builds, resource_record
 from ansible_collections.nixforge.images.plugins.modules import (
     b2_build_info,
     do_build_info,

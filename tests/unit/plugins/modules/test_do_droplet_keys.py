@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.nixforge.images.plugins.module_utils import digitalocean as do_utils
-from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _client as do_utils
 from ansible_collections.nixforge.images.plugins.modules import do_droplet, do_ssh_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sandbox"))

@@ -12,10 +12,13 @@ import sys
 
 import pytest
 import yaml
-from ansible_collections.nixforge.images.plugins.module_utils import _ec2_build, _ec2_fleet, _ec2_input, _sshkeys
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
-from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base import _sshkeys
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
+from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _fleet as _ec2_fleet
+from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _input as _ec2_input
+from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _resources as _ec2_build
 from ansible_collections.nixforge.images.plugins.modules import ec2_spot_host as m
 
 UTC = datetime.timezone.utc
@@ -394,7 +397,7 @@ def test_fleet_loop_errors_in_reply_then_next_candidates():
 
 
 def test_fleet_loop_raised_capacity_error_is_charged_to_first_candidate():
-    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+    from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError
 
     error = ProviderError("InsufficientInstanceCapacity: none", code="InsufficientInstanceCapacity")
     client = FakeClient({"create_fleet": [error, launched("c7g.2xlarge", "subnet-b")]})
@@ -415,7 +418,7 @@ def test_fleet_loop_all_candidates_fail_returns_none():
 
 
 def test_fleet_loop_other_error_fails_at_once():
-    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+    from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError
 
     client = FakeClient(
         {"create_fleet": [{"FleetId": "f", "Errors": [capacity("c7g.2xlarge", "subnet-a", "InvalidParameterValue")]}]}
@@ -437,7 +440,7 @@ def test_on_demand_uses_priorities():
 
 
 def test_remove_build_order_and_fleet_fallback():
-    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError
+    from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError
 
     tags = [{"Key": "nixforge-build-id", "Value": "b1"}]
     instance = {"InstanceId": "i-1", "State": {"Name": "running"}}
@@ -541,8 +544,8 @@ def test_teardown_reports_instances_ended_by_ec2_or_by_expiry():
 
 def test_a_create_whose_answer_was_lost_takes_the_resource_the_first_attempt_made():
     # the retry of a create EC2 had carried out meets the resource: the build's own is taken
-    from ansible_collections.nixforge.images.plugins.module_utils import _ec2_launch
-    from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
+    from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+    from ansible_collections.nixforge.images.plugins.module_utils._ec2 import _launch as _ec2_launch
 
     ours = [{"Key": "nixforge-build-id", "Value": "b1"}]
     client = FakeClient(

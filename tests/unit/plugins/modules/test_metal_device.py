@@ -1,4 +1,4 @@
-"""Unit tests of metal_device and module_utils/metal.py.
+"""Unit tests of metal_device and module_utils/_metal/_client.py.
 
 The Metal API here is the sandbox emulator's state machine (tests/sandbox/nfsandbox/
 metal/api.py) served in-process through `responses`, with hosts stubbed out: packet-python
@@ -21,10 +21,12 @@ import pytest
 import responses
 import yaml
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.nixforge.images.plugins.module_utils import _metal_catalogue, _metal_userdata, metal
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import validate_host_key
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryPolicy
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import validate_host_key
+from ansible_collections.nixforge.images.plugins.module_utils._metal import _catalogue as _metal_catalogue
+from ansible_collections.nixforge.images.plugins.module_utils._metal import _client as metal
+from ansible_collections.nixforge.images.plugins.module_utils._metal import _userdata as _metal_userdata
 from ansible_collections.nixforge.images.plugins.modules import metal_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sandbox"))
@@ -409,7 +411,7 @@ def test_lost_create_reply_does_not_create_twice(api, exits, monkeypatch):
 
 
 def test_key_already_in_project_is_used_and_left_alone(api, exits, monkeypatch):
-    from ansible_collections.nixforge.images.plugins.module_utils.common import NixforgeModule
+    from ansible_collections.nixforge.images.plugins.module_utils._base._module import NixforgeModule
 
     warned: list = []
     monkeypatch.setattr(NixforgeModule, "warn", lambda self, msg: warned.append(msg))

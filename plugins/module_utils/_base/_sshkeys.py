@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: SSH key checks and host key types; no stable interface.
 """SSH keys of every provider: public and private key checks and host key types.
 
 The host key of a builder is generated on the controller (so that it can be pinned in
@@ -14,7 +15,7 @@ import base64
 import re
 from typing import NamedTuple, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
 
 # OpenSSH public key type -> the name cloud-init (and sshd's file names) use for it.
 HOST_KEY_TYPES = {

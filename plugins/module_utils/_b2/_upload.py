@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the B2 upload engine; no stable interface.
 """The upload engine behind ``B2Client.upload``: one read of the file, parts in parallel.
 
 b2sdk's own ``Bucket.upload`` reads a large file twice: it computes every part's sha1 in
@@ -24,7 +25,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
 
 BLOCK = 1024 * 1024
 HEX_DIGITS_AT_END = "hex_digits_at_end"

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the Metal client (packet-python behind one door); no stable interface.
 """packet-python behind one door: client, retries, errors, tags.
 
 Equinix Metal (ex-Packet) was sunset on 2026-06-30. The API base URL is a parameter so
@@ -26,14 +27,14 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,
     redact,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.retry import CLOUD_API_POLICY as DEFAULT_POLICY
-from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import CLOUD_API_POLICY as DEFAULT_POLICY
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryingClient,
     RetryPolicy,
     is_retryable_http_status,

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the collection's typed errors and how they read; no stable interface.
 """Exceptions shared by every nixforge.images module, and how they read.
 
 Every failure a user sees has the same shape::

@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: read-only discovery of Metal builders; no stable interface.
 """Read-only discovery of our Equinix Metal builders (devices tagged ``nixforge-build-id=...``).
 
-    client = metal_client(params)                     # module_utils/metal.py
+    client = metal_client(params)                     # module_utils/_metal/_client.py
     builders = list_builders(client, project_id, build_ids=["b1"])
 
 Metal tags are plain strings; ours are ``key=value``. With build ids the API filters
@@ -17,15 +18,15 @@ import datetime
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import (
     builder_record,
     filter_builds,
     group_builds,
     matches,
     resource_record,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
-from ansible_collections.nixforge.images.plugins.module_utils.metal import tag_dict
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID
+from ansible_collections.nixforge.images.plugins.module_utils._metal._client import tag_dict
 
 __all__ = [
     "GONE_STATES",

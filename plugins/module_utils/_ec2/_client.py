@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the EC2 client (boto3 behind one door); no stable interface.
 """boto3 behind one door: client factory, retries, error translation, tags, regions.
 
 Retries: botocore's own retry layer is switched off (``total_max_attempts=1``) and
@@ -23,14 +24,14 @@ import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,
     redact,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.retry import CLOUD_API_POLICY as DEFAULT_POLICY
-from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import CLOUD_API_POLICY as DEFAULT_POLICY
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryingClient,
     RetryPolicy,
     is_retryable_http_status,

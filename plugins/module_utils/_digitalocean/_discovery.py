@@ -1,14 +1,15 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Discovery of our DigitalOcean builders (droplets tagged ``nixforge-build-id:...``), and
-the removal of a build's droplets (the reaper's, through the do_droplet module).
+# Private to this collection: read-only discovery of DigitalOcean builders; no stable interface.
+"""Read-only discovery of our DigitalOcean builders (droplets tagged ``nixforge-build-id:...``)
+and of a build's images and keys. Removing droplets is ``_droplets.py``'s.
 
-    client = digitalocean_client({"oauth_token": token, "api_url": url})   # module_utils/digitalocean
+    client = digitalocean_client({"oauth_token": token, "api_url": url})   # _digitalocean/_client.py
     builders = list_builders(client, build_ids=["b1"])
 
 DigitalOcean tags are bare names, so a build tag is written ``key:value`` there
-(``nixforge-build-id:b1``); ``module_utils/digitalocean`` converts both ways. Retries,
+(``nixforge-build-id:b1``); ``_digitalocean/_client.py`` converts both ways. Retries,
 paging and error translation are that module's client's.
 """
 
@@ -17,18 +18,18 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._keys import key_tags, list_keys
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import (
     builder_record,
     filter_builds,
     group_builds,
     matches,
     resource_record,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
-from ansible_collections.nixforge.images.plugins.module_utils.digitalocean import tag_dict
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import tag_dict
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._keys import key_tags, list_keys
 
-__all__ = ["build_droplets", "delete_droplet", "droplets_gone", "list_builders", "list_builds", "record_from_droplet"]
+__all__ = ["droplets_of", "list_builders", "list_builds", "record_from_droplet"]
 
 DEFAULT_SSH_USER = "root"
 # Droplets in these states are gone or going.
@@ -152,24 +153,3 @@ def list_builds(
         if tags:
             found.append((tags, resource_record("ssh_key", key.get("id"), key.get("name"), None, "registered")))
     return filter_builds(group_builds(found, now), build_ids, expired)
-
-
-# -- removal (do_droplet state=absent) -------------------------------------------------
-
-
-def build_droplets(client: Any, build_id: str) -> List[Dict[str, Any]]:
-    """The live droplets tagged with ``build_id``."""
-    tag = "%s:%s" % (TAG_BUILD_ID, build_id)
-    return [d for d in droplets_of(client, tag) if d.get("status") not in GONE_STATES]
-
-
-def delete_droplet(client: Any, droplet_id: Any) -> bool:
-    """Delete one droplet; False when it was gone already (a 404 is not an error here)."""
-    answer = client.call("droplets/%s" % droplet_id, "DELETE", what="Deleting droplet %s" % droplet_id, missing_ok=True)
-    return answer is not None
-
-
-def droplets_gone(client: Any, build_id: str, ids: Iterable[Any]) -> bool:
-    """Whether none of ``ids`` is listed any more under the build's tag."""
-    wanted = {str(i) for i in ids}
-    return not [d for d in build_droplets(client, build_id) if str(d.get("id")) in wanted]

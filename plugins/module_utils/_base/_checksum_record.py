@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: a verified sha256 recorded on the file; no stable interface.
 """A verified sha256 remembered on the file itself, so that a multi-GB artifact is hashed once.
 
 ``fetch_artifact`` hashes the image while the bytes stream in and compares it with the

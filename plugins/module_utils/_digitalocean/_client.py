@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the DigitalOcean client (python-digitalocean behind one door); no stable interface.
 """python-digitalocean behind one door: client, retries, errors, tags, catalogue checks.
 
     client = digitalocean_client(module.params)        # UserInputError on bad input
@@ -35,23 +36,23 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 from urllib.parse import urljoin, urlsplit
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._tls import (
-    CA_BUNDLE_ENV,
-    VerifyingSession,
-    check_ca_bundle,
-    tls_reason,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,
     redact,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.retry import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryingClient,
     RetryPolicy,
     backoff_delays,
     is_retryable_http_status,
+)
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._tls import (
+    CA_BUNDLE_ENV,
+    VerifyingSession,
+    check_ca_bundle,
+    tls_reason,
 )
 
 try:

@@ -1,16 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Metal engine, part 2: a device's user data (``#cloud-config``, or a NixOS module for NixOS)."""
+# Private to this collection: a Metal device's user data; no stable interface.
+"""A device's user data (``#cloud-config``, or a NixOS module for NixOS)."""
 
 from __future__ import annotations
 
 import re
 from typing import Iterable, List, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils import _userdata
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base import _userdata
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
 
 HOST_KEY_BEGIN = "# nixforge-host-key-begin"
 HOST_KEY_END = "# nixforge-host-key-end"

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: polling with a deadline; no stable interface.
 """Polling until something is true, with backoff and a hard deadline.
 
     state = wait_for(lambda: describe(instance_id)["State"]["Name"],
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, TypeVar
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import WaitTimeout
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import WaitTimeout
 
 __all__ = ["WaitTimeout", "wait_for"]
 

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the B2 client (b2sdk behind one door); no stable interface.
 """b2sdk behind one door: authorization, retries, errors, names, hashing, URLs.
 
     client = b2_client(module.params)        # UserInputError for missing credentials
@@ -32,17 +33,14 @@ from ansible_collections.nixforge.images.plugins.module_utils._b2._transport imp
     is_certificate_error,
     session_factory,
 )
-from ansible_collections.nixforge.images.plugins.module_utils._b2_upload import Uploader
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._b2._upload import Uploader
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,
     redact,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.retry import (
-    RetryingClient,
-    RetryPolicy,
-)
+from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryingClient, RetryPolicy
 
 try:
     from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""EC2 engine, part 3: input that needs no API call (SSH networks) and the instance's user data."""
+# Private to this collection: EC2 input checks and user data; no stable interface.
+"""Input that needs no API call (SSH networks) and the instance's user data."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ import ipaddress
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
 from ansible.module_utils.urls import open_url
-from ansible_collections.nixforge.images.plugins.module_utils import _userdata
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_fleet import (
-    instance_type_list,
-    validate_max_price,
-    validate_price_overrides,
-)
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import (
+from ansible_collections.nixforge.images.plugins.module_utils._base import _userdata
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import (
     HostKey,
     validate_host_key,
     validate_public_key,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import BuildIdentity
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._fleet import (
+    instance_type_list,
+    validate_max_price,
+    validate_price_overrides,
+)
 
 USER_DATA_LIMIT = 16384
 

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""EC2 engine, part 4: what launching a builder looks up, creates and waits for.
+# Private to this collection: what launching an EC2 builder looks up, creates and waits for; no stable interface.
+"""What launching a builder looks up, creates and waits for.
 
 ``Launch`` takes the module's parameters (the names of ec2_spot_host's options) and a
 ``warn`` callback; lookups change nothing and also run in check mode.
@@ -15,25 +16,25 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_build import SSH_PORT, BuildResources
-from ansible_collections.nixforge.images.plugins.module_utils._ec2_fleet import (
-    DEFAULT_INSTANCE_TYPES,
-    Candidate,
-    price_bound,
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
+    NixforgeError,
+    ProviderError,
+    UserInputError,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     TAG_EXPIRES_AT,
     TAG_PIPELINE,
     BuildIdentity,
     format_timestamp,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.ec2 import filters, tag_dict, tag_specifications
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
-    NixforgeError,
-    ProviderError,
-    UserInputError,
+from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import filters, tag_dict, tag_specifications
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._fleet import (
+    DEFAULT_INSTANCE_TYPES,
+    Candidate,
+    price_bound,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import SSH_PORT, BuildResources
 
 DEBIAN_OWNER = "136693071363"
 DEBIAN_ARCH = {"arm64": "arm64", "x86_64": "amd64"}

@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: read-only discovery of a build's B2 objects; no stable interface.
 """Read-only discovery of our B2 objects (file versions and unfinished large files).
 
-    client = b2_client(params); client.authorize()   # module_utils/b2.py
+    client = b2_client(params); client.authorize()   # module_utils/_b2/_client.py
     builds = list_builds(client, "my-images")
 
 Everything b2_object uploads lives under ``nixforge/<build id>/`` and carries the
@@ -16,13 +17,13 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+from ansible_collections.nixforge.images.plugins.module_utils._b2._client import NAME_ROOT
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import (
     filter_builds,
     group_builds,
     resource_record,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.b2 import NAME_ROOT
-from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID
 
 __all__ = ["file_tags", "list_builds"]
 

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: what the *_build_info modules share; no stable interface.
 """What the four ``*_build_info`` modules share: options, validation and the result.
 
 A subclass names its location option (``regions``, ``project_ids``, ``buckets`` or none)
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import merge_builds
-from ansible_collections.nixforge.images.plugins.module_utils.common import Action, NixforgeModule, validate_name
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import merge_builds
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import validate_name
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
 
 __all__ = ["BuildInfoModule", "build_info_argument_spec"]
 

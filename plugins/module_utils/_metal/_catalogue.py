@@ -1,15 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Metal engine, part 1: the provider's catalogue (plans, metros, facilities, operating
+# Private to this collection: the Metal catalogue checks; no stable interface.
+"""The provider's catalogue (plans, metros, facilities, operating
 systems, prices), checked before anything is created."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.metal import MetalClient
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._metal._client import MetalClient
 
 
 class Catalogue:

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""EC2 engine, part 1: instance type candidates, prices and the instant-fleet retry loop."""
+# Private to this collection: EC2 instance type candidates, prices and the fleet retry loop; no stable interface.
+"""Instance type candidates, prices and the instant-fleet retry loop."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import math
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils.ec2 import CAPACITY_ERROR_CODES, tag_specifications
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,
+)
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import (
+    CAPACITY_ERROR_CODES,
+    tag_specifications,
 )
 
 DEFAULT_INSTANCE_TYPES = {

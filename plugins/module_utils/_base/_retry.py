@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: retries with backoff; no stable interface.
 """Retries with exponential backoff and full jitter.
 
 Each provider module_util supplies a *classifier*: a callable that takes the exception

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Metal engine, part 3: the device and project SSH key of one build: input checks, lookups,
+# Private to this collection: the Metal device and SSH key of one build; no stable interface.
+"""The device and project SSH key of one build: input checks, lookups,
 creation, waiting and removal. Everything is found by the ``nixforge-build-id`` tag."""
 
 from __future__ import annotations
@@ -9,20 +10,20 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._metal_catalogue import Catalogue
-from ansible_collections.nixforge.images.plugins.module_utils._metal_userdata import (
-    render_cloud_config,
-    render_nixos_userdata,
-)
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID, BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import (
     same_key,
     validate_host_key,
     validate_public_key,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import TAG_BUILD_ID, BuildIdentity
-from ansible_collections.nixforge.images.plugins.module_utils.errors import ProviderError, UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils.metal import MetalClient, tag_dict, tag_list
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._metal._catalogue import Catalogue
+from ansible_collections.nixforge.images.plugins.module_utils._metal._client import MetalClient, tag_dict, tag_list
+from ansible_collections.nixforge.images.plugins.module_utils._metal._userdata import (
+    render_cloud_config,
+    render_nixos_userdata,
+)
 
 GONE_STATES = ("deprovisioning", "deleted")
 Device = Dict[str, Any]

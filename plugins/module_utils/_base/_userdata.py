@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: cloud-config user data of every provider; no stable interface.
 """User data of every provider: the module's ``#cloud-config`` merged with the user's.
 
 One rule for every module: the user's ``#cloud-config`` keys are merged into the module's
@@ -16,8 +17,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.nixforge.images.plugins.module_utils._sshkeys import HostKey
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
 
 MERGED_LIST_KEYS = ("bootcmd", "runcmd", "ssh_authorized_keys", "packages", "write_files")
 HOST_KEY_SETTINGS = ("ssh_keys", "ssh_deletekeys", "ssh_genkeytypes")

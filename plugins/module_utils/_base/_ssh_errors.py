@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: SSH failures that waiting heals and those it cannot; no stable interface.
 """Tell SSH failures that waiting can heal (a booting host) from those it cannot.
 
 A builder that is still booting refuses or drops connections; those are retried until

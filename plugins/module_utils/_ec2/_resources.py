@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""EC2 engine, part 2: the resources of one build (key pair, security group, launch template,
+# Private to this collection: an EC2 build's resources: lookups and teardown; no stable interface.
+"""The resources of one build (key pair, security group, launch template,
 fleets, instances, volumes): lookups, creation and teardown.
 
 Used by ec2_spot_host and meant for the reaper and the inventory plugin: everything is
@@ -13,23 +14,20 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Dict, List, Mapping, Set, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery_ec2 import (
-    find_fleets,
-    find_instances,
-    find_tagged,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
-    TAG_BUILD_ID,
-    Action,
-    BuildIdentity,
-)
-from ansible_collections.nixforge.images.plugins.module_utils.ec2 import filters, tag_dict
-from ansible_collections.nixforge.images.plugins.module_utils.errors import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
     ProviderError,
     UserInputError,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID, BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action
+from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import filters, tag_dict
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._discovery import (
+    find_fleets,
+    find_instances,
+    find_tagged,
+)
 
 SSH_PORT = 22
 LIVE_STATES = ["pending", "running"]

@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: read-only discovery of EC2 builders; no stable interface.
 """Read-only discovery of our EC2 builders (instances carrying ``nixforge-build-id``).
 
-    client = ec2_client(params)                       # module_utils/ec2.py
+    client = ec2_client(params)                       # module_utils/_ec2/_client.py
     for builder in list_builders(client, "us-east-1", build_ids=["b1"]):
         print(builder["id"], builder["address"], builder["expired"])
 
@@ -16,20 +17,20 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils._discovery import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import (
     builder_record,
     filter_builds,
     group_builds,
     matches,
     resource_record,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     TAG_BUILD_ID,
     TAG_PIPELINE,
     format_timestamp,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.ec2 import filters, tag_dict
-from ansible_collections.nixforge.images.plugins.module_utils.errors import NixforgeError
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._client import filters, tag_dict
 
 __all__ = [
     "LIVE_STATES",

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private to this collection: the builder record and filters every provider's discovery shares; no stable interface.
 """What the per-provider discovery modules share: one shape for a builder, and the filters.
 
-``_discovery_ec2``, ``_discovery_metal`` and ``_discovery_do`` only read: they list the
-machines that carry our build tags and turn each into a *builder record*, a plain dict
+Each provider's ``_discovery.py`` (``_ec2/``, ``_metal/``, ``_digitalocean/``, ``_b2/``)
+only reads: it lists the machines that carry our build tags and turn each into a *builder record*, a plain dict
 with the same keys whatever the provider (see :func:`builder_record`). The inventory
 plugin, the reaper and the modules consume those records.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ansible_collections.nixforge.images.plugins.module_utils.common import (
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     TAG_BUILD_ID,
     TAG_EXPIRES_AT,
     TAG_PIPELINE,
@@ -22,7 +24,6 @@ from ansible_collections.nixforge.images.plugins.module_utils.common import (
     parse_timestamp,
     utcnow,
 )
-from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
 
 __all__ = [
     "PROVIDERS",

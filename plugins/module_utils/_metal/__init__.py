@@ -1,0 +1,1 @@
+# Private to this collection: Equinix Metal (packet-python): client, engine and discovery.
