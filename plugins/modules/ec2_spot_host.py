@@ -377,7 +377,11 @@ from ansible_collections.nixforge.images.plugins.module_utils._ec2._input import
     render_user_data,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._ec2._launch import DEBIAN_OWNER, VOLUME_TYPES, Launch
-from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import LIVE_STATES, SSH_PORT
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import (
+    LIVE_STATES,
+    SSH_PORT,
+    BuildResources,
+)
 
 
 class Ec2SpotHost(NixforgeModule):
@@ -431,12 +435,13 @@ class Ec2SpotHost(NixforgeModule):
 
     def prepare(self) -> None:
         self.result["build"] = self.identity.as_dict()
-        self.engine = Launch(self.client, self.identity, self.params, self.warn)
+        self.resources = BuildResources(self.client, self.identity, self.params["wait"], self.params["wait_timeout"])
+        self.engine = Launch(self.client, self.identity, self.params, self.warn, self.resources)
         if self.params["state"] == "absent":
-            self.found, self.result["ended"] = self.engine.find(), self.engine.ended()
+            self.found, self.result["ended"] = self.resources.find(), self.resources.ended()
             return
         self.check_input()
-        self.adopting = self.engine.find_instances(LIVE_STATES)
+        self.adopting = self.resources.find_instances(LIVE_STATES)
         if self.adopting:
             return
         self.identity.require_future_expiry()
@@ -475,14 +480,14 @@ class Ec2SpotHost(NixforgeModule):
         self.result["key_name"] = self.key_name
         if p["key_name"]:
             engine.check_key_pair_exists(p["key_name"])
-        groups = engine.find_security_group(self.vpc_id)
+        groups = self.resources.find_security_group(self.vpc_id)
         self.group = groups[0] if groups else None
 
     # -- plan: the same texts in check mode and in a real run ------------------------------
 
     def plan(self) -> List[Action]:
         if self.params["state"] == "absent":
-            self.result["removed"], actions = self.engine.removal(self.found)
+            self.result["removed"], actions = self.resources.removal(self.found)
             return actions
         if self.adopting:
             return []
@@ -559,7 +564,7 @@ class Ec2SpotHost(NixforgeModule):
         if "removed" in self.result or self.cleanup_error:
             return
         try:
-            self.result["removed"] = self.engine.remove_all()
+            self.result["removed"] = self.resources.remove_all()
         except Exception as exc:
             self.cleanup_error = self.redact(str(exc))
             self.result["cleanup_error"] = self.cleanup_error

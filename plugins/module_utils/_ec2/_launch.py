@@ -47,13 +47,26 @@ DUPLICATE_CODES = (
 )
 
 
-class Launch(BuildResources):
+class Launch:
+    """What creating a builder needs; the build's existing resources are ``resources``'
+    (a :class:`BuildResources`, the teardown's too), held rather than inherited."""
+
     def __init__(
-        self, client: Any, build: BuildIdentity, params: Mapping[str, Any], warn: Callable[[str], None]
+        self,
+        client: Any,
+        build: BuildIdentity,
+        params: Mapping[str, Any],
+        warn: Callable[[str], None],
+        resources: Optional[BuildResources] = None,
     ) -> None:
-        super().__init__(client, build, params["wait"], params["wait_timeout"])
+        self.client = client
+        self.build = build
+        self.build_id = build.build_id
+        self.wait = params["wait"]
+        self.wait_timeout = params["wait_timeout"]
         self.params = params
         self.warn = warn
+        self.resources = resources or BuildResources(client, build, self.wait, self.wait_timeout)
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -216,7 +229,7 @@ class Launch(BuildResources):
             return found[0]
 
     def find_key_pairs(self, name: str) -> List[Mapping[str, Any]]:
-        return self.find_owned("key pair", name, "describe_key_pairs", "KeyPairs", **{"key-name": name})
+        return self.resources.find_owned("key pair", name, "describe_key_pairs", "KeyPairs", **{"key-name": name})
 
     def import_key_pair(self, name: str, public_key: str, tags: Mapping[str, str]) -> None:
         for _pair in self.find_key_pairs(name):
@@ -248,7 +261,7 @@ class Launch(BuildResources):
         else:
             group_id = self.create(
                 "create_security_group",
-                lambda: self.find_security_group(vpc_id),
+                lambda: self.resources.find_security_group(vpc_id),
                 what="Creating the security group",
                 GroupName=self.build.resource_name("ssh"),
                 Description="SSH to the nixforge builder of build %s" % self.build_id,
@@ -309,7 +322,9 @@ class Launch(BuildResources):
 
     def find_launch_templates(self, name: str) -> List[Mapping[str, Any]]:
         spec = {"launch-template-name": name}
-        return self.find_owned("launch template", name, "describe_launch_templates", "LaunchTemplates", **spec)
+        return self.resources.find_owned(
+            "launch template", name, "describe_launch_templates", "LaunchTemplates", **spec
+        )
 
     def create_launch_template(self, data: Dict[str, Any], tags: Mapping[str, str]) -> str:
         name = self.build.resource_name("lt")
