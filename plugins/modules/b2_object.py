@@ -198,8 +198,8 @@ sha256_checked:
   returned: when O(state=present)
   type: str
   sample: record
-deleted:
-  description: What O(state=absent) deleted (or would delete in check mode).
+removed:
+  description: What O(state=absent) removed (or would remove in check mode).
   returned: when O(state=absent)
   type: list
   elements: dict
@@ -241,7 +241,6 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._checksum_re
 from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
 from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
     TAG_BUILD_ID,
-    BuildIdentity,
     parse_duration,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
@@ -281,12 +280,6 @@ class B2Object(NixforgeModule):
     url_seconds = 0
     to_delete: List[Dict[str, Any]] = []
 
-    @property
-    def ident(self) -> BuildIdentity:
-        if self.build is None:  # the base class sets it: build_id is required
-            raise UserInputError("no build id given", hint="Set 'build_id'", parameter="build_id")
-        return self.build
-
     def secret_values(self) -> List[str]:
         client = getattr(self, "client", None)
         return super().secret_values() + (list(client.secrets) if client is not None else [])
@@ -313,7 +306,7 @@ class B2Object(NixforgeModule):
     # -- prepare: input first, then the bucket, then what exists ------------------------
 
     def prepare(self) -> None:
-        self.result["build"] = self.ident.as_dict()
+        self.result["build"] = self.identity.as_dict()
         present = self.params["state"] == "present"
         if self.params.get("name"):
             validate_object_name(self.params["name"])
@@ -340,7 +333,7 @@ class B2Object(NixforgeModule):
             raise UserInputError("longer than B2 allows", hint="Use at most '7d'", parameter="url_ttl")
         self.url_seconds = int(seconds)
         self.check_tags()
-        self.ident.require_future_expiry()
+        self.identity.require_future_expiry()
 
     def check_source(self) -> None:
         """'src' is a readable file whose checksum, if given, matches the one recorded when it was fetched."""
@@ -391,7 +384,7 @@ class B2Object(NixforgeModule):
 
     def check_tags(self) -> None:
         """Each tag is a valid B2 file info name, and they fit in B2's file info beside ours."""
-        for key in self.ident.user_tags:
+        for key in self.identity.user_tags:
             if not INFO_KEY_RE.match(str(key)):
                 raise UserInputError(
                     "tag %r cannot be a B2 file info name" % key,
@@ -442,7 +435,7 @@ class B2Object(NixforgeModule):
     def find_adoptable(self) -> Optional[Dict[str, Any]]:
         """The newest live object of the build with the same name (or file name) and sha256."""
         given = self.params.get("name")
-        versions = self.client.versions(self.bucket, given or build_prefix(self.ident.build_id), exact=bool(given))
+        versions = self.client.versions(self.bucket, given or build_prefix(self.identity.build_id), exact=bool(given))
         latest: Dict[str, Dict[str, Any]] = {}
         for version in versions:  # B2 lists the versions of one name newest first
             latest.setdefault(version["name"], version)
@@ -451,7 +444,7 @@ class B2Object(NixforgeModule):
         else:
             pattern = re.compile(
                 r"^%s[0-9a-f]{32}/%s$"
-                % (re.escape(build_prefix(self.ident.build_id)), re.escape(os.path.basename(self.params["src"])))
+                % (re.escape(build_prefix(self.identity.build_id)), re.escape(os.path.basename(self.params["src"])))
             )
             candidates = [v for n, v in latest.items() if pattern.match(n)]
         candidates = [v for v in candidates if v["action"] == "upload" and v["file_info"].get(FILE_INFO_SHA256)]
@@ -464,7 +457,7 @@ class B2Object(NixforgeModule):
 
     def build_leftovers(self) -> List[Dict[str, Any]]:
         name = self.params.get("name")
-        prefix = name or build_prefix(self.ident.build_id)
+        prefix = name or build_prefix(self.identity.build_id)
         found = self.client.versions(self.bucket, prefix, exact=bool(name))
         for entry in found:
             entry["kind"] = "version" if entry["action"] == "upload" else "hide marker"
@@ -498,14 +491,14 @@ class B2Object(NixforgeModule):
     def pending_name(self) -> str:
         """The name an upload will get, ``<random>`` standing for a generated name's random part."""
         return self.params.get("name") or "%s<random>/%s" % (
-            build_prefix(self.ident.build_id),
+            build_prefix(self.identity.build_id),
             os.path.basename(self.params["src"]),
         )
 
     # -- doing ----------------------------------------------------------------------
 
     def file_info(self, sha256: str) -> Dict[str, str]:
-        return {**self.ident.tags(), FILE_INFO_SHA256: sha256}
+        return {**self.identity.tags(), FILE_INFO_SHA256: sha256}
 
     @property
     def src_size(self) -> int:
@@ -513,7 +506,7 @@ class B2Object(NixforgeModule):
 
     def upload(self) -> None:
         given = self.params.get("name")
-        name = given or generate_name(self.ident.build_id, self.params["src"])
+        name = given or generate_name(self.identity.build_id, self.params["src"])
         # what exists of a given name is not ours to clean up; a generated one is new
         before = self.client.existing_ids(self.bucket, name) if given else set()
         try:
@@ -540,7 +533,7 @@ class B2Object(NixforgeModule):
 
     def marks(self) -> Dict[str, str]:
         """File info that only this build's upload of these bytes carries."""
-        return {TAG_BUILD_ID: self.ident.build_id, FILE_INFO_SHA256: self.src_sha256()}
+        return {TAG_BUILD_ID: self.identity.build_id, FILE_INFO_SHA256: self.src_sha256()}
 
     def check_src_unchanged(self) -> None:
         now = os.stat(self.params["src"])
@@ -580,7 +573,7 @@ class B2Object(NixforgeModule):
 
     def describe(self) -> Dict[str, Any]:
         if self.params["state"] == "absent":
-            return {"deleted": [{k: e[k] for k in ("name", "file_id", "kind")} for e in self.to_delete]}
+            return {"removed": [{k: e[k] for k in ("name", "file_id", "kind")} for e in self.to_delete]}
         version = self.uploaded or self.existing
         if version is None:  # check mode, upload pending
             name = self.pending_name()
@@ -599,7 +592,7 @@ class B2Object(NixforgeModule):
             "upload_timestamp": version["upload_timestamp"],
             "file_info": version["file_info"],
         }
-        if obj["file_info"].get(TAG_BUILD_ID) != self.ident.build_id and self.existing is not None:
+        if obj["file_info"].get(TAG_BUILD_ID) != self.identity.build_id and self.existing is not None:
             self.warn("the adopted object %s carries another build id in its file info" % version["name"])
         uploaded = self.uploaded is not None
         return {"object": obj, "url": url, "uploaded": uploaded, "sha256_checked": self.sha256_checked()}

@@ -189,8 +189,8 @@ transferred:
   returned: when O(state=present)
   type: list
   elements: str
-deleted:
-  description: Ids of the images O(state=absent) deleted (or would delete in check mode).
+removed:
+  description: Ids of the images O(state=absent) removed (or would remove in check mode).
   returned: when O(state=absent)
   type: list
   elements: int
@@ -222,14 +222,10 @@ build:
   sample: {"build_id": "do-image-42", "pipeline": "default", "expires_at": "2026-11-28T18:00:00Z"}
 """
 
-import time
 from typing import Any, Dict, List, Optional
-from urllib.parse import urlsplit
 
-from ansible_collections.nixforge.images.plugins.module_utils._base._errors import ProviderError, UserInputError
-from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID, BuildIdentity
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
 from ansible_collections.nixforge.images.plugins.module_utils._base._module import Action, NixforgeModule
-from ansible_collections.nixforge.images.plugins.module_utils._base._waiter import wait_for
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import (
     REQUIRED_LIBRARIES,
     DigitalOceanClient,
@@ -239,32 +235,16 @@ from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._cli
     digitalocean_client,
     do_tags,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._image import (
+    ImageEngine,
+    display_url,
+    view,
+)
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._preflight import (
     ImageRefused,
     check_import_url,
     inspect_image,
 )
-
-IMAGE_FIELDS = ("id", "name", "status", "regions", "size_gigabytes", "min_disk_size", "distribution",
-                "description", "tags", "created_at", "error_message")  # fmt: skip
-CREATE_PARAMETERS = ("tags", "region", "url", "distribution", "description", "name")
-FORMATS_HINT = (
-    "DigitalOcean imports raw, qcow2, VHDX, VDI or VMDK images (optionally gzip or bzip2) from a URL it can "
-    "fetch without credentials; check 'url' and the file"
-)
-
-
-def adoptable(image: Dict[str, Any]) -> bool:
-    """An image that is, or may still become, available (DigitalOcean's NEW/pending/available)."""
-    if str(image.get("error_message") or "").strip():
-        return False
-    return image.get("status") in ("NEW", "pending", "available")
-
-
-def display_url(url: str) -> str:
-    """Only scheme and host: the rest of an image URL can grant download."""
-    parts = urlsplit(url)
-    return "%s://%s/..." % (parts.scheme, parts.hostname or "")
 
 
 class DoCustomImage(NixforgeModule):
@@ -285,22 +265,12 @@ class DoCustomImage(NixforgeModule):
     required_libraries = REQUIRED_LIBRARIES
 
     client: DigitalOceanClient
+    images: ImageEngine
     image: Optional[Dict[str, Any]] = None
     targets: List[Dict[str, Any]]
-    deadline = 0.0
     will_import = False
     import_text = ""
     planned_transfers: List[str] = []
-
-    @property
-    def ident(self) -> BuildIdentity:
-        if self.build is None:  # the base class sets it (build_id is required)
-            raise UserInputError("no build id given", hint="Set 'build_id'", parameter="build_id")
-        return self.build
-
-    @property
-    def build_tag(self) -> str:
-        return "%s:%s" % (TAG_BUILD_ID, self.ident.build_id)
 
     @property
     def wanted_regions(self) -> List[str]:
@@ -310,25 +280,26 @@ class DoCustomImage(NixforgeModule):
     # -- flow ----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        self.result.update(build=self.ident.as_dict(), retries=0)
+        self.result.update(build=self.identity.as_dict(), retries=0)
         self.client = digitalocean_client(self.params)
-        self.deadline = time.monotonic() + max(0, self.params["wait_timeout"])
+        self.images = ImageEngine(self.client, self.identity.build_id, self.params.get("name"),
+                                  self.params["wait_timeout"], self.params["poll_interval"])  # fmt: skip
         if self.params["state"] == "absent":
-            self.targets = self.build_images()
+            self.targets = self.images.build_images(present_only=False)
             return
         self.result.update(image={}, imported=False, transferred=[])
         if self.params.get("src"):
             self.check_src(self.params["src"])  # on the controller, before any API call
         self.distribution = check_distribution(self.params["distribution"])
-        self.tags = do_tags(self.ident.tags())
-        self.ident.require_future_expiry()
+        self.tags = do_tags(self.identity.tags())
+        self.identity.require_future_expiry()
         regions = self.client.regions()  # a bad token fails here, naming oauth_token
         check_regions(regions, [self.params["region"]], "region")
         check_regions(regions, self.params["regions"] or [], "regions")
-        found = self.build_images()
+        found = self.images.build_images(present_only=True)
         if len(found) > 1:
             self.warn("build %s has %d images named %s; adopting %s" % (
-                self.ident.build_id, len(found), self.params["name"], found[0]["id"]))  # fmt: skip
+                self.identity.build_id, len(found), self.params["name"], found[0]["id"]))  # fmt: skip
         self.image = found[0] if found else None
         if self.image is None:
             self.check_url()
@@ -375,9 +346,9 @@ class DoCustomImage(NixforgeModule):
     def describe(self) -> Dict[str, Any]:
         self.result["retries"] = self.client.retries
         if self.params["state"] == "absent":
-            return {"deleted": [i["id"] for i in self.targets]}
+            return {"removed": [i["id"] for i in self.targets]}
         return {
-            "image": self.view(self.image) if self.image else {},
+            "image": view(self.image) if self.image else {},
             "imported": self.will_import,
             "transferred": self.planned_transfers if self.check_mode else self.result["transferred"],
         }
@@ -387,21 +358,7 @@ class DoCustomImage(NixforgeModule):
             self.result["retries"] = self.client.retries
         return super().fail_error(exc)
 
-    # -- lookups --------------------------------------------------------------------
-
-    def build_images(self) -> List[Dict[str, Any]]:
-        """The build's images (of ``name``, when given), available ones first, then oldest.
-        With state=present only images that can still become or are available: a failed
-        import (``deleted`` with an error_message) or a deleted image is never adopted."""
-        name = self.params.get("name")
-        images = [i for i in self.client.list_images(tag=self.build_tag) if not name or i.get("name") == name]
-        if self.params["state"] == "present":
-            images = [i for i in images if adoptable(i)]
-        return sorted(images, key=lambda i: (i.get("status") != "available", str(i.get("created_at")), i["id"]))
-
-    def find_created(self) -> Optional[Dict[str, Any]]:
-        found = self.build_images()
-        return found[0] if found else None
+    # -- input ----------------------------------------------------------------------
 
     def check_url(self) -> None:
         url = (self.params.get("url") or "").strip()
@@ -430,11 +387,7 @@ class DoCustomImage(NixforgeModule):
             wanted["description"] = self.params["description"]
         return {k: v for k, v in wanted.items() if (image.get(k) or "") != v}
 
-    @staticmethod
-    def view(image: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: image.get(k) for k in IMAGE_FIELDS}
-
-    # -- actions --------------------------------------------------------------------
+    # -- actions (the engine's calls, and what they leave in the result) -------------
 
     def import_image(self) -> None:
         body = {
@@ -445,12 +398,8 @@ class DoCustomImage(NixforgeModule):
             "description": self.params.get("description") or "",
             "tags": self.tags,
         }
-        self.image = self.client.create(
-            "images", body, self.find_created, "Importing image %s" % self.params["name"], CREATE_PARAMETERS
-        )
-        if "image" in self.image:  # the POST's answer (find_created returns the image itself)
-            self.image = self.image["image"]
-        self.result.update(imported=True, image=self.view(self.image))
+        self.image = self.images.import_image(body)
+        self.result.update(imported=True, image=view(self.image))
         if self.params["wait"]:
             # a failed or timed-out wait is undone by the base class (delete_imported)
             self.image = self.wait_available(self.image["id"])
@@ -458,7 +407,7 @@ class DoCustomImage(NixforgeModule):
     def delete_imported(self) -> None:
         if self.image and self.image.get("id") is not None:
             self.client.delete_image(self.image["id"])
-            self.result["image"] = self.view(dict(self.image, status="deleted"))
+            self.result["image"] = view(dict(self.image, status="deleted"))
 
     def update(self, fields: Dict[str, str]) -> None:
         self.image = self.client.update_image((self.image or {})["id"], fields)
@@ -467,106 +416,18 @@ class DoCustomImage(NixforgeModule):
         """Start the transfer to ``region`` (or adopt one in progress); after the last one is
         started, wait for all of them, so that they run side by side."""
         image_id = (self.image or {})["id"]
-        action = self.pending_transfer(image_id, region)
-        if action is None:
-            action = self.client.create(
-                "images/%s/actions" % image_id,
-                {"type": "transfer", "region": region},
-                lambda: self.pending_transfer(image_id, region, done_ok=True),
-                "Transferring image %s to %s" % (self.params["name"], region),
-                ["regions"],
-            )
-            action = action.get("action", action)
-        started.append(dict(action, region_slug=region))
+        started.append(self.images.start_transfer(image_id, region))
         self.result["transferred"].append(region)
         if last and self.params["wait"]:
             for item in started:
-                self.wait_transfer(item)
+                self.images.wait_transfer(item)
             self.image = self.client.get_image(image_id) or self.image
 
-    def pending_transfer(self, image_id: Any, region: str, done_ok: bool = False) -> Optional[Dict[str, Any]]:
-        """A transfer to ``region`` still running (or, with ``done_ok``, already done)."""
-        for action in self.client.image_actions(image_id):
-            if action.get("type") != "transfer" or action.get("region_slug") != region:
-                continue
-            if action.get("status") == "in-progress" or (done_ok and action.get("status") == "completed"):
-                return action
-        return None
-
     def delete(self, image: Dict[str, Any]) -> None:
-        self.client.delete_image(image["id"])
-        if self.params["wait"]:
-            self.wait(
-                lambda: self.client.get_image(image["id"]),
-                "image %s to be gone" % image["id"],
-                lambda i: i is None or i.get("status") == "deleted",
-                lambda i: "status %s" % i.get("status"),
-            )
-
-    # -- waits ----------------------------------------------------------------------
-
-    def wait(self, probe: Any, what: str, done: Any, describe: Any) -> Any:
-        """One deadline for the whole run: each wait gets what is left of ``wait_timeout``."""
-        interval = max(0.1, float(self.params["poll_interval"]))
-        return wait_for(
-            probe,
-            timeout=max(0.0, self.deadline - time.monotonic()),
-            what=what,
-            done=done,
-            interval=interval,
-            max_interval=interval,
-            backoff=1.0,
-            option_value=self.params["wait_timeout"],
-            describe=describe,
-        )
+        self.images.delete(image["id"], self.params["wait"])
 
     def wait_available(self, image_id: Any) -> Dict[str, Any]:
-        name = self.params["name"]
-
-        def probe() -> Dict[str, Any]:
-            image = self.client.get_image(image_id)
-            if image is None:
-                raise ProviderError(
-                    "DigitalOcean removed image %s (%s) while importing it, without a reason" % (image_id, name),
-                    hint=FORMATS_HINT,
-                    what="Importing image %s" % name,
-                )
-            self.result["image"] = self.view(image)
-            if image.get("status") == "deleted" or (image.get("error_message") and image.get("status") != "available"):
-                raise ProviderError(
-                    "DigitalOcean refused image %s: %s" % (image_id, image.get("error_message") or "no reason given"),
-                    hint=FORMATS_HINT,
-                    what="Importing image %s" % name,
-                    code="import_failed",
-                )
-            return image
-
-        return self.wait(
-            probe,
-            "image %s (%s) to become available" % (name, image_id),
-            lambda i: i.get("status") == "available",
-            lambda i: "status %s" % i.get("status"),
-        )
-
-    def wait_transfer(self, action: Dict[str, Any]) -> None:
-        region = action["region_slug"]
-
-        def probe() -> Dict[str, Any]:
-            current = self.client.get_action(action["id"]) or {"status": "errored"}
-            if current.get("status") == "errored":
-                raise ProviderError(
-                    "DigitalOcean's transfer action %s to %s errored" % (action["id"], region),
-                    hint="Try again; if it keeps failing, pick another region in 'regions'",
-                    what="Transferring image %s" % self.params["name"],
-                )
-            return current
-
-        self.wait(
-            probe,
-            "the transfer of image %s to %s" % (self.params["name"], region),
-            lambda a: a.get("status") == "completed",
-            lambda a: "action %s %s" % (action["id"], a.get("status")),
-        )
+        return self.images.wait_available(image_id, lambda image: self.result.update(image=view(image)))
 
 
 def main() -> None:

@@ -236,10 +236,10 @@ def test_public_small_and_multipart_upload_adopt_and_absent(b2, clean, tmp_path)
     results = tasks_results(b2, "public-absent", [absent(b2.public, build), absent(b2.public, build)])
     gone, again = (ok(r) for r in results)
     assert gone["changed"] is True
-    assert sorted(d["name"] for d in gone["deleted"]) == sorted(
+    assert sorted(d["name"] for d in gone["removed"]) == sorted(
         [first_small["object"]["name"], first_large["object"]["name"]]
     )
-    assert again["changed"] is False and again["deleted"] == []
+    assert again["changed"] is False and again["removed"] == []
     assert fetch(first_small["url"], b2.env)[0] == 404
     assert b2.files_of(build) == []
 
@@ -279,7 +279,7 @@ def test_authorized_url_on_a_private_bucket(b2, clean, tmp_path):
     status = fetch(base, b2.env)[0]  # the private bucket refuses the same object without the token
     assert status in (401, 403)
     results = tasks_results(b2, "private-absent", [absent(b2.private, build, **b2.key_args(b2.reaper))])
-    assert len(ok(results[0])["deleted"]) == 1
+    assert len(ok(results[0])["removed"]) == 1
     assert b2.files_of(build) == []
 
 
@@ -350,7 +350,7 @@ def test_expired_tokens_are_renewed(b2, clean, tmp_path):
     result = ok(results[0])
     assert fired["expired_auth_token"] > 0, fired
     assert fetch(result["url"], b2.env) == (200, digest)
-    assert len(ok(tasks_results(b2, "tokens-absent", [absent(b2.public, build)])[0])["deleted"]) == 1
+    assert len(ok(tasks_results(b2, "tokens-absent", [absent(b2.public, build)])[0])["removed"]) == 1
     assert b2.files_of(build) == []
 
 

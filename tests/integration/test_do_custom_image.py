@@ -135,8 +135,8 @@ def test_import_transfer_rerun_absent_and_no_token_in_vvvv(do, files, tmp_path):
     assert files.url("nixos.qcow2.gz") not in output
 
     (gone, again) = play(do, tmp_path, [{"build_id": "it-do-main", "state": "absent"}] * 2)[0]
-    assert gone["changed"] is True and gone["deleted"] == [image["id"]]
-    assert again["changed"] is False and again["deleted"] == []
+    assert gone["changed"] is True and gone["removed"] == [image["id"]]
+    assert again["changed"] is False and again["removed"] == []
     assert mine(do, "it-do-main") == []
 
 
@@ -216,7 +216,7 @@ def test_throttling_and_server_errors_still_succeed(do, files, tmp_path):
     served = {k: v - before.get(k, 0) for k, v in do.served_faults().items()}
     assert served["429"] > 0 and served["500"] + served["503"] > 0
     assert not gone.get("failed"), gone.get("msg")
-    assert gone["deleted"] == [result["image"]["id"]]
+    assert gone["removed"] == [result["image"]["id"]]
     do.set_faults({})
     assert posts(do) >= 1 and len([e for e in do.exchanges() if e["status"] == 202]) == 1
 
@@ -285,7 +285,7 @@ def test_a_failed_import_is_not_listed_and_never_adopted(do, files, tmp_path):
     assert not again.get("failed"), again.get("msg")
     assert again["imported"] is True and again["image"]["id"] != failed_id
     assert again["image"]["status"] == "available"
-    assert gone["deleted"] == [again["image"]["id"]]
+    assert gone["removed"] == [again["image"]["id"]]
 
 
 def test_a_lost_create_answer_is_adopted_not_imported_twice(do, files, tmp_path):
@@ -299,7 +299,7 @@ def test_a_lost_create_answer_is_adopted_not_imported_twice(do, files, tmp_path)
     assert not result.get("failed"), result.get("msg")
     assert do.served_faults()["lost_answer"] == before + 1
     assert posts(do) == 1 and result["retries"] >= 1
-    assert gone["deleted"] == [result["image"]["id"]]
+    assert gone["removed"] == [result["image"]["id"]]
 
 
 @pytest.mark.parametrize(
@@ -332,4 +332,4 @@ def test_rate_limits_are_ridden_through_honouring_retry_after(do, files, tmp_pat
             assert later[0]["at"] - exchanges[index]["at"] >= asked - 0.05, (exchanges[index], later[0])
     for entry in exchanges:
         assert {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"} <= set(entry["response_headers"])
-    assert gone["deleted"] == [result["image"]["id"]]
+    assert gone["removed"] == [result["image"]["id"]]

@@ -187,7 +187,7 @@ def test_check_mode_reports_the_actions_of_a_real_run(cloud, exits, tmp_path):
     assert check_absent.result["changed"] is True and len(cloud.files(cloud.public)) == 1
     absent = run(cloud, state="absent")
     assert absent.result["actions"] == check_absent.result["actions"]
-    assert absent.result["deleted"] == check_absent.result["deleted"]
+    assert absent.result["removed"] == check_absent.result["removed"]
 
 
 def test_absent_removes_versions_hide_markers_and_unfinished_files_of_the_build(cloud, exits, tmp_path):
@@ -203,12 +203,12 @@ def test_absent_removes_versions_hide_markers_and_unfinished_files_of_the_build(
 
     out = run(cloud, state="absent")
     assert out.kind == "exit", out.result
-    kinds = sorted(d["kind"] for d in out.result["deleted"])
+    kinds = sorted(d["kind"] for d in out.result["removed"])
     assert kinds == ["hide marker", "unfinished large file", "version", "version"]
     assert cloud.files(cloud.public) == [("nixforge/b2/x/image.img", {})]
     assert cloud.unfinished(cloud.public) == []
     again = run(cloud, state="absent")
-    assert again.result["changed"] is False and again.result["deleted"] == []
+    assert again.result["changed"] is False and again.result["removed"] == []
     assert cloud.public.get_file_info_by_id(kept.id_).file_name == "nixforge/b2/x/image.img"
 
 
@@ -218,7 +218,7 @@ def test_absent_with_name_removes_only_that_name(cloud, exits, tmp_path):
     a = run(cloud, src=str(src)).result["object"]["name"]
     b = run(cloud, src=str(src), name="nixforge/b1/named/image.img").result["object"]["name"]
     out = run(cloud, state="absent", name=b)
-    assert [d["name"] for d in out.result["deleted"]] == [b]
+    assert [d["name"] for d in out.result["removed"]] == [b]
     assert [n for n, info in cloud.files(cloud.public)] == [a]
 
 

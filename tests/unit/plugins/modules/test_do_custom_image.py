@@ -297,17 +297,17 @@ def test_absent_by_name_then_by_build_id(do):
     run(do, name="other", build_id="b2", wait=False)
     out = run(do, state="absent", name="one")
     assert out.kind == "exit", out.result.get("msg")
-    assert out.result["changed"] is True and len(out.result["deleted"]) == 1
+    assert out.result["changed"] is True and len(out.result["removed"]) == 1
     assert sorted(i["name"] for i in do.images()) == ["other", "two"]
     check = run(do, check=True, state="absent", name=None)
-    assert check.result["changed"] is True and len(check.result["deleted"]) == 1
+    assert check.result["changed"] is True and len(check.result["removed"]) == 1
     assert len(do.images()) == 2
     out = run(do, state="absent", name=None)
     assert out.result["actions"] == check.result["actions"]  # check mode reported what the run did
     assert out.result["actions"][0].startswith("delete image two (")
     assert [i["name"] for i in do.images()] == ["other"]
     again = run(do, state="absent", name=None)
-    assert again.result["changed"] is False and again.result["deleted"] == []
+    assert again.result["changed"] is False and again.result["removed"] == []
 
 
 # -- certificates, URLs and files DigitalOcean would refuse -------------------------------
