@@ -443,6 +443,7 @@ class Ec2SpotHost(NixforgeModule):
         self.check_input()
         self.adopting = self.resources.find_instances(LIVE_STATES)
         if self.adopting:
+            self.adopt(self.adopting)
             return
         self.identity.require_future_expiry()
         self.look_up()
@@ -575,9 +576,7 @@ class Ec2SpotHost(NixforgeModule):
     def describe(self) -> Dict[str, Any]:
         if self.params["state"] == "absent":
             return {}  # RV build stays the full identity set by prepare(), as documented
-        if self.adopting:
-            return self.adopt(self.adopting)
-        if self.check_mode:
+        if self.check_mode and not self.adopting:
             return {}
         return self.instance_result(self.instance)
 
@@ -589,12 +588,14 @@ class Ec2SpotHost(NixforgeModule):
         )
         return result
 
-    def adopt(self, instances: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def adopt(self, instances: List[Dict[str, Any]]) -> None:
+        """Adopt the build's running builder (waiting for it here, in prepare(), so that
+        describe() only reports)."""
         instance, facts = self.engine.adoption(instances, self.result["build"])
         self.result.update(facts)
         if not self.check_mode:
             instance = self.engine.wait_until_ready(instance["InstanceId"])
-        return self.instance_result(instance)
+        self.instance = instance
 
 
 def main() -> None:

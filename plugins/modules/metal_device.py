@@ -405,7 +405,7 @@ class MetalDevice(NixforgeModule):
 
     device: Optional[Device] = None
     key: Optional[Dict[str, Any]] = None
-    waited = False
+    error: Optional[NixforgeError] = None
 
     # -- prepare: check the input, look up what exists -------------------------------------
 
@@ -439,6 +439,8 @@ class MetalDevice(NixforgeModule):
         self.device = live[0] if live else None
         self.result["adopted"] = self.device is not None
         self.key, self.stale = self.engine.choose_key(self.spec["public_key"], self.device)
+        if self.device is not None and self.device.get("state") != "inactive" and not self.check_mode:
+            self.wait_adopted()  # an inactive one is powered on, and waited for, by its action
 
     # -- plan: the same texts in check mode and in a real run ------------------------------
 
@@ -449,10 +451,7 @@ class MetalDevice(NixforgeModule):
                 "devices": [d["id"] for d in self.devices],
                 "ssh_keys": [k["id"] for k in self.keys],
             }
-            live = [d for d in self.devices if d.get("state") not in GONE_STATES]  # others are already going
-            return [Action("delete device %s" % d["id"], partial(engine.delete_device, d)) for d in live] + [
-                Action("delete project SSH key %s" % k["id"], partial(engine.delete_key, k["id"])) for k in self.keys
-            ]
+            return self.plan_absent()
         actions = [
             Action("delete failed device %s" % d.get("id"), partial(engine.delete_device, d)) for d in self.failed
         ]
@@ -473,12 +472,35 @@ class MetalDevice(NixforgeModule):
                 self.params["operating_system"],
                 ", spot bid %.4f" % spec["bid"] if spec["bid"] is not None else "",
             )
-            actions.append(Action(text, self.create_device))
+            actions.append(Action(text, self.create_device, undo=self.remove_created))
         elif self.device.get("state") == "inactive":
-            actions.append(
-                Action("power on device %s" % self.device["id"], partial(engine.power_on, self.device["id"]))
-            )
+            actions.append(Action("power on device %s" % self.device["id"], self.power_on))
         return actions
+
+    def plan_absent(self) -> List[Action]:
+        """Delete the build's devices and keys; the last action waits until the devices are
+        gone (the deletions run side by side), so that describe() only reports."""
+        engine = self.engine
+        live = [d for d in self.devices if d.get("state") not in GONE_STATES]  # others are already going
+        actions = [Action("delete device %s" % d["id"], partial(engine.delete_device, d)) for d in live] + [
+            Action("delete project SSH key %s" % k["id"], partial(engine.delete_key, k["id"])) for k in self.keys
+        ]
+        if not (self.devices and self.params["wait"]) or self.check_mode:
+            return actions
+        if not actions:  # only devices already going: nothing to change, but the wait was asked for
+            self.wait_gone()
+            return actions
+        last = actions[-1]
+
+        def last_then_wait() -> None:
+            last.do()
+            self.wait_gone()
+
+        actions[-1] = Action(last.text, last_then_wait, last.undo)
+        return actions
+
+    def wait_gone(self) -> None:
+        self.engine.wait_gone([d["id"] for d in self.devices], self.params["wait_timeout"])
 
     # -- the actions -------------------------------------------------------------------------
 
@@ -490,44 +512,61 @@ class MetalDevice(NixforgeModule):
             self.engine.delete_key(self.key["id"])
 
     def create_device(self) -> None:
+        """Create the device and wait until it is active; if it never gets there, the base
+        class's rollback runs ``remove_created`` (this action's undo)."""
         self.device = self.engine.create_device(self.spec, self.key or {})
         self.wait_active()
 
+    def power_on(self) -> None:
+        self.engine.power_on((self.device or {})["id"])  # planned only for an adopted device
+        self.wait_active()
+
     def wait_active(self) -> None:
-        """Wait until the device is active; one that does not get there is deleted with the build's keys."""
         if not self.params["wait"] or self.device is None:
             return
-        device_id = self.device["id"]
-        self.waited = True
         try:
-            self.device = self.engine.wait_active(device_id)
+            self.device = self.engine.wait_active(self.device["id"])
         except NixforgeError as exc:
-            cleaned = ["device %s" % device_id]
-            try:
-                self.engine.remove_device(device_id)
-                for key in self.engine.keys():
-                    self.engine.delete_key(key["id"])
-                    cleaned.append("SSH key %s" % key["id"])
-            except NixforgeError as cleanup_error:
-                self.fail(
-                    "%s Cleaning up failed too: %s" % (exc.format(), cleanup_error.format()),
-                    hint="Run this task again with 'state: absent' for build %s" % self.identity.build_id,
-                )
-            self.result["changed"] = True
-            exc.add_hint("Deleted what the build had created (%s); nothing is left behind" % ", ".join(cleaned))
+            self.error = exc  # the undo says in it what was cleaned up
             raise
+
+    def wait_adopted(self) -> None:
+        """An adopted device that does not become active is removed with the build's keys,
+        as the run that created it would have done."""
+        try:
+            self.wait_active()
+        except NixforgeError:
+            self.remove_created()
+            raise
+
+    def remove_created(self) -> None:
+        """Undo of the device's creation: delete the device and every key of the build, and
+        say so in the error being reported (or that cleaning up failed, and what to run)."""
+        if self.device is None:
+            return
+        device_id = self.device["id"]
+        cleaned = ["device %s" % device_id]
+        self.result["changed"] = True
+        try:
+            self.engine.remove_device(device_id)
+            for key in self.engine.keys():
+                self.engine.delete_key(key["id"])
+                cleaned.append("SSH key %s" % key["id"])
+        except NixforgeError as cleanup_error:
+            if self.error is not None:
+                self.error.add_hint("Cleaning up failed too: %s" % cleanup_error.format())
+                self.error.add_hint("Run this task again with 'state: absent' for build %s" % self.identity.build_id)
+            raise
+        if self.error is not None:
+            self.error.add_hint("Deleted what the build had created (%s); nothing is left behind" % ", ".join(cleaned))
 
     # -- describe ----------------------------------------------------------------------------
 
     def describe(self) -> Dict[str, Any]:
         if self.params["state"] == "absent":
-            if self.devices and self.params["wait"] and not self.check_mode:
-                self.engine.wait_gone([d["id"] for d in self.devices], self.params["wait_timeout"])
             return {}
         if self.device is None:  # check mode, would be created
             return {"device": {}, "ssh_port": 22, "ssh_user": "root", "host_public_key": self.host_public_key}
-        if not self.check_mode and not self.waited:
-            self.wait_active()
         device = self.engine.describe(self.device, self.spec, self.key or {})
         return {
             "device": device,
