@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
-from nfsandbox.b2.faults import Faults
+from nfsandbox.b2.faults import B2Faults
 
 
 @pytest.mark.parametrize(
@@ -28,11 +28,11 @@ from nfsandbox.b2.faults import Faults
 )
 def test_bad_knobs_are_refused(knobs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        Faults().set(knobs)
+        B2Faults().set(knobs)
 
 
 def test_counters_fire_in_order_and_respect_match() -> None:
-    faults = Faults()
+    faults = B2Faults()
     faults.set({"throttle": 1, "service_unavailable": 1, "match": "^b2_list_"})
     assert faults.pick("b2_get_upload_url") is None
     assert faults.pick("b2_list_buckets") == 429
@@ -44,7 +44,7 @@ def test_counters_fire_in_order_and_respect_match() -> None:
 
 
 def test_rates_are_seeded_and_roughly_right() -> None:
-    faults = Faults()
+    faults = B2Faults()
     faults.set({"rate_429": 0.2, "rate_503": 0.1, "seed": 11})
     first = [faults.pick("b2_list_buckets") for _index in range(2000)]
     faults.set({"rate_429": 0.2, "rate_503": 0.1, "seed": 11})
@@ -53,7 +53,7 @@ def test_rates_are_seeded_and_roughly_right() -> None:
 
 
 def test_global_429_is_a_503_for_uploads_unless_asked_by_name() -> None:
-    faults = Faults()
+    faults = B2Faults()
     faults.set({"rate_429": 1.0, "calls": {"b2_upload_file": {"rate_429": 1.0}}})
     assert faults.pick("b2_upload_part") == 503
     assert faults.pick("b2_upload_file") == 429
@@ -61,14 +61,14 @@ def test_global_429_is_a_503_for_uploads_unless_asked_by_name() -> None:
 
 
 def test_per_call_rates_replace_the_global_ones() -> None:
-    faults = Faults()
+    faults = B2Faults()
     faults.set({"rate_503": 1.0, "calls": {"b2_download_file_by_name": {"rate_503": 0}}})
     assert faults.pick("b2_download_file_by_name") is None
     assert faults.pick("b2_hide_file") == 503
 
 
 def test_setting_again_clears_counters_and_token_ttl_defaults() -> None:
-    faults = Faults()
+    faults = B2Faults()
     faults.set({"rate_503": 1.0, "token_ttl": 3})
     faults.pick("b2_list_buckets")
     faults.count_expired("b2_list_buckets")

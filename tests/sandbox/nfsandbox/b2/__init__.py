@@ -3,7 +3,7 @@
 Pieces: `store.py` (buckets, file versions, large files; bytes on disk under the
 instance's work directory), `api.py` (the B2 calls, tokens, errors, downloads),
 `keys.py` (application keys: capabilities, buckets, name prefix, enforced on every
-call), `views.py` (each API version's answer shapes), `server.py` (threaded HTTP/1.1
+call), `views.py` (each API version's answer shapes), `http.py` (threaded HTTP/1.1
 front, TLS with a certificate of the sandbox CA), `faults.py` (fault knobs and served
 counters).
 
@@ -36,7 +36,7 @@ from typing import Any
 
 from ..providers import EmulatorProvider
 from .api import B2API
-from .server import B2HTTPServer
+from .http import B2HTTPServer
 
 log = logging.getLogger("nfsandbox.b2")
 

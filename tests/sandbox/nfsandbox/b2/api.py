@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Callable
 from urllib.parse import quote, unquote, unquote_plus
 
 from . import views
-from .faults import Faults
+from .faults import B2Faults
 from .keys import CALL_CAPABILITY, CAPABILITIES, AppKey, new_key, parse_create_key
 from .store import (
     MAX_PART_SIZE,
@@ -152,14 +152,14 @@ class B2API:
         self,
         root: Path,
         base_url: str,
-        faults: Faults | None = None,
+        faults: B2Faults | None = None,
         key_id: str | None = None,
         key: str | None = None,
         account_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id or secrets.token_hex(6)
-        self.faults = faults or Faults()
+        self.faults = faults or B2Faults()
         self.store = Store(root, self.account_id)
         self.lock = threading.Lock()
         self.tokens: dict[str, Token] = {}

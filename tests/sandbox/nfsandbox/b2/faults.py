@@ -50,10 +50,10 @@ asks for a new upload URL, so a test can assert the counter stays 0).
 
 from __future__ import annotations
 
-import random
 import re
-import threading
-from typing import Any
+from typing import Any, ClassVar
+
+from ..faults import Knobs
 
 UPLOAD_CALLS = ("b2_upload_file", "b2_upload_part")
 MUTATING_CALLS = (
@@ -74,8 +74,9 @@ def parse_rate(name: str, value: Any) -> float:
     return rate
 
 
-class Faults:
-    KEYS: dict[str, Any] = {
+class B2Faults(Knobs):
+    EMULATOR = "b2"
+    KEYS: ClassVar[dict[str, Any]] = {
         "rate_429": float,
         "rate_503": float,
         "calls": dict,
@@ -90,7 +91,7 @@ class Faults:
         "lost_answer_rate": float,
         "seed": int,
     }
-    DEFAULTS: dict[str, Any] = {
+    DEFAULTS: ClassVar[dict[str, Any]] = {
         "rate_429": 0.0,
         "rate_503": 0.0,
         "calls": {},
@@ -105,53 +106,19 @@ class Faults:
         "lost_answer_rate": 0.0,
         "seed": None,
     }
+    REGEX_KEYS = ("match", "lost_answer_match")
+    NON_NEGATIVE = ("throttle", "service_unavailable", "retry_after", "lost_answer", "token_ttl", "upload_rate")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values: dict[str, Any] = dict(self.DEFAULTS)
-        self.random = random.Random()
-        self.served: dict[str, Any] = self._empty_served()
-
-    @staticmethod
-    def _empty_served() -> dict[str, Any]:
+    def empty_served(self) -> dict[str, Any]:
         return {"429": 0, "503": 0, "expired_auth_token": 0, "lost_answer": 0, "reused_upload_url": 0, "calls": {}}
 
     @classmethod
-    def parse(cls, faults: dict[str, Any]) -> dict[str, Any]:
-        """Validated knobs (ValueError names the bad one)."""
-        if not isinstance(faults, dict):
-            raise ValueError("b2 faults must be a JSON object")
-        unknown = sorted(set(faults) - set(cls.KEYS))
-        if unknown:
-            raise ValueError(f"unknown b2 fault knob(s) {unknown}; known: {sorted(cls.KEYS)}")
-        values = dict(cls.DEFAULTS)
-        for key, value in faults.items():
-            if value is None:
-                continue
-            if key in RATE_KEYS:
-                values[key] = parse_rate(key, value)
-            elif key == "calls":
-                values[key] = cls._parse_calls(value)
-            elif key == "seed":
-                values[key] = int(value)
-            else:
-                kind = cls.KEYS[key]
-                try:
-                    values[key] = kind(value)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"b2 fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-        for key in ("match", "lost_answer_match"):
-            try:
-                re.compile(values[key])
-            except re.error as exc:
-                raise ValueError(f"b2 fault knob {key} is not a valid regex: {exc}") from exc
-        for key in ("throttle", "service_unavailable", "retry_after", "lost_answer"):
-            if values[key] < 0:
-                raise ValueError(f"b2 fault knob {key} must not be negative")
-        for key in ("token_ttl", "upload_rate"):
-            if values[key] < 0:
-                raise ValueError(f"b2 fault knob {key} must not be negative")
-        return values
+    def parse_value(cls, key: str, value: Any) -> Any:
+        if key in RATE_KEYS:
+            return parse_rate(key, value)
+        if key == "calls":
+            return cls._parse_calls(value)
+        return super().parse_value(key, value)
 
     @staticmethod
     def _parse_calls(value: Any) -> dict[str, dict[str, float]]:
@@ -164,19 +131,8 @@ class Faults:
             out[str(call)] = {k: parse_rate(f"calls.{call}.{k}", v) for k, v in rates.items()}
         return out
 
-    def set(self, faults: dict[str, Any]) -> None:
-        values = self.parse(faults)
-        with self.lock:
-            self.values = values
-            self.random = random.Random(values["seed"])
-            self.served = self._empty_served()
-
-    def reset(self) -> None:
-        self.set({})
-
-    def get(self, key: str) -> Any:
-        with self.lock:
-            return self.values[key]
+    def per_where(self, where: str) -> dict[str, int]:
+        return self.served["calls"].setdefault(where, {})
 
     def pick(self, call: str) -> int | None:
         """The status (429 or 503) this call answers with, or None; counts what it serves."""
@@ -204,7 +160,7 @@ class Faults:
                 elif draw < r429 + r503:
                     status = 503
             if status is not None:
-                self._count(call, str(status))
+                self.count_locked(str(status), call)
             return status
 
     def lost(self, call: str) -> bool:
@@ -222,29 +178,16 @@ class Faults:
                 rate = own.get("lost_answer_rate", v["lost_answer_rate"])
                 hit = bool(rate) and self.random.random() < rate
             if hit:
-                self._count(call, "lost_answer")
+                self.count_locked("lost_answer", call)
             return hit
 
     def count_expired(self, call: str) -> None:
-        with self.lock:
-            self._count(call, "expired_auth_token")
+        self.count("expired_auth_token", call)
 
     def count_reused(self, call: str) -> None:
         """An upload URL ended by a 503 was used again (B2 refuses it; a good client never does it)."""
-        with self.lock:
-            self._count(call, "reused_upload_url")
-
-    def _count(self, call: str, what: str) -> None:
-        self.served[what] += 1
-        per_call = self.served["calls"].setdefault(call, {})
-        per_call[what] = per_call.get(what, 0) + 1
+        self.count("reused_upload_url", call)
 
     def token_ttl(self, default: float) -> float:
         with self.lock:
             return self.values["token_ttl"] or default
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            served = dict(self.served)
-            served["calls"] = {k: dict(v) for k, v in self.served["calls"].items()}
-            return {**self.values, "calls": dict(self.values["calls"]), "served": served}

@@ -35,7 +35,7 @@ from urllib.parse import urlencode, urlsplit
 from . import catalog as cat
 from . import importer
 from .droplets import SIZE_SPECS, Droplets, ImageRef
-from .faults import Faults
+from .faults import DigitalOceanFaults
 from .keys import Keys
 from .machine import Machines
 
@@ -226,7 +226,7 @@ class DigitalOceanAPI:
         self.networks = list(networks or [])
         self.base_url = "https://api.digitalocean.com"  # replaced by the HTTP front once it listens
         self.account_uuid = uuid.uuid4().hex
-        self.faults = Faults()
+        self.faults = DigitalOceanFaults()
         self.ratelimit = RateLimit()
         self.lock = threading.RLock()
         self.images: dict[int, Image] = {}

@@ -32,10 +32,10 @@ as the burst limiter's does (with the seconds until a request expires).
 
 from __future__ import annotations
 
-import random
 import re
-import threading
-from typing import Any
+from typing import Any, ClassVar
+
+from ..faults import Knobs, check_regex
 
 GIB = 1024**3
 KINDS = {"throttle": 429, "server_error": 500, "unavailable": 503}
@@ -43,8 +43,9 @@ RATE_KEYS = tuple(f"{k}_rate" for k in KINDS)
 ALL_RATE_KEYS = (*RATE_KEYS, "lost_answer_rate")
 
 
-class Faults:
-    KEYS: dict[str, type] = {
+class DigitalOceanFaults(Knobs):
+    EMULATOR = "digitalocean"
+    KEYS: ClassVar[dict[str, Any]] = {
         **{k: float for k in ALL_RATE_KEYS},
         **{k: int for k in KINDS},
         "lost_answer": int,
@@ -61,7 +62,7 @@ class Faults:
         "failed_grace": float,
         "refuse_query_urls": bool,
     }
-    DEFAULTS: dict[str, Any] = {
+    DEFAULTS: ClassVar[dict[str, Any]] = {
         **{k: 0.0 for k in ALL_RATE_KEYS},
         **{k: 0 for k in KINDS},
         "lost_answer": 0,
@@ -78,12 +79,11 @@ class Faults:
         "failed_grace": 600.0,
         "refuse_query_urls": True,
     }
+    REGEX_KEYS = ("match",)
+    SERVED_SURVIVES_SET = True  # counted until reset(), so a test can change knobs mid-way
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values: dict[str, Any] = dict(self.DEFAULTS)
-        self.random = random.Random()
-        self.served: dict[str, int] = self._zero()
+        super().__init__()
         self.served_by_route: dict[str, dict[str, int]] = {}
 
     @staticmethod
@@ -104,68 +104,35 @@ class Faults:
             out[key] = rate
         return out
 
-    def set(self, faults: dict[str, Any]) -> None:
-        """Replace the whole table (knobs not given go back to their defaults)."""
-        unknown = sorted(set(faults) - set(self.KEYS))
-        if unknown:
-            raise ValueError(f"unknown digitalocean fault knob(s) {unknown}; known: {sorted(self.KEYS)}")
-        values = dict(self.DEFAULTS)
-        for key, value in faults.items():
-            if value is None:
-                continue
-            kind = self.KEYS[key]
-            if kind is dict:
-                values[key] = value
-                continue
-            if kind is bool and not isinstance(value, bool):
-                raise ValueError(f"digitalocean fault knob {key} must be true or false, not {value!r}")
-            try:
-                values[key] = kind(value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"digitalocean fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-        values.update(self._rates({k: values[k] for k in ALL_RATE_KEYS}, "faults"))
+    @classmethod
+    def check(cls, values: dict[str, Any]) -> None:
+        values.update(cls._rates({k: values[k] for k in ALL_RATE_KEYS}, "faults"))
         routes: dict[str, dict[str, float]] = {}
         for pattern, table in (values["routes"] or {}).items():
-            self._regex(pattern, f"routes key {pattern!r}")
-            routes[pattern] = self._rates(table, f"routes[{pattern!r}]")
+            check_regex(cls.EMULATOR, f"routes key {pattern!r}", pattern)
+            routes[pattern] = cls._rates(table, f"routes[{pattern!r}]")
         values["routes"] = routes
-        if values["match"]:
-            self._regex(values["match"], "match")
         for key in ("ratelimit_limit", "ratelimit_burst", "size_limit"):
             if values[key] < 0:
                 raise ValueError(f"{key} must be >= 0")
-        with self.lock:
-            self.values = values
-            self.random = random.Random(values["seed"])
 
-    @staticmethod
-    def _regex(pattern: str, where: str) -> None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"digitalocean fault knob {where} is not a valid regex: {exc}") from exc
-
-    @staticmethod
-    def _zero() -> dict[str, int]:
+    def empty_served(self) -> dict[str, Any]:
         return {**{str(s): 0 for s in KINDS.values()}, "lost_answer": 0, "ratelimited": 0}
 
     def reset(self) -> None:
+        super().reset()
         with self.lock:
-            self.values = dict(self.DEFAULTS)
-            self.random = random.Random()
-            self.served = self._zero()
             self.served_by_route = {}
 
-    def get(self, key: str) -> Any:
-        with self.lock:
-            return self.values[key]
+    def per_where(self, where: str) -> dict[str, int]:
+        return self.served_by_route.setdefault(where, {})
 
     def draw(self, line: str) -> int | None:
         """The status of the fault this request gets ("METHOD /v2/path"), or None."""
         with self.lock:
             status = self._draw_locked(line)
             if status is not None:
-                self._count(line, str(status))
+                self.count_locked(str(status), line)
             return status
 
     def draw_lost(self, line: str) -> bool:
@@ -179,18 +146,12 @@ class Faults:
                 rates = self._rates_for(line)
                 hit = bool(rates) and self.random.random() < rates.get("lost_answer_rate", 0.0)
             if hit:
-                self._count(line, "lost_answer")
+                self.count_locked("lost_answer", line)
             return hit
 
     def count_ratelimited(self, line: str) -> None:
         """A 429 of the rate limiter itself (not a fault knob): counted as `ratelimited`."""
-        with self.lock:
-            self._count(line, "ratelimited")
-
-    def _count(self, line: str, what: str) -> None:
-        self.served[what] += 1
-        per = self.served_by_route.setdefault(line, {})
-        per[what] = per.get(what, 0) + 1
+        self.count("ratelimited", line)
 
     def _rates_for(self, line: str) -> dict[str, float] | None:
         v = self.values
@@ -220,8 +181,5 @@ class Faults:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {
-                **self.values,
-                "served": dict(self.served),
-                "served_by_route": {k: dict(v) for k, v in self.served_by_route.items()},
-            }
+            by_route = {k: dict(v) for k, v in self.served_by_route.items()}
+        return {**super().snapshot(), "served_by_route": by_route}

@@ -26,7 +26,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 from . import catalog, firewall, imds
-from .faults import Faults
+from .faults import Ec2Faults
 
 log = logging.getLogger("nfsandbox.ec2")
 
@@ -60,7 +60,7 @@ class Provider:
         self.pool = sandbox.pool
         # nfsandbox.daemon.Sandbox has instance/state_dir/port(); older drafts had .config
         self.config = getattr(sandbox, "instance", None) or getattr(sandbox, "config", None)
-        self.faults = Faults()
+        self.faults = Ec2Faults()
         self._lock = threading.RLock()
         self._attached: dict[str, _Attachment] = {}
         self._boot_threads: list[threading.Thread] = []

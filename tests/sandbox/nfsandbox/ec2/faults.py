@@ -56,6 +56,8 @@ import fnmatch
 import threading
 from typing import Any
 
+from ..faults import Served
+
 _CAPACITY_KEYS = {"instance_type", "availability_zone", "region", "market", "code", "message", "count"}
 _HTTP_KEYS = {
     "throttle": {"count", "code", "status", "message", "actions"},
@@ -97,20 +99,21 @@ def _actions(value: Any, where: str) -> list[str] | None:
     return list(value)
 
 
-class Faults:
-    """The armed faults; thread-safe, counts go down as faults fire."""
+class Ec2Faults:
+    """The armed faults; thread-safe, counts go down as faults fire. What fired is counted
+    per kind and action by the emulators' shared ``Served`` (``nfsandbox/faults.py``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._doc: dict[str, Any] = {}
-        self._served: dict[str, dict[str, int]] = {}
+        self._served = Served()
 
     # -- configuration ------------------------------------------------------------
     def set(self, doc: dict[str, Any] | None) -> None:
         self.validate(doc or {})
         with self._lock:
             self._doc = _copy(doc or {})
-            self._served = {}
+            self._served.clear()
 
     def clear(self) -> None:
         self.set({})
@@ -119,14 +122,12 @@ class Faults:
         """The faults still armed (counts as they are now)."""
         with self._lock:
             out = _copy(self._doc)
-            out["served"] = {kind: dict(actions) for kind, actions in self._served.items()}
+            out["served"] = self._served.snapshot()
             return out
 
     def served(self, kind: str, action: str) -> None:
         """Count one fault of ``kind`` answered for ``action``."""
-        with self._lock:
-            per_action = self._served.setdefault(kind, {})
-            per_action[action] = per_action.get(action, 0) + 1
+        self._served.count(kind, action)
 
     @staticmethod
     def validate(doc: Any) -> None:

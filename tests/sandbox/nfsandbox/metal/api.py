@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 from urllib.parse import urlencode
 
 from . import catalog as cat
+from .faults import MetalFaults
 
 log = logging.getLogger("nfsandbox.metal")
 
@@ -249,102 +250,6 @@ class Device:
         return data
 
 
-class Faults:
-    """Fault-injection knobs, settable at run time (see `MetalAPI.set_faults`)."""
-
-    KEYS = {
-        "fail_provisioning": int,  # the next N devices end in state `failed`
-        "throttle": int,  # the next N (matching) requests answer 429
-        "throttle_match": str,  # regex on "METHOD /path" restricting `throttle`
-        "retry_after": int,  # Retry-After seconds sent with 429 (0: header left out)
-        "server_error": int,  # the next N (matching) requests answer a 5xx
-        "server_error_status": int,  # which 5xx (default 500)
-        "server_error_match": str,  # regex on "METHOD /path" restricting `server_error`
-        "provision_delay": float,  # extra seconds every device spends provisioning
-        "deprovision_delay": float,  # seconds a deleted device spends deprovisioning
-        "lost_answer": int,  # the next N (matching) requests are applied, then answered 500
-        "lost_answer_match": str,  # regex on "METHOD /path" restricting `lost_answer`
-        "reclaim": str,  # reclaim (spot market) the active device whose tags or id contain this
-        "reclaim_after": float,  # ... once it has been active this many seconds
-    }
-    DEFAULTS: dict[str, Any] = {
-        "fail_provisioning": 0,
-        "throttle": 0,
-        "throttle_match": "",
-        "retry_after": 1,
-        "server_error": 0,
-        "server_error_status": 500,
-        "server_error_match": "",
-        "provision_delay": 0.5,
-        "deprovision_delay": 0.5,
-        "lost_answer": 0,
-        "lost_answer_match": "",
-        "reclaim": "",
-        "reclaim_after": 0.0,
-    }
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values: dict[str, Any] = dict(self.DEFAULTS)
-        self.served: dict[str, int] = {}
-
-    def set(self, faults: dict[str, Any]) -> None:
-        """Replace the whole table: knobs not given go back to their defaults (`{}` clears all)."""
-        unknown = sorted(set(faults) - set(self.KEYS))
-        if unknown:
-            raise ValueError(f"unknown metal fault knob(s) {unknown}; known: {sorted(self.KEYS)}")
-        values = dict(self.DEFAULTS)
-        for key, value in faults.items():
-            kind = self.KEYS[key]
-            if value is None:
-                continue
-            try:
-                values[key] = kind(value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"metal fault knob {key} must be {kind.__name__}, not {value!r}") from exc
-        for key in ("throttle_match", "server_error_match", "lost_answer_match"):
-            if values[key]:
-                try:
-                    re.compile(values[key])
-                except re.error as exc:
-                    raise ValueError(f"metal fault knob {key} is not a valid regex: {exc}") from exc
-        if not 500 <= values["server_error_status"] <= 599:
-            raise ValueError(f"server_error_status must be a 5xx, not {values['server_error_status']}")
-        with self.lock:
-            self.values = values
-            self.served = {}
-
-    def reset(self) -> None:
-        with self.lock:
-            self.values = dict(self.DEFAULTS)
-            self.served = {}
-
-    def count(self, key: str) -> None:
-        """Count one fault of ``key`` served (tests prove with it that their faults fired)."""
-        with self.lock:
-            self.served[key] = self.served.get(key, 0) + 1
-
-    def get(self, key: str) -> Any:
-        with self.lock:
-            return self.values[key]
-
-    def take(self, key: str, request_line: str | None = None) -> bool:
-        """Consume one unit of a counter knob; True when the fault fires."""
-        with self.lock:
-            if self.values[key] <= 0:
-                return False
-            pattern = self.values.get(key + "_match") or ""
-            if request_line is not None and pattern and not re.search(pattern, request_line):
-                return False
-            self.values[key] -= 1
-            self.served[key] = self.served.get(key, 0) + 1
-            return True
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            return {**self.values, "served": dict(self.served)}
-
-
 class MetalAPI:
     def __init__(
         self,
@@ -357,7 +262,7 @@ class MetalAPI:
         self.token = token or secrets.token_hex(24)
         self.user_id = str(uuid.uuid4())
         self.queued_delay = queued_delay
-        self.faults = Faults()
+        self.faults = MetalFaults()
         self.lock = threading.RLock()
         self.projects: dict[str, dict[str, Any]] = {}
         self.devices: dict[str, Device] = {}
