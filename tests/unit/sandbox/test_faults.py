@@ -53,9 +53,9 @@ def test_a_table_replaces_the_last_and_counter_knobs_fire_the_next_matching_requ
 def test_draws_are_seeded() -> None:
     faults = Demo()
     faults.set({"seed": 3})
-    first = [faults.random.random() for _ in range(5)]
+    first = [faults.random.random() for _draw in range(5)]
     faults.set({"seed": 3})
-    assert [faults.random.random() for _ in range(5)] == first
+    assert [faults.random.random() for _draw in range(5)] == first
 
 
 def test_served_survives_a_new_table_only_when_the_emulator_says_so() -> None:
@@ -73,8 +73,8 @@ def test_served_survives_a_new_table_only_when_the_emulator_says_so() -> None:
 
 def test_served_counts_per_kind_and_place_across_threads() -> None:
     served = Served()
-    threads = [threading.Thread(target=lambda: [served.count("throttle", "RunInstances") for _ in range(500)])
-               for _ in range(4)]  # fmt: skip
+    threads = [threading.Thread(target=lambda: [served.count("throttle", "RunInstances") for _count in range(500)])
+               for _thread in range(4)]  # fmt: skip
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -85,7 +85,7 @@ class DeviceRoutes:
         metro, facility = self._placement(body, plan, errors)
         if plan and os_slug and plan not in cat.OPERATING_SYSTEMS[os_slug][3]:
             errors.append(f"Operating system {os_slug} is not provisionable on plan {plan}")
-        fields = _device_fields(body, errors)
+        hostname, fields = _device_fields(body, errors)
         fields.update(_spot_fields(body, plan, metro, errors))
         fields["termination_time"] = _termination_time(body, errors)
         key_ids, authorized, key_errors = self._device_keys_for(project_id, body)
@@ -98,7 +98,7 @@ class DeviceRoutes:
         dev = Device(
             id=device_id,
             project_id=project_id,
-            hostname=fields.pop("hostname") or f"{plan.split('.', 1)[0]}-{device_id.split('-', 1)[0]}",
+            hostname=hostname or f"{plan.split('.', 1)[0]}-{device_id.split('-', 1)[0]}",
             plan=plan,
             metro=metro,
             facility=facility,
@@ -286,8 +286,9 @@ class DeviceRoutes:
             return 200, {"ip_addresses": [dict(a) for a in dev.ip_addresses]}, {}
 
 
-def _device_fields(body: dict[str, Any], errors: list[str]) -> dict[str, Any]:
-    """The plain fields of a create request (Metal's checks; problems appended to ``errors``)."""
+def _device_fields(body: dict[str, Any], errors: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """The hostname and the plain fields of a create request (Metal's checks; problems
+    appended to ``errors``)."""
     billing = body.get("billing_cycle", "hourly")
     if billing not in ("hourly", "daily", "monthly", "yearly"):
         errors.append(f"billing_cycle {billing!r} is not one of hourly, daily, monthly, yearly")
@@ -310,8 +311,7 @@ def _device_fields(body: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     if not isinstance(customdata, dict):
         errors.append("customdata must be an object")
         customdata = {}
-    return {
-        "hostname": hostname,
+    return hostname, {
         "billing_cycle": billing,
         "userdata": userdata,
         "tags": list(tags),
