@@ -26,9 +26,9 @@ export XDG_CACHE_HOME := $(BUILD)/cache
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 # Integration tests run side by side on several sandbox instances (one per xdist worker:
-# NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a test module stays on one worker.
+# NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a module stays on one worker unless marked `spread`.
 PYTEST_WORKERS ?= 3
-XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 SANITY_TIMEOUT ?= 900
 
 .PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \

@@ -26,8 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from _pipeline import sandbox_env
 from nfsandbox import client
 from nfsandbox.config import instance_from_env
-from nfsandbox.testing import (
+from nfsandbox.testing import (  # the emulators' fixtures, for every test module
     SandboxHandle,
+    do_sandbox,  # noqa: F401
+    ec2_sandbox,  # noqa: F401
+    metal_sandbox,  # noqa: F401
     sandbox_missing,
     sandbox_unavailable,
     sandboxctl,
@@ -42,6 +45,19 @@ def pytest_configure(config: pytest.Config) -> None:
         base = int(os.environ.get("NIXFORGE_SANDBOX_INSTANCE", "0"))
         os.environ["NIXFORGE_SANDBOX_INSTANCE"] = str(base + int(worker[2:]))
         os.environ["NIXFORGE_SANDBOX_WORKER_INSTANCE"] = "1"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Spread the whole-pipeline tests over the workers one by one, keep every other
+    module on one worker (its module fixtures are built once), and start the slow tests
+    first so that no worker is left alone with a long test at the end."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    for item in items:
+        if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,15 @@ checking that `sandboxctl resources --json` lists no B2 file of its build.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,14 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox.testing import VENV_BIN, SandboxHandle, ansible_env, sandbox_missing  # noqa: E402
+from nfsandbox.testing import SandboxHandle, play_module, sandbox_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
+# the plays' directories (results, ansible's state); gone when the test session ends
+WORK = Path(tempfile.mkdtemp(prefix="nfb2-"))
+atexit.register(shutil.rmtree, WORK, True)
 MB = 1000 * 1000
 B2_ENV = ("B2_API_URL", "B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY")
 
@@ -109,46 +114,10 @@ def run_tasks(
     verbosity: int = 0,
     drop_env: tuple = (),
 ) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess]:
-    """Run `b2_object` once per entry (module arguments) on localhost; every task runs
-    (ignore_errors) and the registered results come back as a list."""
-    workdir = Path("/tmp") / ("nfb2-" + re.sub(r"[^A-Za-z0-9]+", "-", workdir_name)[:60])
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = workdir / "results.json"
-    if out.exists():
-        out.unlink()
-    play_tasks: list[dict[str, Any]] = [
-        {"name": f"b2_object #{i}", "nixforge.images.b2_object": args, "register": f"r{i}", "ignore_errors": True}
-        for i, args in enumerate(tasks)
-    ]
-    results = "[" + ", ".join(f"r{i}" for i in range(len(tasks))) + "]"
-    play_tasks.append(
-        {
-            "name": "Write the results",
-            "ansible.builtin.copy": {"dest": str(out), "content": "{{ %s | to_json }}" % results, "mode": "0600"},
-        }
-    )
-    play = [
-        {
-            "name": "b2_object",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
-            "tasks": play_tasks,
-        }
-    ]
-    playbook = workdir / "play.yml"
-    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    env = ansible_env(workdir, {**b2.env, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build" / "collections")})
-    for name in drop_env:
-        env.pop(name, None)
-    command = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-    if verbosity:
-        command.append("-" + "v" * verbosity)
-    proc = subprocess.run(command, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=900, check=False)
-    if not out.exists():
-        raise AssertionError(f"the playbook did not finish (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(out.read_text()), proc
+    """Run `b2_object` once per entry (module arguments) on localhost (`play_module`); every
+    task runs (ignore_errors) and the registered results come back as a list."""
+    workdir = WORK / re.sub(r"[^A-Za-z0-9]+", "-", workdir_name)[:60]
+    return play_module("nixforge.images.b2_object", tasks, workdir, b2.env, verbosity=verbosity, unset_env=drop_env)
 
 
 def tasks_results(b2: B2Sandbox, workdir_name: str, tasks: list[dict[str, Any]], **kw: Any) -> list[dict[str, Any]]:

@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 import requests
-from _pipeline import BIN, INVENTORY, ROOT, kill_tree, new_id, playbook_env, resources_of, run_playbook, sandbox_env
+from _pipeline import INVENTORY, ROOT, kill_tree, new_id, playbook_env, resources_of, run_playbook, sandbox_env
 from _record import recording, records, result_of
+from nfsandbox.testing import start_playbook
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
 REAP = ROOT / "playbooks" / "reap.yml"
@@ -146,12 +147,10 @@ def test_ctrl_c_during_the_boot_check_then_reap_leaves_nothing(env: dict[str, st
     build_id = new_id("t-bootint")
     started = time.time()
     record = tmp_path / "run.jsonl"
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK)]
-    argv += ["-e", json.dumps(variables(tmp_path, build_id))]
-    proc = subprocess.Popen(
-        argv,
-        env=recording(playbook_env(env), record),
-        cwd=str(ROOT),
+    args = ["-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables(tmp_path, build_id))]
+    proc = start_playbook(
+        args,
+        recording(playbook_env(env), record),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from _pipeline import (
-    BIN,
     INVENTORY,
     ROOT,
     kill_tree,
@@ -33,8 +32,9 @@ from _pipeline import (
     slow_module,
 )
 from _record import recording, records, result_of
+from nfsandbox.testing import start_playbook
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 REAP = ROOT / "playbooks" / "reap.yml"
 # The last task before the Nix build starts on the builder (recorded with its role prefix).
@@ -53,12 +53,10 @@ def kill_during_build(playbook: str, env: dict[str, str], tmp_path: Path, build_
     }
     record = tmp_path / "run.jsonl"
     run_env = playbook_env(env)
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(ROOT / "playbooks" / playbook)]
-    argv += ["-e", json.dumps(variables)]
-    proc = subprocess.Popen(
-        argv,
-        env=recording(run_env, record),
-        cwd=str(ROOT),
+    args = ["-i", str(INVENTORY), str(ROOT / "playbooks" / playbook), "-e", json.dumps(variables)]
+    proc = start_playbook(
+        args,
+        recording(run_env, record),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -54,7 +54,6 @@ SPEC = find_spec(SPEC_NAME)
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, mbr_image, qcow2_image  # noqa: E402
-from nfsandbox.testing import sandbox_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -101,11 +100,8 @@ def spec() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> DOSandbox:
-    state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        sandbox_missing(reason)
-    return DOSandbox(state)
+def sandbox(do_sandbox: DOSandbox) -> DOSandbox:
+    return do_sandbox
 
 
 def _openapi(spec: dict[str, Any], sandbox: DOSandbox) -> Any:

@@ -25,18 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, qcow2_image  # noqa: E402
-from nfsandbox.testing import Inventory, ansible_env, run_playbook, sandbox_missing  # noqa: E402
+from nfsandbox.testing import Inventory, ansible_env, run_playbook  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> DOSandbox:
-    state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        sandbox_missing(reason)
-    return DOSandbox(state)
+def sandbox(do_sandbox: DOSandbox) -> DOSandbox:
+    return do_sandbox
 
 
 @pytest.fixture

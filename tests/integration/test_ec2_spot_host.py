@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nfsandbox import testing
 from nfsandbox.testing import play_module
 
 pytestmark = pytest.mark.sandbox
-ec2_sandbox = testing.ec2_sandbox  # the fixture, shared by the tests of every EC2 part
 
 MODULE = "nixforge.images.ec2_spot_host"
 # A secret nobody else uses, so that finding it in the output means we leaked it.

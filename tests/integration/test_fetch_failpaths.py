@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from _pipeline import kill_tree
 from _record import recording, records, results_of
-from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle
+from nfsandbox.testing import Inventory, SandboxHandle, ansible_playbook, start_playbook
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -116,7 +116,7 @@ class Builder:
         out = self.ssh(f"cat {SENT} 2>/dev/null || true").stdout.decode()
         return [int(x) for x in out.split()]
 
-    def argv_env(self, dest: Path, record: Path) -> tuple[list[str], dict[str, str]]:
+    def args_env(self, dest: Path, record: Path) -> tuple[list[str], dict[str, str]]:
         variables = {
             "nixos_image_fetch_src": SRC,
             "nixos_image_dest_dir": str(dest),
@@ -124,15 +124,14 @@ class Builder:
             "nixos_image_fetch_streams": 2,
             "nixos_image_fetch_sha256": "",
         }
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory.path), str(self.playbook)]
-        argv += ["-e", json.dumps(variables)]
-        return argv, recording(self.inventory.env, record)
+        args = ["-i", str(self.inventory.path), str(self.playbook), "-e", json.dumps(variables)]
+        return args, recording(self.inventory.env, record)
 
     def fetch(self, dest: Path) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
         """Run the fetch play; the fetch task's recorded result."""
         record = dest.parent / f"{dest.name}-{time.monotonic_ns()}.jsonl"
-        argv, env = self.argv_env(dest, record)
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+        args, env = self.args_env(dest, record)
+        proc = ansible_playbook(args, env, timeout=600)
         fetched = results_of(records(record), "Fetch to the controller")
         assert len(fetched) == 1, proc.stdout[-4000:]
         return proc, fetched[0]
@@ -141,10 +140,8 @@ class Builder:
         """Start a slow fetch, SIGKILL ansible-playbook and its ssh processes once the
         saved progress shows `chunks` chunks; return the saved progress."""
         self.mode("slow")
-        argv, env = self.argv_env(dest, dest.parent / "killed.jsonl")
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        args, env = self.args_env(dest, dest.parent / "killed.jsonl")
+        proc = start_playbook(args, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         state_file = dest / ".image.bin.part.state"
         deadline = time.monotonic() + 180
         try:

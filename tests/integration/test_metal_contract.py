@@ -36,11 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = find_spec("equinix-metal-v1.json")
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox import testing  # noqa: E402
 from nfsandbox.metal.testing import MetalSandbox, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
-metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
 
 OPERATIONS = {
     "findProjects",

@@ -42,7 +42,7 @@ from _pipeline import (
 )
 from nfsandbox.hosts.rootfs import image_debs
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
 MKIMAGE = ROOT / "roles" / "nixos_image" / "files" / "images" / "sandbox" / "mkimage.py"

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from _pipeline import (
-    BIN,
     INVENTORY,
     ROOT,
     control,
@@ -27,8 +26,9 @@ from _pipeline import (
     slow_module,
 )
 from _record import recording, records, result_of
+from nfsandbox.testing import start_playbook
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 DO_PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
 SD_PLAYBOOK = ROOT / "playbooks" / "build-sd-aarch64.yml"
@@ -44,11 +44,9 @@ def no_faults(env: dict[str, str]) -> Any:
         set_faults(env, provider, {})
 
 
-def play_and_act_at(argv: list[str], run_env: dict[str, str], marker: str, act: Any) -> tuple[int, str]:
-    """Run ansible-playbook; call act() once when a stdout line starts with marker."""
-    proc = subprocess.Popen(
-        argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+def play_and_act_at(args: list[str], run_env: dict[str, str], marker: str, act: Any) -> tuple[int, str]:
+    """Run ansible-playbook with `args`; call act() once when a stdout line starts with marker."""
+    proc = start_playbook(args, run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     acted = False
     try:
@@ -82,12 +80,12 @@ def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, 
         "builder_host_metal_spot_instance": True,
         "nixos_image_module": str(slow_module(tmp_path, 120)),
     }
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(DO_PLAYBOOK), "-e", json.dumps(variables)]
+    args = ["-i", str(INVENTORY), str(DO_PLAYBOOK), "-e", json.dumps(variables)]
 
     def reclaim() -> None:
         set_faults(env, "metal", {"reclaim": build_id, "reclaim_after": 2})
 
-    code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, reclaim)
+    code, output = play_and_act_at(args, recording(playbook_env(env), record), BUILD_TASK, reclaim)
     assert code != 0, output[-6000:]
     recorded = records(record)
     device_id = result_of(recorded, "Create or adopt the build's Metal device", "ok")["result"]["device"]["id"]
@@ -129,7 +127,7 @@ def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str,
         "builder_host_state_dir": str(state),
         "nixos_image_module": str(slow_module(tmp_path, 600)),
     }
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
+    args = ["-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
 
     def kill_the_build() -> None:
         ssh = builder_ssh(state)
@@ -139,7 +137,7 @@ def test_build_killed_on_the_builder_fails_at_once_and_tears_down(env: dict[str,
         )
         subprocess.run([*ssh, script], check=True, timeout=60, capture_output=True)
 
-    code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_the_build)
+    code, output = play_and_act_at(args, recording(playbook_env(env), record), BUILD_TASK, kill_the_build)
     assert code != 0, output[-6000:]
     failed = [r for r in records(record) if r["status"] == "failed"]
     assert any("ended without an exit status" in json.dumps(r["result"]) for r in failed), failed
@@ -160,7 +158,7 @@ def test_nix_killed_by_sigkill_is_reported_as_killed_not_as_a_timeout(env: dict[
         "builder_host_state_dir": str(state),
         "nixos_image_module": str(slow_module(tmp_path, 300)),
     }
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
+    args = ["-i", str(INVENTORY), str(SD_PLAYBOOK), "-e", json.dumps(variables)]
 
     def kill_nix() -> None:
         ssh = builder_ssh(state)
@@ -172,7 +170,7 @@ def test_nix_killed_by_sigkill_is_reported_as_killed_not_as_a_timeout(env: dict[
         )
         subprocess.run([*ssh, script], check=True, timeout=300, capture_output=True)
 
-    code, output = play_and_act_at(argv, recording(playbook_env(env), record), BUILD_TASK, kill_nix)
+    code, output = play_and_act_at(args, recording(playbook_env(env), record), BUILD_TASK, kill_nix)
     assert code != 0, output[-6000:]
     failed = [r for r in records(record) if r["status"] == "failed" and r["result"].get("exit_code") is not None]
     assert [r["result"]["exit_code"] for r in failed] == [137], failed

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from _pipeline import BIN, INVENTORY, ROOT, playbook_env, resources_of, sandbox_env
+from nfsandbox.testing import ansible_playbook
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -52,15 +53,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = playbook_env(sandbox_env() or {}, ANSIBLE_COLLECTIONS_PATH=str(installed))
     env["ANSIBLE_COLLECTIONS_SCAN_SYS_PATH"] = "false"
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=1800,
-        check=False,
-    )
+    return ansible_playbook(["-i", str(INVENTORY), *args], env, timeout=1800, cwd=cwd)
 
 
 def test_collection_playbook_names_resolve(installed: Path, tmp_path: Path) -> None:

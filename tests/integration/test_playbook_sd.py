@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from _pipeline import (
-    BIN,
     INVENTORY,
     ROOT,
     control,
@@ -29,8 +28,9 @@ from _pipeline import (
     slow_module,
 )
 from _record import failures, recording, records, result_of, results_of
+from nfsandbox.testing import start_playbook
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 PLAYBOOK = ROOT / "playbooks" / "build-sd-aarch64.yml"
 MKIMAGE = ROOT / "roles" / "nixos_image" / "files" / "images" / "sandbox" / "mkimage.py"
@@ -330,11 +330,9 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         "nixos_image_module": str(slow_module(tmp_path, 60)),
         "nixforge_spot_retry": retry,
     }
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
+    args = ["-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
-    proc = subprocess.Popen(
-        argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = start_playbook(args, run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     # count 1: one interruption (the fresh builder is not interrupted again)
     notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600, "count": 1}

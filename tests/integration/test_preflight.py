@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pipeline import BIN, INVENTORY, ROOT, control, new_id, playbook_env, resources_of, sandbox_env, set_faults
+from _pipeline import INVENTORY, ROOT, control, new_id, playbook_env, resources_of, sandbox_env, set_faults
 from _record import failures, recording, records
+from nfsandbox.testing import ansible_playbook
 
-pytestmark = [pytest.mark.sandbox]
+pytestmark = [pytest.mark.sandbox, pytest.mark.spread]
 
 SD = ROOT / "playbooks" / "build-sd-aarch64.yml"
 DO = ROOT / "playbooks" / "build-do-image.yml"
@@ -78,13 +79,16 @@ CASE_NAMES = [
 ]
 
 
+# root without the capabilities that let it read any file
+NO_READ_ANY_FILE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
 def run(env: dict[str, str], tmp_path: Path, playbook: Path, variables: dict[str, Any]) -> subprocess.CompletedProcess:
     """ansible-playbook as root without the capabilities that let root read any file, so a
     file its owner may not read is unreadable here too, as for any other user."""
-    argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", str(BIN / "ansible-playbook")]
-    argv += ["-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
+    args = ["-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
-    return subprocess.run(argv, env=run_env, cwd=str(ROOT), capture_output=True, text=True, timeout=600, check=False)
+    return ansible_playbook(args, run_env, timeout=600, prefix=NO_READ_ANY_FILE)
 
 
 def ec2_requests(env: dict[str, str]) -> dict[str, int]:

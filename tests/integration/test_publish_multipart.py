@@ -25,7 +25,7 @@ from _pipeline import INVENTORY, resources_of, set_faults
 from nfsandbox.digitalocean.testing import DOSandbox, qcow2_image
 from nfsandbox.testing import ansible_env, ansible_playbook, sandbox_missing
 
-pytestmark = [pytest.mark.sandbox]
+pytestmark = [pytest.mark.sandbox, pytest.mark.spread]
 MB = 1000 * 1000
 PART = 5 * MB
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _pipeline import Host, boot_host, delete_host, playbook_env, resources_of, run_playbook, snapshot
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 PROBE = r"""
 { nonce, system }:

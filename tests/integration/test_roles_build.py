@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, run_playbook
+from nfsandbox.testing import Inventory, SandboxHandle, ansible_playbook, run_playbook
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -179,9 +179,9 @@ class Builder:
         path = self.playbooks / f"{playbook}.yml"
         if check:
             return run_playbook(self.inventory, path, extra)
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory.path), str(path)]
-        argv += ["-e", json.dumps(extra)]
-        return subprocess.run(argv, env=self.inventory.env, capture_output=True, text=True, timeout=900, check=False)
+        return ansible_playbook(
+            ["-i", str(self.inventory.path), str(path), "-e", json.dumps(extra)], self.inventory.env
+        )
 
 
 def recap_changed(output: str) -> int:

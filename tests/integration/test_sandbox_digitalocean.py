@@ -23,19 +23,14 @@ sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
 from digitalocean.baseapi import DataReadError, NotFoundError  # noqa: E402
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, mbr_image, qcow2_image  # noqa: E402
-from nfsandbox.testing import sandbox_missing  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> DOSandbox:
-    """The DigitalOcean side of the session's sandbox (conftest brings it up)."""
-    state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        sandbox_missing(reason)
-    return DOSandbox(state)
+def sandbox(do_sandbox: DOSandbox) -> DOSandbox:
+    return do_sandbox
 
 
 @pytest.fixture

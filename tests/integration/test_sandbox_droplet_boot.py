@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 sys.path.insert(0, str(REPO / ".build" / "collections"))  # `make collection`
 
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer  # noqa: E402
-from nfsandbox.testing import sandbox_missing, ssh_keypair  # noqa: E402
+from nfsandbox.testing import ssh_keypair  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 SSH_UP = b"nixforge-sandbox: ssh up"
@@ -35,27 +35,8 @@ GUARD = 1200.0  # seconds; a guard against a hang, the wait itself ends on the c
 
 
 @pytest.fixture(scope="module")
-def do(sandbox_instance) -> DOSandbox:
-    state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        sandbox_missing(reason)
-    return DOSandbox(state)
-
-
-def call(do: DOSandbox, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-    import requests
-
-    answer = requests.request(
-        method,
-        do.endpoint + path,
-        json=body,
-        headers={"Authorization": f"Bearer {do.token}"},
-        timeout=60,
-        verify=do.ca_bundle,  # this instance's CA
-    )
-    if expect is not None:
-        assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])
-    return answer.json() if answer.content else None
+def do(do_sandbox: DOSandbox) -> DOSandbox:
+    return do_sandbox
 
 
 def build_image(sandbox_instance: Any, tmp_path: Path, module: Path) -> Path:
@@ -103,22 +84,22 @@ def test_droplet_boots_the_sandbox_image_and_lets_the_account_key_in(do, sandbox
     try:
         with FileServer(image_file.parent) as files:
             body = {"name": "droplet-boot", "url": files.url(image_file.name), "region": "nyc3"}
-            image = call(do, "POST", "/v2/images", body, expect=202)["image"]
+            image = do.call("POST", "/v2/images", body, expect=202)["image"]
             while image["status"] == "NEW":
                 time.sleep(0.2)
-                image = call(do, "GET", f"/v2/images/{image['id']}", expect=200)["image"]
+                image = do.call("GET", f"/v2/images/{image['id']}", expect=200)["image"]
     finally:
         do.set_faults({})
     assert image["status"] == "available", image
-    account_key = call(do, "POST", "/v2/account/keys", {"name": "droplet-boot", "public_key": public}, 201)["ssh_key"]
+    account_key = do.call("POST", "/v2/account/keys", {"name": "droplet-boot", "public_key": public}, 201)["ssh_key"]
     created_at = time.monotonic()
     body = {"name": "droplet-boot", "region": "nyc3", "size": "s-1vcpu-512mb-10gb", "image": image["id"]}
     body.update(ssh_keys=[account_key["fingerprint"]], user_data=user_data, tags=["nixforge-build-id:droplet-boot"])
-    droplet = call(do, "POST", "/v2/droplets", body, expect=202)["droplet"]
+    droplet = do.call("POST", "/v2/droplets", body, expect=202)["droplet"]
     try:
         while droplet["status"] == "new":
             time.sleep(0.2)
-            droplet = call(do, "GET", f"/v2/droplets/{droplet['id']}", expect=200)["droplet"]
+            droplet = do.call("GET", f"/v2/droplets/{droplet['id']}", expect=200)["droplet"]
         assert droplet["status"] == "active", droplet
         address = droplet["networks"]["v4"][0]["ip_address"]
         [entry] = [r for r in do.do_resources() if r["type"] == "do_droplet"]
@@ -135,7 +116,7 @@ def test_droplet_boots_the_sandbox_image_and_lets_the_account_key_in(do, sandbox
         assert lines[0] == "nixforge sandbox image (do)"
         assert f"module: module.nix sha256:{hashlib.sha256(module.read_bytes()).hexdigest()}" in lines
     finally:
-        call(do, "DELETE", f"/v2/droplets/{droplet['id']}", expect=204)
-        call(do, "DELETE", f"/v2/account/keys/{account_key['id']}", expect=204)
-        call(do, "DELETE", f"/v2/images/{image['id']}", expect=204)
+        do.call("DELETE", f"/v2/droplets/{droplet['id']}", expect=204)
+        do.call("DELETE", f"/v2/account/keys/{account_key['id']}", expect=204)
+        do.call("DELETE", f"/v2/images/{image['id']}", expect=204)
     assert do.leftovers() == [], json.dumps(do.leftovers())

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 from nfsandbox import client, procs  # noqa: E402
 from nfsandbox.config import Instance  # noqa: E402
 from nfsandbox.digitalocean.testing import DOSandbox, FileServer, qcow2_image  # noqa: E402
-from nfsandbox.testing import sandbox_missing, sandboxctl, ssh_keypair  # noqa: E402
+from nfsandbox.testing import sandboxctl, ssh_keypair  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
 GIB = 1024**3
@@ -37,22 +37,8 @@ PROBE = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_instance) -> DOSandbox:
-    state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
-    if state is None:
-        sandbox_missing(reason)
-    return DOSandbox(state)
-
-
-def call(do: DOSandbox, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-    """The emulator's answer as another client gets it (HTTPS, trusting that instance's CA)."""
-    import requests
-
-    headers = {"Authorization": f"Bearer {do.token}"}
-    answer = requests.request(method, do.endpoint + path, json=body, headers=headers, timeout=60, verify=do.ca_bundle)
-    if expect is not None:
-        assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])
-    return answer.json() if answer.content else None
+def sandbox(do_sandbox: DOSandbox) -> DOSandbox:
+    return do_sandbox
 
 
 @pytest.fixture
@@ -64,14 +50,14 @@ def image(sandbox, tmp_path):
     sandbox.set_faults({"import_delay": 0.2})
     with FileServer(root) as files:
         body = {"name": "droplet-test", "url": files.url("disk.qcow2.gz"), "region": "nyc3"}
-        made = call(sandbox, "POST", "/v2/images", body, expect=202)["image"]
+        made = sandbox.call("POST", "/v2/images", body, expect=202)["image"]
         while made["status"] == "NEW":
             time.sleep(0.1)
-            made = call(sandbox, "GET", f"/v2/images/{made['id']}", expect=200)["image"]
+            made = sandbox.call("GET", f"/v2/images/{made['id']}", expect=200)["image"]
     assert made["status"] == "available", made
     yield made
     sandbox.set_faults({})
-    call(sandbox, "DELETE", f"/v2/images/{made['id']}")
+    sandbox.call("DELETE", f"/v2/images/{made['id']}")
     assert sandbox.leftovers() == []
 
 
@@ -79,7 +65,7 @@ def wait_not_new(do: DOSandbox, ident: int) -> tuple[dict[str, Any], float]:
     """The droplet once it left `new`, and how long that took (QEMU's start bounds it)."""
     started = time.monotonic()
     while True:
-        droplet = call(do, "GET", f"/v2/droplets/{ident}", expect=200)["droplet"]
+        droplet = do.call("GET", f"/v2/droplets/{ident}", expect=200)["droplet"]
         if droplet["status"] != "new":
             return droplet, time.monotonic() - started
         assert time.monotonic() - started < 300, "droplet still new after 300 s"
@@ -115,11 +101,11 @@ def qemu_names() -> list[str]:
 
 def test_droplet_runs_qemu_with_its_metadata_and_delete_removes_everything(sandbox, image, tmp_path):
     _key, public = ssh_keypair(tmp_path)
-    key = call(sandbox, "POST", "/v2/account/keys", {"name": "droplet-test", "public_key": public}, 201)["ssh_key"]
+    key = sandbox.call("POST", "/v2/account/keys", {"name": "droplet-test", "public_key": public}, 201)["ssh_key"]
     user_data = "#cloud-config\nhostname: ignored-here\n"
     body = {"name": "boot-1", "region": "nyc3", "size": "s-1vcpu-512mb-10gb", "image": image["id"]}
     body.update(ssh_keys=[key["id"]], user_data=user_data, tags=["nixforge-build-id:droplet-test"])
-    created = call(sandbox, "POST", "/v2/droplets", body, expect=202)["droplet"]
+    created = sandbox.call("POST", "/v2/droplets", body, expect=202)["droplet"]
     assert created["status"] == "new" and created["networks"]["v4"] == []
     droplet, seconds = wait_not_new(sandbox, created["id"])
     print(f"droplet active after {seconds:.2f}s")
@@ -142,7 +128,7 @@ def test_droplet_runs_qemu_with_its_metadata_and_delete_removes_everything(sandb
     assert disk.is_file()
     console = Path(entry["console"])
     assert console.is_file() and str(console).startswith(sandbox.state["state_dir"])
-    debug = call(sandbox, "GET", "/_sandbox/droplets", expect=200)["droplets"]
+    debug = sandbox.call("GET", "/_sandbox/droplets", expect=200)["droplets"]
     assert [(d["id"], d["console"]) for d in debug] == [(droplet["id"], str(console))]
 
     base = "http://169.254.169.254/metadata/v1"
@@ -154,21 +140,21 @@ def test_droplet_runs_qemu_with_its_metadata_and_delete_removes_everything(sandb
     assert in_netns(netns, f"{base}/interfaces/public/0/ipv4/address") == address
     assert json.loads(in_netns(netns, f"{base}.json"))["region"] == "nyc3"
 
-    call(sandbox, "DELETE", f"/v2/droplets/{droplet['id']}", expect=204)
+    sandbox.call("DELETE", f"/v2/droplets/{droplet['id']}", expect=204)
     assert [r["type"] for r in sandbox.do_resources() if r["type"].startswith("do_droplet")] == []
     for pid in (qemu_pid, server_pid):
         assert procs.start_time(pid) is None, f"process {pid} survived the delete"
     assert netns not in netns_names() and not disk.exists() and not disk.parent.exists()
-    call(sandbox, "DELETE", f"/v2/account/keys/{key['fingerprint']}", expect=204)
+    sandbox.call("DELETE", f"/v2/account/keys/{key['fingerprint']}", expect=204)
 
 
 def test_delete_by_tag_while_booting_leaves_nothing(sandbox, image):
     body = {"region": "nyc3", "size": "s-1vcpu-1gb", "image": image["id"], "tags": ["nixforge-build-id:tag-test"]}
-    made = [call(sandbox, "POST", "/v2/droplets", {**body, "name": f"t-{i}"}, expect=202)["droplet"] for i in (1, 2)]
+    made = [sandbox.call("POST", "/v2/droplets", {**body, "name": f"t-{i}"}, expect=202)["droplet"] for i in (1, 2)]
     before = netns_names()
-    call(sandbox, "DELETE", "/v2/droplets?tag_name=nixforge-build-id:tag-test", expect=204)
+    sandbox.call("DELETE", "/v2/droplets?tag_name=nixforge-build-id:tag-test", expect=204)
     for droplet in made:
-        call(sandbox, "GET", f"/v2/droplets/{droplet['id']}", expect=404)
+        sandbox.call("GET", f"/v2/droplets/{droplet['id']}", expect=404)
     assert [r for r in sandbox.do_resources() if r["type"].startswith("do_droplet")] == []
     names = {f"droplet-{d['id']}" for d in made}
     assert not names & set(qemu_names()), "a QEMU of a deleted droplet runs"
@@ -189,11 +175,11 @@ def test_sandbox_down_stops_droplets_left_running(sandbox, tmp_path):
         (root / "d.qcow2.gz").write_bytes(gzip.compress(qcow2_image(GIB)))
         with FileServer(root) as files:
             body = {"name": "left", "url": files.url("d.qcow2.gz"), "region": "nyc3"}
-            made = call(other, "POST", "/v2/images", body, expect=202)["image"]
-            while call(other, "GET", f"/v2/images/{made['id']}", expect=200)["image"]["status"] == "NEW":
+            made = other.call("POST", "/v2/images", body, expect=202)["image"]
+            while other.call("GET", f"/v2/images/{made['id']}", expect=200)["image"]["status"] == "NEW":
                 time.sleep(0.1)
         body = {"name": "left", "region": "nyc3", "size": "s-1vcpu-1gb", "image": made["id"]}
-        droplet = call(other, "POST", "/v2/droplets", body, expect=202)["droplet"]
+        droplet = other.call("POST", "/v2/droplets", body, expect=202)["droplet"]
         wait_not_new(other, droplet["id"])
         [entry] = [r for r in other.do_resources() if r["type"] == "do_droplet"]
         qemu = (entry["processes"]["qemu"], procs.start_time(entry["processes"]["qemu"]))

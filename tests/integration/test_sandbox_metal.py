@@ -19,11 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "sandbox"))
 
-from nfsandbox import testing  # noqa: E402
 from nfsandbox.metal.testing import MetalSandbox, collection_on_path, write_keys  # noqa: E402
 
 pytestmark = [pytest.mark.sandbox]
-metal_sandbox = testing.metal_sandbox  # the fixture, shared by the tests of every Metal part
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from _pipeline import ROOT, new_id, playbook_env, resources_of, run_playbook, sa
 from _record import failures, recording, records, result_of
 from nfsandbox.sdcard import corrupt_root_superblock, make_sd_image
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 PLAYBOOK = ROOT / "playbooks" / "build-sd-aarch64.yml"
 IMAGE = "nixos-sd-image-test-aarch64-linux.img.zst"

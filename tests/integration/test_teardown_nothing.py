@@ -12,7 +12,7 @@ import pytest
 from _pipeline import new_id, playbook_env, resources_of, run_playbook
 from _record import recording, records, result_of
 
-pytestmark = [pytest.mark.sandbox]
+pytestmark = [pytest.mark.sandbox, pytest.mark.spread]
 
 TEARDOWN = (
     "- hosts: localhost\n  gather_facts: false\n  tasks:\n"

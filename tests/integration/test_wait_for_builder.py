@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nfsandbox.testing import VENV_BIN, ssh_keypair, write_inventory
+from nfsandbox.testing import ansible_playbook, ssh_keypair, write_inventory
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -45,14 +45,7 @@ def run_wait(
     play = directory / "play.yml"
     play.write_text(PLAY.format(timeout=timeout))
     start = time.monotonic()
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", str(inv.path), str(play)],
-        env=inv.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = ansible_playbook(["-i", str(inv.path), str(play)], inv.env, timeout=300)
     return proc, time.monotonic() - start
 
 

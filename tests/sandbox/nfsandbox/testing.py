@@ -9,14 +9,15 @@ ambiguous in one pytest run.
 - `ansible_env(dir)`: the one environment every ansible-playbook of the tests runs with:
   its state inside a directory (never $HOME), ssh control sockets in a short directory (the
   long-path bug), the collection of this worktree on the collections path.
-- `ansible_playbook(...)`: the one place ansible-playbook is started; `run_playbook(...)`
+- `ansible_playbook(...)` / `start_playbook(...)` (not waited for): the one place
+  ansible-playbook is started; `run_playbook(...)`
   (an inventory of sandbox hosts over real SSH with pinned host keys, never
   host_key_checking=False) and `play_module(...)` (a module's tasks on localhost, their
   registered results returned) are built on it.
 - `EmulatorSandbox`: what the helpers of each emulator (`metal/testing.py`, ...) share:
   the control API, its fault knobs, `resources --json` narrowed to the emulator.
-- Fixtures, one per emulator (import them into the test module): `ec2_sandbox`,
-  `metal_sandbox`.
+- Fixtures, one per emulator (tests/integration/conftest.py offers them to every test): `ec2_sandbox`,
+  `metal_sandbox`, `do_sandbox`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import subprocess
 import tempfile
 import textwrap
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -39,7 +40,8 @@ from . import client
 from .cli import env_lines
 from .config import Instance
 
-if TYPE_CHECKING:  # metal.testing builds on EmulatorSandbox below
+if TYPE_CHECKING:  # metal.testing and digitalocean.testing build on EmulatorSandbox below
+    from .digitalocean.testing import DOSandbox
     from .metal.testing import MetalSandbox
 
 REPO = Path(__file__).resolve().parents[3]
@@ -296,23 +298,39 @@ def write_inventory(
     return Inventory(path, ssh_config, known, ansible_env(directory))
 
 
-def ansible_playbook(
-    args: list[str], env: dict[str, str], timeout: float = 900, verbosity: int = 0
-) -> subprocess.CompletedProcess:
-    """ansible-playbook with `args` (inventory, playbook, ...) in the repository; `env` comes
-    from `ansible_env` (directly or through `write_inventory`)."""
-    argv = [str(VENV_BIN / "ansible-playbook"), *args]
+def playbook_argv(args: list[str], verbosity: int = 0, prefix: Sequence[str] = ()) -> list[str]:
+    """The command line of ansible-playbook with `args`; `prefix` runs it under another
+    command (e.g. setpriv)."""
+    argv = [*prefix, str(VENV_BIN / "ansible-playbook"), *args]
     if verbosity:
         argv.append("-" + "v" * verbosity)
+    return argv
+
+
+def ansible_playbook(
+    args: list[str],
+    env: dict[str, str],
+    timeout: float = 900,
+    verbosity: int = 0,
+    prefix: Sequence[str] = (),
+    cwd: Path = REPO,
+) -> subprocess.CompletedProcess:
+    """ansible-playbook with `args` (inventory, playbook, ...), run in the repository; `env`
+    comes from `ansible_env` (directly or through `write_inventory`)."""
+    argv = playbook_argv(args, verbosity, prefix)
     try:
-        return subprocess.run(
-            argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout, check=False
-        )
+        return subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         # A hang must fail with what the play had printed, not be lost to pytest-timeout.
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
         tail = out[-8000:]
         raise AssertionError(f"ansible-playbook ran over {timeout:.0f} s; the end of its output:\n{tail}") from None
+
+
+def start_playbook(args: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen:
+    """ansible-playbook started and not waited for, for a test that signals or kills it
+    while it runs (`popen`: stdout, stderr, start_new_session, ...)."""
+    return subprocess.Popen(playbook_argv(args), env=env, cwd=str(REPO), **popen)
 
 
 def run_playbook(
@@ -439,3 +457,13 @@ if pytest is not None:
         if state is None:
             sandbox_missing(reason)
         return MetalSandbox(state)
+
+    @pytest.fixture(scope="module")
+    def do_sandbox(sandbox_instance: SandboxHandle) -> DOSandbox:
+        """The DigitalOcean emulator of the session's sandbox (fails or skips, saying why, without one)."""
+        from .digitalocean.testing import DOSandbox
+
+        state, reason = DOSandbox.state_of(sandbox_instance.instance.number)
+        if state is None:
+            sandbox_missing(reason)
+        return DOSandbox(state)

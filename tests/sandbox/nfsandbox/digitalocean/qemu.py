@@ -157,6 +157,10 @@ def command(
         f"file={disk},if=virtio,format=qcow2",
         "-nic",
         nic,
+        # entropy from the host: without it the guest's first getrandom() (the SSH server)
+        # waits seconds for the kernel's pool under TCG
+        "-device",
+        "virtio-rng-pci",
         # what cloud-init's DigitalOcean data source checks before it asks the metadata service
         "-smbios",
         f"type=1,manufacturer=DigitalOcean,product=Droplet,serial={serial}",

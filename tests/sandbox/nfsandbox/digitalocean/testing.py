@@ -69,6 +69,19 @@ class DOSandbox(EmulatorSandbox):
         os.environ["REQUESTS_CA_BUNDLE"] = self.ca_bundle  # the sandbox CA plus the system's
         return digitalocean.Image(token=self.token, end_point=self.api_url, **kwargs)
 
+    def call(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
+        """`method path` (e.g. "GET", "/v2/droplets") as another client gets it: HTTPS with
+        this instance's CA and the token; the decoded answer, its status checked if `expect`."""
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.token}"}
+        answer = requests.request(
+            method, self.endpoint + path, json=body, headers=headers, timeout=60, verify=self.ca_bundle
+        )
+        if expect is not None:
+            assert answer.status_code == expect, (method, path, answer.status_code, answer.text[:500])
+        return answer.json() if answer.content else None
+
     def post(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST /v2/<collection> with the token, as a client other than ours would: the
         created object (`{"image": {...}}` gives the image)."""
