@@ -124,9 +124,10 @@ options:
     description:
       - Give the builder C(/dev/kvm) without bare metal, through EC2's nested virtualization CPU option
         (C(CpuOptions.NestedVirtualization=enabled), set in the build's launch template).
-      - EC2 offers it on 8th-generation Intel types only, C8i, M8i, R8i and their flex variants (for example
+      - EC2 offers it on Intel types, C8i, M8i, R8i and their flex variants as its API reference says (for example
         V(c8i.2xlarge), V(m8i.2xlarge), V(c8i-flex.2xlarge)); C(DescribeInstanceTypes) lists
-        C(nested-virtualization) in their C(ProcessorInfo.SupportedFeatures). Bare-metal types (C(*.metal)) have
+        C(nested-virtualization) in their C(ProcessorInfo.SupportedFeatures), and its answer decides (it also lists
+        7th-generation Intel families such as C7i and M7i). Bare-metal types (C(*.metal)) have
         KVM anyway and may be later candidates; they are launched from a second launch template without the
         option, which EC2 refuses for them.
       - Every other type in O(instance_types) is refused before anything is created, with the types that would do.

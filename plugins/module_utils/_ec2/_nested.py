@@ -6,8 +6,9 @@
 
 Facts (docs/build-do-image.md, "KVM builders without bare metal", has the sources):
 - EC2 offers nested virtualization on 8th-generation Intel types, C8i, M8i, R8i and their
-  flex variants, through the CPU option ``CpuOptions.NestedVirtualization=enabled`` of
-  RunInstances and of launch templates; it is off by default.
+  flex variants (EC2's own type data lists 7th-generation Intel families too), through the
+  CPU option ``CpuOptions.NestedVirtualization=enabled`` of RunInstances and of launch
+  templates; it is off by default.
 - ``DescribeInstanceTypes`` lists ``nested-virtualization`` in a type's
   ``ProcessorInfo.SupportedFeatures`` when the type supports it. That answer wins over the
   catalogue below, which is only used when EC2's answer lacks the field (EC2-compatible
@@ -23,8 +24,29 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from ansible_collections.nixforge.images.plugins.module_utils.errors import UserInputError
 
 FEATURE = "nested-virtualization"
-# families with the nested virtualization CPU option (AWS: C8i, M8i, R8i and their flex variants)
-NESTED_FAMILIES = ("c8i", "c8i-flex", "m8i", "m8i-flex", "r8i", "r8i-flex")
+# families with the nested virtualization CPU option: AWS's API reference names C8i, M8i, R8i
+# and their flex variants; DescribeInstanceTypes (as of 2026-12, the data moto 5.2.5 ships)
+# also lists the 7th-generation Intel families and the 8th-generation -d/x8i ones
+NESTED_FAMILIES = (
+    "c8i",
+    "c8i-flex",
+    "m8i",
+    "m8i-flex",
+    "r8i",
+    "r8i-flex",
+    "c8id",
+    "m8id",
+    "r8id",
+    "x8i",
+    "c7i",
+    "c7i-flex",
+    "m7i",
+    "m7i-flex",
+    "r7i",
+    "r7iz",
+    "i7i",
+    "i7ie",
+)
 # what a refusal suggests first, for a type of the same size
 SUGGESTED_FAMILIES = ("c8i", "m8i", "r8i")
 DEFAULT_SIZE = "2xlarge"
@@ -96,8 +118,8 @@ def classify(instance_types: List[str], described: Mapping[str, Mapping[str, Any
             refused.append(instance_type)
     if refused:
         raise UserInputError(
-            "%s support%s no nested virtualization: EC2 offers it only on C8i, M8i, R8i and their flex "
-            "variants (DescribeInstanceTypes lists 'nested-virtualization' for them)"
+            "%s support%s no nested virtualization: EC2 offers it on Intel types such as C8i, M8i, R8i and their "
+            "flex variants (DescribeInstanceTypes lists 'nested-virtualization' for them)"
             % (", ".join(refused), "s" if len(refused) == 1 else ""),
             hint="Use types that do, for example %s (bare-metal *.metal types have KVM too), or set "
             "'nested_virtualization: false'. Nothing was created" % ", ".join(suggestions(refused)),

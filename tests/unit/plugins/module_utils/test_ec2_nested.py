@@ -31,7 +31,8 @@ def described(instance_type: str, features=None, bare_metal: bool = False) -> di
         ("c8i-flex.2xlarge", True),
         ("m8i-flex.xlarge", True),
         ("c8i.metal-48xl", False),  # bare metal: KVM without the option, which EC2 refuses there
-        ("c7i.2xlarge", False),
+        ("c7i.2xlarge", True),  # listed by DescribeInstanceTypes, not by the API reference
+        ("m7i-flex.large", True),
         ("c8g.2xlarge", False),
         ("c8a.2xlarge", False),
         ("c6i.2xlarge", False),
