@@ -64,7 +64,9 @@ def test_nested_virtualization_is_asked_for_recorded_and_reported(
     assert describe(runner, result["instance_id"])["CpuOptions"]["NestedVirtualization"] == "enabled"
 
     # the builder has /dev/kvm exactly when the sandbox machine's KVM works (its timed probe)
-    login = ssh(result, keys, tmp_path / "known_hosts", "cat /etc/nixforge-sandbox.json; test -c /dev/kvm && echo KVM")
+    login = ssh(
+        result, keys, tmp_path / "known_hosts", "cat /etc/nixforge-sandbox.json; echo; test -c /dev/kvm && echo KVM"
+    )
     assert login.returncode in (0, 1), login.stderr
     meta = json.loads(login.stdout.splitlines()[0])
     assert meta["kvm"] is ("KVM" in login.stdout.split()), login.stdout
