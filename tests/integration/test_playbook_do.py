@@ -419,7 +419,7 @@ def test_image_digitalocean_refuses_leaves_nothing(env: dict[str, str], tmp_path
     flake.mkdir()
     (flake / "flake.nix").write_text(REFUSED_FLAKE)
     (flake / "mktar.py").write_text(REFUSED_BUILDER)
-    proc = run(env, tmp_path, build_id, nixos_image_flake=str(flake))  # default builder: EC2 c8i.2xlarge (nested virtualization)
+    proc = run(env, tmp_path, build_id, nixos_image_flake=str(flake))  # default builder: EC2 c8i.2xlarge, nested virt.
     assert proc.returncode != 0
     text = flat(proc)
     assert f"Build {build_id} failed; the builder and everything the build created were removed" in text, text[-6000:]
