@@ -5,7 +5,8 @@
 #   2. runs playbooks/build-sd-aarch64.yml against inventories/sandbox
 #      (EC2 spot builder in moto, real SSH host, real Nix, the sandbox SD expression)
 #      and prints where the image is,
-#   3. runs playbooks/build-do-image.yml (EC2 *.metal builder, the sandbox's tiny
+#   3. runs playbooks/build-do-image.yml (EC2 C8i/M8i builder with nested virtualization,
+#      checked in its summary, the sandbox's tiny
 #      qcow2.gz, upload to the sandbox's B2, import into its DigitalOcean, which fetches
 #      the URL and inspects the bytes) and prints the image,
 #   4. deletes that DigitalOcean image (the DO pipeline's product: a real user keeps it),
@@ -88,6 +89,12 @@ fi
 
 do_id="demo-do-$stamp"
 run_pipeline build-do-image.yml "$do_id" "$@" || rc=$?
+# the DigitalOcean pipeline's default builder: KVM through EC2's nested virtualization
+# (whitespace folded: the YAML callback may wrap the Builder line)
+if [ "$rc" -eq 0 ] && ! tr -s ' \n' '  ' <"$REPO/.build/demo-$do_id.log" | grep -q "KVM: nested virtualization"; then
+  echo "== the DigitalOcean pipeline did not build on a nested-virtualization builder (see its Builder line)" >&2
+  rc=1
+fi
 image_json="$("$SANDBOXCTL" resources --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)

@@ -13,21 +13,19 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._nested import kvm_kind
 
 PROVIDERS = ("ec2", "equinix_metal", "ssh")
 
 
-def ec2_kvm(instance_type: str) -> bool:
-    """`*.metal` and `*.metal-<size>` types are bare metal. C8i/M8i/R8i would have KVM with
-    the nested virtualisation CPU option, which ec2_spot_host does not ask for, so every
-    other type has none."""
-    family, _dot, size = instance_type.strip().lower().partition(".")
-    if not family or not size:
-        return False
-    return size == "metal" or size.startswith("metal-")
+def ec2_kvm(instance_type: str, nested_virtualization: bool = True) -> bool:
+    """`*.metal` and `*.metal-<size>` types are bare metal; C8i/M8i/R8i and their flex
+    variants have KVM with the nested virtualisation CPU option (ec2_spot_host's
+    nested_virtualization, which the DigitalOcean pipeline sets); every other type has none."""
+    return kvm_kind(instance_type, nested_virtualization) is not None
 
 
-def kvm_capable(value: Any, provider: str = "ec2") -> Optional[bool]:
+def kvm_capable(value: Any, provider: str = "ec2", nested_virtualization: bool = True) -> Optional[bool]:
     """True/False for an EC2 instance type or a Metal plan; None for the ssh provider,
     whose host can only be checked after logging in (/dev/kvm)."""
     if provider not in PROVIDERS:
@@ -42,16 +40,16 @@ def kvm_capable(value: Any, provider: str = "ec2") -> Optional[bool]:
         # Every Metal plan is a whole physical server; a compatible endpoint whose catalogue
         # says otherwise is caught by metal_device's require_kvm.
         return True
-    return ec2_kvm(value)
+    return ec2_kvm(value, bool(nested_virtualization))
 
 
-def without_kvm(values: Any, provider: str = "ec2") -> List[str]:
+def without_kvm(values: Any, provider: str = "ec2", nested_virtualization: bool = True) -> List[str]:
     """The types of a list (or a single type) that have no KVM, in their order."""
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, (list, tuple)):
         raise AnsibleFilterError("without_kvm: expected a list of instance types or plans, got %r" % (values,))
-    return [str(v) for v in values if kvm_capable(str(v), provider) is False]
+    return [str(v) for v in values if kvm_capable(str(v), provider, nested_virtualization) is False]
 
 
 class FilterModule:

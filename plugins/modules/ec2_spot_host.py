@@ -120,6 +120,23 @@ options:
         here when O(max_price) is not set.
     type: dict
     default: {}
+  nested_virtualization:
+    description:
+      - Give the builder C(/dev/kvm) without bare metal, through EC2's nested virtualization CPU option
+        (C(CpuOptions.NestedVirtualization=enabled), set in the build's launch template).
+      - EC2 offers it on Intel types, C8i, M8i, R8i and their flex variants as its API reference says (for example
+        V(c8i.2xlarge), V(m8i.2xlarge), V(c8i-flex.2xlarge)); C(DescribeInstanceTypes) lists
+        C(nested-virtualization) in their C(ProcessorInfo.SupportedFeatures), and its answer decides (it also lists
+        7th-generation Intel families such as C7i and M7i). Bare-metal types (C(*.metal)) have
+        KVM anyway and may be later candidates; they are launched from a second launch template without the
+        option, which EC2 refuses for them.
+      - Every other type in O(instance_types) is refused before anything is created, with the types that would do.
+      - Needs an V(x86_64) image. When EC2 refuses the option on spot capacity (C(UnsupportedOperation) or
+        C(InvalidParameterCombination) for the spot market), the candidates are dropped from the spot market like
+        capacity errors, so O(on_demand_fallback=true) then launches on-demand.
+    type: bool
+    default: false
+    version_added: 0.2.0
   volume_size:
     description:
       - Root volume size in GiB. The volume is deleted when the instance terminates.
@@ -211,6 +228,18 @@ EXAMPLES = r"""
     host_key_public: "{{ host_key_pub }}"
     ssh_cidr: auto
 
+- name: A KVM builder (DigitalOcean images) without bare metal, with bare metal as the last resort
+  nixforge.images.ec2_spot_host:
+    build_id: do-20261207-1
+    architecture: x86_64
+    nested_virtualization: true
+    instance_types: [c8i.2xlarge, m8i.2xlarge, c8i.4xlarge, c5.metal]
+    on_demand_fallback: true
+    public_key: "{{ builder_pubkey }}"
+    host_key_private: "{{ host_key }}"
+    host_key_public: "{{ host_key_pub }}"
+    ssh_cidr: auto
+
 - name: Remove everything of the build
   nixforge.images.ec2_spot_host:
     build_id: sd-aarch64-20261122-1
@@ -282,6 +311,18 @@ key_name:
   description: Key pair the instance was launched with.
   returned: state is present
   type: str
+kvm:
+  description:
+    - Whether the builder has hardware virtualisation (C(/dev/kvm)), the Nix system feature C(kvm) that nixpkgs'
+      C(make-disk-image) needs - a bare-metal type, or the nested virtualization CPU option.
+  returned: state is present and not in check mode
+  type: bool
+  sample: true
+nested_virtualization:
+  description: Whether the instance runs with the nested virtualization CPU option (its C(CpuOptions)).
+  returned: state is present and not in check mode
+  type: bool
+  sample: true
 security_group_id:
   description: Id of the build's security group.
   returned: state is present and not in check mode
@@ -290,6 +331,13 @@ launch_template_id:
   description: Id of the build's launch template.
   returned: state is present, not in check mode, and the instance was launched by this run
   type: str
+launch_template_ids:
+  description:
+    - Ids of the build's launch templates by kind, V(nested) (with the nested virtualization CPU option) and
+      V(plain); two only with O(nested_virtualization=true) and bare-metal candidates.
+  returned: state is present, not in check mode, and the instance was launched by this run
+  type: dict
+  sample: {nested: lt-0abc, plain: lt-0def}
 fleet_id:
   description: Id of the instant fleet that launched the instance.
   returned: state is present and not in check mode
@@ -377,6 +425,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._ec2._input import
     render_user_data,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._ec2._launch import DEBIAN_OWNER, VOLUME_TYPES, Launch
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._nested import classify, template_groups
 from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import (
     LIVE_STATES,
     SSH_PORT,
@@ -402,6 +451,7 @@ class Ec2SpotHost(NixforgeModule):
         allocation_strategy=dict(type="str", choices=STRATEGIES, default="price-capacity-optimized"),
         max_price=dict(type="str", aliases=["spot_price_max"]),
         on_demand_prices=dict(type="dict", default={}),
+        nested_virtualization=dict(type="bool", default=False),
         volume_size=dict(type="int", default=16, aliases=["root_volume_size"]),
         volume_type=dict(type="str", choices=VOLUME_TYPES, default="gp3", aliases=["root_volume_type"]),
         public_key=dict(type="str", no_log=False, aliases=["ssh_public_key"]),
@@ -468,9 +518,15 @@ class Ec2SpotHost(NixforgeModule):
         self.image = engine.find_image()
         architecture = self.image.get("Architecture") or p["architecture"]
         instance_types = instance_type_list(p["instance_types"], architecture)
-        engine.check_instance_types(instance_types, architecture)
+        described = engine.check_instance_types(instance_types, architecture)
+        # nested virtualization: every type gives /dev/kvm, or nothing is created
+        kinds = classify(instance_types, described) if p["nested_virtualization"] else {}
+        self.templates = template_groups(kinds) if kinds else {"plain": instance_types}
         subnets = engine.find_subnets()
-        self.candidates = engine.offered(order_candidates(instance_types, subnets))
+        candidates = order_candidates(instance_types, subnets)
+        for c in candidates:
+            c["template"] = "nested" if kinds.get(c["instance_type"]) == "nested" else "plain"
+        self.candidates = engine.offered(candidates)
         self.vpc_id = subnets[0]["VpcId"]
         self.result.update(image_id=self.image["ImageId"], image_name=self.image.get("Name"), adopted=False)
         text = render_user_data(
@@ -502,14 +558,15 @@ class Ec2SpotHost(NixforgeModule):
         else:
             text = "create security group %s allowing SSH from %s" % (build.resource_name("ssh"), ", ".join(self.cidrs))
         actions.append(Action(text, self.ensure_security_group, undo))
-        actions.append(
-            Action(
-                "create launch template %s (%s, %d GiB %s)"
-                % (build.resource_name("lt"), self.image["ImageId"], p["volume_size"], p["volume_type"]),
-                self.create_launch_template,
-                undo,
+        for kind in self.templates:
+            text = "create launch template %s (%s, %d GiB %s%s)" % (
+                build.resource_name(self.template_suffix(kind)),
+                self.image["ImageId"],
+                p["volume_size"],
+                p["volume_type"],
+                ", nested virtualization" if kind == "nested" else "",
             )
-        )
+            actions.append(Action(text, lambda kind=kind: self.create_launch_template(kind), undo))
         types = ", ".join(sorted(set(c["instance_type"] for c in self.candidates)))
         text = "launch an instant fleet over %d candidate(s): %s" % (len(self.candidates), types)
         actions.append(Action(text, self.launch, undo))
@@ -537,22 +594,34 @@ class Ec2SpotHost(NixforgeModule):
         self.sg_id = self.engine.ensure_security_group(self.vpc_id, self.cidrs, self.tags, self.group)
         self.result["security_group_id"] = self.sg_id
 
-    def create_launch_template(self) -> None:
-        data = self.engine.template_data(self.image, self.key_name, self.sg_id, self.user_data)
-        self.lt_id = self.engine.create_launch_template(data, self.tags)
-        self.result["launch_template_id"] = self.lt_id
+    def template_suffix(self, kind: str) -> str:
+        """``lt`` for the first template, ``lt-metal`` for bare metal next to a nested one."""
+        return "lt-metal" if kind == "plain" and "nested" in self.templates else "lt"
+
+    def create_launch_template(self, kind: str) -> None:
+        data = self.engine.template_data(self.image, self.key_name, self.sg_id, self.user_data, kind == "nested")
+        lt_id = self.engine.create_launch_template(data, self.tags, self.template_suffix(kind))
+        self.lt_ids = dict(getattr(self, "lt_ids", {}), **{kind: lt_id})
+        self.result["launch_template_ids"] = self.lt_ids
+        self.result.setdefault("launch_template_id", lt_id)
 
     def launch(self) -> None:
         p = self.params
         markets = [p["market"]] + (["on-demand"] if p["market"] == "spot" and p["on_demand_fallback"] else [])
         fleet = Fleet(self.client, p["allocation_strategy"], self.max_price, self.price_overrides, self.tags, self.warn)
+        if "nested" in self.lt_ids:
+            # EC2 may refuse the CPU option on spot capacity: on-demand is then the fallback
+            fleet.spot_refusal_codes = ("UnsupportedOperation", "InvalidParameterCombination")
         try:
-            fleet_id, instance_id, lifecycle, candidate = fleet.launch(markets, self.candidates, self.lt_id)
+            fleet_id, instance_id, lifecycle, candidate = fleet.launch(markets, self.candidates, self.lt_ids)
         finally:
             self.result["candidate_errors"] = fleet.candidate_errors
             if fleet.fleet_ids:
                 self.result["fleet_ids"] = fleet.fleet_ids
         bound, source = price_bound(candidate["instance_type"], lifecycle, self.max_price, self.price_overrides)
+        self.result["launch_template_id"] = self.lt_ids.get(
+            candidate.get("template") or "plain", self.result.get("launch_template_id")
+        )
         self.result.update(
             fleet_id=fleet_id, instance_id=instance_id, lifecycle=lifecycle, max_price=bound, max_price_source=source
         )

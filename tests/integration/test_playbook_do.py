@@ -48,7 +48,7 @@ PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
 MKIMAGE = ROOT / "roles" / "nixos_image" / "files" / "images" / "sandbox" / "mkimage.py"
 # The building runs use both kinds of builder: Metal (as in the seed; its token is then
 # in play for the -vvvv check, and its API takes the builder-provider faults) and the
-# default EC2 *.metal spot instance (the refused image).
+# default EC2 builder, a C8i with nested virtualization (the refused image).
 BUILDER = "equinix_metal"
 SUMMARY_KEYS = ("Image id", "Regions", "Size", "sha256", "File", "Builder", "Built on", "Timings", "Cost (est)")
 
@@ -419,7 +419,7 @@ def test_image_digitalocean_refuses_leaves_nothing(env: dict[str, str], tmp_path
     flake.mkdir()
     (flake / "flake.nix").write_text(REFUSED_FLAKE)
     (flake / "mktar.py").write_text(REFUSED_BUILDER)
-    proc = run(env, tmp_path, build_id, nixos_image_flake=str(flake))  # default builder: EC2 c5.metal
+    proc = run(env, tmp_path, build_id, nixos_image_flake=str(flake))  # default builder: EC2 c8i.2xlarge, nested virt.
     assert proc.returncode != 0
     text = flat(proc)
     assert f"Build {build_id} failed; the builder and everything the build created were removed" in text, text[-6000:]

@@ -47,7 +47,22 @@ ON_DEMAND_PRICES = {
     "m5.metal": 4.608,
     "m6i.2xlarge": 0.384,
     "m6i.metal": 6.144,
+    # nested virtualization (CpuOptions.NestedVirtualization=enabled): KVM without bare metal
+    "c8i.large": 0.09371,
+    "c8i.xlarge": 0.18742,
+    "c8i.2xlarge": 0.37485,
+    "c8i.4xlarge": 0.7497,
+    "c8i-flex.2xlarge": 0.35612,
+    "c8i-flex.4xlarge": 0.71224,
+    "m8i.2xlarge": 0.42336,
+    "m8i.4xlarge": 0.84672,
+    "r8i.2xlarge": 0.5586,
+    "c7i.metal-24xl": 4.284,
+    "c5n.metal": 3.888,
 }
+# where the table comes from, for the summary and the docs
+PRICES_AS_OF = "2026-12"
+PRICES_SOURCE = "AWS on-demand price list, Linux, us-east-1"
 
 # allocation strategies of an instant spot fleet (ec2_spot_host's choices)
 STRATEGIES = [
@@ -176,9 +191,9 @@ def fleet_errors(reply: Mapping[str, Any]) -> List[Dict[str, Any]]:
 
 
 def drop_failed(
-    candidates: List[Candidate], errors: List[Dict[str, Any]]
+    candidates: List[Candidate], errors: List[Dict[str, Any]], codes: Sequence[str] = CAPACITY_ERROR_CODES
 ) -> Tuple[List[Candidate], List[Dict[str, Any]]]:
-    """Remove the candidates that had a capacity error; return ``(remaining, other errors)``.
+    """Remove the candidates that had a capacity error (one of ``codes``); return ``(remaining, other errors)``.
 
     An error that does not say which override failed is charged to the first candidate
     (what an API that answers by raising was trying), so the loop always makes progress.
@@ -186,7 +201,7 @@ def drop_failed(
     remaining = list(candidates)
     others = []
     for error in errors:
-        if error.get("code") not in CAPACITY_ERROR_CODES:
+        if error.get("code") not in codes:
             others.append(error)
             continue
         matched = [
@@ -226,9 +241,18 @@ class Fleet:
         self.warn = warn
         self.candidate_errors: List[Dict[str, Any]] = []
         self.fleet_ids: List[str] = []
+        # codes that take a candidate out of the spot market only (set by the caller: EC2
+        # may refuse a CPU option on spot capacity, then on-demand is the fallback)
+        self.spot_refusal_codes: Tuple[str, ...] = ()
 
-    def launch(self, markets: List[str], candidates: List[Candidate], lt_id: str) -> Launched:
-        """Try each market in turn; fail with every capacity error when none has capacity."""
+    def dropped_codes(self, market: str) -> Tuple[str, ...]:
+        return tuple(CAPACITY_ERROR_CODES) + (self.spot_refusal_codes if market == "spot" else ())
+
+    def launch(self, markets: List[str], candidates: List[Candidate], lt_id: Any) -> Launched:
+        """Try each market in turn; fail with every capacity error when none has capacity.
+
+        ``lt_id`` is the launch template id, or ``{template key: id}`` when the candidates
+        name their template (``candidate["template"]``, default ``plain``)."""
         for market in markets:
             launched = self.launch_in_market(market, candidates, lt_id)
             if launched:
@@ -247,10 +271,12 @@ class Fleet:
             code="InsufficientInstanceCapacity",
         )
 
-    def request(self, market: str, remaining: List[Candidate], lt_id: str) -> Dict[str, Any]:
+    def request(self, market: str, remaining: List[Candidate], lt_id: Any) -> Dict[str, Any]:
         """The create_fleet request for one attempt over the ``remaining`` candidates."""
-        overrides = []
+        templates = lt_id if isinstance(lt_id, Mapping) else {"plain": lt_id}
+        configs: Dict[str, List[Dict[str, Any]]] = {}
         for c in remaining:
+            overrides = configs.setdefault(str(templates[c.get("template") or "plain"]), [])
             override: Dict[str, Any] = {"InstanceType": c["instance_type"], "SubnetId": c["subnet_id"]}
             if market == "spot":
                 send, _bound, _source = price_for(c["instance_type"], self.max_price, self.price_overrides)
@@ -265,10 +291,8 @@ class Fleet:
             "ClientToken": "nixforge-%s" % uuid.uuid4().hex,
             "Type": "instant",
             "LaunchTemplateConfigs": [
-                {
-                    "LaunchTemplateSpecification": {"LaunchTemplateId": lt_id, "Version": "$Latest"},
-                    "Overrides": overrides,
-                }
+                {"LaunchTemplateSpecification": {"LaunchTemplateId": tid, "Version": "$Latest"}, "Overrides": overrides}
+                for tid, overrides in configs.items()
             ],
             "TargetCapacitySpecification": {"TotalTargetCapacity": 1, "DefaultTargetCapacityType": market},
             "TagSpecifications": tag_specifications(["fleet"], self.tags),
@@ -286,7 +310,7 @@ class Fleet:
         try:
             reply = self.client.call("create_fleet", what="Launching the instant fleet", **request)
         except NixforgeError as exc:
-            if exc.code not in CAPACITY_ERROR_CODES:
+            if exc.code not in self.dropped_codes(market):
                 raise
             first = remaining[0]
             error = {k: first[k] for k in ("instance_type", "subnet_id", "availability_zone")}
@@ -294,7 +318,7 @@ class Fleet:
             return {}, [error]
         return reply, fleet_errors(reply)
 
-    def launch_in_market(self, market: str, candidates: List[Candidate], lt_id: str) -> Optional[Launched]:
+    def launch_in_market(self, market: str, candidates: List[Candidate], lt_id: Any) -> Optional[Launched]:
         remaining = list(candidates)
         attempts = 0
         while remaining and attempts <= len(candidates):
@@ -310,9 +334,9 @@ class Fleet:
                 self.fleet_ids.append(reply["FleetId"])
             launched = self.launched(reply, remaining, market)
             if launched:
-                self.candidate_errors.extend(e for e in errors if e.get("code") in CAPACITY_ERROR_CODES)
+                self.candidate_errors.extend(e for e in errors if e.get("code") in self.dropped_codes(market))
                 return launched
-            remaining, others = drop_failed(remaining, errors)
+            remaining, others = drop_failed(remaining, errors, self.dropped_codes(market))
             self.candidate_errors.extend(e for e in errors if e not in others)
             if others:
                 first = others[0]

@@ -136,6 +136,17 @@ def encode_user_data(text: str) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def check_nested_architecture(p: Mapping[str, Any]) -> None:
+    """Nested virtualization exists on x86_64 types only: refuse it with an arm64 default AMI."""
+    if p.get("nested_virtualization") and p["architecture"] != "x86_64" and not p["image_id"]:
+        raise UserInputError(
+            "nested virtualization exists only on x86_64 types (C8i, M8i, R8i) and 'architecture' is %s"
+            % p["architecture"],
+            hint="Set 'architecture: x86_64' with x86_64 types such as c8i.2xlarge, or 'nested_virtualization: false'",
+            parameter="architecture",
+        )
+
+
 class PresentInput(NamedTuple):
     host_key: HostKey
     public_key: Optional[str]
@@ -165,6 +176,7 @@ def check_present_input(p: Mapping[str, Any], warn: Callable[[str], None]) -> Pr
         raise UserInputError("it is negative", hint="Give seconds, for example 600", parameter="wait_timeout")
     if p["instance_types"] is not None:
         instance_type_list(p["instance_types"], p["architecture"])  # fail early on an empty list
+    check_nested_architecture(p)
     cidrs = resolve_ssh_cidrs(p["ssh_cidr"], p["ssh_cidr_lookup_url"])
     if is_wide_open(cidrs):
         warn("ssh_cidr opens SSH to the whole Internet; give the controller's address instead")

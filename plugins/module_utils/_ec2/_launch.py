@@ -34,6 +34,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._ec2._fleet import
     Candidate,
     price_bound,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._ec2._nested import NESTED_CPU_OPTIONS, instance_kvm
 from ansible_collections.nixforge.images.plugins.module_utils._ec2._resources import SSH_PORT, BuildResources
 
 DEBIAN_OWNER = "136693071363"
@@ -101,7 +102,8 @@ class Launch:
             )
         return max(images, key=lambda i: (i.get("CreationDate", ""), i.get("Name", "")))
 
-    def check_instance_types(self, instance_types: List[str], architecture: str) -> None:
+    def check_instance_types(self, instance_types: List[str], architecture: str) -> Dict[str, Dict[str, Any]]:
+        """EC2's description of each type, once each exists and can run ``architecture``."""
         examples = ", ".join(DEFAULT_INSTANCE_TYPES.get(architecture, []))
         try:
             reply = self.client.call(
@@ -134,6 +136,7 @@ class Launch:
                 hint="Choose %s instance types, for example %s, or change 'architecture'" % (architecture, examples),
                 parameter="instance_types",
             )
+        return found
 
     def offered(self, candidates: List[Candidate]) -> List[Candidate]:
         """Drop the candidates whose type EC2 does not offer in their zone.
@@ -284,10 +287,13 @@ class Launch:
         )
         return group_id
 
-    def template_data(self, image: Mapping[str, Any], key_name: str, sg_id: str, user_data: str) -> Dict[str, Any]:
+    def template_data(
+        self, image: Mapping[str, Any], key_name: str, sg_id: str, user_data: str, nested: bool = False
+    ) -> Dict[str, Any]:
+        """LaunchTemplateData; ``nested`` asks for the nested virtualization CPU option."""
         p = self.params
         tags = self.build.tags({"Name": self.instance_name})
-        return {
+        data = {
             "ImageId": image["ImageId"],
             "KeyName": key_name,
             # Groups on the interface, not SecurityGroupIds: EC2 refuses both together, and the
@@ -315,6 +321,9 @@ class Launch:
             ],
             "TagSpecifications": tag_specifications(["instance", "volume", "network-interface"], tags),
         }
+        if nested:
+            data["CpuOptions"] = dict(NESTED_CPU_OPTIONS)
+        return data
 
     @property
     def instance_name(self) -> str:
@@ -326,8 +335,8 @@ class Launch:
             "launch template", name, "describe_launch_templates", "LaunchTemplates", **spec
         )
 
-    def create_launch_template(self, data: Dict[str, Any], tags: Mapping[str, str]) -> str:
-        name = self.build.resource_name("lt")
+    def create_launch_template(self, data: Dict[str, Any], tags: Mapping[str, str], suffix: str = "lt") -> str:
+        name = self.build.resource_name(suffix)
         for template in self.find_launch_templates(name):
             self.client.call(
                 "delete_launch_template",
@@ -509,6 +518,7 @@ class Launch:
             private_ip=instance.get("PrivateIpAddress"),
             ssh_host=self.address_of(instance) or instance.get("PublicIpAddress") or instance.get("PrivateIpAddress"),
             launched_at=format_timestamp(launch_time) if isinstance(launch_time, datetime.datetime) else None,
+            **instance_kvm(instance),
         )
 
 

@@ -716,3 +716,44 @@ def test_a_spot_interruption_gives_one_notice_before_the_termination(cloud):
         assert [e["detail"] for e in faults["events"]] == [{"instance-id": iid, "instance-action": "terminate"}]
     finally:
         cloud.provider.set_faults({})
+
+
+# -- nested virtualization (CpuOptions) ------------------------------------------------------
+
+
+def test_run_instances_records_nested_virtualization_and_refuses_it_where_ec2_does(cloud):
+    ec2c = client(cloud)
+    ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
+    nested = {"NestedVirtualization": "enabled"}
+    with pytest.raises(ClientError) as info:
+        ec2c.run_instances(ImageId=ami, InstanceType="c6i.2xlarge", MinCount=1, MaxCount=1, CpuOptions=nested)
+    error = info.value.response["Error"]
+    assert error["Code"] == "UnsupportedOperation"
+    assert "c6i.2xlarge" in error["Message"] and "nested virtualization" in error["Message"]
+    assert [r for r in cloud.provider.resources() if r["type"] == "instance"] == []  # nothing launched
+
+    iid = ec2c.run_instances(ImageId=ami, InstanceType="c8i.2xlarge", MinCount=1, MaxCount=1, CpuOptions=nested)[
+        "Instances"
+    ][0]["InstanceId"]
+    inst = wait_state(ec2c, iid, "running")
+    assert inst["CpuOptions"]["NestedVirtualization"] == "enabled"
+    plain = ec2c.run_instances(ImageId=ami, InstanceType="c8i.2xlarge", MinCount=1, MaxCount=1)["Instances"][0]
+    assert "NestedVirtualization" not in wait_state(ec2c, plain["InstanceId"], "running")["CpuOptions"]
+    described = ec2c.describe_instance_types(InstanceTypes=["c8i.2xlarge", "c6i.2xlarge"])["InstanceTypes"]
+    features = {t["InstanceType"]: t["ProcessorInfo"].get("SupportedFeatures", []) for t in described}
+    assert "nested-virtualization" in features["c8i.2xlarge"]
+    assert "nested-virtualization" not in features["c6i.2xlarge"]
+
+
+def test_instant_fleet_from_a_nested_template_skips_types_without_support(cloud):
+    ec2c = client(cloud)
+    ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
+    lt = _template(ec2c, ami, name="nf-nested", CpuOptions={"NestedVirtualization": "enabled"})
+    overrides = [{"InstanceType": "c6i.2xlarge", "Priority": 0}, {"InstanceType": "m8i.2xlarge", "Priority": 1}]
+    reply = _fleet(ec2c, lt, overrides, capacity_type="on-demand", strategy="prioritized")
+    [launched] = reply["Instances"]
+    assert launched["InstanceType"] == "m8i.2xlarge"
+    assert {e["ErrorCode"] for e in reply["Errors"]} == {"UnsupportedOperation"}
+    inst = wait_state(ec2c, launched["InstanceIds"][0], "running")
+    assert inst["CpuOptions"]["NestedVirtualization"] == "enabled"
+    assert ec2.wants_kvm(cloud.provider.attached_hosts_full()[inst["InstanceId"]].instance)

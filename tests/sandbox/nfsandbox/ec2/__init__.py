@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -89,6 +90,9 @@ class Provider:
         # bumped by set_faults: the spot interruption watcher of older faults ends
         self._generation = 0
         self._stopping = threading.Event()
+        # whether this machine's /dev/kvm really works (the droplets' timed probe, run once,
+        # at the first instance that should have KVM: bare metal or nested virtualization)
+        self._accelerator: Any = None
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -296,7 +300,9 @@ class Provider:
         suite = catalog.suite_of_image_name(getattr(ami, "name", None)) or "bookworm"
         arch = getattr(ami, "architecture", None) or "x86_64"
         thread = threading.Thread(
-            target=self._boot, args=(att, _userdata(instance.user_data), arch, suite), name="boot-" + instance.id
+            target=self._boot,
+            args=(att, _userdata(instance.user_data), arch, suite, wants_kvm(instance)),
+            name="boot-" + instance.id,
         )
         thread.daemon = True
         with self._lock:
@@ -316,11 +322,35 @@ class Provider:
         # a host still booting is stopped by its boot thread when it comes up
 
     # -- internals ----------------------------------------------------------------
-    def _boot(self, att: _Attachment, userdata: str | bytes | None, arch: str, suite: str) -> None:
+    def kvm_usable(self) -> tuple[bool, str]:
+        """Whether builders that should have KVM get this machine's /dev/kvm, and why.
+
+        The timed probe of the droplets (a tiny boot program under TCG, then under KVM) runs
+        once: on machines where /dev/kvm exists but a guest hangs under it, KVM is not used
+        and such builders are TCG-only (no /dev/kvm), as every sandbox builder was before."""
+        from ..digitalocean import qemu
+
+        with self._lock:
+            if self._accelerator is None:
+                state_dir = getattr(self.sandbox, "state_dir", None) or getattr(self.config, "state_dir", None)
+                work = os.path.join(str(state_dir or "/tmp"), "ec2-kvm-probe")
+                self._accelerator = qemu.Accelerator(Path(work))
+            accelerator = self._accelerator
+        try:
+            choice = accelerator.get()
+        except Exception as exc:  # noqa: BLE001 - no QEMU: no KVM for builders
+            return False, "KVM probe failed: %s" % exc
+        return choice == "kvm", accelerator.reason
+
+    def _boot(self, att: _Attachment, userdata: str | bytes | None, arch: str, suite: str, kvm: bool = False) -> None:
         from . import patches
 
         started = time.monotonic()
         extra: dict[str, Any] = {}
+        if kvm and self.enforce_groups:  # real hosts only (unit tests' pools have no /dev)
+            usable, reason = self.kvm_usable()
+            extra["kvm"] = usable
+            log.info("instance %s: KVM %s (%s)", att.instance_id, "passed through" if usable else "unusable", reason)
         key = _key_pair_public_key(att.instance)
         if key:  # KeyName: installed for the default user, as cloud-init does from metadata
             extra["metadata_keys"] = [key]
@@ -519,6 +549,13 @@ class Provider:
                         if not subnet.default_for_az:
                             add("subnet", subnet.id, {"vpc_id": subnet.vpc_id})
         return out
+
+
+def wants_kvm(instance: Any) -> bool:
+    """Bare-metal types and instances with the nested virtualization CPU option have /dev/kvm on EC2."""
+    nested = (getattr(instance, "cpu_options", None) or {}).get("NestedVirtualization") == "enabled"
+    size = str(getattr(instance, "instance_type", "")).partition(".")[2]
+    return nested or size == "metal" or size.startswith("metal-")
 
 
 def _groups_of(instance: Any) -> list[Any]:

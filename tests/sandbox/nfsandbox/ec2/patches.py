@@ -131,6 +131,44 @@ def invalid_instance_type(instance_type: str) -> EC2ClientError:
     return EC2ClientError("InvalidParameterValue", "Invalid value '%s' for InstanceType." % instance_type)
 
 
+NESTED_FEATURE = "nested-virtualization"
+
+
+def supports_nested(instance_type: str) -> bool:
+    """What DescribeInstanceTypes says: ``nested-virtualization`` in ProcessorInfo.SupportedFeatures."""
+    info = INSTANCE_TYPES.get(instance_type) or {}
+    return NESTED_FEATURE in ((info.get("ProcessorInfo") or {}).get("SupportedFeatures") or [])
+
+
+def nested_requested(tmpl: dict[str, Any]) -> bool:
+    """The CPU option ``NestedVirtualization=enabled``, of RunInstances or of the launch template."""
+    options = getattr(_local, "cpu_options", None) or tmpl.get("CpuOptions") or {}
+    return str(options.get("NestedVirtualization", "")).lower() == "enabled"
+
+
+def nested_unsupported(instance_type: str) -> EC2ClientError:
+    # EC2 answers UnsupportedOperation (the code clients such as Karpenter handle for it);
+    # the wording is the sandbox's, naming the type and the families that have the feature.
+    return EC2ClientError(
+        "UnsupportedOperation",
+        "The instance type '%s' does not support nested virtualization. Nested virtualization is supported "
+        "only on 8th generation Intel-based instance types (c8i, m8i, r8i, and their flex variants)." % instance_type,
+    )
+
+
+def cpu_options_of(instance_type: str, nested: bool) -> dict[str, Any]:
+    """An instance's CpuOptions as DescribeInstances shows them."""
+    info = INSTANCE_TYPES.get(instance_type) or {}
+    vcpu = info.get("VCpuInfo") or {}
+    options: dict[str, Any] = {
+        "CoreCount": int(vcpu.get("DefaultCores") or 1),
+        "ThreadsPerCore": int(vcpu.get("DefaultThreadsPerCore") or 1),
+    }
+    if nested:
+        options["NestedVirtualization"] = "enabled"
+    return options
+
+
 def type_architectures(instance_type: str) -> list[str]:
     info = INSTANCE_TYPES.get(instance_type) or {}
     return list((info.get("ProcessorInfo") or {}).get("SupportedArchitectures") or [])
@@ -244,6 +282,10 @@ def _check_launch(backend: Any, image_id: str | None, kwargs: dict[str, Any], tm
     if settings.EC2_ENABLE_INSTANCE_TYPE_VALIDATION and instance_type not in INSTANCE_TYPES:
         raise invalid_instance_type(instance_type)
 
+    # Gap: moto ignores CpuOptions; EC2 refuses nested virtualization for a type without it.
+    if nested_requested(tmpl) and not supports_nested(instance_type):
+        raise nested_unsupported(instance_type)
+
     # Gap: moto launches an arm64 AMI on an x86_64 type (and the reverse).
     arches = type_architectures(instance_type)
     if ami is not None and arches and ami.architecture not in arches:
@@ -325,9 +367,12 @@ def _run_instances(self: Any, image_id: str, count: int, user_data: Any, securit
         _check_launch(self, image_id, kwargs, tmpl)
     reservation = original(self, image_id, count, user_data, security_group_names, **kwargs)
     spot_type = _spot_options(tmpl).get("SpotInstanceType", "one-time")
+    nested = nested_requested(tmpl)
     for instance in reservation.instances:
         if kwargs.get("instance_market_options") == "spot" and fleet_launch is None:
             instance._nf_spot_type = spot_type
+        # Gap: moto drops CpuOptions; DescribeInstances shows them (NestedVirtualization included)
+        instance.cpu_options = cpu_options_of(instance.instance_type, nested)
         wants_public = instance.nics[0].public_ip is not None if instance.nics else False
         _hooks.on_launch(self, instance, wants_public)
     return reservation
@@ -642,6 +687,9 @@ def _candidate_error(backend: Any, candidate: _Candidate, market: str, region: s
     if ami.architecture not in arches:
         err = architecture_mismatch(instance_type, arches[0], ami.architecture)
         return (err.code, err.message, True)
+    if nested_requested(_spec_template(backend, candidate.spec)) and not supports_nested(instance_type):
+        err = nested_unsupported(instance_type)
+        return (err.code, err.message, True)
     offered = zones_offering(region, instance_type)
     if candidate.pinned and offered and candidate.zone not in offered:
         err = unsupported_in_zone(instance_type, candidate.zone or "", region)
@@ -667,6 +715,15 @@ def _candidate_error(backend: Any, candidate: _Candidate, market: str, region: s
                 False,
             )
     return None
+
+
+def _spec_template(backend: Any, spec: Any) -> dict[str, Any]:
+    template_spec = spec.launch_template_spec or {}
+    lt_arg = {"LaunchTemplateId": template_spec.get("LaunchTemplateId"), "Version": template_spec.get("Version")}
+    try:
+        return backend._get_template_from_args(lt_arg).data or {}
+    except Exception:  # noqa: BLE001 - a bad template is reported by the launch itself
+        return {}
 
 
 def _message_of(exc: Any) -> str:
@@ -779,10 +836,13 @@ def _orig_fleet_instances(fleet: Fleet):
 def _response_run_instances(self: Any):
     # Gap: moto drops InstanceMarketOptions.SpotOptions (MaxPrice, SpotInstanceType).
     _local.spot_options = self._get_param("InstanceMarketOptions.SpotOptions", {}) or {}
+    # Gap: moto drops CpuOptions (NestedVirtualization)
+    _local.cpu_options = self._get_param("CpuOptions", {}) or {}
     try:
         return _orig(InstanceResponse, "run_instances")(self)
     finally:
         _local.spot_options = None
+        _local.cpu_options = None
 
 
 def _response_create_fleet(self: Any):

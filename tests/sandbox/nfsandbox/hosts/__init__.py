@@ -50,6 +50,7 @@ class Host:
         self.created_at = time.time()
         self.boot_seconds: float | None = None
         self.on_poweroff: Callable[[], None] | None = None
+        self.kvm = False  # /dev/kvm passed in
         self._done = threading.Event()  # set once the host is gone and cleaned up
 
     def to_dict(self) -> dict:
@@ -64,6 +65,7 @@ class Host:
             "host_public_keys": self.host_public_keys,
             "created_at": self.created_at,
             "boot_seconds": self.boot_seconds,
+            "kvm": self.kvm,
         }
 
     def __repr__(self) -> str:
@@ -104,8 +106,10 @@ class HostPool:
         arch: str = "x86_64",
         suite: str = "bookworm",
         metadata_keys: list[str] | None = None,
+        kvm: bool = False,
     ) -> Host:
-        """Boot a fresh host and return it once its sshd answers; raise on failure."""
+        """Boot a fresh host and return it once its sshd answers; raise on failure.
+        `kvm`: the machine's /dev/kvm is passed into the host (callers decide it works)."""
         if arch not in ARCHES:
             raise ValueError(f"arch {arch!r}: expected one of {', '.join(ARCHES)}")
         suite = normalize_suite(suite)
@@ -114,6 +118,7 @@ class HostPool:
             index = self._allocate()
             host = Host(Container(self.inst, index, lower), owner, default_user, ARCHES[arch], suite)
             host.on_poweroff = on_poweroff
+            host.kvm = host.container.kvm = bool(kvm)
             self._hosts[host.name] = host
         try:
             self._start(host, userdata, metadata_keys or [])
@@ -198,6 +203,7 @@ class HostPool:
         """What the cloud's metadata/DHCP would give a host: name, address, resolver."""
         hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{host.ip}\t{host.name}\n"
         meta = {"name": host.name, "owner": host.owner, "arch": host.arch, "instance": self.inst.number}
+        meta["kvm"] = host.kvm
         if host.arch != "x86_64":
             # no emulation here: an arm64 request gets an x86_64 host labelled as such
             meta["emulated_arch"] = True

@@ -29,6 +29,7 @@ from .cloudinit import GuestFile
 log = logging.getLogger("nfsandbox.hosts.container")
 
 # $1 netns  $2 netns file  $3 lower  $4 upper  $5 work  $6 root  $7 machine name
+# $8 (optional) one more nspawn option: --bind=/dev/kvm for a host with KVM
 LAUNCH = r"""
 set -e
 mount --bind "/run/netns/$1" "$2"
@@ -36,7 +37,7 @@ umount -l /run/netns 2>/dev/null || true  # drop this copy's references to other
 mount -t overlay overlay -o "lowerdir=$3,upperdir=$4,workdir=$5" "$6"
 mount -t tmpfs -o mode=0755 tmpfs /run
 exec systemd-nspawn --quiet -D "$6" -M "$7" --register=no --keep-unit --boot --console=passive \
-    --resolv-conf=off --timezone=off --link-journal=no --network-namespace-path="$2"
+    --resolv-conf=off --timezone=off --link-journal=no --network-namespace-path="$2" ${8:+"$8"}
 """
 
 EXIT_REBOOT = 133  # nspawn's exit status when the container asked for a reboot
@@ -56,6 +57,7 @@ class Container:
         self.dir = inst.work_dir / "hosts" / self.name
         self.upper = self.dir / "upper"
         self.proc: subprocess.Popen | None = None
+        self.kvm = False  # bind the machine's /dev/kvm into the host
 
     @property
     def cgroup(self) -> str:
@@ -108,6 +110,8 @@ class Container:
         script += '\nexec unshare --mount --propagation slave -- sh -c "$NFS_LAUNCH" launch "$@"\n'
         args = [self.name, str(self.dir / "netns"), str(self.lower), str(self.upper), str(self.dir / "work")]
         args += [str(self.dir / "root"), self.name]
+        if self.kvm:
+            args.append("--bind=/dev/kvm")
         with open(self.console_log, "ab") as out:
             self.proc = subprocess.Popen(
                 ["sh", "-c", script, "launch", *args],
