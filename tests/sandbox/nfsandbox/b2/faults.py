@@ -17,6 +17,8 @@ all) and the served counters start again from zero.
      "lost_answer_match": "^b2_finish_large_file$",   # regex on the call name for lost_answer
      "lost_answer_rate": 0.1,     # share of mutating calls whose answer is lost (also per call
                                   # under "calls": {"b2_upload_part": {"lost_answer_rate": 0.5}})
+     "corrupt_upload": 1,         # the next N upload bodies arrive with one byte altered (a
+                                  # faulty path): B2 answers 400 "Checksum did not match"
      "seed": 7}                   # random seed of the rates (reproducible runs)
 
 A lost answer is what a client sees when the reply of a call that B2 carried out never
@@ -88,6 +90,7 @@ class Faults:
         "lost_answer": int,
         "lost_answer_match": str,
         "lost_answer_rate": float,
+        "corrupt_upload": int,
         "seed": int,
     }
     DEFAULTS: dict[str, Any] = {
@@ -103,6 +106,7 @@ class Faults:
         "lost_answer": 0,
         "lost_answer_match": "",
         "lost_answer_rate": 0.0,
+        "corrupt_upload": 0,
         "seed": None,
     }
 
@@ -114,7 +118,15 @@ class Faults:
 
     @staticmethod
     def _empty_served() -> dict[str, Any]:
-        return {"429": 0, "503": 0, "expired_auth_token": 0, "lost_answer": 0, "reused_upload_url": 0, "calls": {}}
+        return {
+            "429": 0,
+            "503": 0,
+            "expired_auth_token": 0,
+            "lost_answer": 0,
+            "reused_upload_url": 0,
+            "corrupt_upload": 0,
+            "calls": {},
+        }
 
     @classmethod
     def parse(cls, faults: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +157,7 @@ class Faults:
                 re.compile(values[key])
             except re.error as exc:
                 raise ValueError(f"b2 fault knob {key} is not a valid regex: {exc}") from exc
-        for key in ("throttle", "service_unavailable", "retry_after", "lost_answer"):
+        for key in ("throttle", "service_unavailable", "retry_after", "lost_answer", "corrupt_upload"):
             if values[key] < 0:
                 raise ValueError(f"b2 fault knob {key} must not be negative")
         for key in ("token_ttl", "upload_rate"):
@@ -224,6 +236,15 @@ class Faults:
             if hit:
                 self._count(call, "lost_answer")
             return hit
+
+    def corrupt(self, call: str) -> bool:
+        """Whether this upload body arrives altered (the knob `corrupt_upload`); counts it."""
+        with self.lock:
+            if call not in UPLOAD_CALLS or self.values["corrupt_upload"] <= 0:
+                return False
+            self.values["corrupt_upload"] -= 1
+            self._count(call, "corrupt_upload")
+            return True
 
     def count_expired(self, call: str) -> None:
         with self.lock:
