@@ -24,6 +24,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.module_utils._b2 import _builder_parts
 from ansible_collections.nixforge.images.plugins.module_utils._b2._direct import DirectUpload
+from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _preflight
 from ansible_collections.nixforge.images.plugins.module_utils.b2 import (
     FILE_INFO_SHA256,
     MAX_PART_SIZE,
@@ -60,6 +61,7 @@ ARGUMENT_SPEC: Dict[str, Any] = dict(
     rounds=dict(type="int", default=4),
     timeout=dict(type="int", default=300),
     remote_python=dict(type="str", default=""),
+    image_check=dict(type="str", choices=["none", "digitalocean"], default="none"),
 )
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # reads the script's source (its length first), runs it; the job follows on the same input
@@ -67,6 +69,15 @@ BOOTSTRAP = (
     "import sys;b=sys.stdin.buffer;n=int(b.readline());"
     "exec(compile(b.read(n),'nixforge_b2_builder_parts','exec'),{'__name__':'__main__'})"
 )
+# run after _digitalocean/_preflight.py's source on the builder: what DigitalOcean would refuse
+IMAGE_CHECK = b"""
+import json as _json, sys as _sys
+_path = _json.loads(_sys.stdin.buffer.readline().decode("utf-8"))["path"]
+try:
+    print(_json.dumps({"facts": inspect_image(_path).as_dict()}))
+except ImageRefused as _exc:
+    print(_json.dumps({"refused": _exc.reason, "hint": _exc.hint}))
+"""
 
 
 def check_args(args: Dict[str, Any]) -> int:
@@ -112,6 +123,9 @@ class ActionModule(ActionBase):
         ident = BuildIdentity.from_params(args)
         ident.require_future_expiry()
         size = self.remote_size(args["src"])
+        python = args["remote_python"] or self.remote_python(task_vars)
+        if args["image_check"] == "digitalocean":
+            self.check_image(python, args["src"])
         if -(-size // part_size) > MAX_PARTS:
             raise UserInputError(
                 "too many parts", hint="Raise 'part_size' to at least %d" % -(-size // MAX_PARTS), parameter="part_size"
@@ -140,7 +154,6 @@ class ActionModule(ActionBase):
             threads=args["threads"], rounds=args["rounds"], timeout=args["timeout"], cadata=self.cadata(args)
         )
         settings["before"] = client.existing_ids(bucket, name) if args.get("name") else set()
-        python = args["remote_python"] or self.remote_python(task_vars)
         upload = DirectUpload(client, bucket, lambda job: self.run_remote(python, job, client.secrets), settings)
         try:
             entry = upload.upload()
@@ -236,9 +249,22 @@ class ActionModule(ActionBase):
             )
         return int(out)
 
+    def check_image(self, python: str, src: str) -> None:
+        """What DigitalOcean would refuse in the file (format, compression, size), read on the builder
+        before anything goes to B2 (_digitalocean/_preflight.py, standard library only)."""
+        source = source_of(_preflight) + IMAGE_CHECK
+        answer = self.remote_json(python, source, {"path": src}, [])
+        if answer.get("errors"):
+            raise UserInputError(answer["errors"][0], hint="Check the builder", parameter="src")
+        if answer.get("refused"):
+            raise UserInputError("%s: %s" % (src, answer["refused"]), hint=answer.get("hint"), parameter="src")
+
     def run_remote(self, python: str, job: Dict[str, Any], secrets: list) -> Dict[str, Any]:
         """Run the builder's half with ``job`` (URLs and tokens) on its standard input; its answer."""
-        source = open(_builder_parts.__file__.replace(".pyc", ".py"), "rb").read()
+        return self.remote_json(python, source_of(_builder_parts), job, secrets)
+
+    def remote_json(self, python: str, source: bytes, job: Dict[str, Any], secrets: list) -> Dict[str, Any]:
+        """Run ``source`` with the builder's python, ``job`` on its standard input; its JSON answer."""
         payload = b"%d\n" % len(source) + source + json.dumps(job).encode() + b"\n"
         command = "%s -c %s" % (shlex.quote(python), shlex.quote(BOOTSTRAP))
         try:
@@ -252,3 +278,8 @@ class ActionModule(ActionBase):
             text = redact(to_text(res.get("stderr", "")).strip()[-600:] or "no answer", secrets)
             return {"errors": ["the builder stopped answering or its upload ended (rc %s): %s" % (res.get("rc"), text)]}
         return json.loads(lines[-1])
+
+
+def source_of(module: Any) -> bytes:
+    with open(module.__file__.replace(".pyc", ".py"), "rb") as handle:
+        return handle.read()

@@ -21,7 +21,7 @@ description:
     builder. A file of at most O(part_size) bytes gets single-file upload URLs (C(b2_get_upload_url)) the same
     way.
   - The builder runs a small program of Python's standard library (no package is installed there) with its own
-    C(python3): the parts go up O(threads) at a time, each with the SHA-1 B2 checks, computed while it is sent; a
+    C(python3). The parts go up O(threads) at a time, each with the SHA-1 B2 checks, computed while it is sent; a
     part whose bytes arrive altered is sent again; an upload URL B2 ends (5xx, an expired token, a dropped
     connection) is replaced by a spare one, and when the spares run out the controller hands out fresh ones for
     the parts still missing (O(rounds)). The program and the URLs with their tokens reach the builder on the
@@ -32,7 +32,7 @@ description:
   - On any failure (the builder died or stopped answering, a part B2 refused, a sha256 that differs) the unfinished
     large file is cancelled and whatever a lost answer left is deleted; nothing of the upload stays in the bucket.
   - The tokens are masked in every message, the application key never leaves the controller.
-  - The least application key: the same as M(nixforge.images.b2_object) (C(listBuckets), C(listFiles),
+  - The least application key is the one M(nixforge.images.b2_object) needs (C(listBuckets), C(listFiles),
     C(writeFiles), C(deleteFiles); C(shareFiles) for O(url_mode=authorized)).
 author:
   - nixforge.images contributors (@nixforge)
@@ -99,6 +99,14 @@ options:
     description: The Python 3 on the builder; default the host's C(ansible_python_interpreter), else C(python3).
     type: str
     default: ""
+  image_check:
+    description:
+      - V(digitalocean) reads the file on the builder before anything goes to B2 and fails when DigitalOcean's custom
+        image import would refuse it (format, compression, size), as M(nixforge.images.do_custom_image)'s
+        O(nixforge.images.do_custom_image#module:src) check does on the controller.
+    type: str
+    choices: [none, digitalocean]
+    default: none
 attributes:
   check_mode:
     support: full
