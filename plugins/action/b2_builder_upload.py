@@ -228,7 +228,7 @@ class ActionModule(ActionBase):
         path = args.get("ca_bundle")
         if not path:
             return ""
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             return handle.read()
 
     def remote_python(self, task_vars: Dict[str, Any]) -> str:

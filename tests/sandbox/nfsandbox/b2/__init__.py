@@ -74,8 +74,8 @@ class Provider(EmulatorProvider):
         private = self.api.store.create_bucket(f"nixforge-sandbox{inst.number}-private", "allPrivate", fixture=True)
         pipeline = self.api.add_key("nixforge-pipeline", PIPELINE_CAPABILITIES, [public.id], NAME_PREFIX)
         reaper = self.api.add_key("nixforge-reaper", PIPELINE_CAPABILITIES)
-        gateway = self.sandbox.gateway
-        context = ca.server_context("127.0.0.1", "localhost", gateway)
+        gateway = getattr(self.sandbox, "gateway", None)  # None: no host network (the emulator's own tests)
+        context = ca.server_context("127.0.0.1", "localhost", *([gateway] if gateway else []))
         self.http = B2HTTPServer(self.api, context, "127.0.0.1", self.sandbox.port("b2"))
         host, port = self.http.address
         base = self.api.base_url = f"https://{host}:{port}"  # the URLs the API hands out point here
@@ -83,10 +83,11 @@ class Provider(EmulatorProvider):
         # controller (a local address) and the builder hosts reach. Upload URLs point there,
         # as B2's point at pod hosts anyone on the internet reaches, so that a builder can
         # upload with a URL the controller got for it (do_image_publish's direct path).
-        self.pod = B2HTTPServer(self.api, context, gateway, port)
-        self.api.upload_base_url = f"https://{gateway}:{port}"
+        if gateway:
+            self.pod = B2HTTPServer(self.api, context, gateway, port)
+            self.api.upload_base_url = f"https://{gateway}:{port}"
+            self.pod.start()
         self.http.start()
-        self.pod.start()
         log.info("B2 emulator listening on %s (buckets %s, %s)", base, public.name, private.name)
         return {
             "B2_API_URL": base,
