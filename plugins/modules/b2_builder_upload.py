@@ -37,12 +37,36 @@ description:
 author:
   - nixforge.images contributors (@nixforge)
 extends_documentation_fragment:
-  - nixforge.images.common
   - nixforge.images.b2
   - nixforge.images.attributes
   - nixforge.images.attributes.diff_none
   - nixforge.images.attributes.actiongroup_b2
 options:
+  build_id:
+    description:
+      - Name of the build; the object carries it in the file info C(nixforge-build-id) and its name starts with
+        C(nixforge/<build_id>/). A re-run with the same value adopts the build's object with the same file name and
+        sha256 instead of uploading again; M(nixforge.images.b2_object) with
+        O(nixforge.images.b2_object#module:state=absent) removes everything of the build.
+      - 1 to 40 lowercase letters, digits and hyphens, starting and ending with a letter or digit.
+    type: str
+    required: true
+  pipeline:
+    description: Name of the pipeline the build belongs to (file info C(nixforge-pipeline)).
+    type: str
+    default: default
+  expires_at:
+    description:
+      - When the object may be removed, a UTC ISO-8601 timestamp (file info C(nixforge-expires-at)); mutually
+        exclusive with O(ttl).
+    type: str
+  ttl:
+    description: Lifetime of the object from now, like V(3h) (default V(3h)); mutually exclusive with O(expires_at).
+    type: str
+  tags:
+    description: Extra file info entries (keys must not start with C(nixforge-)).
+    type: dict
+    default: {}
   bucket:
     description:
       - Name of the B2 bucket; with O(url_mode=public) it must be C(allPublic).

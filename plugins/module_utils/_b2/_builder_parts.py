@@ -233,7 +233,7 @@ class Job:
             for item in spec["parts"]:
                 self.todo.put(tuple(item))
         count = max(1, min(int(spec.get("threads") or 4), len(spec["grants"])))
-        workers = [threading.Thread(target=self.worker) for _ in range(count)]
+        workers = [threading.Thread(target=self.worker) for _worker in range(count)]
         for thread in workers:
             thread.daemon = True
             thread.start()
@@ -270,7 +270,7 @@ def main():
         answer["errors"] = [
             "%s has %d bytes, not %s (changed since it was built?)" % (path, answer["size"], spec["size"])
         ]
-        print(json.dumps(answer))
+        sys.stdout.write(json.dumps(answer) + "\n")
         return
     hashed = {}
     hasher = None
@@ -282,7 +282,7 @@ def main():
             hasher.join()
             if hashed.get("sha256") != spec.get("expected_sha256"):
                 answer.update(sha256=hashed.get("sha256"), errors=["sha256 mismatch, nothing uploaded"])
-                print(json.dumps(answer))
+                sys.stdout.write(json.dumps(answer) + "\n")
                 return
     socket.setdefaulttimeout(float(spec.get("timeout") or 300))
     answer.update(Job(spec).run())
@@ -290,7 +290,7 @@ def main():
         hasher.join()
         answer["sha256"] = hashed.get("sha256")
     answer["seconds"] = round(time.time() - started, 3)
-    print(json.dumps(answer))
+    sys.stdout.write(json.dumps(answer) + "\n")
 
 
 if __name__ == "__main__":

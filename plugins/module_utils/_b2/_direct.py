@@ -54,7 +54,7 @@ class DirectUpload:
         return [answer["uploadUrl"], answer["authorizationToken"]]
 
     def grants(self, fn: Callable[..., Any], target: str, count: int) -> List[List[str]]:
-        return [self.grant(fn, target) for _ in range(count)]
+        return [self.grant(fn, target) for _grant in range(count)]
 
     def job(self, kind: str, grants: List[List[str]], **extra: Any) -> Dict[str, Any]:
         s = self.settings
