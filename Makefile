@@ -110,6 +110,9 @@ demo: collection
 benchmark: collection
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.b2_upload
+	$(BIN)/python -m benchmarks.b2_upload --upload-rate 100
+	$(BIN)/python -m benchmarks.publish --size-mib 1024
 
 constraints: venv
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the project is tested with (pip -c). Regenerate with: make constraints' > tests/constraints.txt

@@ -279,15 +279,21 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
         assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
         s = summary(proc.stdout)
         assert set(SUMMARY_KEYS) <= set(s), s
-        check_artifact(s, tmp_path, expected_sha256)
+        # the default path: the builder uploaded the image to B2 itself, the controller has no copy
+        assert s["File"].startswith("none on the controller: the builder uploaded it to B2"), s["File"]
+        assert s["sha256"] == expected_sha256
+        assert not (tmp_path / "artifacts" / "nixos.qcow2.gz").exists()
         image = check_published(build_id, expected_sha256, {"nyc3", "sfo3", "ams3"}, s)
         assert "already imported" not in s["Image id"]
         assert s["Builder"].startswith("c3.small.x86 (equinix_metal")
         assert "USD" in s["Cost (est)"]
-        assert_no_secret(run_env, output)  # the upload got its account and upload tokens from B2
+        # the builder got upload URLs and their tokens, the controller its account token: none printed
+        assert_no_secret(run_env, output)
         assert not (tmp_path / "state").exists()
-        # b2_object took the fetch's verified sha256 from its record: the image was not hashed again
-        assert re.search(r"\bsha256_checked\W+record\b", output)
+        assert "Upload the image from the builder straight to B2" in output
+        # the controller's own upload was skipped
+        skipped = r"Upload the image to B2 under an unguessable name\] \**\n(task path: [^\n]*\n)?skipping"
+        assert re.search(skipped, output)
 
         again = run(
             env, tmp_path, build_id, builder_host_provider="equinix_metal", do_image_publish_regions=["sfo3", "ams3"]

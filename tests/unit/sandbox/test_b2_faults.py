@@ -81,7 +81,18 @@ def test_setting_again_clears_counters_and_token_ttl_defaults() -> None:
         "expired_auth_token": 0,
         "lost_answer": 0,
         "reused_upload_url": 0,
+        "corrupt_upload": 0,
         "calls": {},
     }
     assert faults.token_ttl(86400) == 86400
     assert faults.pick("b2_list_buckets") is None
+
+
+def test_corrupt_upload_alters_the_next_upload_bodies_only() -> None:
+    faults = B2Faults()
+    faults.set({"corrupt_upload": 2})
+    assert not faults.corrupt("b2_list_buckets")  # not an upload: nothing to alter, nothing counted
+    assert faults.corrupt("b2_upload_part") and faults.corrupt("b2_upload_file")
+    assert not faults.corrupt("b2_upload_part")
+    served = faults.snapshot()["served"]
+    assert served["corrupt_upload"] == 2 and served["calls"]["b2_upload_part"] == {"corrupt_upload": 1}

@@ -59,6 +59,7 @@ class Provider(EmulatorProvider):
         super().__init__(sandbox)
         self.api: B2API | None = None
         self.http: B2HTTPServer | None = None
+        self.pod: B2HTTPServer | None = None
 
     def start(self) -> dict[str, Any]:
         inst = self.sandbox.instance
@@ -73,10 +74,19 @@ class Provider(EmulatorProvider):
         private = self.api.store.create_bucket(f"nixforge-sandbox{inst.number}-private", "allPrivate", fixture=True)
         pipeline = self.api.add_key("nixforge-pipeline", PIPELINE_CAPABILITIES, [public.id], NAME_PREFIX)
         reaper = self.api.add_key("nixforge-reaper", PIPELINE_CAPABILITIES)
-        context = ca.server_context("127.0.0.1", "localhost")
+        gateway = getattr(self.sandbox, "gateway", None)  # None: no host network (the emulator's own tests)
+        context = ca.server_context("127.0.0.1", "localhost", *([gateway] if gateway else []))
         self.http = B2HTTPServer(self.api, context, "127.0.0.1", self.sandbox.port("b2"))
         host, port = self.http.address
         base = self.api.base_url = f"https://{host}:{port}"  # the URLs the API hands out point here
+        # The upload "pod": the same API on the bridge's gateway address, which both the
+        # controller (a local address) and the builder hosts reach. Upload URLs point there,
+        # as B2's point at pod hosts anyone on the internet reaches, so that a builder can
+        # upload with a URL the controller got for it (do_image_publish's direct path).
+        if gateway:
+            self.pod = B2HTTPServer(self.api, context, gateway, port)
+            self.api.upload_base_url = f"https://{gateway}:{port}"
+            self.pod.start()
         self.http.start()
         log.info("B2 emulator listening on %s (buckets %s, %s)", base, public.name, private.name)
         return {
@@ -92,3 +102,9 @@ class Provider(EmulatorProvider):
             "b2_download_url": base,
             "B2_CA_BUNDLE": str(ca.bundle),  # what b2_object's ca_bundle falls back to
         }
+
+    def stop(self) -> None:
+        if self.pod is not None:
+            self.pod.stop()
+            self.pod = None
+        super().stop()

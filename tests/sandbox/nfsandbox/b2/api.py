@@ -143,6 +143,30 @@ class Paced:
         return data
 
 
+class Corrupted:
+    """An upload body whose first byte arrives altered (the fault knob `corrupt_upload`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.done = False
+
+    def _alter(self, data: bytes) -> bytes:
+        if data and not self.done:
+            self.done = True
+            return bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
+
+    def readinto(self, view: Any) -> int:
+        n = self.stream.readinto(view) or 0
+        if n and not self.done:
+            self.done = True
+            view[0] ^= 0xFF
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        return self._alter(self.stream.read(size))
+
+
 def b2_encode(value: str) -> str:
     return quote(value.encode("utf-8"))
 
@@ -158,6 +182,9 @@ class B2API:
         account_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # where upload URLs point (B2's upload pods are hosts of their own): the sandbox
+        # sets an address its builder hosts reach too; default: the API's own
+        self.upload_base_url = ""
         self.account_id = account_id or secrets.token_hex(6)
         self.faults = faults or B2Faults()
         self.store = Store(root, self.account_id)
@@ -457,7 +484,7 @@ class B2API:
     # -- uploads -------------------------------------------------------------------
     def _get_upload_url(self, params: dict[str, Any], ctx: Ctx) -> Any:
         bucket = self._bucket(ctx, params.get("bucketId"))
-        url = f"{self.base_url}/b2api/{ctx.version}/b2_upload_file/{bucket.id}/{upload_pod()}"
+        url = f"{self.upload_base_url or self.base_url}/b2api/{ctx.version}/b2_upload_file/{bucket.id}/{upload_pod()}"
         return {
             "bucketId": bucket.id,
             "uploadUrl": url,
@@ -467,7 +494,7 @@ class B2API:
     def _get_upload_part_url(self, params: dict[str, Any], ctx: Ctx) -> Any:
         self._file(ctx, params.get("fileId"))
         version = self.store.unfinished(params.get("fileId"))
-        url = f"{self.base_url}/b2api/{ctx.version}/b2_upload_part/{version.id}/{upload_pod()}"
+        url = f"{self.upload_base_url or self.base_url}/b2api/{ctx.version}/b2_upload_part/{version.id}/{upload_pod()}"
         return {
             "fileId": version.id,
             "uploadUrl": url,
@@ -496,6 +523,8 @@ class B2API:
         rate = self.faults.get("upload_rate")
         if rate and req.stream is not None:
             req.stream = Paced(req.stream, rate * 1_000_000)
+        if req.stream is not None and self.faults.corrupt(call):
+            req.stream = Corrupted(req.stream)
         ctx = Ctx(call, version, key)
         try:
             if call == "b2_upload_file":

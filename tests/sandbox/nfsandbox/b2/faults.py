@@ -17,6 +17,8 @@ all) and the served counters start again from zero.
      "lost_answer_match": "^b2_finish_large_file$",   # regex on the call name for lost_answer
      "lost_answer_rate": 0.1,     # share of mutating calls whose answer is lost (also per call
                                   # under "calls": {"b2_upload_part": {"lost_answer_rate": 0.5}})
+     "corrupt_upload": 1,         # the next N upload bodies arrive with one byte altered (a
+                                  # faulty path): B2 answers 400 "Checksum did not match"
      "seed": 7}                   # random seed of the rates (reproducible runs)
 
 A lost answer is what a client sees when the reply of a call that B2 carried out never
@@ -89,6 +91,7 @@ class B2Faults(Knobs):
         "lost_answer": int,
         "lost_answer_match": str,
         "lost_answer_rate": float,
+        "corrupt_upload": int,
         "seed": int,
     }
     DEFAULTS: ClassVar[dict[str, Any]] = {
@@ -104,13 +107,30 @@ class B2Faults(Knobs):
         "lost_answer": 0,
         "lost_answer_match": "",
         "lost_answer_rate": 0.0,
+        "corrupt_upload": 0,
         "seed": None,
     }
     REGEX_KEYS = ("match", "lost_answer_match")
-    NON_NEGATIVE = ("throttle", "service_unavailable", "retry_after", "lost_answer", "token_ttl", "upload_rate")
+    NON_NEGATIVE = (
+        "throttle",
+        "service_unavailable",
+        "retry_after",
+        "lost_answer",
+        "corrupt_upload",
+        "token_ttl",
+        "upload_rate",
+    )
 
     def empty_served(self) -> dict[str, Any]:
-        return {"429": 0, "503": 0, "expired_auth_token": 0, "lost_answer": 0, "reused_upload_url": 0, "calls": {}}
+        return {
+            "429": 0,
+            "503": 0,
+            "expired_auth_token": 0,
+            "lost_answer": 0,
+            "reused_upload_url": 0,
+            "corrupt_upload": 0,
+            "calls": {},
+        }
 
     @classmethod
     def parse_value(cls, key: str, value: Any) -> Any:
@@ -180,6 +200,15 @@ class B2Faults(Knobs):
             if hit:
                 self.count_locked("lost_answer", call)
             return hit
+
+    def corrupt(self, call: str) -> bool:
+        """Whether this upload body arrives altered (the knob `corrupt_upload`); counts it."""
+        with self.lock:
+            if call not in UPLOAD_CALLS or self.values["corrupt_upload"] <= 0:
+                return False
+            self.values["corrupt_upload"] -= 1
+            self.count_locked("corrupt_upload", call)
+            return True
 
     def count_expired(self, call: str) -> None:
         self.count("expired_auth_token", call)
