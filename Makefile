@@ -32,7 +32,7 @@ XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 SANITY_TIMEOUT ?= 900
 
 .PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \
-        pytest unit integration demo benchmark constraints clean
+        pytest unit integration demo benchmark constraints clean test-matrix test-matrix-reduced
 
 help:
 	@echo "make demo    build an AArch64 SD image, then a DigitalOcean image, end to end in the local sandbox cloud"
@@ -55,6 +55,8 @@ venv: $(VENV)/.stamp
 collection: venv
 	@mkdir -p $(COLLECTIONS)/ansible_collections/nixforge $(ANSIBLE_LOCAL_TEMP) $(ANSIBLE_SSH_CONTROL_PATH_DIR)
 	@ln -sfn $(REPO) $(COLLECTIONS)/ansible_collections/nixforge/images
+	@# the real awx.awx (from the community ansible package, pinned there) for ansible-lint and the AWX tests
+	@$(VENV)/bin/python tests/matrix/awx_collection.py $(COLLECTIONS)
 
 test: collection
 	@$(MAKE) --no-print-directory lint sanity
@@ -113,6 +115,21 @@ benchmark: collection
 
 constraints: venv
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the project is tested with (pip -c). Regenerate with: make constraints' > tests/constraints.txt
+	@# ansible-core 2.20 / 2.21 on the Python 3.13 root (tests/matrix/pyroot.py): resolved anew, then frozen
+	$(VENV)/bin/python tests/matrix/pyroot.py constraints 2.20
+	$(VENV)/bin/python tests/matrix/pyroot.py constraints 2.21
+
+# ansible-core 2.19 (.venv, Python 3.11), 2.20 and 2.21 (a Debian 13 root with Python 3.13, built
+# once with debootstrap and cached): sanity, unit tests, real awx.awx, the installed collection's
+# SD pipeline in the sandbox; one summary line per version. See docs/development.md.
+MATRIX_VERSIONS ?= 2.19 2.20 2.21
+MATRIX_STEPS ?= sanity,unit,e2e
+test-matrix: collection
+	$(VENV)/bin/python tests/matrix/run.py --steps $(MATRIX_STEPS) $(MATRIX_VERSIONS)
+
+# The part of the matrix inside `make test`: the newest ansible-core's sanity and unit tests.
+test-matrix-reduced: collection
+	$(VENV)/bin/python tests/matrix/run.py --steps sanity,unit 2.21
 
 clean:
 	rm -rf $(BUILD) tests/output
