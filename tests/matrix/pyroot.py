@@ -40,9 +40,15 @@ from nfsandbox.hosts.aptproxy import machine_mirrors  # noqa: E402
 from nfsandbox.hosts.rootfs import check_suite  # noqa: E402
 
 SUITE = "trixie"
-# What a controller needs: Python with venv/ensurepip, ssh for the builders, git for
-# ansible-test and ansible-galaxy, certificates for pip, rsync/zstd for fetched artifacts.
-PACKAGES = ("python3", "python3-venv", "openssh-client", "git", "ca-certificates", "rsync", "zstd")
+# What a controller needs: Python with venv/ensurepip, git for ansible-test and
+# ansible-galaxy, certificates for pip, and bindep.txt's controller packages (ssh to the
+# builders, rsync/zstd/gzip for artifacts, dosfstools/e2fsprogs for the SD image check, which
+# the unit tests use too); mtools and qemu-utils for unit tests that make deps covers on the
+# machine. (nix-bin cannot be included: debootstrap does not resolve its perl-dbdabi-94.)
+PACKAGES = (
+    *("python3", "python3-venv", "git", "ca-certificates"),
+    *("openssh-client", "rsync", "zstd", "gzip", "dosfstools", "e2fsprogs", "mtools", "qemu-utils"),
+)
 CUSTOMIZE = r"""
 set -eu
 apt-get clean
