@@ -37,7 +37,8 @@ def bin_dir(version: str) -> Path:
 def command(step: str, bindir: Path) -> list[str]:
     make = ["make", "--no-print-directory", "-C", str(REPO)]
     if step == "sanity":
-        return [*make, "sanity", f"BIN={bindir}"]
+        # a version's first run also installs ansible-test's tool virtualenvs for its Python
+        return [*make, "sanity", f"BIN={bindir}", "SANITY_TIMEOUT=3600"]
     if step == "unit":
         return [*make, "unit", f"BIN={bindir}", "PYTEST_ARGS=-q -p no:cacheprovider"]
     tests = ["tests/integration/test_awx_real_modules.py", "tests/matrix/test_installed_pipeline.py"]
