@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Install the real awx.awx collection where Ansible and ansible-lint find it.
 
 awx.awx is not reachable through Galaxy here, but the community `ansible` package on the

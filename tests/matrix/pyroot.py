@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A Python 3.12+ controller on a Debian 12 machine, made from the registries it reaches.
 
 ansible-core 2.20 and 2.21 need Python 3.12 or newer on the controller; Debian 12 has 3.11.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """make test-matrix: for each ansible-core version, ansible-test sanity, the unit tests, the
 real-awx.awx check and the installed collection's SD pipeline in the sandbox (with
 `ansible-builder create`), then one summary line per version.
