@@ -46,7 +46,9 @@ def command(step: str, bindir: Path) -> list[str]:
 
 def outcome(step: str, log: str, rc: int) -> str:
     """'ok' or 'FAILED', with pytest's counts where there are some."""
-    counts = re.findall(r"(\d+ (?:passed|failed|error|errors|skipped))", log.splitlines()[-1] if log else "")
+    counts = re.findall(
+        r"(\d+ (?:passed|failed|xfailed|xpassed|error|errors|skipped))", log.splitlines()[-1] if log else ""
+    )
     word = "ok" if rc == 0 else "FAILED"
     return f"{word} ({', '.join(counts)})" if counts and step != "sanity" else word
 
