@@ -32,7 +32,7 @@ XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 SANITY_TIMEOUT ?= 900
 
 .PHONY: help deps venv collection test lint ruff ansible-lint sanity changelog-lint docs-lint \
-        pytest unit integration demo benchmark constraints clean
+        pytest unit integration demo benchmark constraints clean test-matrix test-matrix-reduced
 
 help:
 	@echo "make demo    build an AArch64 SD image, then a DigitalOcean image, end to end in the local sandbox cloud"
@@ -55,9 +55,12 @@ venv: $(VENV)/.stamp
 collection: venv
 	@mkdir -p $(COLLECTIONS)/ansible_collections/nixforge $(ANSIBLE_LOCAL_TEMP) $(ANSIBLE_SSH_CONTROL_PATH_DIR)
 	@ln -sfn $(REPO) $(COLLECTIONS)/ansible_collections/nixforge/images
+	@# the real awx.awx (from the community ansible package, pinned there) for ansible-lint and the AWX tests
+	@$(VENV)/bin/python tests/matrix/awx_collection.py $(COLLECTIONS)
 
 test: collection
 	@$(MAKE) --no-print-directory lint sanity
+	@$(MAKE) --no-print-directory test-matrix-reduced
 	@$(MAKE) --no-print-directory pytest
 
 lint: ruff ansible-lint changelog-lint docs-lint
@@ -116,6 +119,22 @@ benchmark: collection
 
 constraints: venv
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the project is tested with (pip -c). Regenerate with: make constraints' > tests/constraints.txt
+	@# ansible-core 2.20 / 2.21 on the Python 3.13 root (tests/matrix/pyroot.py): resolved anew, then frozen
+	$(VENV)/bin/python tests/matrix/pyroot.py constraints 2.20
+	$(VENV)/bin/python tests/matrix/pyroot.py constraints 2.21
+
+# ansible-core 2.19 (.venv, Python 3.11), 2.20 and 2.21 (a Debian 13 root with Python 3.13, built
+# once with debootstrap and cached): sanity, unit tests, real awx.awx, the installed collection's
+# SD pipeline in the sandbox; one summary line per version. See docs/development.md.
+MATRIX_VERSIONS ?= 2.19 2.20 2.21
+MATRIX_STEPS ?= sanity,unit,e2e
+test-matrix: collection
+	$(VENV)/bin/python tests/matrix/run.py --steps $(MATRIX_STEPS) $(MATRIX_VERSIONS)
+
+# The part of the matrix inside `make test` (2.19's sanity and unit tests run there anyway): the
+# newest ansible-core drives real awx.awx, ansible-builder and the installed collection's pipeline.
+test-matrix-reduced: collection
+	$(VENV)/bin/python tests/matrix/run.py --steps e2e 2.21
 
 clean:
 	rm -rf $(BUILD) tests/output
