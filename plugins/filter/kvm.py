@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from ansible.errors import AnsibleFilterError
 
-PROVIDERS = ("ec2", "equinix_metal", "ssh")
+PROVIDERS = ("ec2", "metal", "ssh")
 
 
 def ec2_kvm(instance_type: str) -> bool:
@@ -38,7 +38,7 @@ def kvm_capable(value: Any, provider: str = "ec2") -> Optional[bool]:
         return None
     if not isinstance(value, str) or not value.strip():
         raise AnsibleFilterError("kvm_capable: expected an instance type or plan name, got %r" % (value,))
-    if provider == "equinix_metal":
+    if provider == "metal":
         # Every Metal plan is a whole physical server; a compatible endpoint whose catalogue
         # says otherwise is caught by metal_device's require_kvm.
         return True

@@ -72,13 +72,21 @@ options:
     description: With O(state=absent), a directory of ours removed with everything in it.
     type: path
     default: ""
+extends_documentation_fragment:
+  - nixforge.images.attributes
 attributes:
   check_mode:
     support: full
+    details: Reports what would be made or undone and records nothing.
   diff_mode:
     support: full
+    details: The files and blocks it would write (O(state=present)).
+  platform:
+    support: full
+    platforms: posix
+    details: Runs on the host it changes (users and groups through useradd, usermod, gpasswd, userdel).
 notes:
-  - Run it with C(become=true) for O(state=absent): the record lists changes made as root.
+  - Run it with C(become=true) for O(state=absent), since the record lists changes made as root.
 """
 
 EXAMPLES = r"""
@@ -108,7 +116,8 @@ recorded:
   returned: success
   type: list
   elements: dict
-  sample: [{"kind": "user", "name": "nixforge", "phase": "setup"}]
+  sample:
+    - {kind: user, name: nixforge, phase: setup}
 removed:
   description: What was undone (O(state=absent)), one line each, newest first.
   returned: success

@@ -27,7 +27,7 @@ def test_ec2_nested_virtualisation_types_have_none_without_the_cpu_option(instan
 
 
 def test_metal_plans_are_bare_metal_and_ssh_is_unknown() -> None:
-    assert kvm_capable("c3.small.x86", "equinix_metal") is True
+    assert kvm_capable("c3.small.x86", "metal") is True
     assert kvm_capable("anything", "ssh") is None
     assert without_kvm(["anything"], "ssh") == []
 
