@@ -4,7 +4,8 @@
 """Action plugin: the controller-side steps of the builder_host role's entry points, in
 this process (no module to start). Provision: check every input, work out the lifetime,
 make the private state directory and the per-build keys. Record: pin the host key and
-write state.json. Teardown: check the build id and read the build's state. Cleanup:
+write state.json. Describe: one description of the builder, whatever the provider.
+Teardown: check the build id and read the build's state. Cleanup:
 remove the private keys (or the state directory) and the SSH control sockets."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._machine import describe, teardown_result
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
     InputError,
     check_build_id,
@@ -24,21 +26,25 @@ from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
     read_state,
     record_state,
     remove_paths,
+    write_private,
 )
 
+STAGES = ("provision", "describe", "record", "teardown", "cleanup")
 ARGUMENT_SPEC: Dict[str, Any] = {
-    "stage": {"type": "str", "default": "provision", "choices": ["provision", "record", "teardown", "cleanup"]},
+    "stage": {"type": "str", "default": "provision", "choices": [*STAGES]},
     "build_id": {"type": "raw", "required": True},
     "provider": {"type": "str", "required": True},
     "state_dir": {"type": "path", "required": True},
-    "ttl_minutes": {"type": "int", "default": 180},
+    "ttl": {"type": "str", "default": "3h"},
     "ssh_connection": {"type": "str", "default": "ssh"},
     "ssh_host": {"type": "str", "default": ""},
     "ssh_work_dir": {"type": "str", "default": ""},
     "ssh_cidr": {"type": "str", "default": ""},
-    "ssh_cidr_detect": {"type": "bool", "default": False},
-    "ssh_cidr_detect_url": {"type": "str", "default": ""},
+    "ssh_cidr_lookup": {"type": "bool", "default": False},
+    "ssh_cidr_lookup_url": {"type": "str", "default": ""},
     "machine": {"type": "dict", "default": {}},
+    "result": {"type": "dict", "default": {}},
+    "given": {"type": "dict", "default": {}},
     "record": {"type": "dict", "default": {}},
     "control_path_dir": {"type": "path", "default": ""},
     "remove_state_dir": {"type": "bool", "default": False},
@@ -66,10 +72,21 @@ class ActionModule(ActionBase):
     def _provision(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
         check_provision(p)
         if check_mode:
-            return {"changed": True, "ansible_facts": expiry(p["ttl_minutes"], time.time())}
+            return {"changed": True, "ansible_facts": expiry(p["ttl"], time.time())}
         made = prepare_state_dir(p)
-        facts = dict(made["facts"], **expiry(p["ttl_minutes"], time.time()))
+        facts = dict(made["facts"], **expiry(p["ttl"], time.time()))
         return {"changed": bool(made["made"]), "keys_made": made["made"], "ansible_facts": facts}
+
+    @staticmethod
+    def _describe(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        """builder_host__machine from the provider's result; an own host's known_hosts is written
+        now, before the first login to it."""
+        machine = describe(p["provider"], p["result"], p["given"], p["state_dir"])
+        written = False
+        if p["provider"] == "ssh" and machine["connection"] == "ssh" and not check_mode:
+            lines = "".join("%s\n" % line for line in machine["known_hosts_lines"])
+            written = write_private(machine["known_hosts_file"], lines)
+        return {"changed": written, "ansible_facts": {"builder_host__machine": machine}}
 
     @staticmethod
     def _record(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
@@ -89,4 +106,5 @@ class ActionModule(ActionBase):
         check_build_id(p["build_id"], teardown=True)
         paths = cleanup_paths(p["state_dir"], p["control_path_dir"], p["remove_state_dir"])
         removed = remove_paths(paths, check_mode=check_mode)
-        return {"changed": bool(removed), "removed": removed}
+        facts = {"builder_host_teardown_result": teardown_result(p)}
+        return {"changed": bool(removed), "removed": removed, "ansible_facts": facts}

@@ -23,6 +23,7 @@ ARGUMENT_SPEC: Dict[str, Any] = dict(
     sleep=dict(type="int", default=2),
     permanent_error_grace=dict(type="int", default=20),
     connect_timeout=dict(type="int"),
+    require_kvm=dict(type="bool", default=False),
 )
 
 
@@ -40,6 +41,22 @@ class ActionModule(ActionBase):
         reply = self._execute_module(module_name="ansible.legacy.ping", module_args={}, task_vars=task_vars)
         if reply.get("ping") != "pong":
             raise RuntimeError(reply.get("msg") or "the ping module did not answer pong")
+
+    def kvm(self, task_vars: Dict[str, Any]) -> Dict[str, Any]:
+        """/dev/kvm on a builder that answers: a host of the ssh provider can only be checked here."""
+        stat = {"path": "/dev/kvm", "get_checksum": False}
+        reply = self._execute_module(module_name="ansible.legacy.stat", module_args=stat, task_vars=task_vars)
+        if reply.get("stat", {}).get("exists"):
+            return {"kvm": True}
+        host = task_vars.get("ansible_host") or task_vars.get("inventory_hostname")
+        return {
+            "kvm": False,
+            "failed": True,
+            "msg": "The builder needs /dev/kvm (option require_kvm; builder_host_require_kvm; in the pipelines "
+            "nixforge_require_kvm: the builder %s has no /dev/kvm, which the DigitalOcean image build needs). Use a "
+            "host with hardware virtualisation, or set nixforge_require_kvm=false only for an image definition that "
+            "needs no KVM." % host,
+        }
 
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
@@ -60,6 +77,8 @@ class ActionModule(ActionBase):
             try:
                 self.probe(task_vars)
                 result.update(elapsed=round(time.monotonic() - start, 1), attempts=attempts, changed=False)
+                if args["require_kvm"]:
+                    result.update(self.kvm(task_vars))
                 return result
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 last = to_text(exc).strip()

@@ -73,7 +73,6 @@ options:
         controller). The provider gets it as a key named C(nixforge-<build_id>-ssh), tagged with the build and
         removed with it; it is also put in the user data as an authorized key.
     type: str
-    aliases: [ssh_public_key]
   host_key_private:
     description:
       - Private SSH host key (OpenSSH or PEM format, without passphrase) the builder uses, generated on the

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from ansible.errors import AnsibleFilterError
 from ansible_collections.nixforge.images.plugins.module_utils._ec2._nested import kvm_kind
 
-PROVIDERS = ("ec2", "equinix_metal", "ssh")
+PROVIDERS = ("ec2", "metal", "ssh")
 
 
 def ec2_kvm(instance_type: str, nested_virtualization: bool = True) -> bool:
@@ -36,7 +36,7 @@ def kvm_capable(value: Any, provider: str = "ec2", nested_virtualization: bool =
         return None
     if not isinstance(value, str) or not value.strip():
         raise AnsibleFilterError("kvm_capable: expected an instance type or plan name, got %r" % (value,))
-    if provider == "equinix_metal":
+    if provider == "metal":
         # Every Metal plan is a whole physical server; a compatible endpoint whose catalogue
         # says otherwise is caught by metal_device's require_kvm.
         return True

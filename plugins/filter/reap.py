@@ -7,6 +7,7 @@ from __future__ import annotations
 """Filters of playbooks/reap.yml (documented in reap_targets.yml and reap_lines.yml)."""
 
 import datetime
+import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from ansible_collections.nixforge.images.plugins.module_utils._base._discovery import merge_builds
@@ -95,6 +96,42 @@ def name_list(value: Any) -> List[str]:
     return out
 
 
+def _aws_credentials(environ: Mapping[str, str]) -> bool:
+    """AWS credentials the SDK would find without an instance profile (which is not detected)."""
+    named = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+    named += ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",)
+    if any(environ.get(name) for name in named):
+        return True
+    shared = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(environ.get("HOME", ""), ".aws", "credentials")
+    return os.path.isfile(shared)
+
+
+def reap_providers(
+    chosen: Any = None,
+    b2_buckets: Any = None,
+    b2_application_key_id: str = "",
+    metal_projects: Any = None,
+    metal_auth_token: str = "",
+    environ: Optional[Mapping[str, str]] = None,
+) -> List[str]:
+    """The providers reap.yml asks: ``chosen`` when given, else those whose credentials the
+    controller has (the environment, or the reaper's own B2 key / the Metal token), B2 only with
+    buckets to list and Metal only with projects."""
+    if chosen:
+        return name_list(chosen)
+    env = os.environ if environ is None else environ
+    found = []
+    if env.get("DIGITALOCEAN_TOKEN") or env.get("DO_API_TOKEN"):
+        found.append("digitalocean")
+    if (env.get("B2_APPLICATION_KEY_ID") or b2_application_key_id) and name_list(b2_buckets):
+        found.append("b2")
+    if _aws_credentials(env):
+        found.append("ec2")
+    if (env.get("METAL_AUTH_TOKEN") or env.get("PACKET_AUTH_TOKEN") or metal_auth_token) and name_list(metal_projects):
+        found.append("metal")
+    return found
+
+
 class FilterModule:
     def filters(self) -> Dict[str, Callable[..., Any]]:
         return {
@@ -103,4 +140,5 @@ class FilterModule:
             "reap_lines": reap_lines,
             "reap_failures": reap_failures,
             "name_list": name_list,
+            "reap_providers": reap_providers,
         }

@@ -27,7 +27,7 @@ extends_documentation_fragment:
   - inventory_cache
 requirements:
   - boto3 >= 1.34.0 (for C(ec2))
-  - packet-python >= 1.44.0 (for C(equinix_metal))
+  - packet-python >= 1.44.0 (for C(metal))
   - python-digitalocean >= 1.17.0 (for C(digitalocean))
 options:
   plugin:
@@ -41,8 +41,8 @@ options:
       - A provider without any credentials (no token, no AWS credentials) is skipped with a warning.
     type: list
     elements: str
-    choices: [ec2, equinix_metal, digitalocean]
-    default: [ec2, equinix_metal, digitalocean]
+    choices: [ec2, metal, digitalocean]
+    default: [ec2, metal, digitalocean]
   build_ids:
     description: Only builders of these build ids. Empty means every build.
     type: list
@@ -176,7 +176,7 @@ options:
 EXAMPLES = r"""
 # inventories/builders/nixforge.builders.yml: every live builder of the sd-aarch64 pipeline
 plugin: nixforge.images.builders
-providers: [ec2, equinix_metal]
+providers: [ec2, metal]
 regions: [us-east-1, eu-central-1]
 pipelines: [sd-aarch64]
 expired: false
@@ -196,7 +196,7 @@ cache_timeout: 300
 ---
 # For AWX: credentials come from the environment a custom credential type injects.
 plugin: nixforge.images.builders
-providers: [equinix_metal]
+providers: [metal]
 metal_auth_token: "{{ lookup('ansible.builtin.env', 'METAL_AUTH_TOKEN') }}"
 metal_project_ids: ["{{ lookup('ansible.builtin.env', 'METAL_PROJECT_ID') }}"]
 build_ids: [do-image-42]
@@ -275,7 +275,7 @@ def read_state_dir(roots: List[str], build_id: str) -> Dict[str, Optional[str]]:
 # (module option, this plugin's option) per provider, for error messages
 OPTION_NAMES = {
     "digitalocean": (("oauth_token", "do_api_token"), ("api_url", "do_api_url"), ("ca_bundle", "do_ca_bundle")),
-    "equinix_metal": (("auth_token", "metal_auth_token"), ("api_url", "metal_api_url")),
+    "metal": (("auth_token", "metal_auth_token"), ("api_url", "metal_api_url")),
 }
 
 
@@ -325,7 +325,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         records: List[Dict[str, Any]] = []
         build_ids = self._opt("build_ids") or []
         pipelines = self._opt("pipelines") or []
-        readers = {"ec2": self._discover_ec2, "equinix_metal": self._discover_metal, "digitalocean": self._discover_do}
+        readers = {"ec2": self._discover_ec2, "metal": self._discover_metal, "digitalocean": self._discover_do}
         for provider in self.get_option("providers"):
             try:
                 records.extend(readers[provider](build_ids, pipelines))
@@ -370,12 +370,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
         token = self._opt("metal_auth_token")
         if not token:
-            return self._skip("equinix_metal", "no token (set 'metal_auth_token', or METAL_AUTH_TOKEN)")
+            return self._skip("metal", "no token (set 'metal_auth_token', or METAL_AUTH_TOKEN)")
         if not HAS_PACKET:
-            return self._skip("equinix_metal", "packet-python is not installed on the controller")
+            return self._skip("metal", "packet-python is not installed on the controller")
         projects = self._opt("metal_project_ids") or [p for p in [os.environ.get("METAL_PROJECT_ID")] if p]
         if not projects:
-            return self._skip("equinix_metal", "no project (set 'metal_project_ids', or METAL_PROJECT_ID)")
+            return self._skip("metal", "no project (set 'metal_project_ids', or METAL_PROJECT_ID)")
         ca_bundle = self._opt("metal_ca_bundle")
         client = metal_client(
             {

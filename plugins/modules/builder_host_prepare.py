@@ -16,29 +16,50 @@ description:
     fix, creates the private state directory (mode 0700, with a C(.gitignore)), generates the per-build SSH user
     key and the builder's host key (ed25519) unless they exist, and sets the facts C(builder_host__*) the role's
     later steps use (public keys, start and expiry times).
+  - O(stage=describe) sets C(builder_host__machine), the one description of the builder whatever the provider
+    (address, port, login user, key files, pinned C(known_hosts_lines), price, lifecycle, expiry), from O(result) (the
+    registered result of M(nixforge.images.ec2_spot_host) or M(nixforge.images.metal_device)) and O(given); for the
+    C(ssh) provider from O(given) alone, refusing a host whose key is neither given nor in its known_hosts file, and
+    writing the per-build C(known_hosts).
   - O(stage=record) pins the builder's host key in the per-build C(known_hosts) (for ssh connections) and writes
     C(state.json) from O(machine) and O(record) (mode 0600; no secret is in either). Teardown and re-runs read it.
   - O(stage=teardown) checks the build id and sets C(builder_host__state) from the build's C(state.json)
     (empty when provisioning did not get that far).
-  - O(stage=cleanup) removes the per-build private keys (or, with O(remove_state_dir), the whole state directory)
-    and O(control_path_dir).
+  - O(stage=cleanup) sets C(builder_host_teardown_result) (C(removed) from O(result), the provider module's
+    registered C(state=absent) result, and C(ended), one C(<code> on <id>) line per machine the provider ended
+    before the teardown), and removes the per-build private keys (or, with O(remove_state_dir), the whole state
+    directory) and O(control_path_dir).
   - Every stage runs in the controller's Ansible process, without starting a module.
 author:
   - nixforge.images contributors (@nixforge)
 options:
-  stage: {description: Which step., type: str, choices: [provision, record, teardown, cleanup], default: provision}
+  stage:
+    description: Which step.
+    type: str
+    choices: [provision, describe, record, teardown, cleanup]
+    default: provision
   build_id: {description: C(builder_host_build_id)., type: raw, required: true}
   provider: {description: C(builder_host_provider)., type: str, required: true}
   state_dir: {description: C(builder_host_state_dir)., type: path, required: true}
-  ttl_minutes: {description: C(builder_host_ttl_minutes)., type: int, default: 180}
+  ttl: {description: C(builder_host_ttl) - duration text such as C(3h) or C(90m)., type: str, default: 3h}
   ssh_connection: {description: C(builder_host_ssh_connection)., type: str, default: ssh}
   ssh_host: {description: C(builder_host_ssh_host)., type: str, default: ""}
   ssh_work_dir: {description: C(builder_host_ssh_work_dir)., type: str, default: ""}
   ssh_cidr: {description: C(builder_host_ssh_cidr)., type: str, default: ""}
-  ssh_cidr_detect: {description: C(builder_host_ssh_cidr_detect)., type: bool, default: false}
-  ssh_cidr_detect_url: {description: C(builder_host_ssh_cidr_detect_url)., type: str, default: ""}
+  ssh_cidr_lookup: {description: C(builder_host_ssh_cidr_lookup)., type: bool, default: false}
+  ssh_cidr_lookup_url: {description: C(builder_host_ssh_cidr_lookup_url)., type: str, default: ""}
   machine:
     description: The provider's description of the builder (O(stage=record)); C(known_hosts_lines) are pinned.
+    type: dict
+    default: {}
+  result:
+    description: The provider module's registered result (O(stage=describe), O(stage=cleanup)).
+    type: dict
+    default: {}
+  given:
+    description:
+      - O(stage=describe) what the role knows - C(host_public_key), C(expires_at), C(region); for the C(ssh) provider
+        C(connection), C(host), C(port), C(user), C(host_key), C(known_hosts_file), C(work_dir).
     type: dict
     default: {}
   record: {description: More fields for C(state.json) (O(stage=record))., type: dict, default: {}}

@@ -108,11 +108,10 @@ options:
     default: price-capacity-optimized
   max_price:
     description:
-      - Highest spot price per instance-hour in USD, as a decimal string such as V('0.25').
+      - Highest spot price per instance-hour in USD, such as V(0.25).
       - When not set (or empty), EC2's own default applies, which is the on-demand price of the type in the region;
         the module reports the on-demand price from its table (see O(on_demand_prices)) as the upper bound.
-    type: str
-    aliases: [spot_price_max]
+    type: float
   on_demand_prices:
     description:
       - On-demand prices (USD per hour) by instance type, overriding the module's small built-in table (us-east-1
@@ -142,14 +141,12 @@ options:
       - Root volume size in GiB. The volume is deleted when the instance terminates.
     type: int
     default: 16
-    aliases: [root_volume_size]
   volume_type:
     description:
       - Root volume type.
     type: str
     choices: [gp3, gp2, io1, io2, st1, sc1, standard]
     default: gp3
-    aliases: [root_volume_type]
   key_name:
     description:
       - Name of an existing EC2 key pair to use instead of importing O(public_key). The module never deletes it.
@@ -178,7 +175,6 @@ options:
         appended; the SSH host key settings cannot be overridden). Anything else, such as a shell script, is sent
         as a second part of a MIME multi-part document.
     type: str
-    aliases: [userdata]
   instance_name:
     description: Value of the C(Name) tag of the instance and volume. Default C(nixforge-<build_id>).
     type: str
@@ -449,19 +445,19 @@ class Ec2SpotHost(NixforgeModule):
         market=dict(type="str", choices=["spot", "on-demand"], default="spot"),
         on_demand_fallback=dict(type="bool", default=False),
         allocation_strategy=dict(type="str", choices=STRATEGIES, default="price-capacity-optimized"),
-        max_price=dict(type="str", aliases=["spot_price_max"]),
+        max_price=dict(type="float"),
         on_demand_prices=dict(type="dict", default={}),
         nested_virtualization=dict(type="bool", default=False),
-        volume_size=dict(type="int", default=16, aliases=["root_volume_size"]),
-        volume_type=dict(type="str", choices=VOLUME_TYPES, default="gp3", aliases=["root_volume_type"]),
-        public_key=dict(type="str", no_log=False, aliases=["ssh_public_key"]),
+        volume_size=dict(type="int", default=16),
+        volume_type=dict(type="str", choices=VOLUME_TYPES, default="gp3"),
+        public_key=dict(type="str", no_log=False),
         key_name=dict(type="str", no_log=False),
         ssh_cidr=dict(type="list", elements="str"),
         ssh_cidr_lookup_url=dict(type="str", default="https://checkip.amazonaws.com/"),
         ssh_user=dict(type="str", default="admin"),
         host_key_private=dict(type="str", no_log=True),
         host_key_public=dict(type="str", no_log=False),
-        user_data=dict(type="str", aliases=["userdata"]),
+        user_data=dict(type="str"),
         instance_name=dict(type="str"),
         cleanup_on_failure=dict(type="bool", default=True),
         public_ip=dict(type="bool", default=True),

@@ -79,7 +79,6 @@ options:
         [ pkgs.git ]; })); it is imported by the module's own configuration."
       - Never returned by the module (the user data carries the host's private key).
     type: str
-    aliases: [userdata]
   spot_instance:
     description:
       - Bid for a spot market device (cheaper, can be reclaimed).
@@ -91,7 +90,6 @@ options:
       - Default is the plan's on-demand price in the metro. A bid below the current spot price fails before
         anything is created.
     type: float
-    aliases: [spot_price_max]
   require_kvm:
     description:
       - Fail (before creating anything) when the plan has no hardware virtualisation (C(/dev/kvm)), for example
@@ -388,12 +386,12 @@ class MetalDevice(NixforgeModule):
         facility=dict(type="str"),
         operating_system=dict(type="str", default="debian_12"),
         hostname=dict(type="str"),
-        user_data=dict(type="str", aliases=["userdata"]),
-        public_key=dict(type="str", no_log=False, aliases=["ssh_public_key"]),
+        user_data=dict(type="str"),
+        public_key=dict(type="str", no_log=False),
         host_key_private=dict(type="str", no_log=True),
         host_key_public=dict(type="str", no_log=False),
         spot_instance=dict(type="bool", default=False),
-        max_price=dict(type="float", aliases=["spot_price_max"]),
+        max_price=dict(type="float"),
         require_kvm=dict(type="bool", default=False),
         nix_system_features=dict(type="list", elements="str"),
         device_ids=dict(type="list", elements="str", default=[]),

@@ -31,6 +31,12 @@ options:
     description: Seconds a host key mismatch or an authentication refusal may last before the task fails.
     type: int
     default: 20
+  require_kvm:
+    description:
+      - Once logged in, fail unless the builder has C(/dev/kvm) (a DigitalOcean image build runs a VM). For a host of
+        the C(ssh) provider this is the only place it can be checked.
+    type: bool
+    default: false
   connect_timeout:
     description: Accepted for compatibility with M(ansible.builtin.wait_for_connection); the connection's own
       C(ConnectTimeout) applies.
@@ -66,4 +72,9 @@ attempts:
   returned: always
   type: int
   sample: 2
+kvm:
+  description: Whether C(/dev/kvm) exists on the builder.
+  returned: when O(require_kvm=true)
+  type: bool
+  sample: true
 """

@@ -14,10 +14,13 @@ import subprocess
 import time
 from typing import Any, Dict, List
 
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
+from ansible_collections.nixforge.images.plugins.module_utils._base._identity import parse_duration
+
 BUILD_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 OCTET = r"(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])"
 CIDR = re.compile(r"^%s(\.%s){3}/(3[0-2]|[12]?[0-9])$" % (OCTET, OCTET))
-PROVIDERS = ("ec2", "equinix_metal", "ssh")
+PROVIDERS = ("ec2", "metal", "ssh")
 
 
 class InputError(ValueError):
@@ -42,8 +45,7 @@ def check_provision(p: Dict[str, Any]) -> None:
     check_build_id(p["build_id"])
     if p["provider"] not in PROVIDERS:
         raise InputError("builder_host_provider must be one of %s; got '%s'." % (", ".join(PROVIDERS), p["provider"]))
-    if p["ttl_minutes"] <= 0:
-        raise InputError("builder_host_ttl_minutes must be a positive number of minutes; got %s." % p["ttl_minutes"])
+    ttl_seconds(p["ttl"])
     if p["provider"] == "ssh" and (
         (p["ssh_connection"] != "local" and not p["ssh_host"])
         or not str(p["ssh_work_dir"]).startswith("/")
@@ -54,20 +56,28 @@ def check_provision(p: Dict[str, Any]) -> None:
             " already log in to) or builder_host_ssh_connection=local, and an absolute"
             " builder_host_ssh_work_dir."
         )
-    if p["provider"] == "ec2" and not p["ssh_cidr_detect"] and not CIDR.match(p["ssh_cidr"] or ""):
+    if p["provider"] == "ec2" and not p["ssh_cidr_lookup"] and not CIDR.match(p["ssh_cidr"] or ""):
         raise InputError(
             "builder_host_ssh_cidr must be the controller's public IPv4 address as a CIDR, for"
-            " example 203.0.113.7/32 (got '%s'); or set builder_host_ssh_cidr_detect=true to ask %s."
-            % (p["ssh_cidr"], p["ssh_cidr_detect_url"])
+            " example 203.0.113.7/32 (got '%s'); or set builder_host_ssh_cidr_lookup=true to ask %s."
+            % (p["ssh_cidr"], p["ssh_cidr_lookup_url"])
         )
 
 
-def expiry(ttl_minutes: int, now: float) -> Dict[str, Any]:
+def ttl_seconds(ttl: Any) -> int:
+    """builder_host_ttl as seconds: duration text such as 3h, 90m or 1h30m (as every module's ttl)."""
+    try:
+        return int(parse_duration(ttl).total_seconds())
+    except UserInputError as exc:
+        raise InputError("builder_host_ttl: %s (duration text such as 3h, 90m or 1h30m)." % exc.msg) from None
+
+
+def expiry(ttl: Any, now: float) -> Dict[str, Any]:
     fmt = "%Y-%m-%dT%H:%M:%SZ"
     return {
         "builder_host__started_epoch": int(now),
         "builder_host__started_at": time.strftime(fmt, time.gmtime(now)),
-        "builder_host__expires_at": time.strftime(fmt, time.gmtime(int(now) + ttl_minutes * 60)),
+        "builder_host__expires_at": time.strftime(fmt, time.gmtime(int(now) + ttl_seconds(ttl))),
     }
 
 

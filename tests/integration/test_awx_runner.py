@@ -149,7 +149,7 @@ def survey_for(env: dict[str, str], build_id: str, do_image: bool) -> dict[str, 
         "nixforge_build_id": build_id,
         "builder_host_provider": "ec2",
         "builder_host_ec2_region": "us-east-1",
-        "builder_host_ttl_minutes": 60,
+        "builder_host_ttl": "1h",
     }
     if do_image:
         survey.update(do_image_publish_bucket=env["NIXFORGE_SANDBOX_B2_PUBLIC_BUCKET"], do_image_publish_region="nyc3")

@@ -57,7 +57,7 @@ def variables(tmp_path: Path, build_id: str, **extra: Any) -> dict[str, Any]:
         "do_image_publish_boot_timeout": BOOT_TIMEOUT,
         # a Metal builder (Debian 12), as test_playbook_do's main case; the EC2 default (Debian 13) builds the
         # same image since wip/image handles that kernel's built-in virtio drivers
-        "builder_host_provider": "equinix_metal",
+        "builder_host_provider": "metal",
         **extra,
     }
 

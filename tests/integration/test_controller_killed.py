@@ -87,13 +87,13 @@ def reap(env: dict[str, str], tmp_path: Path, variables: dict[str, Any]) -> dict
 
 def test_do_pipeline_killed_mid_build_then_reaped_by_build_id(env: dict[str, str], tmp_path: Path) -> None:
     build_id = new_id("t-kill-do")
-    kill_during_build("build-do-image.yml", env, tmp_path, build_id, builder_host_provider="equinix_metal")
+    kill_during_build("build-do-image.yml", env, tmp_path, build_id, builder_host_provider="metal")
     left = {r["type"] for r in resources_of(build_id)}
     assert {"device", "ssh_key"} <= left, left  # the paid machine is still there
 
     report = reap(env, tmp_path, {"nixforge_build_id": build_id})
     assert report["mode"] == "removed"
-    assert any(build_id in line and "device" in line for line in report["equinix_metal"]), report
+    assert any(build_id in line and "device" in line for line in report["metal"]), report
     assert resources_of(build_id) == []
 
 

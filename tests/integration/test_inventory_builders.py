@@ -120,7 +120,7 @@ def test_builders_inventory(sandbox: Any, tmp_path: Path) -> None:
     builders = [
         {"id": "inv-a-" + tag, "provider": "ec2", "pipeline": "inv-sd"},
         {"id": "inv-b-" + tag, "provider": "ec2", "pipeline": "inv-sd", "region": "us-west-2"},
-        {"id": "inv-c-" + tag, "provider": "equinix_metal", "pipeline": "inv-do"},
+        {"id": "inv-c-" + tag, "provider": "metal", "pipeline": "inv-do"},
     ]
     run = Run(env, tmp_path)
     play = tmp_path / "builders.yml"
@@ -174,7 +174,7 @@ def check_inventory(sandbox: Any, env: dict[str, str], run: Run, builders: list[
         assert name in hostvars, sorted(hostvars)
     assert set(listed["nixforge_expired"]["hosts"]) & {a, b, c} == {b}
     assert set(listed["nixforge_live"]["hosts"]) & {a, b, c} == {a, c}
-    assert {a, b} <= set(listed["nixforge_ec2"]["hosts"]) and c in listed["nixforge_equinix_metal"]["hosts"]
+    assert {a, b} <= set(listed["nixforge_ec2"]["hosts"]) and c in listed["nixforge_metal"]["hosts"]
     assert {a, b} <= set(listed["pipeline_inv_sd"]["hosts"]) and c in listed["pipeline_inv_do"]["hosts"]
     va, vb, vc = hostvars[a], hostvars[b], hostvars[c]
     assert (va["nixforge_provider"], va["nixforge_build_id"], va["nixforge_pipeline"]) == (
@@ -188,7 +188,7 @@ def check_inventory(sandbox: Any, env: dict[str, str], run: Run, builders: list[
     assert va["nixforge_architecture"] == "aarch64" and va["ansible_user"] == "admin"
     assert va["nixforge_lifecycle"] == "spot" and va["nixforge_price_per_hour"] > 0
     assert va["nixforge_instance_type"] and vc["nixforge_instance_type"] == "c3.small.x86"
-    assert vc["nixforge_provider"] == "equinix_metal" and vc["ansible_user"] == "root"
+    assert vc["nixforge_provider"] == "metal" and vc["ansible_user"] == "root"
     assert vc["nixforge_price_per_hour"] > 0 and vc["nixforge_architecture"] == "x86_64"
     for builder, hv in ((builders[0], va), (builders[2], vc)):
         assert hv["ansible_host"] == hv["nixforge_public_ipv4"]

@@ -49,7 +49,7 @@ MKIMAGE = ROOT / "roles" / "nixos_image" / "files" / "images" / "sandbox" / "mki
 # The building runs use both kinds of builder: Metal (as in the seed; its token is then
 # in play for the -vvvv check, and its API takes the builder-provider faults) and the
 # default EC2 builder, a C8i with nested virtualization (the refused image).
-BUILDER = "equinix_metal"
+BUILDER = "metal"
 SUMMARY_KEYS = ("Image id", "Regions", "Size", "sha256", "File", "Builder", "Built on", "Timings", "Cost (est)")
 
 # A variant of the sandbox expression whose nixos.qcow2.gz holds a tar archive: a valid
@@ -272,7 +272,7 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
             build_id,
             "-vvvv",
             run_env=run_env,
-            builder_host_provider="equinix_metal",
+            builder_host_provider="metal",
             do_image_publish_regions=["sfo3", "ams3"],
         )
         output = proc.stdout + proc.stderr
@@ -285,7 +285,7 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
         assert not (tmp_path / "artifacts" / "nixos.qcow2.gz").exists()
         image = check_published(build_id, expected_sha256, {"nyc3", "sfo3", "ams3"}, s)
         assert "already imported" not in s["Image id"]
-        assert s["Builder"].startswith("c3.small.x86 (equinix_metal")
+        assert s["Builder"].startswith("c3.small.x86 (metal")
         assert "USD" in s["Cost (est)"]
         # the builder got upload URLs and their tokens, the controller its account token: none printed
         assert_no_secret(run_env, output)
@@ -295,9 +295,7 @@ def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, e
         skipped = r"Upload the image to B2 under an unguessable name\] \**\n(task path: [^\n]*\n)?skipping"
         assert re.search(skipped, output)
 
-        again = run(
-            env, tmp_path, build_id, builder_host_provider="equinix_metal", do_image_publish_regions=["sfo3", "ams3"]
-        )
+        again = run(env, tmp_path, build_id, builder_host_provider="metal", do_image_publish_regions=["sfo3", "ams3"])
         assert again.returncode == 0, again.stdout[-8000:]
         assert "nothing to build, upload or import" in flat(again)
         assert "already imported by an earlier run: nothing imported" in flat(again), again.stdout[-6000:]
@@ -454,7 +452,7 @@ BAD_INPUT = {
     "metal-no-kvm": (
         {
             "nixforge_require_kvm": True,
-            "builder_host_provider": "equinix_metal",
+            "builder_host_provider": "metal",
             "builder_host_metal_plan": "s3.xlarge.x86",
         },
         {},

@@ -76,7 +76,7 @@ def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, 
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
-        "builder_host_provider": "equinix_metal",
+        "builder_host_provider": "metal",
         "builder_host_metal_spot_instance": True,
         "nixos_image_module": str(slow_module(tmp_path, 120)),
     }

@@ -398,7 +398,7 @@ def test_builder_ends_itself_at_expiry_and_reap_removes_the_rest(env: dict[str, 
     variables = {
         "nixforge_build_id": build_id,
         "builder_host_state_dir": str(tmp_path / "state"),
-        "builder_host_ttl_minutes": 1,
+        "builder_host_ttl": "1m",
     }
     proc = run_playbook(provision, playbook_env(env), variables)
     assert proc.returncode == 0, proc.stdout[-6000:]

@@ -192,8 +192,8 @@ def test_reap_finds_and_removes_expired_builds_in_every_account(env: dict[str, s
             assert {
                 "%s: %s" % (old_ec2, t) in joined["ec2"] for t in ("security_group", "key_pair", "launch_template")
             } == {True}
-            assert "%s: device" % old_metal in joined["equinix_metal"]
-            assert "%s: ssh_key" % old_metal in joined["equinix_metal"]
+            assert "%s: device" % old_metal in joined["metal"]
+            assert "%s: ssh_key" % old_metal in joined["metal"]
             assert "%s: file_version" % old_b2 in joined["b2"]
             assert "%s: unfinished_large_file" % old_b2 in joined["b2"]
             assert "%s: image nixos-%s" % (old_do, old_do) in joined["digitalocean"]

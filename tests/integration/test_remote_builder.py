@@ -203,7 +203,7 @@ def test_metal_device_as_remote_builder(env: dict[str, str], client: Host, tmp_p
         env,
         tmp_path,
         client,
-        {"nixforge_build_id": build_id, "builder_host_provider": "equinix_metal", "bootstrap_builder": True},
+        {"nixforge_build_id": build_id, "builder_host_provider": "metal", "bootstrap_builder": True},
     )
     assert_built_on_builder(result, client)
     assert result["builder"]["platform"] == "nix.conf"

@@ -26,7 +26,7 @@ TEARDOWN = (
     ("provider", "asked"),
     [
         ("ec2", "Remove every EC2 resource of the build"),
-        ("equinix_metal", "Remove the build's Metal device and project SSH key"),
+        ("metal", "Remove the build's Metal device and project SSH key"),
     ],
 )
 def test_teardown_without_provisioning_removes_nothing(

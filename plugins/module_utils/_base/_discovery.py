@@ -36,7 +36,7 @@ __all__ = [
     "resource_record",
 ]
 
-PROVIDERS = ("ec2", "equinix_metal", "digitalocean")
+PROVIDERS = ("ec2", "metal", "digitalocean")
 
 _ARCHITECTURES = {
     "arm64": "aarch64",

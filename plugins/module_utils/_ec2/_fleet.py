@@ -119,7 +119,7 @@ def validate_max_price(value: Optional[str]) -> Optional[str]:
     if not (price > 0 and math.isfinite(price)):
         raise UserInputError(
             "%r is not a positive price" % text,
-            hint="Give USD per hour as a decimal string such as '0.25', or leave it empty for the on-demand price",
+            hint="Give USD per hour as a number such as 0.25, or leave it empty for the on-demand price",
             parameter="max_price",
         )
     return text

@@ -93,7 +93,7 @@ def record_from_device(device: Mapping[str, Any], now: Optional[datetime.datetim
     metro = (device.get("metro") or {}).get("code")
     facility = (device.get("facility") or {}).get("code")
     return builder_record(
-        "equinix_metal",
+        "metal",
         device.get("id", ""),
         device.get("hostname") or str(device.get("id", "")),
         tags,

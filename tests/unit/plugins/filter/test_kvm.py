@@ -40,7 +40,7 @@ def test_without_kvm_keeps_the_nested_types_unless_the_option_is_off() -> None:
 
 
 def test_metal_plans_are_bare_metal_and_ssh_is_unknown() -> None:
-    assert kvm_capable("c3.small.x86", "equinix_metal") is True
+    assert kvm_capable("c3.small.x86", "metal") is True
     assert kvm_capable("anything", "ssh") is None
     assert without_kvm(["anything"], "ssh") == []
 

@@ -17,7 +17,7 @@ def test_reap_failures_lists_failed_items_of_every_loop_shape() -> None:
         },
         "digitalocean droplets": {"results": [{"item": "b3", "failed": True, "msg": "busy"}]},
         "b2": {"results": [], "skipped": True},  # an empty loop
-        "equinix_metal": {"skipped": True, "skip_reason": "Conditional result was False"},
+        "metal": {"skipped": True, "skip_reason": "Conditional result was False"},
     }
     assert reap_failures(registered) == [
         {"provider": "ec2", "build_id": "b2", "msg": "throttled", "line": "ec2 b2: throttled"},
@@ -55,19 +55,19 @@ def test_reap_select_judges_a_build_across_providers_and_spares_a_live_builder()
     past, future = "2026-12-06T11:00:00Z", "2026-12-06T13:00:00Z"
     found = {
         "ec2": [_build("live", past, "fleet", "key_pair"), _build("dead", past, "instance", "key_pair")],
-        "equinix_metal": [_build("live", future, "device")],
+        "metal": [_build("live", future, "device")],
         "b2": [_build("dead", past, "file_version")],
     }
     chosen = reap_select(found, now=now)
     assert {p: [b["build_id"] for b in builds] for p, builds in chosen.items()} == {
         "ec2": ["dead"],
-        "equinix_metal": [],
+        "metal": [],
         "b2": ["dead"],
     }
     assert [r["type"] for r in chosen["ec2"][0]["resources"]] == ["instance", "key_pair"]
     # named: everything of the build, expired or not
     named = reap_select(found, named=True, now=now)
-    assert [b["build_id"] for b in named["equinix_metal"]] == ["live"]
+    assert [b["build_id"] for b in named["metal"]] == ["live"]
     assert [b["build_id"] for b in named["ec2"]] == ["live", "dead"]
 
 
@@ -80,3 +80,23 @@ def test_reap_select_keeps_products_unless_named() -> None:
     ]
     assert len(reap_select({"digitalocean": [build]}, named=True, now=now)["digitalocean"][0]["resources"]) == 2
     assert "reap_select" in FilterModule().filters()
+
+
+def test_reap_providers_are_the_named_ones_or_those_with_credentials(tmp_path) -> None:
+    from ansible_collections.nixforge.images.plugins.filter.reap import reap_providers
+
+    home = {"HOME": str(tmp_path)}
+    assert reap_providers("ec2, b2", environ={}) == ["ec2", "b2"]
+    assert reap_providers(None, environ=home) == []
+    env = dict(home, DIGITALOCEAN_TOKEN="t", B2_APPLICATION_KEY_ID="k", AWS_PROFILE="p", METAL_AUTH_TOKEN="m")
+    assert reap_providers("", environ=env) == ["digitalocean", "ec2"]  # no buckets, no projects
+    assert reap_providers("", b2_buckets="b", metal_projects=["p"], environ=env) == [
+        "digitalocean",
+        "b2",
+        "ec2",
+        "metal",
+    ]
+    (tmp_path / ".aws").mkdir()
+    (tmp_path / ".aws" / "credentials").write_text("[default]\n")
+    assert reap_providers("", environ=home) == ["ec2"]  # the shared credentials file
+    assert reap_providers("", b2_buckets=["b"], b2_application_key_id="k", environ={"HOME": "/nonexistent"}) == ["b2"]

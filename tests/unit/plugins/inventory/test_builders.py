@@ -63,7 +63,7 @@ def record(build: str, provider: str = "ec2", expires: str = LATER, pipeline: st
     )
 
 
-RECORDS = [record("b1"), record("b2", "equinix_metal", EARLIER, "do-image")]
+RECORDS = [record("b1"), record("b2", "metal", EARLIER, "do-image")]
 
 
 class Harness:

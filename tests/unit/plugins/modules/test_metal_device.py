@@ -133,7 +133,7 @@ def run(api, **args):
         "project_id": api.default_project_id,
         "plan": "c3.small.x86",
         "metro": "da",
-        "ssh_public_key": USER_PUBLIC,
+        "public_key": USER_PUBLIC,
         "host_key_private": HOST_PRIVATE,
         "host_key_public": HOST_PUBLIC,
         "wait_timeout": 30,
@@ -240,8 +240,8 @@ def test_spot_and_facility_and_nixos(api, exits):
         plan="c3.large.arm64",
         operating_system="nixos_23_11",
         spot_instance=True,
-        spot_price_max=1.25,
-        userdata="{ pkgs, ... }: { environment.systemPackages = [ pkgs.git ]; }",
+        max_price=1.25,
+        user_data="{ pkgs, ... }: { environment.systemPackages = [ pkgs.git ]; }",
     )
     assert out.kind == "exit", out.result
     dev = out.result["device"]
@@ -273,15 +273,15 @@ def test_spot_default_bid_is_the_on_demand_price(api, exits):
         ({"plan": "c3.large.arm64", "operating_system": "nixos_22_11"}, "operating_system", "cannot be installed"),
         ({"plan": "c3.large.arm64", "metro": "ny"}, "metro", "Metros offering c3.large.arm64: da, sv"),
         ({"plan": "s3.xlarge.x86", "require_kvm": True}, "plan", "Pick a plan with KVM in da: c3.large.arm64"),
-        ({"spot_instance": True, "spot_price_max": 0.01}, "max_price", "at least"),
-        ({"spot_price_max": 0.5}, "max_price", "spot_instance"),
+        ({"spot_instance": True, "max_price": 0.01}, "max_price", "at least"),
+        ({"max_price": 0.5}, "max_price", "spot_instance"),
         ({"auth_token": "wrong-token"}, "auth_token", "METAL_AUTH_TOKEN"),
         ({"project_id": "not-a-uuid"}, "project_id", "UUID"),
         ({"project_id": "00000000-0000-0000-0000-000000000000"}, "project_id", "no project 00000000"),
-        ({"ssh_public_key": "hello"}, "public_key", "OpenSSH"),
+        ({"public_key": "hello"}, "public_key", "OpenSSH"),
         ({"host_key_public": None}, "host_key_public", "go together"),
         ({"host_key_private": "not a key"}, "host_key_private", "private key"),
-        ({"userdata": "#!/bin/sh\necho hi\n"}, "user_data", "runcmd"),
+        ({"user_data": "#!/bin/sh\necho hi\n"}, "user_data", "runcmd"),
         ({"api_url": "http://metal.test/metal/v1"}, "api_url", "https"),
     ],
 )
@@ -431,14 +431,14 @@ def test_key_already_in_project_is_used_and_left_alone(api, exits, monkeypatch):
 
 def test_other_key_for_existing_device_is_refused(api, exits):
     run(api)
-    out = run(api, ssh_public_key=OTHER_PUBLIC)
+    out = run(api, public_key=OTHER_PUBLIC)
     assert out.kind == "fail"
     assert out.result["parameter"] == "public_key"
 
 
 def test_two_devices_of_one_build_fail_clearly(api, exits):
     run(api)
-    assert run(api, build_id="b2", ssh_public_key=OTHER_PUBLIC).kind == "exit"
+    assert run(api, build_id="b2", public_key=OTHER_PUBLIC).kind == "exit"
     for dev in api.devices.values():
         dev.tags = [t.replace("=b2", "=b1") for t in dev.tags]
     out = run(api)

@@ -22,13 +22,13 @@ from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
 GOOD = {
     "build_id": "sd-20261128-abc",
     "provider": "ec2",
-    "ttl_minutes": 60,
+    "ttl": "1h",
     "ssh_connection": "ssh",
     "ssh_host": "",
     "ssh_work_dir": "/var/tmp/x",
     "ssh_cidr": "203.0.113.7/32",
-    "ssh_cidr_detect": False,
-    "ssh_cidr_detect_url": "https://checkip.amazonaws.com/",
+    "ssh_cidr_lookup": False,
+    "ssh_cidr_lookup_url": "https://checkip.amazonaws.com/",
 }
 
 
@@ -54,7 +54,8 @@ def test_bad_build_ids(build_id) -> None:
         ({"provider": "ssh"}, "needs builder_host_ssh_host"),
         ({"provider": "ssh", "ssh_host": "h", "ssh_work_dir": "rel"}, "absolute builder_host_ssh_work_dir"),
         ({"provider": "gcp"}, "builder_host_provider must be one of"),
-        ({"ttl_minutes": 0}, "builder_host_ttl_minutes"),
+        ({"ttl": "0m"}, "builder_host_ttl"),
+        ({"ttl": "three hours"}, "builder_host_ttl"),
     ],
 )
 def test_bad_inputs_name_the_variable(change, needle: str) -> None:
@@ -64,13 +65,13 @@ def test_bad_inputs_name_the_variable(change, needle: str) -> None:
 
 def test_good_inputs_pass() -> None:
     check_provision(GOOD)
-    check_provision(dict(GOOD, ssh_cidr="", ssh_cidr_detect=True))
+    check_provision(dict(GOOD, ssh_cidr="", ssh_cidr_lookup=True))
     check_provision(dict(GOOD, provider="ssh", ssh_connection="local"))
-    check_provision(dict(GOOD, provider="equinix_metal", ssh_cidr=""))
+    check_provision(dict(GOOD, provider="metal", ssh_cidr=""))
 
 
 def test_expiry() -> None:
-    e = expiry(90, 0.0)
+    e = expiry("90m", 0.0)
     assert e == {
         "builder_host__started_epoch": 0,
         "builder_host__started_at": "1970-01-01T00:00:00Z",

@@ -66,7 +66,7 @@ def test_builder_cost_adds_the_extra_and_compares_ec2_only() -> None:
     assert result["total"] == pytest.approx(0.003)
     assert result["minimum_seconds"] == 60
     assert "c5.metal (bare metal)" in result["comparison_line"]
-    metal = _cost.builder_cost({"provider": "equinix_metal", "type": "c3.small.x86", "price_per_hour": 0.5}, 30)
+    metal = _cost.builder_cost({"provider": "metal", "type": "c3.small.x86", "price_per_hour": 0.5}, 30)
     assert metal["billed_seconds"] == 30 and metal["comparison"] is None and metal["comparison_line"] == ""
 
 

@@ -1,0 +1,82 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) nixforge.images contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin: the pipelines' bookkeeping steps on the controller (plugin_utils/_pipeline.py);
+documentation in plugins/modules/pipeline_step.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.filter.spot_retry import spot_retry
+from ansible_collections.nixforge.images.plugins.plugin_utils._pipeline import (
+    PipelineError,
+    failure_text,
+    report,
+    start_facts,
+)
+
+ARGUMENT_SPEC: Dict[str, Any] = {
+    "step": {"type": "str", "required": True, "choices": ["start", "failed", "stop", "gone", "retry", "report"]},
+    "kind": {"type": "str", "choices": ["do", "sd-aarch64"], "default": "sd-aarch64"},
+    "stage": {"type": "bool", "default": False},
+    "given": {"type": "dict", "default": {}},
+    "task": {"type": "str", "default": ""},
+    "msg": {"type": "raw", "default": ""},
+    "host": {"type": "str", "default": ""},
+    "interrupted": {"type": "dict", "default": {}},
+    "error": {"type": "str", "default": ""},
+    "build_id": {"type": "str", "default": ""},
+    "report": {"type": "dict", "default": {}},
+    "retry": {"type": "dict", "default": {}},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        result = super().run(tmp, task_vars or {})
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            result.update(self.step(args))
+        except PipelineError as exc:
+            result.update(failed=True, msg=str(exc))
+        result.setdefault("changed", False)
+        return result
+
+    def step(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        step = args["step"]
+        if step == "start":
+            return {"ansible_facts": start_facts(args["kind"], args["given"], args["stage"])}
+        if step == "failed":  # a failure handed to the plays after this one
+            facts = {"nixforge_error": failure_text(args["task"], args["msg"], args["host"])}
+            if args["interrupted"]:
+                facts["nixforge_interrupted"] = args["interrupted"]
+            return {"ansible_facts": facts}
+        if step == "stop":
+            raise PipelineError("Build %s: %s" % (args["build_id"], args["error"]))
+        if step == "gone":
+            return {"ansible_facts": {"nixforge_builder_gone_epoch": int(time.time())}}
+        if step == "retry":
+            return self.retry(args["retry"])
+        return {"summary": report(dict(args["report"], kind=args["kind"]))}
+
+    def retry(self, given: Dict[str, Any]) -> Dict[str, Any]:
+        """Whether a build EC2 interrupted (spot) runs once more on a fresh builder, and on which."""
+        plan = spot_retry(
+            given.get("interrupted") or {},
+            given.get("builder") or {},
+            enabled=bool(given.get("enabled", True)),
+            instance_types=given.get("instance_types") or [],
+            on_demand_fallback=bool(given.get("on_demand_fallback")),
+            gone_epoch=given.get("gone_epoch") or 0,
+            architecture=given.get("architecture") or "arm64",
+        )
+        facts: Dict[str, Any] = {"nixforge_spot_retry_plan": plan, "nixforge_retry": bool(plan["retry"])}
+        if plan["retry"]:
+            facts.update(builder_host_ec2_instance_types=plan["instance_types"], builder_host_ec2_market=plan["market"])
+        return {"ansible_facts": facts}
