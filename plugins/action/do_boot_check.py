@@ -8,7 +8,7 @@ Keys are generated here, on the controller: the login key is registered for the 
 (do_ssh_key), the host key goes in through user data and is pinned before the first
 connection. The cloud calls are the modules do_ssh_key and do_droplet (their retries,
 check mode and undo); the probe and its "how far did it get" diagnosis are in
-module_utils/_digitalocean/_bootprobe.py.
+plugin_utils/_bootprobe.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._identity im
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
 from ansible_collections.nixforge.images.plugins.module_utils._base._userdata import host_key_config, render
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _bootprobe as probe
+from ansible_collections.nixforge.images.plugins.plugin_utils import _bootprobe as probe
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import keygen, write_private
 
 display = Display()

@@ -78,7 +78,7 @@ options:
   report:
     description:
       - O(step=report) C(build_id), C(error), C(builder) (builder_host_result), C(ended), C(image) (the fetched
-        image), C(published) (do_image_publish_result), C(uploaded) (do_image_publish_object: the builder's own
+        image), C(published) (do_image_publish_result), C(uploaded) (do_image_publish_object, the builder's own
         upload to B2), C(existing) (an image an earlier run imported), C(earlier) (interrupted builders),
         C(candidates) (the EC2 instance types asked for, for the KVM price comparison), C(started_epoch),
         C(gone_epoch).

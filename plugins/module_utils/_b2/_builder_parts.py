@@ -141,7 +141,7 @@ class Job:
         with self.lock:
             self.notes.append(text)
 
-    def fail(self, text):
+    def give_up(self, text):
         with self.lock:
             self.errors.append(text)
         self.stop.set()
@@ -216,12 +216,12 @@ class Job:
             self.requeue(item, tries, str(exc))
             return grant
         except PartFailed as exc:
-            self.fail(str(exc))
+            self.give_up(str(exc))
             return grant
 
     def requeue(self, item, tries, reason):
         if tries >= int(self.spec.get("attempts") or 5):
-            self.fail("%s after %d attempts" % (reason, tries))
+            self.give_up("%s after %d attempts" % (reason, tries))
         else:
             self.todo.put(item)
 

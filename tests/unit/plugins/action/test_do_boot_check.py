@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.nixforge.images.plugins.action import do_boot_check as action
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _bootprobe as probe
+from ansible_collections.nixforge.images.plugins.plugin_utils import _bootprobe as probe
 
 ARGS = dict(
     image="7000001",

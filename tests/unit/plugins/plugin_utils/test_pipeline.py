@@ -96,7 +96,9 @@ def test_the_do_summary_adds_the_boot_check() -> None:
         "gone_epoch": 4600,
     }
     lines = dict(line.split(": ", 1) for line in p.report(args, now=5000))
-    assert lines["Cost (est)"].strip() == "%.4f USD (builder + boot check)" % (0.036 + 0.01)
+    assert lines["Cost (est)"].strip() == (
+        "%.4f USD (builder 3600 s billed, EC2 bills per second, 60 s minimum + boot check)" % (0.036 + 0.01)
+    )
     assert lines["Boot out"].strip() == "a | b" and lines["Timings"].strip().endswith("publish 400 s")
     assert lines["Image id"].strip() == "7 (n, available)"
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
 from ansible_collections.nixforge.images.plugins.module_utils._base._identity import UTC
-from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _bootprobe as probe
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _discovery as _discovery_do
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _droplets, _keys
+from ansible_collections.nixforge.images.plugins.plugin_utils import _bootprobe as probe
 
 NOW = datetime.datetime(2026, 12, 6, 21, 0, 0, tzinfo=UTC)
 
