@@ -86,8 +86,10 @@ def qemu_argv(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
-def qemu_names() -> list[str]:
-    """The `-name` of every QEMU running on the machine."""
+def qemu_names(inst: Instance) -> list[str]:
+    """The `-name` of every QEMU of the instance `inst` (its disk is under the instance's work
+    dir): the other workers' instances run QEMUs of droplets numbered alike."""
+    mine = "file=%s/" % (inst.work_dir / "digitalocean")
     pgrep = subprocess.run(["pgrep", "-x", "qemu-system-x86"], capture_output=True, text=True, check=False)
     out = []
     for pid in pgrep.stdout.split():
@@ -95,7 +97,8 @@ def qemu_names() -> list[str]:
             argv = qemu_argv(int(pid))
         except OSError:
             continue
-        out += [argv[argv.index("-name") + 1]] if "-name" in argv else []
+        if any(arg.startswith(mine) for arg in argv) and "-name" in argv:
+            out.append(argv[argv.index("-name") + 1])
     return out
 
 
@@ -157,8 +160,8 @@ def test_delete_by_tag_while_booting_leaves_nothing(sandbox, image):
         sandbox.call("GET", f"/v2/droplets/{droplet['id']}", expect=404)
     assert [r for r in sandbox.do_resources() if r["type"].startswith("do_droplet")] == []
     names = {f"droplet-{d['id']}" for d in made}
-    assert not names & set(qemu_names()), "a QEMU of a deleted droplet runs"
     inst = Instance(sandbox.instance)
+    assert not names & set(qemu_names(inst)), "a QEMU of a deleted droplet runs"
     assert not [n for n in netns_names() - before if n.startswith(inst.name_prefix)]
 
 
