@@ -375,7 +375,7 @@ class Maker:
             if kind == "restart":
                 restarts.append(change["service"])
             elif kind in handlers:
-                handlers[kind](change, os.path.expanduser(str(change.get("path") or "")))
+                handlers[kind](change, home_path(str(change.get("path") or "")))
             else:
                 raise HostChangeError("changes: unknown kind %r (one of %s, restart)" % (kind, ", ".join(handlers)))
         if self.changed:
@@ -500,6 +500,19 @@ class Undoer:
                 shutil.rmtree(work_dir) if os.path.isdir(work_dir) else os.unlink(work_dir)
             self.done({"kind": "dir", "path": work_dir})
         self.undo_kinds([e for e in entries if e.get("phase") == "access"], ACCESS_ORDER)
+
+
+def home_path(path: str) -> str:
+    """``~/x`` and ``~user/x`` of a change's path in the remote user's home (a path inside the
+    ``changes`` list, which the argument spec cannot type as a path)."""
+    if not path.startswith("~"):
+        return path
+    head, sep, tail = path[1:].partition("/")
+    try:
+        home = pwd.getpwnam(head).pw_dir if head else os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return path  # no such user: left as written, the change then fails naming it
+    return home.rstrip("/") + (sep + tail if sep else "")
 
 
 def main() -> None:

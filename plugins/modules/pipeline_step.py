@@ -13,9 +13,10 @@ description:
   - Used by the playbooks C(build_do_image), C(build_sd_aarch64) and their stage playbooks, on the controller, so
     that naming a build, the checks made before renting, the failure handed from one play to the next and the
     closing summary with its cost arithmetic are written once, in Python.
-  - O(step=start) names the build (C(nixforge_build_id), generated when O(given.build_id) is empty), its pipeline,
-    build mode and start time, and for O(kind=do) the builder defaults of a DigitalOcean image (x86_64, C(*.metal)
-    EC2 types); refuses EC2 types without KVM when O(given.require_kvm) is true, before anything is created. With
+  - O(step=start) names the build (C(nixforge_build_id), generated when C(build_id) of O(given) is empty), its
+    pipeline, build mode and start time, and for O(kind=do) the builder defaults of a DigitalOcean image (x86_64,
+    nested-virtualization types then C(*.metal) EC2 types); refuses EC2 types without KVM when C(require_kvm) of
+    O(given) is true, before anything is created. With
     O(stage=true), requires a build id and the build mode C(builder).
   - O(step=failed) sets C(nixforge_error) (the task, the host and the message) and, when EC2 interrupted the builder,
     C(nixforge_interrupted). O(step=stop) fails with O(error). O(step=gone) notes when the builder was torn down.

@@ -42,7 +42,7 @@ class PipelineError(Exception):
 
 def new_build_id(kind: str, now: Optional[datetime.datetime] = None) -> str:
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    tail = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+    tail = "".join(secrets.choice(string.ascii_lowercase + string.digits) for unused in range(6))
     return "%s-%s-%s" % (KINDS[kind][0], now.strftime("%Y%m%d-%H%M%S"), tail)
 
 

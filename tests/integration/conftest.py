@@ -24,17 +24,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 
 from _pipeline import sandbox_env
-from nfsandbox import client
+from nfsandbox import client, testing
 from nfsandbox.config import instance_from_env
-from nfsandbox.testing import (  # the emulators' fixtures, for every test module
+from nfsandbox.testing import (
     SandboxHandle,
-    do_sandbox,  # noqa: F401
-    ec2_sandbox,  # noqa: F401
-    metal_sandbox,  # noqa: F401
     sandbox_missing,
     sandbox_unavailable,
     sandboxctl,
 )
+
+# the emulators' fixtures, for every test module
+do_sandbox, ec2_sandbox, metal_sandbox = testing.do_sandbox, testing.ec2_sandbox, testing.metal_sandbox
 
 
 def pytest_configure(config: pytest.Config) -> None:

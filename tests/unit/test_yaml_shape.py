@@ -67,7 +67,7 @@ def included(path: Path, task: Dict[str, Any]) -> Optional[Path]:
             return path.parent / target
     for key in INCLUDE_ROLE:
         if key in task:
-            role = str(task[key]["name"]).split(".")[-1]
+            role = str(task[key]["name"]).rsplit(".", maxsplit=1)[-1]
             return ROOT / "roles" / role / "tasks" / ("%s.yml" % task[key].get("tasks_from", "main"))
     return None
 
