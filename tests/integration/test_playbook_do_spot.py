@@ -116,7 +116,8 @@ def check(build_id: str, proc: subprocess.Popen, lines: list[str], served: dict,
     assert summary["Interrupted"].startswith(first["instance_type"] + " (ec2, spot"), summary
     assert "interrupted by EC2 (spot)" in summary["Interrupted"]
     assert summary["Image id"].split()[0].isdigit(), summary
-    assert len(results_of(runs, "Upload the image to B2", "ok")) == 1
+    # one upload, from the retried builder straight to B2 (the interrupted one never got there)
+    assert len(results_of(runs, "Upload the image from the builder straight to B2 (the B2 key", "ok")) == 1
     # nothing but the image is left
     assert len(do_images(build_id)) == 1
     assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
