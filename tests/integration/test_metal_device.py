@@ -57,8 +57,7 @@ def base(keys: dict[str, str], build_id: str, **extra: Any) -> dict[str, Any]:
         "metro": "da",
         "operating_system": "debian_12",
         "wait_timeout": 180,
-        # the module's option is public_key (the emulator's helper names the file's key ssh_public_key)
-        **{("public_key" if k == "ssh_public_key" else k): v for k, v in keys.items()},
+        **keys,
     }
     args.update(extra)
     return {k: v for k, v in args.items() if v is not None}

@@ -157,7 +157,7 @@ def public_ipv4(device: dict[str, Any]) -> str:
 
 def test_device_life_cycle_and_root_ssh(sandbox, metal, tmp_path):
     keys = write_keys(tmp_path)
-    key = metal.create_project_ssh_key(sandbox.project_id, "emulator-test", keys["ssh_public_key"])
+    key = metal.create_project_ssh_key(sandbox.project_id, "emulator-test", keys["public_key"])
     device = create(
         metal,
         sandbox,
@@ -181,7 +181,7 @@ def test_device_life_cycle_and_root_ssh(sandbox, metal, tmp_path):
 
     out = ssh(tmp_path, ip, keys["host_key_public"], "id -un; cat /root/.ssh/authorized_keys")
     assert out.splitlines()[0] == "root"
-    assert keys["ssh_public_key"].split()[1] in out
+    assert keys["public_key"].split()[1] in out
 
     metal.call_api("devices/%s" % device["id"], "DELETE")
     assert metal.call_api("devices/%s" % device["id"])["state"] == "deprovisioning"
@@ -298,7 +298,7 @@ def test_nixos_device_gets_host_key_and_userdata_file(sandbox, metal, tmp_path):
         "emulator-test",
         "nixos_23_11",
         validate_host_key(keys["host_key_private"], keys["host_key_public"]),
-        [keys["ssh_public_key"]],
+        [keys["public_key"]],
         ["kvm", "big-parallel"],
     )
     device = create(metal, sandbox, operating_system="nixos_23_11", userdata=userdata, no_ssh_keys=True)
@@ -317,7 +317,7 @@ def test_nixos_device_gets_host_key_and_userdata_file(sandbox, metal, tmp_path):
 
 def test_script_userdata_and_poweroff_from_the_os(sandbox, metal, tmp_path):
     keys = write_keys(tmp_path)
-    key = metal.create_project_ssh_key(sandbox.project_id, "emulator-test", keys["ssh_public_key"])
+    key = metal.create_project_ssh_key(sandbox.project_id, "emulator-test", keys["public_key"])
     device = create(metal, sandbox, project_ssh_keys=[key.id], userdata="#!/bin/sh\ntouch /root/script-ran\n")
     active = wait_state(metal, device["id"], ("active",))
     ip = public_ipv4(active)

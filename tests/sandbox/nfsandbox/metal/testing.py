@@ -92,7 +92,7 @@ def write_keys(directory: Path) -> dict[str, str]:
         if not (directory / name).exists():
             ssh_keypair(directory, name, comment=name)
     return {
-        "ssh_public_key": (directory / "id_ed25519.pub").read_text().strip(),
+        "public_key": (directory / "id_ed25519.pub").read_text().strip(),
         "host_key_private": (directory / "ssh_host_ed25519_key").read_text(),
         "host_key_public": (directory / "ssh_host_ed25519_key.pub").read_text().strip(),
     }
