@@ -35,6 +35,23 @@ attributes:
         C(localhost) play) and calls the provider's API over HTTPS.
 """
 
+    # Modules that work out something on the controller and change nothing anywhere.
+    CONTROLLER_ONLY = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Changes nothing in any mode, so it runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+    details:
+      - Runs on the controller only.
+"""
+
     DIFF_NONE = r"""
 options: {}
 attributes:

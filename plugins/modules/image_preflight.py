@@ -25,15 +25,7 @@ author:
 options: {}
 extends_documentation_fragment:
   - nixforge.images.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
-    details: Runs on the controller only.
+  - nixforge.images.attributes.controller_only
 """
 
 EXAMPLES = r"""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook, leftovers_of
+from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook, leftovers_of, start_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOXCTL = ROOT / "tests" / "sandbox" / "sandboxctl"
@@ -83,6 +83,51 @@ def control(env: dict[str, str], method: str, path: str, body: Any = None) -> An
 
 def set_faults(env: dict[str, str], provider: str, faults: dict[str, Any]) -> None:
     control(env, "POST", f"/faults/{provider}", faults)
+
+
+# The task whose start arms a spot notice: from then on Nix builds on the builder.
+BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
+
+
+@dataclass
+class SpotRun:
+    """A playbook run during which EC2 sent its builder a spot interruption notice."""
+
+    returncode: int
+    lines: list[str]
+    served: dict[str, Any]  # the EC2 fault record, read before the faults are cleared
+    armed: bool
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def run_with_spot_notice(
+    playbook: Path, env: dict[str, str], variables: dict[str, Any], notice: dict[str, Any]
+) -> SpotRun:
+    """Run `playbook` and arm `notice` (the sandbox EC2's spot_interruption fault) when the
+    image build task starts, the one moment at which the notice surely meets a running build.
+    The faults are cleared afterwards whatever happens."""
+    args = ["-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
+    proc = start_playbook(args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    armed = False
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(BUILD_TASK) and not armed:
+                set_faults(env, "ec2", {"spot_interruption": notice})
+                armed = True
+        proc.wait(timeout=900)
+        served = control(env, "GET", "/faults/ec2")["faults"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        set_faults(env, "ec2", {})
+    return SpotRun(proc.returncode, lines, served, armed)
 
 
 @dataclass

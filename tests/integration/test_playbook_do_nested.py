@@ -24,12 +24,12 @@ from _pipeline import (
     BIN,
     INVENTORY,
     ROOT,
-    control,
     new_id,
     playbook_env,
     resources,
     resources_of,
     run_playbook,
+    run_with_spot_notice,
     sandbox_env,
     set_faults,
     slow_module,
@@ -121,34 +121,12 @@ def test_spot_notice_mid_build_is_reported_and_the_builder_torn_down(env: dict[s
     build_id = new_id("t-donotice")
     # the retry after an interruption has its own test (test_playbook_do_spot.py): here the notice ends the build
     extra = variables(tmp_path, build_id, nixos_image_module=str(slow_module(tmp_path, 90)), nixforge_spot_retry=False)
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(extra)]
     record = tmp_path / "record.jsonl"
-    proc = subprocess.Popen(
-        argv,
-        env=recording(playbook_env(env), record),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     # a notice that outlasts the test: only the teardown can end the builder
     notice = {"build_id": build_id, "after_seconds": 1, "notice_seconds": 3600, "count": 1}
-    lines: list[str] = []
-    armed = False
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("TASK [nixforge.images.nixos_image : Build ") and not armed:
-                set_faults(env, "ec2", {"spot_interruption": notice})
-                armed = True
-        proc.wait(timeout=900)
-        faults = control(env, "GET", "/faults/ec2")["faults"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    output = "".join(lines)
-    assert armed and proc.returncode != 0, output[-6000:]
+    run = run_with_spot_notice(PLAYBOOK, recording(playbook_env(env), record), extra, notice)
+    faults = run.served
+    assert run.armed and run.returncode != 0, run.output[-6000:]
     recorded = records(record)
     [launch] = [r["result"] for r in results_of(recorded, LAUNCH, "ok")]
     assert launch["lifecycle"] == "spot" and launch["nested_virtualization"] is True

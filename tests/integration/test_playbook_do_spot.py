@@ -8,20 +8,17 @@ DigitalOcean; the same fault knob as test_playbook_sd.py's spot test."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _pipeline import (
-    BIN,
-    INVENTORY,
     ROOT,
-    control,
+    SpotRun,
     new_id,
     playbook_env,
     resources_of,
+    run_with_spot_notice,
     sandbox_env,
     set_faults,
     slow_module,
@@ -59,39 +56,20 @@ def test_do_pipeline_retries_after_a_spot_interruption(env: dict[str, str], tmp_
         "builder_host_ec2_market": "spot",
         "do_image_publish_boot_check": False,
     }
-    argv = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
-    proc = subprocess.Popen(
-        argv, env=run_env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: list[str] = []
     # count 1: the fresh builder is not interrupted again
     notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600, "count": 1}
-    armed = False
+    run = run_with_spot_notice(PLAYBOOK, run_env, variables, notice)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("TASK [nixforge.images.nixos_image : Build ") and not armed:
-                set_faults(env, "ec2", {"spot_interruption": notice})
-                armed = True
-        proc.wait(timeout=900)
-        served = control(env, "GET", "/faults/ec2")["faults"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        set_faults(env, "ec2", {})
-    try:
-        check(build_id, proc, lines, served, tmp_path)
+        check(build_id, run, tmp_path)
     finally:
         delete_images(env, build_id)  # the product, as a user removes it when done
 
 
-def check(build_id: str, proc: subprocess.Popen, lines: list[str], served: dict, tmp_path: Path) -> None:
-    output = "".join(lines)
-    armed = any(line.startswith("TASK [nixforge.images.nixos_image : Build ") for line in lines)
-    assert armed, output[-6000:]
-    assert proc.returncode == 0, output[-8000:]
+def check(build_id: str, run: SpotRun, tmp_path: Path) -> None:
+    output, served = run.output, run.served
+    assert run.armed, output[-6000:]
+    assert run.returncode == 0, output[-8000:]
     runs = records(tmp_path / "record.jsonl")
     launched = [r["result"] for r in results_of(runs, "Launch or adopt the build's EC2 instance", "ok")]
     assert len(launched) == 2, launched

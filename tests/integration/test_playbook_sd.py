@@ -16,19 +16,17 @@ from typing import Any
 
 import pytest
 from _pipeline import (
-    INVENTORY,
     ROOT,
-    control,
     new_id,
     playbook_env,
     resources_of,
     run_playbook,
+    run_with_spot_notice,
     sandbox_env,
     set_faults,
     slow_module,
 )
 from _record import failures, recording, records, result_of, results_of
-from nfsandbox.testing import start_playbook
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
@@ -332,28 +330,12 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         "nixos_image_module": str(slow_module(tmp_path, 60)),
         "nixforge_spot_retry": retry,
     }
-    args = ["-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables)]
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
-    proc = start_playbook(args, run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
     # count 1: one interruption (the fresh builder is not interrupted again)
     notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600, "count": 1}
-    armed = False
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("TASK [nixforge.images.nixos_image : Build ") and not armed:
-                set_faults(env, "ec2", {"spot_interruption": notice})
-                armed = True
-        proc.wait(timeout=900)
-        served = control(env, "GET", "/faults/ec2")["faults"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        set_faults(env, "ec2", {})
-    output = "".join(lines)
-    assert armed, output[-6000:]
+    run = run_with_spot_notice(PLAYBOOK, run_env, variables, notice)
+    output, served = run.output, run.served
+    assert run.armed, output[-6000:]
     runs = recorded(tmp_path)
     launched = [r["result"] for r in results_of(runs, "Launch or adopt the build's EC2 instance", "ok")]
     first = launched[0]["instance_id"]
@@ -367,7 +349,7 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
     teardowns = [r["result"] for r in results_of(runs, "Remove every EC2 resource of the build", "ok")]
     assert teardowns[0]["removed"]["instances"] == [first] and teardowns[0]["ended"] == [], teardowns[0]
     if retry:
-        assert proc.returncode == 0, output[-6000:]
+        assert run.returncode == 0, output[-6000:]
         assert len(launched) == 2 and len(teardowns) == 2, (launched, teardowns)
         second = launched[1]
         assert second["instance_id"] != first and second["instance_type"] != launched[0]["instance_type"]
@@ -381,7 +363,7 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         )
         assert (tmp_path / "artifacts").is_dir() and list((tmp_path / "artifacts").glob("*.img.zst"))
     else:
-        assert proc.returncode != 0
+        assert run.returncode != 0
         assert len(launched) == 1, launched
         message = failure_message(tmp_path)
         assert message.startswith(f"Build {build_id} failed and everything it created was removed."), message

@@ -16,13 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-try:
-    import requests
-
-    HAS_REQUESTS = True
-except ImportError:  # pragma: no cover - b2sdk requires requests
-    requests = None  # type: ignore[assignment]
-    HAS_REQUESTS = False
+from ansible_collections.nixforge.images.plugins.module_utils._base._requests import SESSION_BASE, TLS_ERRORS
 
 __all__ = ["CertificateNotTrusted", "TrustingSession", "is_certificate_error", "session_factory"]
 
@@ -46,10 +40,7 @@ def is_certificate_error(exc: BaseException) -> bool:
     return any(marker in text for marker in CERTIFICATE_MARKERS)
 
 
-_SessionBase: Any = requests.Session if HAS_REQUESTS else object
-
-
-class TrustingSession(_SessionBase):  # type: ignore[misc, valid-type]
+class TrustingSession(SESSION_BASE):  # type: ignore[misc, valid-type]
     """A requests session that trusts ``ca_bundle`` and names a certificate failure."""
 
     def __init__(self, ca_bundle: Optional[str]) -> None:
@@ -66,7 +57,7 @@ class TrustingSession(_SessionBase):  # type: ignore[misc, valid-type]
     def request(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().request(*args, **kwargs)
-        except requests.exceptions.SSLError as exc:
+        except TLS_ERRORS as exc:  # type: ignore[misc]
             if is_certificate_error(exc):
                 raise CertificateNotTrusted(str(exc)) from None
             raise

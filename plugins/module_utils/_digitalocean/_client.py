@@ -42,6 +42,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._errors impo
     UserInputError,
     redact,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._base._requests import CONNECTION_ERRORS, TLS_ERRORS
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryingClient,
     RetryPolicy,
@@ -68,14 +69,6 @@ except ImportError:  # pragma: no cover - exercised only without python-digitalo
     BaseAPI = object  # type: ignore[misc,assignment]
     DIGITALOCEAN_VERSION = "none"
     NotFoundError = DigitalOceanLibraryError = Exception  # type: ignore[misc,assignment]
-
-try:
-    import requests
-
-    CONNECTION_ERRORS: tuple = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-    TLS_ERRORS: tuple = (requests.exceptions.SSLError,)
-except ImportError:  # pragma: no cover - python-digitalocean depends on requests
-    CONNECTION_ERRORS = TLS_ERRORS = ()
 
 __all__ = [
     "API_URL_ENV",

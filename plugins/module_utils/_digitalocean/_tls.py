@@ -14,20 +14,14 @@ import re
 from typing import Any, Dict, Optional
 
 from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
-
-try:
-    import requests
-
-    _Session: Any = requests.Session
-except ImportError:  # pragma: no cover - python-digitalocean depends on requests
-    _Session = object
+from ansible_collections.nixforge.images.plugins.module_utils._base._requests import SESSION_BASE
 
 __all__ = ["CA_BUNDLE_ENV", "VerifyingSession", "check_ca_bundle", "tls_reason"]
 
 CA_BUNDLE_ENV = ("DIGITALOCEAN_CA_BUNDLE",)
 
 
-class VerifyingSession(_Session):  # type: ignore[misc,valid-type]
+class VerifyingSession(SESSION_BASE):  # type: ignore[misc,valid-type]
     """A requests session that verifies with ``ca_bundle`` whatever the environment says
     (requests lets REQUESTS_CA_BUNDLE override a session's ``verify``)."""
 

@@ -33,6 +33,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._errors impo
     UserInputError,
     redact,
 )
+from ansible_collections.nixforge.images.plugins.module_utils._base._requests import CONNECTION_ERRORS
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import CLOUD_API_POLICY as DEFAULT_POLICY
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryingClient,
@@ -50,13 +51,6 @@ except ImportError:  # pragma: no cover - exercised only without packet-python
     HAS_PACKET = False
     PACKET_IMPORT_ERROR = traceback.format_exc()
     PacketError = Exception  # type: ignore[misc,assignment]
-
-try:
-    import requests
-
-    _CONNECTION_ERRORS: tuple = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-except ImportError:  # pragma: no cover - packet-python depends on requests
-    _CONNECTION_ERRORS = ()
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -136,7 +130,7 @@ def metal_error_message(exc: BaseException) -> str:
 
 def _is_connection_error(exc: BaseException) -> bool:
     cause = getattr(exc, "cause", None)
-    return bool(_CONNECTION_ERRORS) and (isinstance(exc, _CONNECTION_ERRORS) or isinstance(cause, _CONNECTION_ERRORS))
+    return bool(CONNECTION_ERRORS) and (isinstance(exc, CONNECTION_ERRORS) or isinstance(cause, CONNECTION_ERRORS))
 
 
 def _lower_first(text: str) -> str:
