@@ -25,6 +25,7 @@ export ANSIBLE_CONFIG := $(REPO)/ansible.cfg
 export XDG_CACHE_HOME := $(BUILD)/cache
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
+PYTEST_PATHS ?= tests/unit tests/integration
 # Integration tests run side by side on several sandbox instances (one per xdist worker:
 # NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a module stays on one worker unless marked `spread`.
 PYTEST_WORKERS ?= 3
@@ -58,10 +59,10 @@ collection: venv
 	@# the real awx.awx (from the community ansible package, pinned there) for ansible-lint and the AWX tests
 	@$(VENV)/bin/python tests/matrix/awx_collection.py $(COLLECTIONS)
 
+# Lint, sanity and the reduced matrix run as tests (tests/checks) in the same pytest run, side
+# by side with the others: one summary line at the end, and no core idle while sandbox tests wait.
 test: collection
-	@$(MAKE) --no-print-directory lint sanity
-	@$(MAKE) --no-print-directory test-matrix-reduced
-	@$(MAKE) --no-print-directory pytest
+	@$(MAKE) --no-print-directory pytest PYTEST_PATHS="tests/checks tests/unit tests/integration"
 
 lint: ruff ansible-lint changelog-lint docs-lint
 
@@ -99,7 +100,7 @@ sanity: collection
 # One pytest run so that its summary line is the last line of `make test`.
 pytest: collection
 	@echo "== pytest (unit + integration)"
-	NIXFORGE_REQUIRE_SANDBOX=1 $(BIN)/pytest tests/unit tests/integration $(XDIST) --durations=15 $(PYTEST_ARGS)
+	NIXFORGE_REQUIRE_SANDBOX=1 $(BIN)/pytest $(PYTEST_PATHS) $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 unit: collection
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -87,6 +87,8 @@ def set_faults(env: dict[str, str], provider: str, faults: dict[str, Any]) -> No
 
 # The task whose start arms a spot notice: from then on Nix builds on the builder.
 BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
+# What the failed build's task prints once the notice has ended it.
+INTERRUPTED = "interrupted by EC2 (spot)"
 
 
 @dataclass
@@ -104,11 +106,19 @@ class SpotRun:
 
 
 def run_with_spot_notice(
-    playbook: Path, env: dict[str, str], variables: dict[str, Any], notice: dict[str, Any]
+    playbook: Path,
+    env: dict[str, str],
+    variables: dict[str, Any],
+    notice: dict[str, Any],
+    fast_retry: Path | None = None,
 ) -> SpotRun:
     """Run `playbook` and arm `notice` (the sandbox EC2's spot_interruption fault) when the
     image build task starts, the one moment at which the notice surely meets a running build.
-    The faults are cleared afterwards whatever happens."""
+    The faults are cleared afterwards whatever happens.
+
+    `fast_retry`: a slow_module() directory whose switch is removed as soon as the output
+    says the first build was interrupted, so that a retried build (which copies the module
+    to its fresh builder anew) does not wait again."""
     args = ["-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
     proc = start_playbook(args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -120,6 +130,9 @@ def run_with_spot_notice(
             if line.startswith(BUILD_TASK) and not armed:
                 set_faults(env, "ec2", {"spot_interruption": notice})
                 armed = True
+            if fast_retry is not None and armed and INTERRUPTED in line:
+                slow_module(fast_retry.parent, 0, replace=True)
+                fast_retry = None
         proc.wait(timeout=900)
         served = control(env, "GET", "/faults/ec2")["faults"]
     finally:
@@ -194,11 +207,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-def slow_module(tmp_path: Path, seconds: int) -> Path:
+def slow_module(tmp_path: Path, seconds: int, replace: bool = False) -> Path:
     """A NixOS module directory whose build takes `seconds` on a sandbox builder (the
     sandbox's Nix reads the marker comment), for tests that act while Nix builds."""
     module = tmp_path / "module" / "default.nix"
-    module.parent.mkdir()
+    module.parent.mkdir(exist_ok=replace)
     module.write_text(f"{{ ... }}: {{ }}\n# nixforge-sandbox-build-seconds: {seconds}\n")
     return module.parent
 

@@ -51,15 +51,16 @@ def test_do_pipeline_retries_after_a_spot_interruption(env: dict[str, str], tmp_
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
-        # long enough that the notice (2 s after the build starts) arrives while Nix builds
-        "nixos_image_module": str(slow_module(tmp_path, 60)),
+        # long enough that the notice (2 s after the build starts) arrives while Nix builds;
+        # the retried build runs the module without the switch (no second wait)
+        "nixos_image_module": str(module := slow_module(tmp_path, 60)),
         "builder_host_ec2_market": "spot",
         "do_image_publish_boot_check": False,
     }
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
     # count 1: the fresh builder is not interrupted again
     notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600, "count": 1}
-    run = run_with_spot_notice(PLAYBOOK, run_env, variables, notice)
+    run = run_with_spot_notice(PLAYBOOK, run_env, variables, notice, fast_retry=module)
     try:
         check(build_id, run, tmp_path)
     finally:

@@ -327,13 +327,14 @@ def test_spot_interruption_mid_build_tears_down_and_says_so(env: dict[str, str],
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
         "builder_host_state_dir": str(tmp_path / "state"),
-        "nixos_image_module": str(slow_module(tmp_path, 60)),
+        "nixos_image_module": str(module := slow_module(tmp_path, 60)),
         "nixforge_spot_retry": retry,
     }
     run_env = recording(playbook_env(env), tmp_path / "record.jsonl")
     # count 1: one interruption (the fresh builder is not interrupted again)
     notice = {"build_id": build_id, "after_seconds": 2, "notice_seconds": 3600, "count": 1}
-    run = run_with_spot_notice(PLAYBOOK, run_env, variables, notice)
+    # the retried build runs the module without the switch (no second wait)
+    run = run_with_spot_notice(PLAYBOOK, run_env, variables, notice, fast_retry=module if retry else None)
     output, served = run.output, run.served
     assert run.armed, output[-6000:]
     runs = recorded(tmp_path)
