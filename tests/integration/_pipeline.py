@@ -87,8 +87,6 @@ def set_faults(env: dict[str, str], provider: str, faults: dict[str, Any]) -> No
 
 # The task whose start arms a spot notice: from then on Nix builds on the builder.
 BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
-# What the failed build's task prints once the notice has ended it.
-INTERRUPTED = "interrupted by EC2 (spot)"
 
 
 @dataclass
@@ -116,8 +114,8 @@ def run_with_spot_notice(
     image build task starts, the one moment at which the notice surely meets a running build.
     The faults are cleared afterwards whatever happens.
 
-    `fast_retry`: a slow_module() directory whose switch is removed as soon as the output
-    says the first build was interrupted, so that a retried build (which copies the module
+    `fast_retry`: a slow_module() directory whose switch is removed once the first build
+    task is over (the next task starts), so that a retried build (which copies the module
     to its fresh builder anew) does not wait again."""
     args = ["-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
     proc = start_playbook(args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -127,12 +125,13 @@ def run_with_spot_notice(
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
+            if fast_retry is not None and armed and line.startswith("TASK ["):
+                # the build task is over (the next one starts): its builder had the module
+                slow_module(fast_retry.parent, 0, replace=True)
+                fast_retry = None
             if line.startswith(BUILD_TASK) and not armed:
                 set_faults(env, "ec2", {"spot_interruption": notice})
                 armed = True
-            if fast_retry is not None and armed and INTERRUPTED in line:
-                slow_module(fast_retry.parent, 0, replace=True)
-                fast_retry = None
         proc.wait(timeout=900)
         served = control(env, "GET", "/faults/ec2")["faults"]
     finally:
