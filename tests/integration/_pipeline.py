@@ -87,6 +87,7 @@ def set_faults(env: dict[str, str], provider: str, faults: dict[str, Any]) -> No
 
 # The task whose start arms a spot notice: from then on Nix builds on the builder.
 BUILD_TASK = "TASK [nixforge.images.nixos_image : Build "
+BUILD_INCLUDE = BUILD_TASK + "the image on the builder"
 
 
 @dataclass
@@ -114,24 +115,26 @@ def run_with_spot_notice(
     image build task starts, the one moment at which the notice surely meets a running build.
     The faults are cleared afterwards whatever happens.
 
-    `fast_retry`: a slow_module() directory whose switch is removed once the first build
-    task is over (the next task starts), so that a retried build (which copies the module
-    to its fresh builder anew) does not wait again."""
+    `fast_retry`: a slow_module() directory whose switch is removed once the first Nix build
+    task is over (the next task starts), so that a retried build (which reads the module
+    anew for its fresh builder) does not wait again."""
     args = ["-i", str(INVENTORY), str(playbook), "-e", json.dumps(variables)]
     proc = start_playbook(args, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    armed = False
+    armed = building = False
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if fast_retry is not None and armed and line.startswith("TASK ["):
-                # the build task is over (the next one starts): its builder had the module
+            if fast_retry is not None and building and line.startswith("TASK ["):
+                # the Nix build task is over (the next one starts): its builder had the module
                 slow_module(fast_retry.parent, 0, replace=True)
                 fast_retry = None
             if line.startswith(BUILD_TASK) and not armed:
                 set_faults(env, "ec2", {"spot_interruption": notice})
                 armed = True
+            # the first Build banner may be the include around the build; the Nix build's own follows
+            building = building or (line.startswith(BUILD_TASK) and not line.startswith(BUILD_INCLUDE))
         proc.wait(timeout=900)
         served = control(env, "GET", "/faults/ec2")["faults"]
     finally:
