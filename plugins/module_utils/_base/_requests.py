@@ -14,15 +14,13 @@ from typing import Any
 try:
     import requests
 
-    HAS_REQUESTS = True
     # a dropped or refused connection and a timeout: worth a retry
     CONNECTION_ERRORS: tuple = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     # a certificate that does not verify: never worth a retry (SSLError is a ConnectionError)
     TLS_ERRORS: tuple = (requests.exceptions.SSLError,)
     SESSION_BASE: Any = requests.Session
 except ImportError:  # pragma: no cover - every provider library here depends on requests
-    HAS_REQUESTS = False
     CONNECTION_ERRORS = TLS_ERRORS = ()
     SESSION_BASE = object
 
-__all__ = ["CONNECTION_ERRORS", "HAS_REQUESTS", "SESSION_BASE", "TLS_ERRORS"]
+__all__ = ["CONNECTION_ERRORS", "SESSION_BASE", "TLS_ERRORS"]
