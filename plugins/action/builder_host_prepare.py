@@ -6,7 +6,12 @@ this process (no module to start). Provision: check every input, work out the li
 make the private state directory and the per-build keys. Record: pin the host key and
 write state.json. Describe: one description of the builder, whatever the provider.
 Teardown: check the build id and read the build's state. Cleanup:
-remove the private keys (or the state directory) and the SSH control sockets."""
+remove the private keys (or the state directory) and the SSH control sockets.
+
+Every stage answers in its result, which the role registers (builder_host__prepared, ...;
+roles/builder_host/vars/main.yml names their parts), never in ansible_facts: facts would be
+read as top-level variables, which ansible-core 2.20 deprecates (INJECT_FACTS_AS_VARS), and
+would land in a user's persistent fact cache, where a later run could find a stale builder."""
 
 from __future__ import annotations
 
@@ -72,21 +77,20 @@ class ActionModule(ActionBase):
     def _provision(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
         check_provision(p)
         if check_mode:
-            return {"changed": True, "ansible_facts": expiry(p["ttl"], time.time())}
+            return dict(expiry(p["ttl"], time.time()), changed=True)
         made = prepare_state_dir(p)
-        facts = dict(made["facts"], **expiry(p["ttl"], time.time()))
-        return {"changed": bool(made["made"]), "keys_made": made["made"], "ansible_facts": facts}
+        return dict(made["keys"], changed=bool(made["made"]), keys_made=made["made"], **expiry(p["ttl"], time.time()))
 
     @staticmethod
     def _describe(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
-        """builder_host__machine from the provider's result; an own host's known_hosts is written
-        now, before the first login to it."""
+        """machine (builder_host__machine) from the provider's result; an own host's known_hosts
+        is written now, before the first login to it."""
         machine = describe(p["provider"], p["result"], p["given"], p["state_dir"])
         written = False
         if p["provider"] == "ssh" and machine["connection"] == "ssh" and not check_mode:
             lines = "".join("%s\n" % line for line in machine["known_hosts_lines"])
             written = write_private(machine["known_hosts_file"], lines)
-        return {"changed": written, "ansible_facts": {"builder_host__machine": machine}}
+        return {"changed": written, "machine": machine}
 
     @staticmethod
     def _record(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
@@ -99,12 +103,13 @@ class ActionModule(ActionBase):
     @staticmethod
     def _teardown(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
         check_build_id(p["build_id"], teardown=True)
-        return {"changed": False, "ansible_facts": {"builder_host__state": read_state(p["state_dir"])}}
+        return {"changed": False, "state": read_state(p["state_dir"])}
 
     @staticmethod
     def _cleanup(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        """The role registers this result as builder_host_teardown_result (documented: provider,
+        build_id, removed, ended); the local files removed are removed_paths."""
         check_build_id(p["build_id"], teardown=True)
         paths = cleanup_paths(p["state_dir"], p["control_path_dir"], p["remove_state_dir"])
         removed = remove_paths(paths, check_mode=check_mode)
-        facts = {"builder_host_teardown_result": teardown_result(p)}
-        return {"changed": bool(removed), "removed": removed, "ansible_facts": facts}
+        return dict(teardown_result(p), changed=bool(removed), removed_paths=removed)

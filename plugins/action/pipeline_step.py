@@ -2,7 +2,12 @@
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin: the pipelines' bookkeeping steps on the controller (plugin_utils/_pipeline.py);
-documentation in plugins/modules/pipeline_step.py."""
+documentation in plugins/modules/pipeline_step.py.
+
+Each step answers in its result, which the playbooks register (nixforge__build, nixforge__failure,
+...), never in ansible_facts: facts would be read as top-level variables, which ansible-core 2.20
+deprecates (INJECT_FACTS_AS_VARS), and would be kept in a persistent fact cache, from which a later
+run could read a stale build."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from ansible_collections.nixforge.images.plugins.plugin_utils._pipeline import (
     PipelineError,
     failure_text,
     report,
-    start_facts,
+    start_build,
 )
 
 ARGUMENT_SPEC: Dict[str, Any] = {
@@ -31,6 +36,7 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "build_id": {"type": "str", "default": ""},
     "report": {"type": "dict", "default": {}},
     "retry": {"type": "dict", "default": {}},
+    "previous": {"type": "dict", "default": {}},
 }
 
 
@@ -51,23 +57,24 @@ class ActionModule(ActionBase):
     def step(self, args: Dict[str, Any]) -> Dict[str, Any]:
         step = args["step"]
         if step == "start":
-            return {"ansible_facts": start_facts(args["kind"], args["given"], args["stage"])}
+            return start_build(args["kind"], args["given"], args["stage"], args["previous"])
         if step == "failed":  # a failure handed to the plays after this one
-            facts = {"nixforge_error": failure_text(args["task"], args["msg"], args["host"])}
-            if args["interrupted"]:
-                facts["nixforge_interrupted"] = args["interrupted"]
-            return {"ansible_facts": facts}
+            return {
+                "error": failure_text(args["task"], args["msg"], args["host"]),
+                "interrupted": args["interrupted"],
+            }
         if step == "stop":
             raise PipelineError("Build %s: %s" % (args["build_id"], args["error"]))
         if step == "gone":
-            return {"ansible_facts": {"nixforge_builder_gone_epoch": int(time.time())}}
+            return {"gone_epoch": int(time.time())}
         if step == "retry":
             return self.retry(args["retry"])
         return {"summary": report(dict(args["report"], kind=args["kind"]))}
 
     def retry(self, given: Dict[str, Any]) -> Dict[str, Any]:
-        """Whether a build EC2 interrupted (spot) runs once more on a fresh builder, and on which."""
-        plan = spot_retry(
+        """Whether a build EC2 interrupted (spot) runs once more on a fresh builder, and on which:
+        the plan (retry, instance_types, market, earlier, reason)."""
+        return spot_retry(
             given.get("interrupted") or {},
             given.get("builder") or {},
             enabled=bool(given.get("enabled", True)),
@@ -76,7 +83,3 @@ class ActionModule(ActionBase):
             gone_epoch=given.get("gone_epoch") or 0,
             architecture=given.get("architecture") or "arm64",
         )
-        facts: Dict[str, Any] = {"nixforge_spot_retry_plan": plan, "nixforge_retry": bool(plan["retry"])}
-        if plan["retry"]:
-            facts.update(builder_host_ec2_instance_types=plan["instance_types"], builder_host_ec2_market=plan["market"])
-        return {"ansible_facts": facts}

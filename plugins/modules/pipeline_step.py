@@ -13,16 +13,18 @@ description:
   - Used by the playbooks C(build_do_image), C(build_sd_aarch64) and their stage playbooks, on the controller, so
     that naming a build, the checks made before renting, the failure handed from one play to the next and the
     closing summary with its cost arithmetic are written once, in Python.
-  - O(step=start) names the build (C(nixforge_build_id), generated when C(build_id) of O(given) is empty), its
-    pipeline, build mode and start time, and for O(kind=do) the builder defaults of a DigitalOcean image (x86_64,
-    nested-virtualization types then C(*.metal) EC2 types); refuses EC2 types without KVM when C(require_kvm) of
-    O(given) is true, before anything is created. With
+  - O(step=start) names the build (its id, generated when C(build_id) of O(given) is empty), its pipeline, build
+    mode and start time, and works out the builder's EC2 settings and whether it needs KVM (for O(kind=do) the
+    builder defaults of a DigitalOcean image - x86_64, nested-virtualization types then C(*.metal) EC2 types); refuses
+    EC2 types without KVM for O(kind=do) when C(require_kvm) is true, before anything is created. With
     O(stage=true), requires a build id and the build mode C(builder).
-  - O(step=failed) sets C(nixforge_error) (the task, the host and the message) and, when EC2 interrupted the builder,
-    C(nixforge_interrupted). O(step=stop) fails with O(error). O(step=gone) notes when the builder was torn down.
-  - O(step=retry) decides whether a build that EC2 interrupted (spot) runs once more on a fresh builder (see the
-    filter nixforge.images.spot_retry), setting C(nixforge_retry) and the builder's types and market.
+  - O(step=failed) returns C(error) (the task, the host and the message) and C(interrupted), EC2's notice when it
+    interrupted the builder. O(step=stop) fails with O(error). O(step=gone) notes when the builder was torn down.
+  - O(step=retry) decides whether a build that EC2 interrupted (spot) runs once more on a fresh builder, and on which
+    instance types and market (see the filter nixforge.images.spot_retry).
   - O(step=report) returns the summary lines of a finished build, or fails with the build's error.
+  - Every step answers in its result, for the playbooks to register; none sets facts (ansible-core 2.20 deprecates
+    reading facts as top-level variables, and facts would be kept in a persistent fact cache).
 author:
   - nixforge.images contributors (@nixforge)
 options:
@@ -43,7 +45,14 @@ options:
   given:
     description:
       - O(step=start) the user's settings, empty values counting as unset - C(build_id), C(pipeline), C(build_mode),
-        C(started_epoch), C(require_kvm), C(provider), C(ec2_instance_types), C(ec2_architecture).
+        C(started_epoch), C(require_kvm), C(provider), C(ec2_instance_types), C(ec2_architecture),
+        C(ec2_nested_virtualization), C(ec2_on_demand_fallback), C(ec2_market).
+    type: dict
+    default: {}
+  previous:
+    description:
+      - O(step=start) the result of this step earlier in the same run (a retry, or the provision stage after the
+        stage's input check); its C(build_id), C(pipeline), C(build_mode) and C(started_epoch) are kept.
     type: dict
     default: {}
   task:
@@ -97,9 +106,75 @@ EXAMPLES = r"""
     kind: do
     given:
       build_id: "{{ nixforge_build_id | default('') }}"
+  register: nixforge__build
+
+- name: Show it
+  ansible.builtin.debug:
+    msg: "Build {{ nixforge__build.build_id }}"
 """
 
 RETURN = r"""
+build_id:
+  description: O(step=start) the build id (the given one, or a new one such as C(sd-20261128-101500-ab12cd)).
+  returned: success, step start
+  type: str
+pipeline:
+  description: O(step=start) the value of the C(nixforge-pipeline) tag (default C(do-image) or C(sd-aarch64)).
+  returned: success, step start
+  type: str
+build_mode:
+  description: O(step=start) C(builder) or C(remote).
+  returned: success, step start
+  type: str
+started_epoch:
+  description: O(step=start) when the build started (seconds since the epoch; a retry keeps the first start).
+  returned: success, step start
+  type: int
+require_kvm:
+  description: O(step=start) whether the builder must have C(/dev/kvm) (default true for O(kind=do)).
+  returned: success, step start with O(stage=false)
+  type: bool
+ec2:
+  description:
+    - O(step=start) the builder's EC2 settings, keyed as the builder_host role's C(builder_host_ec2_<key>) -
+      C(architecture), C(instance_types), C(nested_virtualization), C(on_demand_fallback), C(market); the user's, else
+      the defaults of the kind (a DigitalOcean image - x86_64, KVM types, nested virtualization, on-demand fallback).
+  returned: success, step start with O(stage=false)
+  type: dict
+error:
+  description: 'O(step=failed) what failed - C(<task> on <host>: <message>).'
+  returned: step failed
+  type: str
+interrupted:
+  description: O(step=failed) EC2's spot interruption notice when that ended the build, else empty.
+  returned: step failed
+  type: dict
+gone_epoch:
+  description: O(step=gone) when the builder was gone (seconds since the epoch).
+  returned: step gone
+  type: int
+retry:
+  description: O(step=retry) whether the build runs once more on a fresh builder.
+  returned: step retry
+  type: bool
+instance_types:
+  description: O(step=retry) the fresh builder's candidate EC2 instance types.
+  returned: step retry
+  type: list
+  elements: str
+market:
+  description: O(step=retry) the fresh builder's market, C(spot) or C(on-demand).
+  returned: step retry
+  type: str
+earlier:
+  description: O(step=retry) the builders given up, each with its C(type), C(seconds), C(cost) and summary C(line).
+  returned: step retry
+  type: list
+  elements: dict
+reason:
+  description: O(step=retry) why the build runs once more, or why not.
+  returned: step retry
+  type: str
 summary:
   description: O(step=report) the summary lines, each a key, a colon and the value.
   returned: success, step report

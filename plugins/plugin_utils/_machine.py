@@ -2,8 +2,9 @@
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Private to this collection: no compatibility promise for anything outside it.
-"""One description of a builder, whichever provider gave it (the builder_host role's
-``builder_host__machine``): address, login, pinned host key lines, price, lifecycle, expiry.
+"""One description of a builder, whichever provider gave it (``machine`` of builder_host_prepare's
+describe stage, the builder_host role's ``builder_host__machine``): address, login, pinned host key
+lines, price, lifecycle, expiry.
 Built here from each provider's result instead of three Jinja dictionaries."""
 
 from __future__ import annotations

@@ -46,40 +46,78 @@ def new_build_id(kind: str, now: Optional[datetime.datetime] = None) -> str:
     return "%s-%s-%s" % (KINDS[kind][0], now.strftime("%Y%m%d-%H%M%S"), tail)
 
 
-def start_facts(kind: str, given: Mapping[str, Any], stage: bool = False) -> Dict[str, Any]:
-    """The build's name, pipeline, build mode and start time, and the builder defaults of its kind.
+# The EC2 settings a pipeline hands the builder_host role (roles/builder_host/defaults/main.yml has the
+# same; tests/unit/plugins/plugin_utils/test_pipeline.py checks that they agree), keyed as the role's
+# builder_host_ec2_<key>.
+EC2_DEFAULTS: Dict[str, Any] = {
+    "architecture": "arm64",
+    "instance_types": [],
+    "nested_virtualization": False,
+    "on_demand_fallback": False,
+    "market": "spot",
+}
+# What a DigitalOcean image's builder needs instead (docs/build-do-image.md).
+DO_EC2_DEFAULTS: Dict[str, Any] = dict(
+    EC2_DEFAULTS,
+    architecture="x86_64",
+    instance_types=DO_INSTANCE_TYPES,
+    nested_virtualization=True,
+    on_demand_fallback=True,
+)
 
-    ``given``: what the user set (empty values count as unset). A retry keeps the first start time.
+
+def start_build(
+    kind: str, given: Mapping[str, Any], stage: bool = False, previous: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
+    """The build's name, pipeline, build mode and start time; unless ``stage``, also whether the
+    builder needs KVM and the EC2 settings to provision it with (``ec2``, see builder_settings).
+
+    ``given``: what the user set (empty values count as unset). ``previous``: this step's result
+    earlier in the same run (a retry after a spot interruption, or the provision stage after its
+    input check), whose name, pipeline, mode and start time are kept.
     """
     if kind not in KINDS:
         raise PipelineError("nixforge_image_kind must be one of %s, got %r" % (", ".join(KINDS), kind))
-    build_id = str(given.get("build_id") or "")
-    mode = str(given.get("build_mode") or "builder")
+    previous = previous or {}
+
+    def setting(key: str) -> Any:
+        return previous.get(key) or given.get(key)
+
+    build_id = str(setting("build_id") or "")
+    mode = str(setting("build_mode") or "builder")
     if stage and (not build_id or mode != "builder"):
         raise PipelineError(
             "The stage playbooks need -e nixforge_build_id=ID, the same for every stage of one build (an AWX"
             " workflow passes its survey's answer to each job), and build on the builder (nixforge_build_mode="
             "builder; the remote mode needs one process: use the whole pipeline)."
         )
-    facts: Dict[str, Any] = {
-        "nixforge_build_id": build_id or new_build_id(kind),
-        "nixforge_pipeline": str(given.get("pipeline") or KINDS[kind][1]),
-        "nixforge_build_mode": mode,
-        "nixforge_started_epoch": int(given.get("started_epoch") or time.time()),
+    out: Dict[str, Any] = {
+        "build_id": build_id or new_build_id(kind),
+        "pipeline": str(setting("pipeline") or KINDS[kind][1]),
+        "build_mode": mode,
+        "started_epoch": int(setting("started_epoch") or time.time()),
     }
-    if kind == "do" and not stage:
-        facts.update(do_builder_facts(given))
-    return facts
+    if not stage:
+        out.update(builder_settings(kind, given))
+    return out
 
 
-def do_builder_facts(given: Mapping[str, Any]) -> Dict[str, Any]:
-    """A DigitalOcean image needs an x86_64 builder with KVM: refuse EC2 types without it
-    before anything is created (nixforge_require_kvm=false: an image definition that needs none)."""
-    require_kvm = bool(given.get("require_kvm", True))
-    types = list(given.get("ec2_instance_types") or DO_INSTANCE_TYPES)
-    nested = _flag(given.get("ec2_nested_virtualization"), True)
-    if require_kvm and str(given.get("provider") or "ec2") == "ec2":
-        refused = without_kvm(types, "ec2", nested_virtualization=nested)
+def builder_settings(kind: str, given: Mapping[str, Any]) -> Dict[str, Any]:
+    """``require_kvm`` and ``ec2``: the EC2 settings of the builder (the user's, else the kind's defaults).
+
+    A DigitalOcean image needs an x86_64 builder with KVM: EC2 types without it are refused before
+    anything is created (nixforge_require_kvm=false: an image definition that needs none)."""
+    defaults = DO_EC2_DEFAULTS if kind == "do" else EC2_DEFAULTS
+    require_kvm = _flag(given.get("require_kvm"), kind == "do")
+    ec2 = {
+        "architecture": str(given.get("ec2_architecture") or defaults["architecture"]),
+        "instance_types": list(given.get("ec2_instance_types") or defaults["instance_types"]),
+        "nested_virtualization": _flag(given.get("ec2_nested_virtualization"), defaults["nested_virtualization"]),
+        "on_demand_fallback": _flag(given.get("ec2_on_demand_fallback"), defaults["on_demand_fallback"]),
+        "market": str(given.get("ec2_market") or defaults["market"]),
+    }
+    if kind == "do" and require_kvm and str(given.get("provider") or "ec2") == "ec2":
+        refused = without_kvm(ec2["instance_types"], "ec2", nested_virtualization=ec2["nested_virtualization"])
         if refused:
             raise PipelineError(
                 "builder_host_ec2_instance_types: %s give no /dev/kvm, which the DigitalOcean image build needs"
@@ -88,13 +126,7 @@ def do_builder_facts(given: Mapping[str, Any]) -> Dict[str, Any]:
                 " nixforge_require_kvm=false only for an image definition that needs no KVM. Nothing was created."
                 % ", ".join(refused)
             )
-    return {
-        "nixforge_require_kvm": require_kvm,
-        "builder_host_ec2_architecture": str(given.get("ec2_architecture") or "x86_64"),
-        "builder_host_ec2_instance_types": types,
-        "builder_host_ec2_nested_virtualization": nested,
-        "builder_host_ec2_on_demand_fallback": _flag(given.get("ec2_on_demand_fallback"), True),
-    }
+    return {"require_kvm": require_kvm, "ec2": ec2}
 
 
 def _flag(value: Any, default: bool) -> bool:

@@ -73,11 +73,13 @@ def ttl_seconds(ttl: Any) -> int:
 
 
 def expiry(ttl: Any, now: float) -> Dict[str, Any]:
+    """The builder's start and expiry times (UTC); the role reads them as builder_host__started_*
+    and builder_host__expires_at (roles/builder_host/vars/main.yml)."""
     fmt = "%Y-%m-%dT%H:%M:%SZ"
     return {
-        "builder_host__started_epoch": int(now),
-        "builder_host__started_at": time.strftime(fmt, time.gmtime(now)),
-        "builder_host__expires_at": time.strftime(fmt, time.gmtime(int(now) + ttl_seconds(ttl))),
+        "started_epoch": int(now),
+        "started_at": time.strftime(fmt, time.gmtime(now)),
+        "expires_at": time.strftime(fmt, time.gmtime(int(now) + ttl_seconds(ttl))),
     }
 
 
@@ -107,16 +109,16 @@ def prepare_state_dir(p: Dict[str, Any]) -> Dict[str, Any]:
     user_key = p["provider"] != "ssh" or p["ssh_connection"] != "local"
     host_key = p["provider"] != "ssh"
     made: List[str] = []
-    facts = {"builder_host__user_public_key": "", "builder_host__host_public_key": ""}
+    keys = {"user_public_key": "", "host_public_key": ""}
     if user_key:
         if keygen(os.path.join(state_dir, "id_ed25519"), "nixforge-%s" % p["build_id"]):
             made.append("id_ed25519")
-        facts["builder_host__user_public_key"] = _read(os.path.join(state_dir, "id_ed25519.pub"))
+        keys["user_public_key"] = _read(os.path.join(state_dir, "id_ed25519.pub"))
     if host_key:
         if keygen(os.path.join(state_dir, "ssh_host_ed25519_key"), "nixforge-%s-host" % p["build_id"]):
             made.append("ssh_host_ed25519_key")
-        facts["builder_host__host_public_key"] = _read(os.path.join(state_dir, "ssh_host_ed25519_key.pub"))
-    return {"facts": facts, "made": made}
+        keys["host_public_key"] = _read(os.path.join(state_dir, "ssh_host_ed25519_key.pub"))
+    return {"keys": keys, "made": made}
 
 
 def write_private(path: str, text: str) -> bool:

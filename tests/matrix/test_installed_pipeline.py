@@ -100,16 +100,12 @@ def test_installed_sd_pipeline_runs(sandbox_up: None, installed: Path, tmp_path:
     assert len(images) == 1 and images[0].stat().st_size > 0
     assert leftovers(build_id) == []
     assert not (tmp_path / "state" / "id_ed25519").exists()
-    # 2.20/2.21 deprecations are fixed in the collection, not silenced
+    # 2.20/2.21 deprecations are fixed in the collection, not silenced: any of them fails here
+    # (INJECT_FACTS_AS_VARS among them: no action answers in ansible_facts, see
+    # tests/unit/plugins/action/test_no_facts.py)
     assert "Using a template for task args is unsafe" not in output
     deprecations = [ln for ln in output.splitlines() if "[DEPRECATION WARNING]" in ln]
-    # Known, not yet fixed: builder_host's action returns builder_host__* as ansible_facts and
-    # the role reads them as top-level variables (INJECT_FACTS_AS_VARS, 2.20+). Any other
-    # deprecation fails here; this one is reported as an expected failure until it is fixed.
-    known = [ln for ln in deprecations if "INJECT_FACTS_AS_VARS" in ln]
-    assert deprecations == known, deprecations
-    if known:
-        pytest.xfail("INJECT_FACTS_AS_VARS: builder_host__* facts read as top-level variables")
+    assert deprecations == [], deprecations
 
 
 def test_execution_environment_definition(tarball: Path, tmp_path: Path) -> None:

@@ -73,9 +73,9 @@ def test_good_inputs_pass() -> None:
 def test_expiry() -> None:
     e = expiry("90m", 0.0)
     assert e == {
-        "builder_host__started_epoch": 0,
-        "builder_host__started_at": "1970-01-01T00:00:00Z",
-        "builder_host__expires_at": "1970-01-01T01:30:00Z",
+        "started_epoch": 0,
+        "started_at": "1970-01-01T00:00:00Z",
+        "expires_at": "1970-01-01T01:30:00Z",
     }
 
 
@@ -85,12 +85,12 @@ def test_state_dir_keys_and_idempotence(tmp_path: Path) -> None:
     first = prepare_state_dir(p)
     assert sorted(first["made"]) == ["id_ed25519", "ssh_host_ed25519_key"]
     assert stat.S_IMODE(state.stat().st_mode) == 0o700 and (state / ".gitignore").read_text() == "*\n"
-    assert first["facts"]["builder_host__user_public_key"].startswith("ssh-ed25519 ")
-    assert first["facts"]["builder_host__user_public_key"].endswith("nixforge-sd-20261128-abc")
+    assert first["keys"]["user_public_key"].startswith("ssh-ed25519 ")
+    assert first["keys"]["user_public_key"].endswith("nixforge-sd-20261128-abc")
     again = prepare_state_dir(p)
-    assert again["made"] == [] and again["facts"] == first["facts"]
+    assert again["made"] == [] and again["keys"] == first["keys"]
     local = prepare_state_dir(dict(p, provider="ssh", ssh_connection="local", state_dir=str(tmp_path / "l")))
-    assert local["made"] == [] and local["facts"]["builder_host__user_public_key"] == ""
+    assert local["made"] == [] and local["keys"]["user_public_key"] == ""
 
 
 def test_read_state(tmp_path: Path) -> None:

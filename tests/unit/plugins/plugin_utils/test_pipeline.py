@@ -4,9 +4,13 @@ its cost arithmetic (once in Python for every pipeline playbook)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 from ansible_collections.nixforge.images.plugins.plugin_utils import _pipeline as p
+
+ROOT = Path(__file__).resolve().parents[4]
 
 BUILDER = {
     "type": "c6g.large",
@@ -23,28 +27,56 @@ IMAGE = {"path": "/out/nixos.img.zst", "sha256": "ab" * 32, "size": 2048, "build
 
 
 def test_a_build_is_named_by_kind_and_keeps_a_given_id_and_start() -> None:
-    facts = p.start_facts("sd-aarch64", {})
-    assert re.fullmatch(r"sd-\d{8}-\d{6}-[a-z0-9]{6}", facts["nixforge_build_id"])
-    assert facts["nixforge_pipeline"] == "sd-aarch64" and facts["nixforge_build_mode"] == "builder"
-    again = p.start_facts("sd-aarch64", {"build_id": "b1", "started_epoch": 5})
-    assert (again["nixforge_build_id"], again["nixforge_started_epoch"]) == ("b1", 5)
+    started = p.start_build("sd-aarch64", {})
+    assert re.fullmatch(r"sd-\d{8}-\d{6}-[a-z0-9]{6}", started["build_id"])
+    assert started["pipeline"] == "sd-aarch64" and started["build_mode"] == "builder"
+    again = p.start_build("sd-aarch64", {"build_id": "b1", "started_epoch": 5})
+    assert (again["build_id"], again["started_epoch"]) == ("b1", 5)
+
+
+def test_a_retry_keeps_the_name_and_start_of_the_first_start() -> None:
+    first = p.start_build("sd-aarch64", {"pipeline": "mine"})
+    given = {"ec2_instance_types": ["c7g.2xlarge"], "ec2_market": "on-demand"}
+    retry = p.start_build("sd-aarch64", given, previous=first)
+    assert {k: retry[k] for k in ("build_id", "pipeline", "build_mode", "started_epoch")} == {
+        k: first[k] for k in ("build_id", "pipeline", "build_mode", "started_epoch")
+    }
+    assert retry["ec2"]["instance_types"] == ["c7g.2xlarge"] and retry["ec2"]["market"] == "on-demand"
 
 
 def test_a_do_build_gets_kvm_builders_and_refuses_ec2_types_without_kvm() -> None:
-    facts = p.start_facts("do", {"build_id": "b1"})
-    assert facts["builder_host_ec2_instance_types"] == p.DO_INSTANCE_TYPES
-    assert facts["builder_host_ec2_architecture"] == "x86_64" and facts["nixforge_require_kvm"] is True
+    started = p.start_build("do", {"build_id": "b1"})
+    assert started["ec2"]["instance_types"] == p.DO_INSTANCE_TYPES
+    assert started["ec2"]["architecture"] == "x86_64" and started["require_kvm"] is True
+    assert started["ec2"]["nested_virtualization"] is True and started["ec2"]["on_demand_fallback"] is True
     with pytest.raises(p.PipelineError, match=r"builder_host_ec2_instance_types: c6i.2xlarge give no /dev/kvm"):
-        p.start_facts("do", {"ec2_instance_types": ["c5.metal", "c6i.2xlarge"]})
-    assert p.start_facts("do", {"ec2_instance_types": ["c6i.2xlarge"], "require_kvm": False})
-    assert p.start_facts("do", {"ec2_instance_types": ["c6i.2xlarge"], "provider": "ssh"})
+        p.start_build("do", {"ec2_instance_types": ["c5.metal", "c6i.2xlarge"]})
+    assert p.start_build("do", {"ec2_instance_types": ["c6i.2xlarge"], "require_kvm": False})
+    assert p.start_build("do", {"ec2_instance_types": ["c6i.2xlarge"], "provider": "ssh"})
+    # an AWX survey's text answers
+    assert p.start_build("do", {"ec2_instance_types": ["c6i.2xlarge"], "require_kvm": "false"})["require_kvm"] is False
+
+
+def test_an_sd_build_passes_the_users_ec2_settings_or_the_roles_defaults() -> None:
+    started = p.start_build("sd-aarch64", {"require_kvm": ""})
+    assert started["require_kvm"] is False and started["ec2"] == p.EC2_DEFAULTS
+    mine = p.start_build("sd-aarch64", {"ec2_instance_types": ["c7g.2xlarge"], "ec2_on_demand_fallback": "true"})
+    assert mine["ec2"]["instance_types"] == ["c7g.2xlarge"] and mine["ec2"]["on_demand_fallback"] is True
+
+
+def test_the_ec2_defaults_are_the_builder_host_roles() -> None:
+    """The start step hands the role these values for every build: for an SD build they must be
+    what the role would have used anyway."""
+    defaults = yaml.safe_load((ROOT / "roles" / "builder_host" / "defaults" / "main.yml").read_text())
+    assert {key: defaults["builder_host_ec2_" + key] for key in p.EC2_DEFAULTS} == p.EC2_DEFAULTS
 
 
 def test_a_stage_needs_the_build_id_and_the_builder_mode() -> None:
     with pytest.raises(p.PipelineError, match="nixforge_build_id=ID"):
-        p.start_facts("do", {}, stage=True)
+        p.start_build("do", {}, stage=True)
     with pytest.raises(p.PipelineError, match="nixforge_build_mode=builder"):
-        p.start_facts("do", {"build_id": "b1", "build_mode": "remote"}, stage=True)
+        p.start_build("do", {"build_id": "b1", "build_mode": "remote"}, stage=True)
+    assert "ec2" not in p.start_build("do", {"build_id": "b1"}, stage=True)
 
 
 def test_the_sd_summary_counts_the_builder_time_and_earlier_builders() -> None:
