@@ -45,7 +45,10 @@ PROBE = " ".join(
         "echo apt_lists=$(ls /var/lib/apt/lists/ 2>/dev/null | grep -c '_Packages');",
         "echo kvm_group=$(stat -c %G /dev/kvm 2>/dev/null);",
         "echo upstream_nix=$(test -x %s/nix && echo yes);" % UPSTREAM_BIN,
-        "echo binfmt=$(ls /proc/sys/fs/binfmt_misc/ 2>/dev/null | tr '\\n' ' ')",
+        "echo binfmt=$(ls /proc/sys/fs/binfmt_misc/ 2>/dev/null | tr '\\n' ' ');",
+        # installed packages, so that a pre-baked image (or a second run) skips apt entirely
+        "echo installed=$(dpkg-query -W -f='${db:Status-Status}:${Package} ' 2>/dev/null"
+        " | tr ' ' '\\n' | sed -n 's/^installed://p' | tr '\\n' ' ')",
     ]
 )
 
@@ -132,12 +135,16 @@ def plan(facts: Dict[str, str], opts: Dict[str, Any]) -> Dict[str, Any]:
     cores = _int(opts.get("cores")) or vcpus
     qemu = bool(emulated) and opts.get("qemu", True)
     present = set(facts.get("binfmt", "").split())
+    packages = _packages(facts, opts, qemu)
+    installed = set(facts.get("installed", "").split())
     return {
         "system": system,
         "emulated": emulated,
         "max_jobs": max_jobs,
         "cores": cores,
-        "packages": _packages(facts, opts, qemu),
+        "packages": packages,
+        # what apt must install: nothing on a pre-baked image or a second run
+        "missing": [p for p in packages if p not in installed],
         # A fresh image may have no package lists but a recent lists directory, which
         # apt's cache_valid_time would take for a recent update.
         "apt_cache_valid_time": _int(opts.get("apt_cache_valid_time")) if _int(facts.get("apt_lists")) > 0 else 0,

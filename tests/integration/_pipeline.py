@@ -32,8 +32,21 @@ def instance() -> str:
     return os.environ.get("NIXFORGE_SANDBOX_INSTANCE", "0") or "0"
 
 
+# The pre-baked builder AMI (Debian 13 with Nix installed; nfsandbox/ec2/catalog.py) that the
+# sandbox inventory launches when this variable names it: tests that are not about installing
+# Nix save the package installation (the most CPU a pipeline run costs here). Tests of the
+# installation itself remove it from their environment (plain_debian).
+BUILDER_IMAGE = {"NIXFORGE_SANDBOX_BUILDER_IMAGE": "nixforge-builder-debian-13-*"}
+
+
+def plain_debian(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the pre-baked image: the builder runs Debian's AMI and nix_bootstrap installs Nix."""
+    return {k: v for k, v in env.items() if k not in BUILDER_IMAGE}
+
+
 def sandbox_env() -> dict[str, str] | None:
-    """The variables `sandboxctl env` exports, or None when the instance is not up."""
+    """The variables `sandboxctl env` exports, or None when the instance is not up; plus
+    BUILDER_IMAGE."""
     proc = subprocess.run(
         [str(SANDBOXCTL), "env"],
         capture_output=True,
@@ -48,7 +61,7 @@ def sandbox_env() -> dict[str, str] | None:
         if line.startswith("export "):
             key, _sep, value = line[len("export ") :].partition("=")
             out[key] = shlex.split(value)[0] if value else ""
-    return out
+    return {**out, **BUILDER_IMAGE}
 
 
 def resources() -> list[dict[str, Any]]:

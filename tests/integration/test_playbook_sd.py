@@ -18,6 +18,7 @@ import pytest
 from _pipeline import (
     ROOT,
     new_id,
+    plain_debian,
     playbook_env,
     resources_of,
     run_playbook,
@@ -124,9 +125,11 @@ def test_end_to_end_with_vvvv(env: dict[str, str], tmp_path: Path) -> None:
     """Succeeds, the fetched image matches the builder's sha256, nothing is left, and
     -vvvv shows neither the AWS secret key nor a private SSH key."""
     build_id = new_id("t-sd")
-    proc = run(env, tmp_path, build_id, "-vvvv")
+    # on Debian's own AMI, as make demo: nix_bootstrap installs Nix
+    proc = run(plain_debian(env), tmp_path, build_id, "-vvvv")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
+    assert "TASK [nixforge.images.nix_bootstrap : Install nix-bin, nix-setup-systemd" in output
     s = summary(tmp_path)
     image = Path(s["Image"])
     assert image.is_file() and image.parent == tmp_path / "artifacts"
@@ -207,6 +210,9 @@ def test_rerun_adopts_the_running_builder(env: dict[str, str], tmp_path: Path) -
         proc = run(env, tmp_path, build_id)
         assert proc.returncode == 0, proc.stdout[-10000:] + proc.stderr[-3000:]
         assert summary(tmp_path)["Builder"].endswith("(adopted)")
+        # the pre-baked builder image has Nix: nix_bootstrap installs nothing
+        install = result_of(recorded(tmp_path), "Install nothing (every package is installed)", "skipped")
+        assert install["result"].get("skipped") is True, install
         assert len(instances_ever(env, build_id)) == 1  # the same instance, no second one
     finally:
         reap = run_playbook(ROOT / "playbooks" / "reap.yml", playbook_env(env), variables)

@@ -28,7 +28,7 @@ from .control import ControlAPI
 from .hosts import HostPool
 from .hosts.aptproxy import AptProxy, machine_mirrors
 from .hosts.network import Network
-from .hosts.rootfs import DEFAULT_SUITE, BaseImages, normalize_suite
+from .hosts.rootfs import UP_SUITES, BaseImages, normalize_suite
 from .providers import Providers
 from .tls import CertificateAuthority
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--providers", default=os.environ.get("NIXFORGE_SANDBOX_PROVIDERS", ",".join(DEFAULT_PROVIDERS))
     )
-    parser.add_argument("--suites", default=os.environ.get("NIXFORGE_SANDBOX_SUITES", DEFAULT_SUITE))
+    parser.add_argument("--suites", default=os.environ.get("NIXFORGE_SANDBOX_SUITES", ",".join(UP_SUITES)))
     args = parser.parse_args(argv)
     inst = Instance(args.instance)
     inst.state_dir.mkdir(parents=True, exist_ok=True)

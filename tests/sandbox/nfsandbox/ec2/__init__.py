@@ -256,7 +256,7 @@ class Provider:
         from moto.ec2.models import amis
 
         self._saved_settings["AMIS"] = list(amis.AMIS)
-        amis.AMIS[:] = catalog.debian_amis()
+        amis.AMIS[:] = catalog.amis()
 
     def _restore_moto(self) -> None:
         from moto import settings
@@ -282,7 +282,7 @@ class Provider:
         from moto.ec2.models import amis
         from moto.moto_api._internal.models import moto_api_backend
 
-        amis.AMIS[:] = catalog.debian_amis()
+        amis.AMIS[:] = catalog.amis()
         moto_api_backend.reset()
 
     # -- hooks called by patches.py --------------------------------------------------

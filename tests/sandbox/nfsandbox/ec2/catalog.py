@@ -7,6 +7,12 @@ picks the wrong image here exactly as it would on AWS). Several builds per relea
 "take the newest" has to be done right. Image ids are derived from the names, so they are
 stable from one sandbox run to the next.
 
+Beside Debian's images, account PREBAKED_OWNER shares ``nixforge-builder-debian-13-<arch>-<date>``:
+Debian 13 with Nix already installed, as a user's own builder AMI baked once with Packer. A
+host booted from it runs the ``trixie+nix`` base image (nfsandbox.hosts.rootfs.VARIANTS),
+where nix_bootstrap finds every package installed. Tests that are not about installing Nix
+use it (builder_host_ec2_image_name/_owner) and save the package installation.
+
 Prices are plausible us-east-1 figures (USD per hour, checked against public price lists in
 2026); they matter only relative to each other (lowest-price allocation, max-price checks,
 the playbooks' cost summary). Types missing from the tables get a price from their vCPU
@@ -22,6 +28,11 @@ import tempfile
 from typing import Any
 
 DEBIAN_OWNER = "136693071363"
+# An account of the user's that publishes pre-baked builder images (shared, not public).
+PREBAKED_OWNER = "111122223333"
+PREBAKED_PREFIX = "nixforge-builder-"
+# (Debian major, date) of the pre-baked images
+_PREBAKED = [(13, "20261201")]
 
 # major -> (codename, [(date, build), ...] oldest first)
 _RELEASES: dict[int, tuple[str, list[tuple[str, str]]]] = {
@@ -73,19 +84,58 @@ def debian_amis() -> list[dict[str, Any]]:
     return amis
 
 
+def prebaked_amis() -> list[dict[str, Any]]:
+    """The pre-baked builder images (Debian + Nix), in the same format."""
+    amis = []
+    for major, date in _PREBAKED:
+        for deb_arch, aws_arch in _ARCHES.items():
+            name = "%sdebian-%d-%s-%s" % (PREBAKED_PREFIX, major, deb_arch, date)
+            amis.append(
+                {
+                    "ami_id": _ami_id(name),
+                    "name": name,
+                    "description": "Debian %d with Nix (nix-bin, multi-user) preinstalled, baked %s" % (major, date),
+                    "owner_id": PREBAKED_OWNER,
+                    "public": True,
+                    "state": "available",
+                    "image_type": "machine",
+                    "image_location": "%s/%s" % (PREBAKED_OWNER, name),
+                    "architecture": aws_arch,
+                    "virtualization_type": "hvm",
+                    "hypervisor": "xen",
+                    "root_device_type": "ebs",
+                    "root_device_name": "/dev/xvda",
+                    "sriov": "simple",
+                    "boot_mode": "uefi-preferred" if aws_arch == "x86_64" else "uefi",
+                    "creation_date": "%s-%s-%sT12:00:00.000Z" % (date[:4], date[4:6], date[6:]),
+                }
+            )
+    return amis
+
+
+def amis() -> list[dict[str, Any]]:
+    """Every AMI of the sandbox's EC2: Debian's and the pre-baked builder images."""
+    return debian_amis() + prebaked_amis()
+
+
 def write_catalogue(directory: str | None = None) -> str:
     """Write the catalogue as JSON (for ``MOTO_AMIS_PATH``) and return the file's path."""
     fd, path = tempfile.mkstemp(prefix="debian-amis-", suffix=".json", dir=directory)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(debian_amis(), f, indent=1)
+        json.dump(amis(), f, indent=1)
     return path
 
 
 def suite_of_image_name(name: str | None) -> str | None:
-    """``debian-12-arm64-...`` -> ``bookworm``; None for images that are not Debian's."""
-    parts = (name or "").split("-")
-    if len(parts) > 2 and parts[0] == "debian" and parts[1].isdigit():
-        return SUITES.get(int(parts[1]))
+    """``debian-12-arm64-...`` -> ``bookworm``, ``nixforge-builder-debian-12-...`` ->
+    ``bookworm+nix``; None for other images."""
+    name = name or ""
+    variant = ""
+    if name.startswith(PREBAKED_PREFIX):
+        name, variant = name[len(PREBAKED_PREFIX) :], "+nix"
+    parts = name.split("-")
+    if len(parts) > 2 and parts[0] == "debian" and parts[1].isdigit() and int(parts[1]) in SUITES:
+        return SUITES[int(parts[1])] + variant
     return None
 
 

@@ -231,12 +231,12 @@ def uninstall() -> None:
 
 def _load_amis(self: Any) -> None:
     # Gap: moto labels every catalogue image owner alias "amazon" and has no EnaSupport;
-    # Debian's images have no owner alias and support ENA.
+    # Debian's images and the pre-baked builder images have no owner alias and support ENA.
     _orig(AmiBackend, "_load_amis")(self)
     if _hooks is None:
         return
     for ami in self.amis.values():
-        if ami.owner_id == catalog.DEBIAN_OWNER:
+        if ami.owner_id in (catalog.DEBIAN_OWNER, catalog.PREBAKED_OWNER):
             ami.owner_alias = None
             ami.ena_support = True
 

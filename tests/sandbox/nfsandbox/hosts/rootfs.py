@@ -11,6 +11,10 @@ instances and kept across `down`):
     rootfs/<suite>-<key>.tar.zst   the built image, portable (CI can cache this file)
     base/<suite>-<key>/            unpacked, read-only lower layer of every host overlay
 
+A suite may name a variant, ``<codename>+<variant>``: the same image with the variant's
+packages installed (``bookworm+nix``: Nix from Debian, as in a builder AMI a user bakes
+once with Packer so that nix_bootstrap has nothing to install).
+
 `key` hashes everything the image is made from (suite, mirror, packages and the
 customisation script below), so changing the recipe builds a new image.
 """
@@ -37,6 +41,8 @@ log = logging.getLogger("nfsandbox.hosts.rootfs")
 # answer: this machine's mirror answers 404 for it (it moved to archive.debian.org).
 SUITES = {"10": "buster", "12": "bookworm", "13": "trixie"}
 DEFAULT_SUITE = "bookworm"
+# Prepared when an instance comes up: Debian's AMIs and the pre-baked builder AMIs run on these.
+UP_SUITES = (DEFAULT_SUITE, "trixie+nix")
 
 PACKAGES = (
     "openssh-server",
@@ -57,6 +63,21 @@ PACKAGES = (
     "grub-common",
     "grub-pc-bin",
 )
+
+# Variants: what a pre-baked builder image adds (nix_bootstrap's own package list for the
+# Debian install method, multi-user).
+VARIANTS = {
+    "nix": ("nix-bin", "nix-setup-systemd", "ca-certificates", "git", "rsync", "xz-utils"),
+}
+
+# Installs a variant's packages in a chroot of the fresh debootstrap, before CUSTOMIZE
+# (which cleans apt's lists and caches). No daemon starts: there is no systemd in a chroot.
+INSTALL_VARIANT = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get -q update >/dev/null
+apt-get -q install -y --no-install-recommends "$@" >/dev/null
+"""
 
 # Debian packages the sandbox DigitalOcean image is made of, downloaded into the base
 # image at IMAGE_DEBS_DIR (the sandbox flake reads them there): Debian's cloud kernel
@@ -109,8 +130,18 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.lo
 
 
 def normalize_suite(suite: str) -> str:
-    s = str(suite).lower().removeprefix("debian-").removeprefix("debian")
-    return SUITES.get(s, s)
+    """``12``/``debian-12``/``bookworm`` -> ``bookworm``; a ``+variant`` suffix is kept."""
+    name, plus, variant = str(suite).lower().partition("+")
+    s = name.removeprefix("debian-").removeprefix("debian")
+    if plus and variant not in VARIANTS:
+        raise ValueError(f"unknown base image variant {variant!r} (known: {', '.join(VARIANTS)})")
+    return SUITES.get(s, s) + (f"+{variant}" if plus else "")
+
+
+def split_suite(suite: str) -> tuple[str, tuple[str, ...]]:
+    """``bookworm+nix`` -> (``bookworm``, the variant's packages)."""
+    codename, _plus, variant = suite.partition("+")
+    return codename, VARIANTS.get(variant, ())
 
 
 def recipe_key(suite: str, mirror: str, security: str) -> str:
@@ -122,6 +153,9 @@ def recipe_key(suite: str, mirror: str, security: str) -> str:
         "customize": CUSTOMIZE,
         "image_debs": [IMAGE_DEBS_DIR, *IMAGE_DEBS],
     }
+    extra = split_suite(suite)[1]
+    if extra:  # a plain suite's key stays what it was before variants existed
+        recipe.update(variant_packages=extra, install_variant=INSTALL_VARIANT)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,14 +231,15 @@ class BaseImages:
     def _build(self, suite: str, tar: Path, dest: Path) -> None:
         """debootstrap + customise, write the cached tarball, and move the tree to `dest`
         (the first start needs no unpacking)."""
-        check_suite(suite, self.mirror)
+        codename, extra = split_suite(suite)
+        check_suite(codename, self.mirror)
         started = time.monotonic()
         build = tar.parent / f".build-{tar.name}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir(parents=True)
         root = build / "root"
         # downloaded .debs are kept: a recipe change then costs no second download
-        debs = self.root / "debs" / suite
+        debs = self.root / "debs" / codename
         debs.mkdir(parents=True, exist_ok=True)
         log.info("building the %s base image with debootstrap (about a minute, once)", suite)
         try:
@@ -220,12 +255,14 @@ class BaseImages:
                     "--variant=minbase",
                     f"--include={','.join(PACKAGES)}",
                     f"--cache-dir={debs}",
-                    suite,
+                    codename,
                     str(root),
                     self.mirror,
                 ],
                 timeout=1800,
             )
+            if extra:
+                run(["chroot", str(root), "sh", "-c", INSTALL_VARIANT, "install", *extra], timeout=900)
             run(
                 [
                     "chroot",
@@ -234,7 +271,7 @@ class BaseImages:
                     "-c",
                     CUSTOMIZE,
                     "customize",
-                    suite,
+                    codename,
                     self.mirror,
                     self.security,
                     IMAGE_DEBS_DIR,
@@ -291,7 +328,8 @@ class BaseImages:
 
 
 def current_keys(base: BaseImages) -> set[str]:
-    return {f"{suite}-{base.key(suite)}" for suite in SUITES.values()}
+    suites = [*SUITES.values()] + [f"{s}+{v}" for s in SUITES.values() for v in VARIANTS]
+    return {f"{suite}-{base.key(suite)}" for suite in suites}
 
 
 def collect_garbage(base: BaseImages) -> list[Path]:

@@ -34,6 +34,19 @@ def test_probe_runs_here_and_parses() -> None:
     facts = parse_probe(out)
     assert facts["arch"] and int(facts["vcpus"]) >= 1 and int(facts["mem_kb"]) > 0
     assert set(facts) >= {"os_id", "os_version", "init", "apt_lists", "kvm_group", "upstream_nix", "binfmt"}
+    # this machine is Debian: dpkg knows its installed packages, and the probe lists them
+    assert {"dpkg", "apt"} <= set(facts["installed"].split())
+
+
+def test_only_missing_packages_go_to_apt() -> None:
+    """A pre-baked image (or a second run) has them all: the role then skips apt entirely."""
+    assert plan(DEBIAN12, OPTS)["missing"] == plan(DEBIAN12, OPTS)["packages"]
+    some = plan(dict(DEBIAN12, installed="nix-bin git rsync libc6"), OPTS)
+    assert some["missing"] == ["nix-setup-systemd", "ca-certificates", "xz-utils"]
+    baked = "nix-bin nix-setup-systemd ca-certificates git rsync xz-utils"
+    assert plan(dict(DEBIAN12, installed=baked), OPTS)["missing"] == []
+    # a package the user adds is still installed on a pre-baked image
+    assert plan(dict(DEBIAN12, installed=baked), dict(OPTS, extra_packages=["jq"]))["missing"] == ["jq"]
 
 
 def test_native_build_installs_no_qemu_in_one_list() -> None:
