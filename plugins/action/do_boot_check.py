@@ -62,6 +62,7 @@ ARGUMENT_SPEC: Dict[str, Any] = dict(
     boot_timeout=dict(type="int", default=600),
     command_timeout=dict(type="int", default=120),
     cleanup_timeout=dict(type="int", default=300),
+    create_timeout=dict(type="int", default=300),
     oauth_token=dict(type="str", no_log=True, aliases=["api_token"]),
     api_url=dict(type="str"),
     ca_bundle=dict(type="path"),
@@ -111,7 +112,8 @@ class BootCheck:
         # exit, also after Ctrl-C, should the worker be killed before its cleanup
         self.workdir = tempfile.mkdtemp(prefix="nixforge-boot-", dir=tmp_root)
         self.key_requested = self.droplet_requested = False
-        self.started: Optional[float] = None
+        self.requested: Optional[float] = None  # the create request: billing starts
+        self.started: Optional[float] = None  # the droplet is active: boot_timeout counts from here
         self.logged_in: Optional[float] = None
         self.result: Dict[str, Any] = {"droplet": {}, "ssh_key": {}, "output": "", "reached": "none"}
 
@@ -153,7 +155,7 @@ class BootCheck:
     def create_droplet(self, key_id: str, host_key: HostKey) -> None:
         user_data = render(host_key_config(host_key), comment="nixforge boot check of build %s" % self.args["build_id"])
         self.droplet_requested = True
-        self.started = time.time()
+        self.requested = time.time()
         reply = self.module(
             "do_droplet",
             "Creating the boot check's droplet",
@@ -166,8 +168,10 @@ class BootCheck:
             ssh_keys=[key_id],
             user_data=user_data,
             wait=True,
-            wait_timeout=self.args["boot_timeout"],
+            # the provider's queue until the droplet is active is not the image's boot time
+            wait_timeout=self.args["create_timeout"],
         )
+        self.started = time.time()
         droplet = reply["droplet"]
         self.result["droplet"] = droplet
         self.ladder.address = droplet.get("public_ipv4")
@@ -217,7 +221,7 @@ class BootCheck:
 
     def timeout_message(self) -> str:
         return (
-            "The image %s did not boot: droplet %s (%s) accepted no SSH login within %d s (option 'boot_timeout'; "
+            "The image %s did not boot: droplet %s (%s) accepted no SSH login within %d s of becoming active (option 'boot_timeout'; "
             "do_image_publish_boot_timeout in the role); %s. Its serial console is in the DigitalOcean control panel "
             "(Recovery console)"
             % (
@@ -288,10 +292,9 @@ class BootCheck:
                 errors.append(str(exc))
         self.result["removed"] = removed
         gone = time.time()
-        if self.started is not None:
-            self.result.update(
-                probe.summary_numbers(self.started, self.logged_in, gone, self.result["droplet"].get("price_hourly"))
-            )
+        if self.requested is not None:
+            price = self.result["droplet"].get("price_hourly")
+            self.result.update(probe.summary_numbers(self.requested, self.logged_in, gone, price, active=self.started))
         self.result["reached"] = self.ladder.reached if self.droplet_requested else "none"
         return {"errors": errors}
 

@@ -77,10 +77,14 @@ options:
       when unset.
     type: str
   boot_timeout:
-    description: Seconds from the droplet's creation until the SSH login must work; the task fails when they
-      run out, saying how far the droplet got.
+    description: Seconds from the droplet becoming active (its VM started) until the SSH login must work; the task
+      fails when they run out, saying how far the droplet got. The wait for C(active) is O(create_timeout)'s.
     type: int
     default: 600
+  create_timeout:
+    description: Seconds DigitalOcean may take to create the droplet until it is C(active).
+    type: int
+    default: 300
   command_timeout:
     description: Seconds O(command) may run.
     type: int
@@ -141,10 +145,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 boot_seconds:
-  description: Seconds from the droplet's creation to the first SSH login (null when it never worked).
+  description: Seconds from the droplet becoming active to the first SSH login (null when it never worked).
   returned: when the droplet was created
   type: float
   sample: 41.3
+create_seconds:
+  description: Seconds from the create request until the droplet was active (null when it never was).
+  returned: when the droplet was created
+  type: float
+  sample: 12.0
 output:
   description: Standard output of O(command), stripped.
   returned: always

@@ -159,12 +159,15 @@ def check_cost(price_hourly: Optional[float], seconds: float) -> Optional[float]
 
 
 def summary_numbers(
-    started: float, logged_in: Optional[float], gone: float, price: Optional[float]
+    started: float, logged_in: Optional[float], gone: float, price: Optional[float], active: Optional[float] = None
 ) -> Dict[str, object]:
-    """The figures the pipeline summary prints."""
+    """The figures the pipeline summary prints. ``started``: the create request (billing starts);
+    ``active``: the droplet became active (its VM started: the boot is counted from there)."""
     lifetime = max(0.0, gone - started)
+    booting_since = active if active is not None else started
     return {
-        "boot_seconds": round(logged_in - started, 1) if logged_in is not None else None,
+        "boot_seconds": round(logged_in - booting_since, 1) if logged_in is not None else None,
+        "create_seconds": round(active - started, 1) if active is not None else None,
         "droplet_seconds": round(lifetime, 1),
         "billed_seconds": billed_seconds(lifetime),
         "price_per_hour": price,

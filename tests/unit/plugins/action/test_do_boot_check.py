@@ -23,6 +23,7 @@ ARGS = dict(
     command="cat /etc/nixforge-image",
     expect=None,
     boot_timeout=30,
+    create_timeout=45,
     command_timeout=10,
     cleanup_timeout=10,
     oauth_token="secret-token",
@@ -95,7 +96,7 @@ def test_a_passing_check_creates_key_and_droplet_then_removes_both(ladder: dict[
     assert [a.get("wait") for _n, a in modules.calls[2:]] == [False, None, True]
     droplet_args = modules.calls[1][1]
     assert droplet_args["ssh_keys"] == ["55"] and droplet_args["min_disk_size"] == 3 and droplet_args["size"] is None
-    assert droplet_args["name"] == "nixforge-b1-boot" and droplet_args["wait_timeout"] == 30
+    assert droplet_args["name"] == "nixforge-b1-boot" and droplet_args["wait_timeout"] == 45  # create_timeout
     # the host key goes in by user data, and exactly that key is pinned for the address
     assert droplet_args["user_data"].startswith("#cloud-config") and "ed25519_private" in droplet_args["user_data"]
     host_public = droplet_args["user_data"].split("ed25519_public: ")[1].split()[:2]
@@ -116,7 +117,7 @@ def test_no_ssh_banner_times_out_naming_the_option_and_the_stage(ladder: dict[st
     modules = Modules()
     _check, failure = run(modules, boot_timeout=0)
     assert failure is not None
-    assert "within 0 s (option 'boot_timeout'; do_image_publish_boot_timeout" in failure
+    assert "within 0 s of becoming active (option 'boot_timeout'; do_image_publish_boot_timeout" in failure
     assert "192.0.2.9 and TCP port 22 accepted connections, but no SSH server ever greeted" in failure
     assert modules.names()[-3:] == ["do_droplet/absent", "do_ssh_key/absent", "do_droplet/absent"]
 

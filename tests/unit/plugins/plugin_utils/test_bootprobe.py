@@ -245,10 +245,14 @@ def test_summary_numbers() -> None:
     numbers = probe.summary_numbers(100.0, 141.26, 158.0, 0.00893)
     assert numbers == {
         "boot_seconds": 41.3,
+        "create_seconds": None,
         "droplet_seconds": 58.0,
         "billed_seconds": 60,
         "price_per_hour": 0.00893,
         "cost": 0.01,
     }
     assert probe.summary_numbers(100.0, None, 700.0, None)["boot_seconds"] is None
+    # the boot counts from the droplet being active; billing from the create request
+    later = probe.summary_numbers(100.0, 141.26, 158.0, 0.00893, active=112.0)
+    assert later["boot_seconds"] == 29.3 and later["create_seconds"] == 12.0 and later["droplet_seconds"] == 58.0
     assert probe.check_cost(None, 5) is None
