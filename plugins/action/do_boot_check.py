@@ -221,8 +221,9 @@ class BootCheck:
 
     def timeout_message(self) -> str:
         return (
-            "The image %s did not boot: droplet %s (%s) accepted no SSH login within %d s of becoming active (option 'boot_timeout'; "
-            "do_image_publish_boot_timeout in the role); %s. Its serial console is in the DigitalOcean control panel "
+            "The image %s did not boot: droplet %s (%s) accepted no SSH login within %d s of becoming active "
+            "(option 'boot_timeout'; do_image_publish_boot_timeout in the role); %s. Its serial console is in the "
+            "DigitalOcean control panel "
             "(Recovery console)"
             % (
                 self.args["image"],
