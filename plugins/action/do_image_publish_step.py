@@ -17,6 +17,7 @@ from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
     PublishError,
     boot_failure,
     check_inputs,
+    existing_image,
     preflight_failure,
     publish_failure,
     publish_result,
@@ -29,11 +30,12 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "step": {
         "type": "str",
         "required": True,
-        "choices": ["check", "preflight_failed", "published", "booted", "result"],
+        "choices": ["check", "planned", "preflight_failed", "published", "booted", "result"],
     },
     "entry_point": {"type": "str", "choices": ["main", "preflight"], "default": "main"},
     "parameter": {"type": "str", "default": ""},
     "msg": {"type": "str", "default": ""},
+    "planned": OUTCOME,
     "lookup": OUTCOME,
     "upload": OUTCOME,
     "imported": OUTCOME,
@@ -79,6 +81,8 @@ def step(args: Mapping[str, Any], values: Mapping[str, Any]) -> Dict[str, Any]:
     if name == "check":
         check_inputs(values, args["entry_point"])
         return {"msg": "The inputs are set."}
+    if name == "planned":  # the preflight's answer: the build's image if a re-run finds it
+        return {"existing": existing_image(args["planned"])}
     if name == "preflight_failed":  # only ever called in a rescue: it always stops
         raise PublishError(preflight_failure(args["parameter"], args["msg"]))
     if name == "published":

@@ -34,7 +34,7 @@ options:
     description: Which step.
     type: str
     required: true
-    choices: [check, preflight_failed, published, booted, result]
+    choices: [check, planned, preflight_failed, published, booted, result]
   entry_point:
     description: O(step=check) the role's entry point whose inputs are checked.
     type: str
@@ -48,6 +48,12 @@ options:
     description: O(step=preflight_failed) the failed module's message.
     type: str
     default: ""
+  planned:
+    description:
+      - O(step=planned) the result of the preflight's planned import (M(nixforge.images.do_custom_image) in check
+        mode).
+    type: dict
+    default: {}
   lookup:
     description:
       - O(step=published) the result of the look-up of the build's image (M(nixforge.images.do_custom_image) in check
@@ -105,6 +111,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+existing:
+  description:
+    - O(step=planned) the build's DigitalOcean image when it exists already, available in every region (a re-run:
+      nothing to build, upload or import); empty otherwise.
+  returned: success, step planned
+  type: dict
 image:
   description: O(step=published) the DigitalOcean image (imported now, or the build's image found).
   returned: success, step published

@@ -186,6 +186,15 @@ def publish_failure(
     return "%s; %s. %s" % (head, removed, reason)
 
 
+def existing_image(planned: Mapping[str, Any]) -> Dict[str, Any]:
+    """The build's image when the preflight's planned import found it available in every region
+    (nothing to change: a re-run builds nothing), else {}."""
+    image = planned.get("image")
+    if planned.get("changed") or not isinstance(image, Mapping) or image.get("id") is None:
+        return {}
+    return dict(image)
+
+
 def published_image(lookup: Mapping[str, Any], imported: Mapping[str, Any]) -> Dict[str, Any]:
     """The DigitalOcean image: the one imported now, or the build's image found (a re-run)."""
     image = imported.get("image") or lookup.get("image")

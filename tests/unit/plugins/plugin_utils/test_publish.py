@@ -97,6 +97,17 @@ def test_a_failed_preflight_call_is_led_by_the_variable_to_fix() -> None:
     )
 
 
+def test_the_preflight_answers_the_existing_image_only_when_nothing_is_to_change() -> None:
+    def planned(outcome: Dict[str, Any]) -> Dict[str, Any]:
+        return action.step(dict(ARGS, step="planned", planned=outcome), VALUES)
+
+    assert planned({"changed": False, "image": IMAGE}) == {"existing": IMAGE}
+    # an import or a transfer is still to do, or no image of the build
+    assert planned({"changed": True, "image": IMAGE}) == {"existing": {}}
+    assert planned({"changed": True, "image": {}}) == {"existing": {}}
+    assert planned({"changed": False}) == {"existing": {}}
+
+
 # --- publishing: the upload and the import -------------------------------------------------
 
 
