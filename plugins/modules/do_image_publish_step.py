@@ -113,8 +113,8 @@ EXAMPLES = r"""
 RETURN = r"""
 existing:
   description:
-    - O(step=planned) the build's DigitalOcean image when it exists already, available in every region (a re-run:
-      nothing to build, upload or import); empty otherwise.
+    - O(step=planned) the build's DigitalOcean image when it exists already, available in every region (a re-run,
+      which then builds, uploads and imports nothing); empty otherwise.
   returned: success, step planned
   type: dict
 image:
