@@ -86,7 +86,9 @@ docs-lint: collection
 sanity: collection
 	@echo "== ansible-test sanity"
 	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
-	@git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	@# what the collection ships (galaxy.yml build_ignore): not the sandbox, benchmarks or scripts, which ruff checks
+	@git ls-files -z --cached --others --exclude-standard | $(BIN)/python scripts/shipped-files.py \
+	  | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
 	@# ansible-test lists a collection's files through git; the copy gets its own throwaway index.
 	@cd $(SANITY_ROOT) && git init -q && git add -A
 	@pip_version=$$($(BIN)/python -c 'import ansible_test._internal.python_requirements as r, inspect, re; print(re.search(r"pip=.(\d+\.\d+)", inspect.getsource(r)).group(1))'); \
