@@ -133,6 +133,16 @@ def test_the_do_summary_adds_the_boot_check() -> None:
     )
     assert lines["Boot out"].strip() == "a | b" and lines["Timings"].strip().endswith("publish 400 s")
     assert lines["Image id"].strip() == "7 (n, available)"
+    # an older result without create_seconds: the boot time is all the line has
+    assert lines["Boot check"].strip().startswith("20.0 s from create to SSH on s-1vcpu-1gb in nyc3")
+    # create_seconds (create to active) and boot_seconds (active to SSH) both shown, create to SSH their sum
+    boot["create_seconds"] = 4.25
+    lines = dict(line.split(": ", 1) for line in p.report(args, now=5000))
+    assert (
+        lines["Boot check"]
+        .strip()
+        .startswith("24.2 s from create to SSH (booted in 20.0 s once active) on s-1vcpu-1gb in nyc3 (droplet up 30 s")
+    )
 
 
 def test_without_an_image_the_report_is_the_build_error() -> None:
