@@ -1,7 +1,8 @@
 """The sandbox image definition (`nixforge:sandbox`) builds real, bootable images.
 
-Real, not mocked: a sandbox builder host bootstrapped with nix_bootstrap builds the images
-through the nixos_image role (exactly the code path of a user's flake); the artifacts
+Real, not mocked: a sandbox builder host (Debian 13 with Nix, the pre-baked base image)
+bootstrapped with nix_bootstrap builds the images through the nixos_image role (exactly
+the code path of a user's flake); the artifacts
 fetched to the controller are then inspected with the file system tools' own checkers
 (sfdisk, fsck.vfat, e2fsck, debugfs) and the DigitalOcean image is booted by hand under
 QEMU from its own disk (SeaBIOS -> GRUB in the MBR gap -> Debian's cloud kernel), with a
@@ -89,7 +90,8 @@ def images(sandbox_instance: SandboxHandle, tmp_path_factory: pytest.TempPathFac
     (directory / "bootstrap.yml").write_text(BOOTSTRAP)
     (directory / "build.yml").write_text(BUILD)
     built = {}
-    with sandbox_instance.builder_host(directory, "test-sandbox-image") as (_host, inventory):
+    # the images are under test here, not installing Nix (test_roles_build.py): a host that has it
+    with sandbox_instance.builder_host(directory, "test-sandbox-image", suite="trixie+nix") as (_host, inventory):
         run_playbook(inventory, directory / "bootstrap.yml", BOOTSTRAP_VARS)
         for name, kind, module in (("sd", "sd-aarch64", MODULE), ("do", "do", MODULE), ("broken", "do", BROKEN)):
             built[name] = _build(inventory, directory, name, kind, module)

@@ -140,11 +140,14 @@ class SandboxHandle:
         return self.call("GET", f"/hosts/{name}")
 
     @contextlib.contextmanager
-    def builder_host(self, directory: Path, owner: str) -> Iterator[tuple[dict[str, Any], Inventory]]:
+    def builder_host(
+        self, directory: Path, owner: str, suite: str = "bookworm"
+    ) -> Iterator[tuple[dict[str, Any], Inventory]]:
         """A host that lets a fresh key in, with an inventory naming it `builder`; stopped
-        at the end, and checked to be gone from `sandboxctl resources`."""
+        at the end, and checked to be gone from `sandboxctl resources`. ``suite``: its base
+        image (``trixie+nix``: Nix installed already, hosts.rootfs.VARIANTS)."""
         key, pubkey = ssh_keypair(directory / "keys")
-        host = self.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner=owner)
+        host = self.boot_host(f"#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n", owner=owner, suite=suite)
         try:
             yield host, write_inventory(directory / "inv", {"builder": host}, key)
         finally:
