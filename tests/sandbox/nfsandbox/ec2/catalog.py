@@ -50,6 +50,28 @@ def _ami_id(name: str) -> str:
     return "ami-" + hashlib.sha256(name.encode()).hexdigest()[:17]
 
 
+def _ami(name: str, description: str, owner: str, aws_arch: str, creation_date: str) -> dict[str, Any]:
+    """One catalogue entry (keyword arguments of moto's ``Ami``): an EBS-backed HVM image."""
+    return {
+        "ami_id": _ami_id(name),
+        "name": name,
+        "description": description,
+        "owner_id": owner,
+        "public": True,
+        "state": "available",
+        "image_type": "machine",
+        "image_location": "%s/%s" % (owner, name),
+        "architecture": aws_arch,
+        "virtualization_type": "hvm",
+        "hypervisor": "xen",
+        "root_device_type": "ebs",
+        "root_device_name": "/dev/xvda",
+        "sriov": "simple",
+        "boot_mode": "uefi-preferred" if aws_arch == "x86_64" else "uefi",
+        "creation_date": creation_date,
+    }
+
+
 def debian_amis() -> list[dict[str, Any]]:
     """The catalogue in the format of moto's ``MOTO_AMIS_PATH`` file (keyword arguments of ``Ami``)."""
     amis = []
@@ -59,28 +81,15 @@ def debian_amis() -> list[dict[str, Any]]:
             for flavour in flavours:
                 for deb_arch, aws_arch in _ARCHES.items():
                     name = "debian-%d-%s%s-%s-%s" % (major, flavour, deb_arch, date, build)
-                    amis.append(
-                        {
-                            "ami_id": _ami_id(name),
-                            "name": name,
-                            "description": "Debian %d%s (%s-%s)"
-                            % (major, " backports" if flavour else "", date, build),
-                            "owner_id": DEBIAN_OWNER,
-                            "public": True,
-                            "state": "available",
-                            "image_type": "machine",
-                            "image_location": "%s/%s" % (DEBIAN_OWNER, name),
-                            "architecture": aws_arch,
-                            "virtualization_type": "hvm",
-                            "hypervisor": "xen",
-                            "root_device_type": "ebs",
-                            "root_device_name": "/dev/xvda",
-                            "sriov": "simple",
-                            "boot_mode": "uefi-preferred" if aws_arch == "x86_64" else "uefi",
-                            "creation_date": "%s-%s-%sT%02d:%02d:00.000Z"
-                            % (date[:4], date[4:6], date[6:], int(build) % 24, int(build) % 60),
-                        }
+                    description = "Debian %d%s (%s-%s)" % (major, " backports" if flavour else "", date, build)
+                    created = "%s-%s-%sT%02d:%02d:00.000Z" % (
+                        date[:4],
+                        date[4:6],
+                        date[6:],
+                        int(build) % 24,
+                        int(build) % 60,
                     )
+                    amis.append(_ami(name, description, DEBIAN_OWNER, aws_arch, created))
     return amis
 
 
@@ -90,26 +99,9 @@ def prebaked_amis() -> list[dict[str, Any]]:
     for major, date in _PREBAKED:
         for deb_arch, aws_arch in _ARCHES.items():
             name = "%sdebian-%d-%s-%s" % (PREBAKED_PREFIX, major, deb_arch, date)
-            amis.append(
-                {
-                    "ami_id": _ami_id(name),
-                    "name": name,
-                    "description": "Debian %d with Nix (nix-bin, multi-user) preinstalled, baked %s" % (major, date),
-                    "owner_id": PREBAKED_OWNER,
-                    "public": True,
-                    "state": "available",
-                    "image_type": "machine",
-                    "image_location": "%s/%s" % (PREBAKED_OWNER, name),
-                    "architecture": aws_arch,
-                    "virtualization_type": "hvm",
-                    "hypervisor": "xen",
-                    "root_device_type": "ebs",
-                    "root_device_name": "/dev/xvda",
-                    "sriov": "simple",
-                    "boot_mode": "uefi-preferred" if aws_arch == "x86_64" else "uefi",
-                    "creation_date": "%s-%s-%sT12:00:00.000Z" % (date[:4], date[4:6], date[6:]),
-                }
-            )
+            description = "Debian %d with Nix (nix-bin, multi-user) preinstalled, baked %s" % (major, date)
+            created = "%s-%s-%sT12:00:00.000Z" % (date[:4], date[4:6], date[6:])
+            amis.append(_ami(name, description, PREBAKED_OWNER, aws_arch, created))
     return amis
 
 
