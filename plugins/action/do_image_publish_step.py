@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from ansible.errors import AnsibleError
-from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
     ROLE_VARIABLES,
@@ -23,6 +21,7 @@ from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
     publish_result,
     published_image,
 )
+from ansible_collections.nixforge.images.plugins.plugin_utils._task_vars import template_values
 
 OUTCOME = {"type": "dict", "default": {}}
 # keep in step with DOCUMENTATION in plugins/modules/do_image_publish_step.py
@@ -64,14 +63,9 @@ class ActionModule(ActionBase):
 
     def role_values(self, task_vars: Mapping[str, Any]) -> Dict[str, Any]:
         """The role's variables as this task sees them (role defaults, play vars, -e), templated."""
-        values: Dict[str, Any] = {}
-        for name in ROLE_VARIABLES:
-            if name not in task_vars:
-                continue
-            try:
-                values[name] = self._templar.template(task_vars[name])
-            except AnsibleError as exc:  # e.g. an undefined variable inside the value
-                raise PublishError("%s cannot be evaluated: %s" % (name, to_text(exc).splitlines()[0])) from exc
+        values, unusable = template_values(self._templar, task_vars, ROLE_VARIABLES)
+        if unusable:
+            raise PublishError(unusable[0])
         return values
 
 

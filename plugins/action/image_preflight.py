@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from ansible.errors import AnsibleError
-from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.nixforge.images.plugins.plugin_utils._preflight import problems, role_spec
+from ansible_collections.nixforge.images.plugins.plugin_utils._task_vars import template_values
 
 ARGUMENT_SPEC: Dict[str, Any] = {}
 # The roles whose variables a pipeline's build uses (their main entry points).
@@ -31,13 +30,7 @@ class ActionModule(ActionBase):
         names = {"nixos_image_build_mode"}
         for role in ROLES:
             names.update(role_spec(role))
-        values: Dict[str, Any] = {}
-        unusable = []
-        for name in sorted(n for n in names if n in task_vars):
-            try:
-                values[name] = self._templar.template(task_vars[name])
-            except AnsibleError as exc:  # e.g. an undefined variable inside the value
-                unusable.append("%s cannot be evaluated: %s" % (name, to_text(exc).splitlines()[0]))
+        values, unusable = template_values(self._templar, task_vars, sorted(names))
         mode = str(values.get("nixos_image_build_mode", "builder"))
         found = unusable or problems(values, mode, os.getcwd())
         result.update(changed=False, problems=found)
