@@ -197,8 +197,10 @@ def keygen(path: Path, comment: str) -> str:
     return Path(str(path) + ".pub").read_text().strip()
 
 
-def boot_host(env: dict[str, str], tmp: Path, owner: str) -> Host:
-    """Boot a plain host (like one the user already has) reachable as root and admin."""
+def boot_host(env: dict[str, str], tmp: Path, owner: str, suite: str = "bookworm") -> Host:
+    """Boot a plain host (like one the user already has) reachable as root and admin.
+    ``suite`` "trixie+nix": Debian 13 with Nix installed already (the sandbox's base image
+    variant), for tests about what comes after installing Nix."""
     tmp.mkdir(parents=True, exist_ok=True)
     user_pub = keygen(tmp / "login", "test-login")
     host_pub = keygen(tmp / "hostkey", "test-host")
@@ -211,7 +213,7 @@ def boot_host(env: dict[str, str], tmp: Path, owner: str) -> Host:
             "ssh_keys": {"ed25519_private": (tmp / "hostkey").read_text(), "ed25519_public": host_pub},
         }
     )
-    view = control(env, "POST", "/hosts", {"owner": owner, "userdata": userdata})
+    view = control(env, "POST", "/hosts", {"owner": owner, "userdata": userdata, "suite": suite})
     known = tmp / "known_hosts"
     known.write_text(f"{view['ip']} {' '.join(host_pub.split()[:2])}\n")
     return Host(name=view["name"], ip=view["ip"], key=tmp / "login", host_public_key=host_pub, known_hosts=known)

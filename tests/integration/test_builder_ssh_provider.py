@@ -1,6 +1,7 @@
 """builder_host's ssh provider against a host the user already has (a plain sandbox host).
 
-The host already has Nix (installed before the snapshot, as a user's machine would).
+The host already has Nix (the sandbox's Debian 13 + Nix image; nix_bootstrap only tunes it
+before the snapshot, as on a user's machine).
 Provisioning installs a per-build key, a work dir, and nix_remote_builder adds its
 nix.conf block, build user and authorized key; teardown must leave the host exactly as
 it was. Real SSH, real sudo, real Nix.
@@ -97,7 +98,7 @@ def sandbox(sandbox_instance) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def existing(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     tmp = tmp_path_factory.mktemp("existing")
-    host = boot_host(sandbox, tmp / "keys", owner="test-ssh-provider")
+    host = boot_host(sandbox, tmp / "keys", owner="test-ssh-provider", suite="trixie+nix")
     inventory = tmp / "existing.yml"
     inventory.write_text(
         "all:\n  hosts:\n    existing:\n"

@@ -141,7 +141,7 @@ TEARDOWN_ONLY = """
 
 @pytest.fixture
 def client(env: dict[str, str], tmp_path: Path) -> Iterator[Host]:
-    host = boot_host(env, tmp_path / "client-keys", owner="test-remote-builder-client")
+    host = boot_host(env, tmp_path / "client-keys", owner="test-remote-builder-client", suite="trixie+nix")
     try:
         yield host
     finally:
@@ -222,7 +222,7 @@ SETUP = """
 
 
 def test_existing_host_as_remote_builder(env: dict[str, str], client: Host, tmp_path: Path) -> None:
-    existing = boot_host(env, tmp_path / "existing-keys", owner="test-remote-builder-existing")
+    existing = boot_host(env, tmp_path / "existing-keys", owner="test-remote-builder-existing", suite="trixie+nix")
     try:
         inventory = tmp_path / "existing.yml"
         inventory.write_text(
