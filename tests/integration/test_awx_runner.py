@@ -5,7 +5,13 @@ template's extra vars in env/extravars, and in env/envvars exactly what the cred
 types' injectors (awx/credential_types/, and AWX's own Amazon Web Services type) inject for
 the credentials the template lists. Each workflow's stage templates (four for DigitalOcean,
 three for the SD image) run in order against the sandbox, then the reap template removes
-what the build made; nothing of the build is left.
+what the build made; nothing of the build is left. The DigitalOcean stages also get the
+jobs an operator adds by relaunching a template: a build before any provision (refused, no
+builder in the inventory), a build that fails (a wrong image definition) and is relaunched
+on the same builder with nothing provisioned again, and the teardown run twice (the
+workflow's failure edges may). Nothing passes between the jobs but files on the shared
+volume (the per-build state directory, image.json) and the provider's tags; each build job
+finds its builder only through the inventory source (no cache, host key pinned).
 
 Also `ansible-builder create` on awx/execution-environment.yml, and `ansible-builder
 introspect` on the installed collection: the requirement files of meta/execution-environment.yml
@@ -15,6 +21,8 @@ reach the execution environment.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -87,6 +95,9 @@ class PrivateDataDir:
         inventory = self.dir / "inventory"
         shutil.copytree(ROOT / "inventories" / "sandbox", inventory)  # localhost and the sandbox's endpoints
         source = yaml.safe_load((ROOT / "inventories" / "awx" / "nixforge.builders.yml").read_text())
+        # read anew by every job (AWX updates the source on launch): a stage sees the builder
+        # the job before it made
+        assert not [k for k in source if k.startswith("cache")], source
         source.update(
             state_dirs=[str(self.shared / "state")],
             known_hosts_dir=str(self.shared / "known_hosts"),
@@ -101,6 +112,7 @@ class PrivateDataDir:
             t["playbook"]: t for t in yaml.safe_load((AWX / "job_templates.yml").read_text())["job_templates"]
         }
         self.defaults = yaml.safe_load((AWX / "job_templates.yml").read_text())["defaults"]
+        self.ran: list[tuple[str, str]] = []  # (playbook, status) of every job, in order
 
     def extravars(self, survey: dict[str, Any]) -> dict[str, Any]:
         defaults = json.loads(json.dumps(self.defaults["extra_vars"]).replace("/var/lib/nixforge", str(self.shared)))
@@ -113,7 +125,7 @@ class PrivateDataDir:
         envvars.pop("PATH", None)
         (self.dir / "env" / "envvars").write_text(yaml.safe_dump(envvars))
         (self.dir / "env" / "extravars").write_text(yaml.safe_dump(self.extravars(survey)))
-        ident = Path(playbook).stem
+        ident = f"{len(self.ran) + 1:02d}-{Path(playbook).stem}"  # one per job, as AWX's job ids
         proc = subprocess.run(
             [str(RUNNER), "run", str(self.dir), "-p", playbook, "--ident", ident],
             env={"PATH": SEARCH_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"},
@@ -123,6 +135,7 @@ class PrivateDataDir:
             check=False,
         )
         status = (self.dir / "artifacts" / ident / "status").read_text().strip()
+        self.ran.append((playbook, status))
         return proc, status
 
 
@@ -179,24 +192,115 @@ def reaped_at_the_end(pdd: PrivateDataDir, build_id: str) -> Iterator[None]:
     assert resources_of(build_id) == []
 
 
+def instances(build_id: str) -> list[str]:
+    return [r["id"] for r in resources_of(build_id) if r["provider"] == "ec2" and r["type"] == "instance"]
+
+
+def flat(proc: subprocess.CompletedProcess) -> str:
+    return " ".join(proc.stdout.split())
+
+
+def succeeded(job: tuple[subprocess.CompletedProcess, str], playbook: str) -> subprocess.CompletedProcess:
+    proc, status = job
+    assert status == "successful", f"{playbook}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+    return proc
+
+
+def failed(job: tuple[subprocess.CompletedProcess, str], playbook: str) -> str:
+    proc, status = job
+    assert status == "failed", f"{playbook}: {status}: {proc.stdout[-3000:]}"
+    return flat(proc)
+
+
+def check_pinned_host_key(shared: Path, build_id: str) -> None:
+    """The inventory source wrote the builder a known_hosts file of its own (the one ssh is
+    told to use, with StrictHostKeyChecking=yes) holding the host key provision recorded."""
+    state = shared / "state" / build_id
+    recorded = next(p for p in (state / "ssh_host_ed25519_key.pub", state / "known_hosts") if p.is_file())
+
+    def key(text: str) -> list[str]:
+        words = text.split()
+        return next(words[i : i + 2] for i, w in enumerate(words) if w.startswith("ssh-"))
+
+    pinned = (shared / "known_hosts" / f"nixforge-builder-{build_id}").read_text()
+    assert len(pinned.splitlines()) == 1 and key(pinned) == key(recorded.read_text()), pinned
+
+
+def do_stages(pdd: PrivateDataDir, playbooks: list[str], survey: dict[str, Any], tmp: Path) -> None:
+    """The DigitalOcean workflow's templates with the jobs an operator adds: relaunches."""
+    build_id, shared = pdd.build_id, tmp / "shared"
+    provision, build, teardown, publish = playbooks  # the workflow's order (checked by the caller)
+
+    early = failed(pdd.job(build, survey), build)
+    assert f"the inventory has no builder nixforge-builder-{build_id}" in early, early[-3000:]
+
+    succeeded(pdd.job(provision, survey), provision)
+    first = instances(build_id)
+    assert len(first) == 1, resources_of(build_id)
+
+    # a build that fails (a wrong image definition) leaves the builder for a relaunch
+    wrong = failed(pdd.job(build, {**survey, "nixos_image_flake": str(tmp / "no-such-flake")}), build)
+    assert "no flake.nix" in wrong and "left for a retry" in wrong, wrong[-4000:]
+    assert f"nixforge-builder-{build_id}" in wrong  # it reached the builder (through the inventory source)
+    assert instances(build_id) == first
+
+    built = succeeded(pdd.job(build, survey), build)
+    assert "Launch or adopt" not in built.stdout  # nothing provisioned by the relaunch
+    assert f"nixforge-builder-{build_id}" in built.stdout
+    assert instances(build_id) == first
+    check_pinned_host_key(shared, build_id)
+    record = json.loads((shared / "artifacts" / build_id / "image.json").read_text())
+    data = Path(record["path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == record["sha256"]
+    assert gzip.decompress(data)[:4] == b"QFI\xfb"  # a gzipped qcow2
+
+    down = succeeded(pdd.job(teardown, survey), teardown)
+    assert first[0] in down.stdout  # the summary names the instance removed
+    assert [r for r in resources_of(build_id) if r["provider"] != "digitalocean"] == []
+    assert not (shared / "state" / build_id).exists()
+
+    succeeded(pdd.job(publish, survey), publish)  # the boot check off: test_boot_check.py's
+    images = [r for r in resources_of(build_id) if r["provider"] == "digitalocean"]
+    assert len(images) == 1 and images[0]["status"] == "available", images
+    assert images[0]["sha256"] == record["sha256"]  # what DigitalOcean fetched from B2
+    assert [r for r in resources_of(build_id) if r["provider"] == "b2"] == []
+
+    succeeded(pdd.job(teardown, survey), teardown)  # the workflow's failure edges may run it twice
+
+    # the jobs that succeeded are the workflow's, in its order (and the second teardown)
+    assert [p for p, status in pdd.ran if status == "successful"] == [*playbooks, teardown], pdd.ran
+    assert [p for p, status in pdd.ran if status != "successful"] == [build, build], pdd.ran
+
+
+def sd_stages(pdd: PrivateDataDir, playbooks: list[str], survey: dict[str, Any], tmp: Path) -> None:
+    build_id, shared = pdd.build_id, tmp / "shared"
+    for playbook in playbooks:
+        proc = succeeded(pdd.job(playbook, survey), playbook)
+        if playbook.endswith("_build.yml"):
+            assert "Launch or adopt" not in proc.stdout  # nothing provisioned by the build stage
+            assert f"nixforge-builder-{build_id}" in proc.stdout  # found through the inventory source
+            check_pinned_host_key(shared, build_id)
+    assert [p for p, _status in pdd.ran] == playbooks
+    record = json.loads((shared / "artifacts" / build_id / "image.json").read_text())
+    assert record["path"].endswith(".img.zst")
+    assert hashlib.sha256(Path(record["path"]).read_bytes()).hexdigest() == record["sha256"]
+
+
 @pytest.mark.skipif(RUNNER is None, reason="ansible-runner is not installed (tests/requirements.txt)")
 @pytest.mark.parametrize("pipeline", ["do", "sd"])
 def test_stage_workflow_templates_through_ansible_runner(env: dict[str, str], tmp_path: Path, pipeline: str) -> None:
-    """Each pipeline's stage templates, in the order of its workflow, each one job."""
+    """Each pipeline's stage templates, in the order of its workflow, each one job; the
+    DigitalOcean ones also relaunched as an operator does (do_stages)."""
     build_id = f"t-awx-{pipeline}-{os.urandom(3).hex()}"
     pdd = PrivateDataDir(env, tmp_path, build_id)
     survey = survey_for(env, build_id, pipeline == "do")
     if pipeline == "do":  # the whole-pipeline template below runs the boot check through AWX
         survey["do_image_publish_boot_check"] = False
     playbooks = workflow_playbooks(f"playbooks/{pipeline}_stage_provision.yml")
-    assert len(playbooks) == (4 if pipeline == "do" else 3), playbooks
+    stages = ("provision", "build", "teardown", "publish") if pipeline == "do" else ("provision", "build", "teardown")
+    assert playbooks == [f"playbooks/{pipeline}_stage_{stage}.yml" for stage in stages], playbooks
     with reaped_at_the_end(pdd, build_id):
-        for playbook in playbooks:
-            proc, status = pdd.job(playbook, survey)
-            assert status == "successful", f"{playbook}: {proc.stdout[-6000:]}{proc.stderr[-2000:]}"
-            if playbook.endswith("_build.yml"):
-                assert f"nixforge-builder-{build_id}" in proc.stdout  # found through the inventory source
-        assert (tmp_path / "shared" / "artifacts" / build_id / "image.json").is_file()
+        (do_stages if pipeline == "do" else sd_stages)(pdd, playbooks, survey, tmp_path)
         check_products(tmp_path / "shared", build_id, pipeline == "do")
         stdout = "".join(p.read_text() for p in (tmp_path / "pdd" / "artifacts").glob("*/stdout"))
         for name in ("DIGITALOCEAN_TOKEN", "B2_APPLICATION_KEY", "METAL_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY"):
