@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 from nfsandbox.testing import VENV_BIN, ansible_env, ansible_playbook, leftovers_of, start_playbook
 
@@ -80,6 +81,20 @@ def resources_of(build_id: str) -> list[dict[str, Any]]:
     """Live resources that carry the build id (tags, names), and machines left running without
     their cloud record (see nfsandbox.testing.leftovers_of)."""
     return leftovers_of(resources(), build_id)
+
+
+def account_keys(env: dict[str, str], build_id: str) -> list[str]:
+    """Names of the DigitalOcean account SSH keys of the build (the boot check's), straight from
+    the emulator's API: `sandboxctl resources` does not list account keys."""
+    answer = requests.get(
+        env["DIGITALOCEAN_API_URL"].rstrip("/") + "/account/keys",
+        params={"per_page": 200},
+        headers={"Authorization": "Bearer " + env["DIGITALOCEAN_TOKEN"]},
+        verify=env.get("DIGITALOCEAN_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or True,
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return [k["name"] for k in answer.json()["ssh_keys"] if k["name"].startswith("nixforge-%s-" % build_id)]
 
 
 def control(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:

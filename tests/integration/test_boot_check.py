@@ -1,21 +1,31 @@
-"""The boot check of do_image_publish (issue 16) in the sandbox, through the whole DigitalOcean
-pipeline: the sandbox image really boots under QEMU in the DigitalOcean emulator, the
-controller logs in with the per-build key and the pinned host key and runs the check.
+"""The boot check of do_image_publish (issue 16) when the image does not boot, in the sandbox:
+the publish stage alone (playbooks/do_stage_publish.yml: B2 upload, DigitalOcean import, the
+boot check) on an image made here on the controller that DigitalOcean imports but that can
+never boot: a blank qcow2 (no partition table, no boot loader) inside gzip. No builder is
+rented and nothing is built: what is under test starts at the import.
 
-- a boot check that passes: the summary shows the boot time, the image's marker and the cost;
-  the droplet and its account key are gone, the image stays (the product);
-- an image that does not boot (its init is broken by the module line
-  ``# nixforge-sandbox-break-init: true``): the pipeline fails naming the timeout and how far
-  the droplet got, and the droplet, the key and the image are removed;
+- the image does not boot: the stage fails naming the timeout, its variable and how far the
+  droplet got; the droplet, its account key and the image are removed;
 - Ctrl-C (SIGINT to ansible-playbook) while the droplet boots, then ``reap.yml`` by build id:
-  nothing is left.
+  nothing is left, and the check's private keys are gone with ansible-playbook.
 
 Every case ends with nothing of its build in ``sandboxctl resources --json`` and no account
 key of its build (the emulator lists keys only through its API).
+
+Elsewhere: the passing check on the whole pipeline (the sandbox image really boots under QEMU,
+SSH with the per-build key and the pinned host key, marker, boot time and cost in the summary,
+droplet and key gone, only the image left) is asserted by
+test_playbook_do.py::test_end_to_end_metal_vvvv_then_rerun, whose run has the boot check on (the
+default). A real NixOS-like image whose init fails (``# nixforge-sandbox-break-init: true``)
+is booted by test_sandbox_image.py::test_break_init_image_never_answers_ssh (the console
+reaches the failure, SSH never answers); the plugin's ladder (address / TCP 22 / banner /
+login) and its cleanups on timeout are unit-tested in tests/unit.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import signal
@@ -26,23 +36,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from _pipeline import INVENTORY, ROOT, kill_tree, new_id, playbook_env, resources_of, run_playbook, sandbox_env
-from _record import recording, records, result_of
+from _pipeline import (
+    INVENTORY,
+    ROOT,
+    account_keys,
+    kill_tree,
+    new_id,
+    playbook_env,
+    resources_of,
+    run_playbook,
+    sandbox_env,
+)
+from _record import recording, records, result_of, results_of
 from nfsandbox.testing import start_playbook
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
-PLAYBOOK = ROOT / "playbooks" / "build-do-image.yml"
+PUBLISH = ROOT / "playbooks" / "do_stage_publish.yml"
 REAP = ROOT / "playbooks" / "reap.yml"
 BOOT_TASK = "Boot a droplet from the image"
-# Long enough for a TCG boot on a loaded machine; a passing check ends as soon as SSH answers,
-# a broken image fails only once it is over (nothing ever answers), so it is not a guess at speed.
-BOOT_TIMEOUT = 420
-# The broken image never answers, however long the check waits: this only sets how long the
-# test waits. boot_timeout counts from the droplet being active, so a slow create (the
-# emulator starting QEMU on a loaded machine) cannot use it up; that wait is create_timeout's.
+# The image never answers, however long the check waits: this only sets how long the test
+# waits. boot_timeout counts from the droplet being active, so a slow create (the emulator
+# starting QEMU on a loaded machine) cannot use it up; that wait is create_timeout's.
 BROKEN_BOOT_TIMEOUT = 20
+# The Ctrl-C case interrupts the check long before this; it only bounds a run that missed it.
+INTERRUPTED_BOOT_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +70,46 @@ def env(sandbox_instance: object) -> dict[str, str]:
     return out
 
 
-def variables(tmp_path: Path, build_id: str, **extra: Any) -> dict[str, Any]:
+def unbootable_image(tmp_path: Path) -> dict[str, Any]:
+    """A blank 1 GiB qcow2 inside gzip (a few KB) and the image.json the build stage would have
+    written for it (playbooks/parts/record_image.yml: nixos_image_result with the controller's
+    path). A valid import for DigitalOcean (the collection's preflight and the emulator inspect
+    the format and the virtual size: 1 GiB, so the cheapest droplet size fits), but the disk has
+    no boot sector: SeaBIOS finds nothing to boot and no SSH server ever runs."""
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    raw = out / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(raw), "1G"], check=True)
+    image = out / "nixos.qcow2.gz"
+    image.write_bytes(gzip.compress(raw.read_bytes(), mtime=0))
+    raw.unlink()
+    data = image.read_bytes()
+    record = {
+        "path": str(image),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "name": image.name,
+        "build_seconds": 0.0,
+        "fetch_seconds": 0.0,
+        "builder": "none (made on the controller by the test)",
+        "builder_path": "",
+        "kind": "do",
+        "flake": "",
+        "attribute": "",
+        "build_method": "",
+        "fetch_method": "",
+        "partitions": [],
+    }
+    (out / "image.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def variables(tmp_path: Path, build_id: str, boot_timeout: int) -> dict[str, Any]:
     return {
         "nixforge_build_id": build_id,
         "nixforge_output_dir": str(tmp_path / "artifacts"),
-        "builder_host_state_dir": str(tmp_path / "state"),
-        "do_image_publish_boot_timeout": BOOT_TIMEOUT,
-        # a Metal builder (Debian 12), as test_playbook_do's main case; the EC2 default (Debian 13) builds the
-        # same image since wip/image handles that kernel's built-in virtio drivers
-        "builder_host_provider": "metal",
-        **extra,
+        "do_image_publish_boot_timeout": boot_timeout,
     }
-
-
-def account_keys(env: dict[str, str], build_id: str) -> list[str]:
-    """Names of the account SSH keys of the build, straight from the emulator's API."""
-    answer = requests.get(
-        env["DIGITALOCEAN_API_URL"].rstrip("/") + "/account/keys",
-        params={"per_page": 200},
-        headers={"Authorization": "Bearer " + env["DIGITALOCEAN_TOKEN"]},
-        verify=env.get("DIGITALOCEAN_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or True,
-        timeout=30,
-    )
-    answer.raise_for_status()
-    return [k["name"] for k in answer.json()["ssh_keys"] if k["name"].startswith("nixforge-%s-" % build_id)]
 
 
 def nothing_left(env: dict[str, str], build_id: str) -> None:
@@ -90,71 +124,54 @@ def reap(env: dict[str, str], tmp_path: Path, build_id: str) -> dict[str, Any]:
     return result_of(records(record), "Report what was removed per provider", "ok")["result"]["msg"]
 
 
-def broken_module(tmp_path: Path) -> Path:
-    module = tmp_path / "broken" / "default.nix"
-    module.parent.mkdir()
-    module.write_text("{ ... }: { }\n# nixforge-sandbox-break-init: true\n")
-    return module.parent
-
-
-def test_boot_check_passes_and_shows_in_the_summary(env: dict[str, str], tmp_path: Path) -> None:
-    build_id = new_id("t-boot")
-    record = tmp_path / "run.jsonl"
-    try:
-        proc = run_playbook(PLAYBOOK, recording(playbook_env(env), record), variables(tmp_path, build_id))
-        assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
-        boot = result_of(records(record), BOOT_TASK, "ok")["result"]
-        assert boot["reached"] == "login" and 0 < boot["boot_seconds"] <= BOOT_TIMEOUT
-        assert boot["output"].splitlines()[0] == "nixforge sandbox image (do)"  # the built image's marker
-        assert boot["cost"] == 0.01 and boot["billed_seconds"] >= 60 and boot["price_per_hour"] > 0
-        assert boot["droplet"]["size"] == "s-1vcpu-512mb-10gb"  # the cheapest that holds the image
-        assert [d["id"] for d in boot["removed"]["droplets"]] == [boot["droplet"]["id"]]
-        assert [k["name"] for k in boot["removed"]["ssh_keys"]] == [boot["ssh_key"]["name"]]
-        assert boot["ssh_key"]["name"].startswith("nixforge-%s-" % build_id)
-        text = " ".join(proc.stdout.split())
-        # boot_seconds counts from the droplet being active; create to SSH is both together
-        assert boot["create_seconds"] is not None and boot["create_seconds"] >= 0
-        total, booted = round(boot["boot_seconds"] + boot["create_seconds"], 1), round(boot["boot_seconds"], 1)
-        line = "Boot check: %s s from create to SSH (booted in %s s once active) on s-1vcpu-512mb-10gb in nyc3"
-        assert line % (total, booted) in text, text[-3000:]
-        assert "cost 0.0100 USD" in text and "Boot out: nixforge sandbox image (do)" in text
-        assert "PRIVATE KEY-----" not in proc.stdout + proc.stderr
-        assert env["DIGITALOCEAN_TOKEN"] not in proc.stdout + proc.stderr
-        left = resources_of(build_id)
-        assert [r["type"] for r in left] == ["do_image"], left  # only the product
-        assert account_keys(env, build_id) == []
-    finally:
-        reap(env, tmp_path, build_id)  # named: removes the product image too
-    nothing_left(env, build_id)
-
-
 def test_image_that_does_not_boot_fails_and_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
     build_id = new_id("t-noboot")
     record = tmp_path / "run.jsonl"
-    extra = {"nixos_image_module": str(broken_module(tmp_path)), "do_image_publish_boot_timeout": BROKEN_BOOT_TIMEOUT}
-    proc = run_playbook(PLAYBOOK, recording(playbook_env(env), record), variables(tmp_path, build_id, **extra))
-    assert proc.returncode != 0
-    # the role registers the failed check (ignored), removes what it must, then stops with the reason
-    boot = result_of(records(record), BOOT_TASK, "ignored")["result"]
-    assert boot["reached"] in ("address", "tcp"), boot  # an address, maybe QEMU's port forward, never a banner
-    text = " ".join(proc.stdout.split())
-    assert f"Build {build_id} failed" in text, text[-6000:]
-    assert (
-        "did not boot" in text
-        and "within %d s of becoming active (option 'boot_timeout'; do_image_publish_boot_timeout" % BROKEN_BOOT_TIMEOUT
-        in text
-    )
-    assert "the droplet got the address %s" % boot["droplet"]["public_ipv4"] in text
-    assert "The image was deleted so that nobody launches it" in text
-    assert [d["id"] for d in boot["removed"]["droplets"]] == [boot["droplet"]["id"]]
+    unbootable_image(tmp_path)
+    try:
+        proc = run_playbook(
+            PUBLISH, recording(playbook_env(env), record), variables(tmp_path, build_id, BROKEN_BOOT_TIMEOUT)
+        )
+        assert proc.returncode != 0
+        recorded = records(record)
+        # it was imported (the check is what failed), with the bytes made here
+        imported = result_of(recorded, "Import it into DigitalOcean", "ok")["result"]
+        assert imported["image"]["status"] == "available", imported
+        # the role registers the failed check (ignored), removes what it must, then stops with the reason
+        boot = result_of(recorded, BOOT_TASK, "ignored")["result"]
+        # QEMU's port forward accepts TCP on the droplet's address whatever the guest does, so a
+        # droplet whose disk has no boot loader reaches "tcp", exactly as one whose init fails;
+        # never a banner (no SSH server ever runs)
+        assert boot["reached"] == "tcp", boot
+        assert boot["droplet"]["size"] == "s-1vcpu-512mb-10gb" and boot["droplet"]["region"] == "nyc3"
+        text = " ".join(proc.stdout.split())
+        assert f"Build {build_id}: publishing failed." in text, text[-6000:]
+        assert (
+            "did not boot" in text
+            and "within %d s of becoming active (option 'boot_timeout'; do_image_publish_boot_timeout"
+            % BROKEN_BOOT_TIMEOUT
+            in text
+        ), text[-6000:]
+        assert "the droplet got the address %s" % boot["droplet"]["public_ipv4"] in text
+        assert "The image was deleted so that nobody launches it" in text
+        assert [d["id"] for d in boot["removed"]["droplets"]] == [boot["droplet"]["id"]]
+        assert [k["name"] for k in boot["removed"]["ssh_keys"]] == [boot["ssh_key"]["name"]]
+        assert not results_of(recorded, "Publish the result")  # the stage did not go on
+    finally:
+        leftovers = resources_of(build_id)
+        if leftovers:
+            reap(env, tmp_path, build_id)
+    assert leftovers == []
     nothing_left(env, build_id)
 
 
 def test_ctrl_c_during_the_boot_check_then_reap_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
     build_id = new_id("t-bootint")
+    unbootable_image(tmp_path)
     started = time.time()
     record = tmp_path / "run.jsonl"
-    args = ["-i", str(INVENTORY), str(PLAYBOOK), "-e", json.dumps(variables(tmp_path, build_id))]
+    extra = variables(tmp_path, build_id, INTERRUPTED_BOOT_TIMEOUT)
+    args = ["-i", str(INVENTORY), str(PUBLISH), "-e", json.dumps(extra)]
     proc = start_playbook(
         args,
         recording(playbook_env(env), record),
@@ -163,8 +180,8 @@ def test_ctrl_c_during_the_boot_check_then_reap_leaves_nothing(env: dict[str, st
         start_new_session=True,
     )
     try:
-        # wait until the boot check's droplet exists (the build and import come first)
-        deadline = time.monotonic() + 780
+        # wait until the boot check's droplet exists (the upload and import come first)
+        deadline = time.monotonic() + 600
         while not [r for r in resources_of(build_id) if r["type"] == "do_droplet"]:
             assert proc.poll() is None, f"the playbook ended before the boot check: {records(record)[-3:]}"
             assert time.monotonic() < deadline, "the boot check never started"

@@ -3,8 +3,9 @@ existing host) with real SSH and real Nix, the sandbox DO expression (a real tin
 qcow2 inside gzip), the upload to the sandbox's B2, the import by the sandbox's
 DigitalOcean (which fetches the URL and inspects the bytes), teardown.
 
-Cases are batched so that the suite stays short: one run checks the whole result, -vvvv
-secrets and then a re-run; one run checks the remote-build mode under faults of all
+Cases are batched so that the suite stays short: one run checks the whole result (with the
+boot check, on by default: the image boots, test_boot_check.py has the image that does not),
+-vvvv secrets and then a re-run; one run checks the remote-build mode under faults of all
 three clouds; one a refused image; the bad-input cases are cheap (they stop before
 anything is created).
 """
@@ -28,6 +29,7 @@ from _pipeline import (
     BIN,
     INVENTORY,
     ROOT,
+    account_keys,
     boot_host,
     control,
     delete_host,
@@ -40,6 +42,7 @@ from _pipeline import (
     set_faults,
     snapshot,
 )
+from _record import recording, records, result_of
 from nfsandbox.hosts.rootfs import image_debs
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
@@ -258,25 +261,55 @@ def test_the_no_secret_check_has_teeth(env: dict[str, str]) -> None:
         assert_no_secret(secret_env(env), f"ok: {{'authorizationToken': '{token}'}}")
 
 
+BOOT_TASK = "Boot a droplet from the image"
+
+
+def check_boot(env: dict[str, str], build_id: str, proc: subprocess.CompletedProcess, boot: dict[str, Any]) -> None:
+    """The boot check of a whole run (on by default): the built image booted in the import
+    region (nyc3; the other regions only receive transfers), the controller logged in and read
+    the image's marker; the summary shows the boot time, the marker and the cost; the droplet
+    and its account key are gone and only the image (the product) is left."""
+    assert boot["reached"] == "login" and 0 < boot["boot_seconds"] <= 600  # do_image_publish_boot_timeout
+    assert boot["output"].splitlines()[0] == "nixforge sandbox image (do)"  # the built image's marker
+    assert boot["cost"] == 0.01 and boot["billed_seconds"] >= 60 and boot["price_per_hour"] > 0
+    assert boot["droplet"]["size"] == "s-1vcpu-512mb-10gb"  # the cheapest that holds the image
+    assert boot["droplet"]["region"] == "nyc3"
+    assert [d["id"] for d in boot["removed"]["droplets"]] == [boot["droplet"]["id"]]
+    assert [k["name"] for k in boot["removed"]["ssh_keys"]] == [boot["ssh_key"]["name"]]
+    assert boot["ssh_key"]["name"].startswith("nixforge-%s-" % build_id)
+    text = " ".join(proc.stdout.split())
+    # boot_seconds counts from the droplet being active; create to SSH is both together
+    assert boot["create_seconds"] is not None and boot["create_seconds"] >= 0
+    total, booted = round(boot["boot_seconds"] + boot["create_seconds"], 1), round(boot["boot_seconds"], 1)
+    line = "Boot check: %s s from create to SSH (booted in %s s once active) on s-1vcpu-512mb-10gb in nyc3"
+    assert line % (total, booted) in text, text[-3000:]
+    assert "cost 0.0100 USD" in text and "Boot out: nixforge sandbox image (do)" in text
+    left = resources_of(build_id)
+    assert [r["type"] for r in left] == ["do_image"], left  # only the product
+    assert account_keys(env, build_id) == []
+
+
 def test_end_to_end_metal_vvvv_then_rerun(env: dict[str, str], tmp_path: Path, expected_sha256: str) -> None:
     """Metal builder (as in the seed), build on the builder, three regions, -vvvv: the
-    image is available everywhere with the builder's bytes, nothing else is left, no
-    secret is printed (credentials, and every token B2 issued: account, upload). A re-run
+    image is available everywhere with the builder's bytes, it booted once (check_boot), nothing
+    else is left, no secret is printed (credentials, and every token B2 issued: account, upload). A re-run
     with the same build id builds and imports nothing."""
     build_id = new_id("t-do")
     run_env = secret_env(env)
+    record = tmp_path / "run.jsonl"
     try:
         proc = run(
             env,
             tmp_path,
             build_id,
             "-vvvv",
-            run_env=run_env,
+            run_env=recording(run_env, record),
             builder_host_provider="metal",
             do_image_publish_regions=["sfo3", "ams3"],
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
+        check_boot(env, build_id, proc, result_of(records(record), BOOT_TASK, "ok")["result"])
         s = summary(proc.stdout)
         assert set(SUMMARY_KEYS) <= set(s), s
         # the default path: the builder uploaded the image to B2 itself, the controller has no copy

@@ -1,5 +1,6 @@
 """The do_boot_check action's flow on fake module calls: what it creates, that it always
-removes both, and how a failure reads. The real boot is tests/integration/test_boot_check.py."""
+removes both, and how a failure reads. The real boot is in
+tests/integration/test_playbook_do.py (passing) and test_boot_check.py (failing, Ctrl-C)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Public images (a slug) need no QEMU: the emulator makes such a droplet active by the clock,
 with an address of the documentation range. Booting a custom image is the integration
-test's part (tests/integration/test_boot_check.py).
+tests' part (tests/integration/test_playbook_do.py boots the built image,
+tests/integration/test_boot_check.py one that never boots).
 """
 
 from __future__ import annotations
