@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -50,14 +51,31 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Spread the whole-pipeline tests over the workers one by one, keep every other
-    module on one worker (its module fixtures are built once), and start the slow tests
-    first so that no worker is left alone with a long test at the end."""
+    module on one worker (its module fixtures are built once), and hand out the long work
+    first so that no worker is left alone with it at the end: the static checks (sanity is
+    the longest single test), then the slow tests, the modules with most tests before the
+    others, the unit tests last. The Makefile passes --no-loadscope-reorder, without which
+    xdist would put every module before the one-test scopes of the spread pipeline tests."""
     if getattr(config.option, "dist", "no") != "loadgroup":
         return
     for item in items:
         if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    sizes = Counter(_scope(item) for item in items)
+    items.sort(
+        key=lambda item: (
+            not item.nodeid.startswith("tests/checks/"),
+            item.get_closest_marker("slow") is None,
+            item.nodeid.startswith("tests/unit/"),
+            -sizes[_scope(item)],
+        )
+    )
+
+
+def _scope(item: pytest.Item) -> str:
+    """The unit xdist schedules: the item's group, or the item itself (a spread test)."""
+    group = item.get_closest_marker("xdist_group")
+    return str(group.args[0]) if group and group.args else item.nodeid
 
 
 @pytest.fixture(scope="session")
