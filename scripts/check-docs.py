@@ -7,6 +7,7 @@ ANSIBLE_COLLECTIONS_PATH (see `make collection`).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTION = "nixforge.images"
 # plugins/<folder> -> ansible-doc plugin type
+# the first line of each rendered plugin, whatever the path after it holds
+HEADER = re.compile(r"^> [A-Z]+:? \*?([\w.]+?)\*? \(", re.MULTILINE)
 PLUGIN_TYPES = {"modules": "module", "inventory": "inventory", "filter": "filter", "lookup": "lookup"}
 
 
@@ -28,26 +31,43 @@ def targets() -> list[tuple[str, str]]:
     return found
 
 
-def main() -> int:
+def render(kind: str, names: list[str]) -> list[str]:
+    """One ansible-doc process for every plugin of a kind (a process each cost a second of CPU
+    apiece); the problems: a name without its rendered header, or anything on stderr."""
     ansible_doc = Path(sys.executable).with_name("ansible-doc")
-    failures = []
-    checked = 0
+    proc = subprocess.run(
+        [str(ansible_doc), "-t", kind, *(f"{COLLECTION}.{name}" for name in names)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "PAGER": "cat"},
+        check=False,
+    )
+    # the header of each rendered plugin: "> MODULE nixforge.images.x (...)", "> ROLE: *nixforge.images.x* (...)"
+    headers = {m.group(1) for m in HEADER.finditer(proc.stdout)}
+    problems = [f"{kind} {name}: not rendered" for name in names if f"{COLLECTION}.{name}" not in headers]
+    if proc.returncode != 0 or proc.stderr.strip():
+        problems.append(f"{kind} (exit {proc.returncode}): {proc.stderr.strip()}")
+    return problems
+
+
+def main() -> int:
+    by_kind: dict[str, list[str]] = {}
     for kind, name in targets():
-        if kind == "filter":
-            continue  # filter files hold several filters; each has its own YAML doc file
-        proc = subprocess.run(
-            [str(ansible_doc), "-t", kind, f"{COLLECTION}.{name}"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "ANSIBLE_NOCOLOR": "1", "PAGER": "cat"},
-            check=False,
-        )
-        checked += 1
-        if proc.returncode != 0 or "ERROR" in proc.stderr or not proc.stdout.strip():
-            failures.append(f"{kind} {name}: {proc.stderr.strip() or 'empty output'}")
+        if kind != "filter":  # filter files hold several filters; each has its own YAML doc file
+            by_kind.setdefault(kind, []).append(name)
+    failures = []
+    for kind, names in by_kind.items():
+        if render(kind, names):
+            # ansible-doc stops at the first plugin it cannot render: one by one, to name each
+            failures += [problem for name in names for problem in render(kind, [name])]
     for failure in failures:
         print(f"ansible-doc failed: {failure}", file=sys.stderr)
-    print(f"ansible-doc rendered {checked - len(failures)}/{checked} plugins and roles")
+    checked = sum(len(names) for names in by_kind.values())
+    print(
+        f"ansible-doc rendered {checked} plugins and roles"
+        if not failures
+        else f"ansible-doc: {len(failures)} problem(s)"
+    )
     return 1 if failures else 0
 
 
