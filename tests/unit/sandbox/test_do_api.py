@@ -30,6 +30,9 @@ class Emulator:
     def __init__(self, api: DigitalOceanAPI, files: FileServer, root: Path) -> None:
         self.api, self.files, self.root = api, files, root
         self.url = api.base_url + "/v2/"
+        # one connection for the raw calls: a TLS handshake and a CA bundle load each cost more
+        # than the emulator's answer
+        self.session = requests.Session()
 
     def manager(self, token: str | None = None):
         return digitalocean.Manager(token=token or self.api.token, end_point=self.url)
@@ -39,7 +42,7 @@ class Emulator:
 
     def raw(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         headers = {"Authorization": f"Bearer {token or self.api.token}"}
-        return requests.request(method, self.api.base_url + path, headers=headers, timeout=10, **kw)
+        return self.session.request(method, self.api.base_url + path, headers=headers, timeout=10, **kw)
 
     def serve(self, name: str, data: bytes) -> str:
         (self.root / name).write_bytes(data)
