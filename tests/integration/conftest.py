@@ -15,6 +15,7 @@ system packages or virtualenv); nothing here skips unconditionally.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections import Counter
@@ -34,6 +35,8 @@ from nfsandbox.testing import (
     sandboxctl,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+
 # the emulators' fixtures, for every test module
 do_sandbox, ec2_sandbox, metal_sandbox = testing.do_sandbox, testing.ec2_sandbox, testing.metal_sandbox
 
@@ -48,19 +51,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["NIXFORGE_SANDBOX_WORKER_INSTANCE"] = "1"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Spread the whole-pipeline tests over the workers one by one, keep every other
-    module on one worker (its module fixtures are built once), and hand out the long work
-    first so that no worker is left alone with it at the end: the static checks (sanity is
-    the longest single test), then the slow tests, the modules with most tests before the
-    others, the unit tests last. The Makefile passes --no-loadscope-reorder, without which
-    xdist would put every module before the one-test scopes of the spread pipeline tests."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
-        return
-    for item in items:
-        if item.get_closest_marker("spread") is None and item.get_closest_marker("xdist_group") is None:
+def _grouped(config: pytest.Config) -> bool:
+    # xdist's workers, which collect, see --dist as "no" and loadgroup as True
+    return bool(getattr(config.option, "loadgroup", False) or getattr(config.option, "dist", "no") == "loadgroup")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Keep every module on one worker (its module fixtures are built once), except the
+    whole-pipeline tests marked `spread`. Marked as each item is collected, before xdist's
+    own pytest_collection_modifyitems turns the groups into node ids."""
+    if _grouped(item.config) and item.get_closest_marker("spread") is None:
+        if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Hand out the long work first so that no worker is left alone with it at the end: the
+    static checks (sanity is the longest single test), then the slow tests, the modules with
+    most tests before the others, the unit tests last. The Makefile passes
+    --no-loadscope-reorder, without which xdist would put every module before the one-test
+    scopes of the spread pipeline tests."""
+    if not _grouped(config):
+        return
     sizes = Counter(_scope(item) for item in items)
     items.sort(
         key=lambda item: (
@@ -70,6 +82,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             -sizes[_scope(item)],
         )
     )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """Stop at once when xdist no longer groups (it did not with pytest 9.2: every test of a
+    module then ran on any worker, and each of them built the module's fixtures again)."""
+    lost = [
+        nodeid
+        for nodeid in ids
+        if nodeid.startswith("tests/integration/") and "@" not in nodeid and not _spread(nodeid.split("::")[0])
+    ]
+    if lost:
+        raise pytest.UsageError(
+            "pytest-xdist ignored the xdist_group of %d tests (%s has no @<group>): install the "
+            "pytest that tests/requirements.txt asks for" % (len(lost), lost[0])
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _spread(module: str) -> bool:
+    """Whether a test module is marked `spread` (always module-wide: pytestmark)."""
+    return "pytest.mark.spread" in (ROOT / module).read_text()
 
 
 def _scope(item: pytest.Item) -> str:
