@@ -119,6 +119,39 @@ def test_pipeline_steps_answer_in_their_result() -> None:
         assert "ansible_facts" not in answer
 
 
+def test_the_steps_say_what_they_decided_in_msg() -> None:
+    """The start, retry and report steps carry the message their debug task used to print."""
+    started = _step({"step": "start", "kind": "sd-aarch64", "given": {"build_id": "b1"}})
+    assert started["msg"] == "Build b1 (pipeline sd-aarch64, build mode builder)"
+    quiet = _step({"step": "retry", "build_id": "b1", "retry": {"interrupted": {}, "builder": {}}})
+    assert "msg" not in quiet and quiet["retry"] is False
+    builder = {"type": "a1.2xlarge", "provider": "ec2", "lifecycle": "spot", "started_epoch": 1}
+    notice = {"action": "terminate"}
+    given = {"interrupted": notice, "builder": builder, "instance_types": ["a1.2xlarge", "c7g.2xlarge"]}
+    plan = _step({"step": "retry", "build_id": "b1", "retry": given})
+    assert plan["msg"].startswith("Build b1 was interrupted by EC2 (spot) on a1.2xlarge")
+    assert plan["msg"].endswith("Building once more on a fresh builder (another candidate type).")
+    off = _step({"step": "retry", "build_id": "b1", "retry": dict(given, enabled=False)})
+    assert off["msg"].endswith("No retry: nixforge_spot_retry is off.")
+
+
+def test_a_step_with_a_message_is_shown_like_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = object.__new__(pipeline_step.ActionModule)
+    monkeypatch.setattr(pipeline_step.ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+    for args, shown in (({"step": "start", "given": {"build_id": "b1"}}, True), ({"step": "gone"}, False)):
+        full = {key: spec.get("default") for key, spec in pipeline_step.ARGUMENT_SPEC.items()}
+        full.update(args)
+        answer = (None, full)
+        monkeypatch.setattr(module, "validate_argument_spec", lambda argument_spec, a=answer: a, raising=False)
+        result = module.run(task_vars={})
+        assert result.get("_ansible_verbose_always", False) is shown, result
+    full = {key: spec.get("default") for key, spec in pipeline_step.ARGUMENT_SPEC.items()}
+    full.update(step="stop", build_id="b1", error="boom")
+    monkeypatch.setattr(module, "validate_argument_spec", lambda argument_spec: (None, full), raising=False)
+    failed = module.run(task_vars={})
+    assert failed["failed"] is True and "_ansible_verbose_always" not in failed
+
+
 def _prepare(stage: str, tmp_path: Path, **args: Any) -> Dict[str, Any]:
     p: Dict[str, Any] = {key: spec.get("default") for key, spec in builder_host_prepare.ARGUMENT_SPEC.items()}
     p.update(stage=stage, build_id="b1", provider="ec2", state_dir=str(tmp_path / "state"), **args)
