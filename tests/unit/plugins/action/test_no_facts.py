@@ -97,7 +97,7 @@ def _step(args: Dict[str, Any]) -> Dict[str, Any]:
 
 def test_pipeline_steps_answer_in_their_result() -> None:
     """The keys the playbooks read from the registered results (nixforge__build, nixforge__failure,
-    nixforge__gone, nixforge__spot_retry)."""
+    nixforge__spot_retry)."""
     started = _step({"step": "start", "kind": "do", "given": {"build_id": "b1"}})
     assert {"build_id", "pipeline", "build_mode", "started_epoch", "require_kvm", "ec2"} <= set(started)
     assert set(started["ec2"]) == {
@@ -178,3 +178,18 @@ def test_builder_host_prepare_stages_answer_in_their_result(tmp_path: Path) -> N
         "ended": [],
     }
     assert cleaned["removed_paths"]
+    assert abs(cleaned["gone_epoch"] - time.time()) < 5  # the report's and the retry's end of the builder
+
+
+def test_the_record_stage_describes_a_cloud_builder_first(tmp_path: Path) -> None:
+    """One step for the cloud providers: the description (builder_host__machine) and state.json."""
+    _prepare("provision", tmp_path, ssh_cidr="203.0.113.7/32")
+    result = {"instance_id": "i-1", "instance_type": "c6g.large", "lifecycle": "spot", "ssh_host": "10.0.0.5"}
+    given = {"host_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB host", "expires_at": "", "region": "r"}
+    recorded = _prepare("record", tmp_path, result=result, given=given, record={"provider": "ec2"})
+    assert recorded["machine"]["host"] == "10.0.0.5" and recorded["machine"]["id"] == "i-1"
+    assert "state.json" in recorded["written"]
+    assert (tmp_path / "state" / "state.json").exists()
+    # a machine given (the ssh provider's, described before its own tasks) is recorded as it is
+    again = _prepare("record", tmp_path, machine=recorded["machine"], result={"instance_id": "other"})
+    assert again["machine"] == recorded["machine"]
