@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,9 @@ def delete_do_image(env: dict[str, str], image_id: int) -> None:
         method="DELETE",
         headers={"Authorization": "Bearer " + env["DIGITALOCEAN_TOKEN"]},
     )
-    with urllib.request.urlopen(req, timeout=60):  # noqa: S310 - loopback
+    # the sandbox's TLS endpoints have a certificate from its own CA (REQUESTS_CA_BUNDLE)
+    context = ssl.create_default_context(cafile=env.get("REQUESTS_CA_BUNDLE") or None)
+    with urllib.request.urlopen(req, timeout=60, context=context):  # noqa: S310 - loopback
         pass
 
 

@@ -3,10 +3,12 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin: the controller-side steps of the builder_host role's entry points, in
 this process (no module to start). Provision: check every input, work out the lifetime,
-make the private state directory and the per-build keys. Record: pin the host key and
-write state.json. Describe: one description of the builder, whatever the provider.
+make the private state directory and the per-build keys. Describe: one description of the
+builder, whatever the provider. Record: pin the host key and write state.json (describing the
+builder first when given the provider's result rather than the description).
 Teardown: check the build id and read the build's state. Cleanup:
-remove the private keys (or the state directory) and the SSH control sockets.
+remove the private keys (or the state directory) and the SSH control sockets, and note when the
+builder was gone.
 
 Every stage answers in its result, which the role registers (builder_host__prepared, ...;
 roles/builder_host/vars/main.yml names their parts), never in ansible_facts: facts would be
@@ -94,11 +96,14 @@ class ActionModule(ActionBase):
 
     @staticmethod
     def _record(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        """Pin the host key and write state.json for ``machine``; without one, describe the builder
+        from the provider's ``result`` first (stage describe), in the same step."""
         check_build_id(p["build_id"])
+        machine = p["machine"] or ActionModule._describe(p, check_mode)["machine"]
         if check_mode:
-            return {"changed": True}
-        written = record_state(p["state_dir"], p["machine"], dict(p["record"], build_id=p["build_id"]))
-        return {"changed": bool(written), "written": written}
+            return {"changed": True, "machine": machine}
+        written = record_state(p["state_dir"], machine, dict(p["record"], build_id=p["build_id"]))
+        return {"changed": bool(written), "written": written, "machine": machine}
 
     @staticmethod
     def _teardown(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
@@ -112,4 +117,5 @@ class ActionModule(ActionBase):
         check_build_id(p["build_id"], teardown=True)
         paths = cleanup_paths(p["state_dir"], p["control_path_dir"], p["remove_state_dir"])
         removed = remove_paths(paths, check_mode=check_mode)
-        return dict(teardown_result(p), changed=bool(removed), removed_paths=removed)
+        # when the builder was gone: the provider's module, which waits for that, has just returned
+        return dict(teardown_result(p), changed=bool(removed), removed_paths=removed, gone_epoch=int(time.time()))

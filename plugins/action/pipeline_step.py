@@ -7,7 +7,11 @@ documentation in plugins/modules/pipeline_step.py.
 Each step answers in its result, which the playbooks register (nixforge__build, nixforge__failure,
 ...), never in ansible_facts: facts would be read as top-level variables, which ansible-core 2.20
 deprecates (INJECT_FACTS_AS_VARS), and would be kept in a persistent fact cache, from which a later
-run could read a stale build."""
+run could read a stale build.
+
+A step with something to tell the user (start: the build's name; retry: what happens after a spot
+interruption; report: the summary) says it in ``msg`` and shows its result as ``debug`` does, so
+that no separate debug task (a task header and a worker fork each) repeats it."""
 
 from __future__ import annotations
 
@@ -52,12 +56,20 @@ class ActionModule(ActionBase):
         except PipelineError as exc:
             result.update(failed=True, msg=str(exc))
         result.setdefault("changed", False)
+        if result.get("msg") and not result.get("failed"):
+            result["_ansible_verbose_always"] = True  # shown without -v, as debug's msg is
         return result
 
     def step(self, args: Dict[str, Any]) -> Dict[str, Any]:
         step = args["step"]
         if step == "start":
-            return start_build(args["kind"], args["given"], args["stage"], args["previous"])
+            build = start_build(args["kind"], args["given"], args["stage"], args["previous"])
+            build["msg"] = "Build %s (pipeline %s, build mode %s)" % (
+                build["build_id"],
+                build["pipeline"],
+                build["build_mode"],
+            )
+            return build
         if step == "failed":  # a failure handed to the plays after this one
             return {
                 "error": failure_text(args["task"], args["msg"], args["host"]),
@@ -68,8 +80,11 @@ class ActionModule(ActionBase):
         if step == "gone":
             return {"gone_epoch": int(time.time())}
         if step == "retry":
-            return self.retry(args["retry"])
-        return {"summary": report(dict(args["report"], kind=args["kind"]))}
+            plan = self.retry(args["retry"])
+            if plan["earlier"]:
+                plan["msg"] = retry_message(args["build_id"], plan)
+            return plan
+        return {"msg": report(dict(args["report"], kind=args["kind"]))}
 
     def retry(self, given: Dict[str, Any]) -> Dict[str, Any]:
         """Whether a build EC2 interrupted (spot) runs once more on a fresh builder, and on which:
@@ -83,3 +98,13 @@ class ActionModule(ActionBase):
             gone_epoch=given.get("gone_epoch") or 0,
             architecture=given.get("architecture") or "arm64",
         )
+
+
+def retry_message(build_id: str, plan: Dict[str, Any]) -> str:
+    """What happens after EC2 interrupted the build's builder (spot)."""
+    then = (
+        "Building once more on a fresh builder (%s)." % plan["reason"]
+        if plan["retry"]
+        else "No retry: %s." % plan["reason"]
+    )
+    return "Build %s was interrupted by EC2 (spot) on %s. %s" % (build_id, plan["earlier"][-1]["line"], then)

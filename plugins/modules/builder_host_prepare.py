@@ -23,12 +23,15 @@ description:
     writing the per-build C(known_hosts).
   - O(stage=record) pins the builder's host key in the per-build C(known_hosts) (for ssh connections) and writes
     C(state.json) from O(machine) and O(record) (mode 0600; no secret is in either). Teardown and re-runs read it.
+    Without O(machine), it first describes the builder from O(result) and O(given) as O(stage=describe) does, and
+    returns that C(machine) too (one step for the cloud providers).
   - O(stage=teardown) checks the build id and returns C(state), the build's C(state.json)
     (empty when provisioning did not get that far).
   - O(stage=cleanup) removes the per-build private keys (or, with O(remove_state_dir), the whole state
     directory) and O(control_path_dir), and returns C(removed) from O(result), the provider module's registered
-    C(state=absent) result, and C(ended), one C(<code> on <id>) line per machine the provider ended before the
-    teardown; the role registers this result as C(builder_host_teardown_result).
+    C(state=absent) result, C(ended), one C(<code> on <id>) line per machine the provider ended before the
+    teardown, and C(gone_epoch), when the builder was gone; the role registers this result as
+    C(builder_host_teardown_result).
   - Every stage runs in the controller's Ansible process, without starting a module.
   - Nothing is returned as C(ansible_facts) (ansible-core 2.20 deprecates reading facts as top-level variables,
     and facts would be kept in a persistent fact cache); register the result.
@@ -51,16 +54,19 @@ options:
   ssh_cidr_lookup: {description: C(builder_host_ssh_cidr_lookup)., type: bool, default: false}
   ssh_cidr_lookup_url: {description: C(builder_host_ssh_cidr_lookup_url)., type: str, default: ""}
   machine:
-    description: The provider's description of the builder (O(stage=record)); C(known_hosts_lines) are pinned.
+    description:
+      - The provider's description of the builder (O(stage=record)); C(known_hosts_lines) are pinned.
+      - Empty - describe it from O(result) and O(given) first.
     type: dict
     default: {}
   result:
-    description: The provider module's registered result (O(stage=describe), O(stage=cleanup)).
+    description: The provider module's registered result (O(stage=describe), O(stage=record), O(stage=cleanup)).
     type: dict
     default: {}
   given:
     description:
-      - O(stage=describe) what the role knows - C(host_public_key), C(expires_at), C(region); for the C(ssh) provider
+      - O(stage=describe) (and O(stage=record) without O(machine)) what the role knows - C(host_public_key),
+        C(expires_at), C(region); for the C(ssh) provider
         C(connection), C(host), C(port), C(user), C(host_key), C(known_hosts_file), C(work_dir).
     type: dict
     default: {}
@@ -125,7 +131,7 @@ machine:
       C(host_public_key), C(known_hosts_file), C(known_hosts_lines), C(work_dir), C(record_file), C(id), C(type),
       C(price_per_hour), C(lifecycle), C(region), C(metro), C(availability_zone), C(adopted), C(expires_at); for
       the cloud providers also C(kvm) (and C(kvm_kind) for EC2).
-  returned: stage describe
+  returned: stages describe and record
   type: dict
 written:
   description: Files of the state directory written (those already current are not).
@@ -160,4 +166,9 @@ removed_paths:
   returned: stage cleanup
   type: list
   elements: str
+gone_epoch:
+  description: When the builder was gone - the provider's module waited for that before this stage (seconds since
+    the epoch).
+  returned: stage cleanup
+  type: int
 """

@@ -2,9 +2,11 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Write nix.conf, keep the nix-daemon running with it, and ask Nix its version: the last
-steps of nix_bootstrap in one module run on the builder (instead of a template, two
-systemd tasks and a command, each a round trip and a Python start there)."""
+"""Check the binfmt_misc handlers, put users in the groups Nix needs, start the services the
+build needs, write nix.conf, keep the nix-daemon running with it, and ask Nix its version: the
+steps of nix_bootstrap after the package installation in one module run on the builder (instead
+of a stat, a template, user, shell and systemd tasks and a command, each a round trip and a
+Python start there, or a skipped task when not needed)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ module: nix_daemon
 short_description: Write nix.conf, run the nix-daemon with it and check that Nix answers
 version_added: "0.2.0"
 description:
-  - The last step of the nixforge.images.nix_bootstrap role, on the builder, in one module run.
+  - The steps of the nixforge.images.nix_bootstrap role after the package installation, on the builder, in one
+    module run, in this order.
+  - With O(binfmt), checks that the kernel has a C(binfmt_misc) handler for each emulated system; when one is
+    missing, restarts C(systemd-binfmt.service) and checks again, and fails naming the systems still missing.
+  - Adds O(daemon_users) to O(daemon_group) (creating a user that does not exist, with a home directory).
+  - With O(kvm_build_users), adds every member of the C(nixbld) group to the C(kvm) group (make-disk-image runs a VM
+    in the build, and Debian gives C(/dev/kvm) to the C(kvm) group only).
+  - Enables and starts O(services) (for example C(docker.service)).
   - Writes O(config) to O(config_path) (mode 0644, owned by root; the directory is created when missing) when the
     file differs, replacing it atomically.
   - With O(daemon=true) (multi-user Nix), enables C(nix-daemon.socket) and C(nix-daemon.service) for boots and
@@ -41,19 +50,47 @@ options:
     type: list
     elements: path
     default: []
+  binfmt:
+    description: The C(binfmt_misc) handler each emulated Nix system needs, for example C({aarch64-linux qemu-aarch64}).
+    type: dict
+    default: {}
+  system:
+    description: The host's own Nix system, for the message when a C(binfmt_misc) handler is missing.
+    type: str
+    default: ""
+  daemon_group:
+    description: The group whose members may use the nix-daemon (C(nix-users), or C(nixbld) for upstream Nix).
+    type: str
+    default: nix-users
+  daemon_users:
+    description: Users to add to O(daemon_group).
+    type: list
+    elements: str
+    default: []
+  kvm_build_users:
+    description: Add the Nix build users (members of C(nixbld)) to the C(kvm) group.
+    type: bool
+    default: false
+  services:
+    description: systemd services to enable and start, for example C(docker.service).
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - nixforge.images.attributes
 attributes:
   check_mode:
     support: full
-    details: Reports whether C(nix.conf) would change and the service would be enabled, started or restarted.
+    details: >-
+      Reports whether C(nix.conf) would change, the services would be enabled, started or restarted and users
+      added to groups; a missing C(binfmt_misc) handler is reported, not failed on.
   diff_mode:
     support: full
     details: The change of C(nix.conf).
   platform:
     support: full
     platforms: posix
-    details: Needs systemd when O(daemon=true); run with become.
+    details: Needs systemd when O(daemon=true), O(binfmt) or O(services) are set; run with become.
 """
 
 EXAMPLES = r"""
@@ -67,6 +104,21 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+binfmt_restarted:
+  description: Whether C(systemd-binfmt.service) was (or would be) restarted for a missing handler.
+  returned: always
+  type: bool
+users_added:
+  description: The C(<user> to <group>) memberships added (or that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: ["nixbld1 to kvm"]
+services_started:
+  description: The services of O(services) enabled or started by this run.
+  returned: always
+  type: list
+  elements: str
 config_changed: {description: Whether C(nix.conf) was (or would be) written., returned: always, type: bool}
 enabled: {description: Units enabled by this run., returned: always, type: list, elements: str}
 service:
@@ -81,7 +133,9 @@ nix_version:
   sample: 2.26.3
 """
 
+import grp
 import os
+import pwd
 import re
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
@@ -90,6 +144,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 UNITS = ("nix-daemon.socket", "nix-daemon.service")
 SERVICE = "nix-daemon.service"
+BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 # searched in this order (not PATH, which sudo and the login shell set differently)
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
 
@@ -101,14 +156,79 @@ class NixDaemon:
         self.module = module
         self.params = module.params
         self.check = module.check_mode
-        self.result: Dict[str, Any] = {"changed": False, "enabled": [], "service": "unmanaged", "nix_version": ""}
+        self.result: Dict[str, Any] = {
+            "changed": False,
+            "enabled": [],
+            "service": "unmanaged",
+            "nix_version": "",
+            "binfmt_restarted": False,
+            "users_added": [],
+            "services_started": [],
+        }
 
     def run(self) -> Dict[str, Any]:
+        host_changed = [self.check_binfmt(), self.add_users(), self.start_services()]
         config_changed = self.write_config()
         units_changed = self.params["daemon"] and self.manage_units(restart=config_changed)
         self.result["nix_version"] = self.nix_version()
-        self.result["changed"] = bool(config_changed or units_changed)
+        self.result["changed"] = bool(any(host_changed) or config_changed or units_changed)
         return self.result
+
+    # -- the host: binfmt_misc, groups, services ---------------------------------------
+
+    def check_binfmt(self) -> bool:
+        """Every handler there, else restart systemd-binfmt once; fail when some are still missing."""
+        missing = binfmt_missing(self.params["binfmt"])
+        if not missing:
+            return False
+        self.result["binfmt_restarted"] = True
+        if self.check:
+            return True
+        self.systemctl("restart", "systemd-binfmt.service")
+        still = binfmt_missing(self.params["binfmt"])
+        if still:
+            self.module.fail_json(
+                msg="The kernel has no binfmt_misc handler for %s after installing qemu-user-static and restarting"
+                " systemd-binfmt, so Nix cannot build for them on this %s host. Use a native builder for that system,"
+                " or a host (not a container) whose kernel has binfmt_misc; if the handlers are registered by the host"
+                " kernel outside this system, set nix_bootstrap_binfmt_register: false."
+                % (", ".join(still), self.params["system"] or "?"),
+                **self.result,
+            )
+        return True
+
+    def add_users(self) -> bool:
+        """daemon_users to daemon_group; with kvm_build_users the nixbld members to kvm."""
+        wanted = [(user, self.params["daemon_group"]) for user in self.params["daemon_users"]]
+        if self.params["kvm_build_users"]:
+            wanted += [(user, "kvm") for user in group_members("nixbld")]
+        for user, group in wanted:
+            if user_exists(user) and in_group(user, group):
+                continue
+            self.result["users_added"].append("%s to %s" % (user, group))
+            if self.check:
+                continue
+            argv = ["usermod", "-a", "-G", group, user] if user_exists(user) else ["useradd", "-m", "-G", group, user]
+            rc, out, err = self.module.run_command(argv)
+            if rc != 0:
+                self.module.fail_json(
+                    msg="%s failed (exit %d): %s" % (" ".join(argv), rc, (err or out).strip()[-500:]), **self.result
+                )
+        return bool(self.result["users_added"])
+
+    def start_services(self) -> bool:
+        for service in self.params["services"]:
+            enabled = self.systemctl("is-enabled", service, check=False)[1].strip() == "enabled"
+            active = self.systemctl("is-active", service, check=False)[1].strip() == "active"
+            if enabled and active:
+                continue
+            self.result["services_started"].append(service)
+            if not self.check:
+                if not enabled:
+                    self.systemctl("enable", service)
+                if not active:
+                    self.systemctl("start", service)
+        return bool(self.result["services_started"])
 
     # -- nix.conf ---------------------------------------------------------------------
 
@@ -195,6 +315,35 @@ def read_text(path: str) -> Optional[str]:
         return None
 
 
+def binfmt_missing(handlers: Dict[str, str]) -> List[str]:
+    """The systems whose handler (``{system: handler}``) the kernel does not have."""
+    return [system for system, handler in handlers.items() if not os.path.exists(os.path.join(BINFMT_DIR, handler))]
+
+
+def group_members(group: str) -> List[str]:
+    try:
+        return list(grp.getgrnam(group).gr_mem)
+    except KeyError:
+        return []
+
+
+def user_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
+
+
+def in_group(user: str, group: str) -> bool:
+    """A member, or the user's primary group (as ``id -nG`` counts)."""
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        return False
+    return user in entry.gr_mem or pwd.getpwnam(user).pw_gid == entry.gr_gid
+
+
 def find_nix(search: List[str]) -> Optional[str]:
     for directory in search:
         candidate = os.path.join(directory, "nix")
@@ -216,6 +365,12 @@ def main() -> None:
             config_path=dict(type="path", default="/etc/nix/nix.conf"),
             daemon=dict(type="bool", default=True),
             search_path=dict(type="list", elements="path", default=[]),
+            binfmt=dict(type="dict", default={}),
+            system=dict(type="str", default=""),
+            daemon_group=dict(type="str", default="nix-users"),
+            daemon_users=dict(type="list", elements="str", default=[]),
+            kvm_build_users=dict(type="bool", default=False),
+            services=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )

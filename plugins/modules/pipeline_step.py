@@ -22,7 +22,10 @@ description:
     interrupted the builder. O(step=stop) fails with O(error). O(step=gone) notes when the builder was torn down.
   - O(step=retry) decides whether a build that EC2 interrupted (spot) runs once more on a fresh builder, and on which
     instance types and market (see the filter nixforge.images.spot_retry).
-  - O(step=report) returns the summary lines of a finished build, or fails with the build's error.
+  - O(step=report) returns the summary lines of a finished build in C(msg), or fails with the build's error.
+  - The steps that have something to tell (V(start) the build's name, V(retry) what happens after an interruption,
+    V(report) the summary) say it in C(msg) and show their result without C(-v), as M(ansible.builtin.debug) does,
+    so that a playbook needs no debug task after them.
   - Every step answers in its result, for the playbooks to register; none sets facts (ansible-core 2.20 deprecates
     reading facts as top-level variables, and facts would be kept in a persistent fact cache).
 author:
@@ -76,7 +79,7 @@ options:
     type: str
     default: ""
   build_id:
-    description: O(step=stop) the build id.
+    description: O(step=stop) and O(step=retry) the build id.
     type: str
     default: ""
   retry:
@@ -106,11 +109,7 @@ EXAMPLES = r"""
     kind: do
     given:
       build_id: "{{ nixforge_build_id | default('') }}"
-  register: nixforge__build
-
-- name: Show it
-  ansible.builtin.debug:
-    msg: "Build {{ nixforge__build.build_id }}"
+  register: nixforge__build  # its msg, shown, is "Build <id> (pipeline <pipeline>, build mode <mode>)"
 """
 
 RETURN = r"""
@@ -175,9 +174,11 @@ reason:
   description: O(step=retry) why the build runs once more, or why not.
   returned: step retry
   type: str
-summary:
-  description: O(step=report) the summary lines, each a key, a colon and the value.
-  returned: success, step report
-  type: list
-  elements: str
+msg:
+  description:
+    - O(step=start) the build's id, pipeline and build mode, in one line.
+    - O(step=retry) what happens after EC2 interrupted the build (returned only then).
+    - O(step=report) the summary lines, each a key, a colon and the value (a list).
+  returned: success, steps start, retry and report
+  type: raw
 """

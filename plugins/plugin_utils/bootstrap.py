@@ -150,6 +150,8 @@ def plan(facts: Dict[str, str], opts: Dict[str, Any]) -> Dict[str, Any]:
         "apt_cache_valid_time": _int(opts.get("apt_cache_valid_time")) if _int(facts.get("apt_lists")) > 0 else 0,
         "qemu": qemu,
         "binfmt_missing": [QEMU_HANDLERS[s] for s in emulated if QEMU_HANDLERS.get(s) not in present] if qemu else [],
+        # the handler each emulated system needs (nix_daemon checks them, restarting systemd-binfmt if needed)
+        "binfmt_handlers": {s: QEMU_HANDLERS[s] for s in emulated} if qemu else {},
         "daemon_group": "nix-users" if opts["install_method"] == "debian" else "nixbld",
         # make-disk-image runs a VM in the build: multi-user build users need /dev/kvm,
         # which Debian gives to the kvm group only.

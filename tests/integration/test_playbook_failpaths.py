@@ -93,7 +93,7 @@ def test_metal_device_reclaimed_mid_build_tears_down_and_says_so(env: dict[str, 
     teardown = result_of(recorded, "Remove the build's Metal device", "ok")["result"]
     assert [(e["device_id"], e["code"]) for e in teardown["ended"]] == [(device_id, "termination.spot_market")]
     assert "spot market" in teardown["ended"][0]["message"]
-    failure = result_of(recorded, "Stop with the build's error", "failed")["result"]["msg"]
+    failure = result_of(recorded, "Summary (or stop with the build's error)", "failed")["result"]["msg"]
     assert f"Build {build_id} failed" in failure
     assert f"The provider ended the builder: termination.spot_market on {device_id}." in failure, failure
     # registered as builder_host_teardown_result

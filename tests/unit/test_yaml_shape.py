@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # roles' published results, do_image_publish_object (set on localhost from the builder), the
 # controller's interpreter for the cloud modules, and reap.yml's selection.
 MAX_SET_FACT = 14
-MAX_ASSERT_FAIL = 6
+MAX_ASSERT_FAIL = 5
 MAX_INCLUDE_DEPTH = 3
 
 SET_FACT = {"set_fact", "ansible.builtin.set_fact"}

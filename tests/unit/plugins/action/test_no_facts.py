@@ -97,7 +97,7 @@ def _step(args: Dict[str, Any]) -> Dict[str, Any]:
 
 def test_pipeline_steps_answer_in_their_result() -> None:
     """The keys the playbooks read from the registered results (nixforge__build, nixforge__failure,
-    nixforge__gone, nixforge__spot_retry)."""
+    nixforge__spot_retry)."""
     started = _step({"step": "start", "kind": "do", "given": {"build_id": "b1"}})
     assert {"build_id", "pipeline", "build_mode", "started_epoch", "require_kvm", "ec2"} <= set(started)
     assert set(started["ec2"]) == {
@@ -117,6 +117,39 @@ def test_pipeline_steps_answer_in_their_result() -> None:
     assert plan["retry"] is True and plan["instance_types"] == ["c7g.2xlarge"] and plan["market"] == "spot"
     for answer in (started, failed, plan):
         assert "ansible_facts" not in answer
+
+
+def test_the_steps_say_what_they_decided_in_msg() -> None:
+    """The start, retry and report steps carry the message their debug task used to print."""
+    started = _step({"step": "start", "kind": "sd-aarch64", "given": {"build_id": "b1"}})
+    assert started["msg"] == "Build b1 (pipeline sd-aarch64, build mode builder)"
+    quiet = _step({"step": "retry", "build_id": "b1", "retry": {"interrupted": {}, "builder": {}}})
+    assert "msg" not in quiet and quiet["retry"] is False
+    builder = {"type": "a1.2xlarge", "provider": "ec2", "lifecycle": "spot", "started_epoch": 1}
+    notice = {"action": "terminate"}
+    given = {"interrupted": notice, "builder": builder, "instance_types": ["a1.2xlarge", "c7g.2xlarge"]}
+    plan = _step({"step": "retry", "build_id": "b1", "retry": given})
+    assert plan["msg"].startswith("Build b1 was interrupted by EC2 (spot) on a1.2xlarge")
+    assert plan["msg"].endswith("Building once more on a fresh builder (another candidate type).")
+    off = _step({"step": "retry", "build_id": "b1", "retry": dict(given, enabled=False)})
+    assert off["msg"].endswith("No retry: nixforge_spot_retry is off.")
+
+
+def test_a_step_with_a_message_is_shown_like_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = object.__new__(pipeline_step.ActionModule)
+    monkeypatch.setattr(pipeline_step.ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+    for args, shown in (({"step": "start", "given": {"build_id": "b1"}}, True), ({"step": "gone"}, False)):
+        full = {key: spec.get("default") for key, spec in pipeline_step.ARGUMENT_SPEC.items()}
+        full.update(args)
+        answer = (None, full)
+        monkeypatch.setattr(module, "validate_argument_spec", lambda argument_spec, a=answer: a, raising=False)
+        result = module.run(task_vars={})
+        assert result.get("_ansible_verbose_always", False) is shown, result
+    full = {key: spec.get("default") for key, spec in pipeline_step.ARGUMENT_SPEC.items()}
+    full.update(step="stop", build_id="b1", error="boom")
+    monkeypatch.setattr(module, "validate_argument_spec", lambda argument_spec: (None, full), raising=False)
+    failed = module.run(task_vars={})
+    assert failed["failed"] is True and "_ansible_verbose_always" not in failed
 
 
 def _prepare(stage: str, tmp_path: Path, **args: Any) -> Dict[str, Any]:
@@ -145,3 +178,18 @@ def test_builder_host_prepare_stages_answer_in_their_result(tmp_path: Path) -> N
         "ended": [],
     }
     assert cleaned["removed_paths"]
+    assert abs(cleaned["gone_epoch"] - time.time()) < 5  # the report's and the retry's end of the builder
+
+
+def test_the_record_stage_describes_a_cloud_builder_first(tmp_path: Path) -> None:
+    """One step for the cloud providers: the description (builder_host__machine) and state.json."""
+    _prepare("provision", tmp_path, ssh_cidr="203.0.113.7/32")
+    result = {"instance_id": "i-1", "instance_type": "c6g.large", "lifecycle": "spot", "ssh_host": "10.0.0.5"}
+    given = {"host_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB host", "expires_at": "", "region": "r"}
+    recorded = _prepare("record", tmp_path, result=result, given=given, record={"provider": "ec2"})
+    assert recorded["machine"]["host"] == "10.0.0.5" and recorded["machine"]["id"] == "i-1"
+    assert "state.json" in recorded["written"]
+    assert (tmp_path / "state" / "state.json").exists()
+    # a machine given (the ssh provider's, described before its own tasks) is recorded as it is
+    again = _prepare("record", tmp_path, machine=recorded["machine"], result={"instance_id": "other"})
+    assert again["machine"] == recorded["machine"]

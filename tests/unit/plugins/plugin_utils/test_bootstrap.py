@@ -62,6 +62,8 @@ def test_foreign_system_gets_qemu_unless_told_not_to() -> None:
     assert p["emulated"] == ["aarch64-linux"] and p["binfmt_missing"] == ["qemu-aarch64"]
     off = plan(DEBIAN12, dict(OPTS, build_systems=["aarch64-linux"], qemu=False))
     assert "qemu-user-static" not in off["packages"] and off["emulated"] == ["aarch64-linux"]
+    # nix_daemon's binfmt check: the handler each emulated system needs, none without QEMU
+    assert p["binfmt_handlers"] == {"aarch64-linux": "qemu-aarch64"} and off["binfmt_handlers"] == {}
 
 
 def test_no_package_lists_means_update_now() -> None:
