@@ -16,6 +16,7 @@ system packages or virtualenv); nothing here skips unconditionally.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections import Counter
@@ -36,6 +37,7 @@ from nfsandbox.testing import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+DURATIONS = Path(__file__).with_name("durations.json")
 
 # the emulators' fixtures, for every test module
 do_sandbox, ec2_sandbox, metal_sandbox = testing.do_sandbox, testing.ec2_sandbox, testing.metal_sandbox
@@ -66,20 +68,24 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Hand out the long work first so that no worker is left alone with it at the end: the
-    static checks (sanity is the longest single test), then the slow tests, the modules with
-    most tests before the others, the unit tests last. The Makefile passes
-    --no-loadscope-reorder, without which xdist would put every module before the one-test
-    scopes of the spread pipeline tests."""
+    """Hand out the longest work first, so that no worker is left alone with it at the end
+    (longest processing time first): the static checks (sanity is the longest single test),
+    then each scope (a module kept on one worker, or one spread test) by the seconds its tests
+    took in a measured run (durations.json, scripts/test-durations.py; a test not measured yet
+    counts a minute), the unit tests last. The Makefile passes --no-loadscope-reorder, without
+    which xdist would order the scopes by their number of tests instead."""
     if not _grouped(config):
         return
-    sizes = Counter(_scope(item) for item in items)
+    measured = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    seconds: Counter[str] = Counter()
+    for item in items:
+        if not item.nodeid.startswith("tests/unit/"):
+            seconds[_scope(item)] += measured.get(item.nodeid.split("@", 1)[0], 60)
     items.sort(
         key=lambda item: (
             not item.nodeid.startswith("tests/checks/"),
-            item.get_closest_marker("slow") is None,
             item.nodeid.startswith("tests/unit/"),
-            -sizes[_scope(item)],
+            -seconds[_scope(item)],
         )
     )
 

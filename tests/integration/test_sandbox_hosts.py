@@ -292,7 +292,8 @@ def test_ansible_apt_nix_and_remote_build(sandbox: SandboxHandle, tmp_path: Path
         f"ed25519_private: |\n{textwrap.indent(host_key.read_text(), '  ')}ed25519_public: {host_pub}\n", "  "
     )
     a = sandbox.boot_host(_userdata(pubkey, f"ssh_keys:\n{injected}"), owner="test-nix-a")
-    b = sandbox.boot_host(_userdata(pubkey), owner="test-nix-b")
+    # B comes from the Debian 13 + Nix base image: its apt task finds nix-bin installed
+    b = sandbox.boot_host(_userdata(pubkey), owner="test-nix-b", suite="trixie+nix")
     try:
         assert a["host_public_keys"]["ed25519"] == " ".join(host_pub.split()[:2])
         assert set(b["host_public_keys"]) == {"rsa", "ecdsa", "ed25519"}
