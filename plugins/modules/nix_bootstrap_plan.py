@@ -62,8 +62,12 @@ packages: {description: "Every package to install, in one transaction.", returne
 apt_cache_valid_time: {description: Cache age for the apt task., returned: success, type: int}
 qemu: {description: Whether QEMU is installed., returned: success, type: bool}
 binfmt_handlers:
-  {description: "The binfmt_misc handler each emulated system needs (empty without QEMU), for O(nixforge.images.nix_daemon#module:binfmt).",
-   returned: success, type: dict, sample: {aarch64-linux: qemu-aarch64}}
+  description: >-
+    The binfmt_misc handler each emulated system needs (empty without QEMU), for
+    O(nixforge.images.nix_daemon#module:binfmt).
+  returned: success
+  type: dict
+  sample: {aarch64-linux: qemu-aarch64}
 daemon_group: {description: Group allowed to talk to the daemon., returned: success, type: str}
 kvm_group: {description: Whether the build users need the kvm group., returned: success, type: bool}
 upstream_installed: {description: Whether an upstream Nix is already there., returned: success, type: bool}
