@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 PYTEST_PATHS ?= tests/unit tests/integration
 # Integration tests run side by side on several sandbox instances (one per xdist worker:
 # NIXFORGE_SANDBOX_INSTANCE + 0..N-1); a module stays on one worker unless marked `spread`.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 # --no-loadscope-reorder: the order is tests/integration/conftest.py's (long work first)
 XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 SANITY_TIMEOUT ?= 900
