@@ -203,12 +203,13 @@ class NixDaemon:
         if self.params["kvm_build_users"]:
             wanted += [(user, "kvm") for user in group_members("nixbld")]
         for user, group in wanted:
-            if user_exists(user) and in_group(user, group):
+            exists = user_exists(user)
+            if exists and in_group(user, group):
                 continue
             self.result["users_added"].append("%s to %s" % (user, group))
             if self.check:
                 continue
-            argv = ["usermod", "-a", "-G", group, user] if user_exists(user) else ["useradd", "-m", "-G", group, user]
+            argv = ["usermod", "-a", "-G", group, user] if exists else ["useradd", "-m", "-G", group, user]
             rc, out, err = self.module.run_command(argv)
             if rc != 0:
                 self.module.fail_json(
