@@ -560,7 +560,7 @@ class B2Object(NixforgeModule):
 
     def remove(self, entry: Dict[str, Any]) -> None:
         if entry["kind"] == "unfinished large file":
-            self.client.cancel_large_file(entry["file_id"], entry["name"])
+            self.client.cancel_large_file(self.bucket, entry["file_id"], entry["name"])
         else:
             self.client.delete_version(entry["file_id"], entry["name"])
 

@@ -94,6 +94,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
     """Stop at once when xdist no longer groups (it did not with pytest 9.2: every test of a
     module then ran on any worker, and each of them built the module's fixtures again)."""
+    config = getattr(node, "config", None)
+    if config is None or not _grouped(config):  # -n without --dist loadgroup asks for no groups
+        return
     lost = [
         nodeid
         for nodeid in ids

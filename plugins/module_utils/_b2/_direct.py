@@ -177,7 +177,7 @@ class DirectUpload:
         name = self.settings["name"]
         try:
             if self.file_id is not None:
-                self.client.cancel_large_file(self.file_id, name)
+                self.client.cancel_large_file(self.bucket, self.file_id, name)
                 self.file_id = None
             self.client.remove_new(self.bucket, name, self.settings.get("before") or set(), self.marks())
         except Exception as exc:  # noqa: BLE001

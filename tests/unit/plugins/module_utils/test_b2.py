@@ -295,3 +295,57 @@ def test_a_missing_ca_bundle_fails_naming_it(tmp_path):
     with pytest.raises(UserInputError) as info:
         b2.b2_client({"application_key_id": KEY_ID, "application_key": KEY, "ca_bundle": str(tmp_path / "none.pem")})
     assert info.value.parameter == "ca_bundle"
+
+
+class CancelSession:
+    """cancel_large_file answers in order; list_unfinished_large_files lists ``left``."""
+
+    def __init__(self, answers, left):
+        self.answers, self.left, self.cancels = answers, left, 0
+
+    def cancel_large_file(self, file_id):
+        self.cancels += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def list_unfinished_large_files(self, bucket_id, start_id, count, prefix):
+        return {"files": [{"fileId": i, "fileName": prefix, "action": "start"} for i in self.left]}
+
+
+class Api:
+    def __init__(self, session):
+        self.session = session
+
+
+class Bucket:
+    id_ = "bucket-1"
+
+
+@pytest.mark.parametrize(
+    "left, refused",
+    [([], False), (["other-file"], False), (["file-1"], True)],
+    ids=["gone", "only-another-left", "still-there"],
+)
+def test_a_cancel_retried_after_a_lost_answer_asks_whether_the_file_is_gone(left, refused):
+    # the first cancel was carried out but its answer lost (500); B2 refuses the retry to a key
+    # restricted to a name prefix (it no longer knows the file id's name): gone means done
+    session = CancelSession([b2exc.ServiceError("500 internal_error"), b2exc.Unauthorized("", "unauthorized")], left)
+    c = client([])
+    c.api = Api(session)
+    if refused:
+        with pytest.raises(UserInputError, match="writeFiles"):
+            c.cancel_large_file(Bucket(), "file-1", "nixforge/b/x.img")
+    else:
+        c.cancel_large_file(Bucket(), "file-1", "nixforge/b/x.img")
+    assert session.cancels == 2
+
+
+def test_a_cancel_refused_while_the_file_is_listed_is_a_refusal():
+    session = CancelSession([b2exc.Unauthorized("", "unauthorized")], ["file-1"])
+    c = client([])
+    c.api = Api(session)
+    with pytest.raises(UserInputError, match="writeFiles"):
+        c.cancel_large_file(Bucket(), "file-1", "nixforge/b/x.img")
+    assert session.cancels == 1

@@ -50,7 +50,7 @@ class Client:
     def add_secret(self, value: str) -> None:
         self.secrets.append(value)
 
-    def cancel_large_file(self, file_id: str, name: str) -> None:
+    def cancel_large_file(self, bucket: Any, file_id: str, name: str) -> None:
         self.cancelled.append(file_id)
 
     def remove_new(self, bucket: Any, name: str, before: Any, marks: Any, keep: Any = None) -> None:
