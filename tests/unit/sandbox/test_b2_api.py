@@ -237,8 +237,9 @@ def test_an_upload_token_serves_one_upload_at_a_time(api: B2API) -> None:
         )
     )
     first.start()
-    deadline = time.time() + 5
-    while not api.tokens[target["authorizationToken"]].busy and time.time() < deadline:
+    deadline = time.time() + 120  # bounds a hang only
+    while not api.tokens[target["authorizationToken"]].busy:
+        assert time.time() < deadline, "the first upload never took the token"
         time.sleep(0.01)
     second = api.handle(Request("POST", path, {}, headers, io.BytesIO(data), len(data)))
     gate.set()

@@ -7,6 +7,7 @@ hosts are exercised by tests/integration/test_sandbox_ec2.py.
 from __future__ import annotations
 
 import base64
+import calendar
 import sys
 import threading
 import time
@@ -25,6 +26,10 @@ from nfsandbox.ec2 import patches as ec2_moto
 from nfsandbox.ec2.faults import FaultError
 
 DEBIAN = ec2_catalog.DEBIAN_OWNER
+
+
+# Deadlines below only bound a hang (a bug); none is a guess at how fast the machine is.
+HANG_GUARD = 120.0
 
 
 class FakeHost:
@@ -48,10 +53,13 @@ class FakePool:
         self.fail = None
         self.delay = 0.05
         self.stop_delay = 0.0
+        self.gate: threading.Event | None = None  # set: boots finish (a boot waits for it)
 
     def boot(self, owner, userdata, default_user="admin", on_poweroff=None, arch="x86_64", suite="bookworm"):
         assert default_user == "admin"
         time.sleep(self.delay)
+        if self.gate is not None:
+            assert self.gate.wait(HANG_GUARD)
         if self.fail:
             raise RuntimeError(self.fail)
         with self.lock:
@@ -119,7 +127,7 @@ def newest(ec2c, pattern, arch):
     return max(images, key=lambda i: i["CreationDate"])
 
 
-def wait_state(ec2c, iid, state, timeout=10):
+def wait_state(ec2c, iid, state, timeout=HANG_GUARD):
     deadline = time.monotonic() + timeout
     while True:
         inst = ec2c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
@@ -200,20 +208,23 @@ def test_waiter_works(cloud):
 
 def test_terminate_while_booting_stops_the_host_when_it_comes_up(cloud):
     ec2c = client(cloud)
-    cloud.pool.delay = 0.5
+    cloud.pool.gate = threading.Event()  # the host comes up only when the test says so
     try:
         ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
         iid = ec2c.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0][
             "InstanceId"
         ]
         ec2c.terminate_instances(InstanceIds=[iid])
-        deadline = time.monotonic() + 5
+        assert not [h for h in cloud.pool.booted if h.owner == iid]  # still booting
+        cloud.pool.gate.set()
+        deadline = time.monotonic() + HANG_GUARD
         while not [h for h in cloud.pool.stopped if h.owner == iid]:
             assert time.monotonic() < deadline, "host of a terminated pending instance kept running"
             time.sleep(0.05)
         assert wait_state(ec2c, iid, "terminated")
     finally:
-        cloud.pool.delay = 0.05
+        cloud.pool.gate.set()
+        cloud.pool.gate = None
 
 
 @pytest.mark.parametrize("shutdown_seconds", [0.0, 0.2])
@@ -230,7 +241,7 @@ def test_a_terminated_instance_has_no_running_host(cloud, shutdown_seconds):
         assert wait_state(ec2c, iid, "running")
         watcher = threading.Thread(target=ec2c.terminate_instances, kwargs={"InstanceIds": [iid]})
         watcher.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + HANG_GUARD
         while True:
             state = ec2c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
             if state == "terminated":
@@ -618,7 +629,7 @@ def test_resources_list_what_leaks_and_reset_empties(cloud):
     )
     [kp] = [r for r in cloud.provider.resources() if r["type"] == "key-pair"]
     assert kp["tags"] == {"nixforge-build-id": "r"}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG_GUARD
     while len(cloud.provider.attached_hosts()) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -638,7 +649,8 @@ def test_a_terminated_instance_holds_its_security_group_for_the_configured_while
     terminated (``security_group_hold``); each refusal is counted, then the group goes."""
     ec2c = client(cloud)
     group = ec2c.create_security_group(GroupName="held-after", Description="held")["GroupId"]
-    cloud.provider.set_faults({"security_group_hold": {"seconds": 0.5}})
+    # held longer than any stall between two calls, then shortened: released once it is over
+    cloud.provider.set_faults({"security_group_hold": {"seconds": HANG_GUARD}})
     try:
         ami = newest(ec2c, "debian-12-amd64-*", "x86_64")["ImageId"]
         iid = ec2c.run_instances(
@@ -647,12 +659,15 @@ def test_a_terminated_instance_holds_its_security_group_for_the_configured_while
         assert wait_state(ec2c, iid, "running")
         ec2c.terminate_instances(InstanceIds=[iid])
         assert wait_state(ec2c, iid, "terminated")
+        terminated = time.monotonic()
         with pytest.raises(ClientError) as err:
             ec2c.delete_security_group(GroupId=group)
         assert err.value.response["Error"]["Code"] == "DependencyViolation"
         served = cloud.provider.get_faults()["served"]
         assert served["security_group_in_use"]["DeleteSecurityGroup"] >= 1, served
-        deadline = time.monotonic() + 10
+        hold = 0.5
+        cloud.provider.set_faults({"security_group_hold": {"seconds": hold}})
+        deadline = time.monotonic() + HANG_GUARD
         while True:
             try:
                 ec2c.delete_security_group(GroupId=group)
@@ -661,6 +676,7 @@ def test_a_terminated_instance_holds_its_security_group_for_the_configured_while
                 assert exc.response["Error"]["Code"] == "DependencyViolation"
                 assert time.monotonic() < deadline, "the group stayed in use"
                 time.sleep(0.1)
+        assert time.monotonic() - terminated >= hold  # never released before the hold is over
     finally:
         cloud.provider.set_faults({})
     with pytest.raises(FaultError, match=r"security_group_hold\.seconds"):
@@ -701,16 +717,17 @@ def test_a_spot_interruption_gives_one_notice_before_the_termination(cloud):
     fault = {"spot_interruption": {"build_id": "notice", "after_seconds": 0, "notice_seconds": 2}}
     try:
         cloud.provider.set_faults(fault)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_GUARD
         while "spot_interruption_notice" not in cloud.provider.get_faults()["served"]:
             assert time.monotonic() < deadline, "no notice"
             time.sleep(0.05)
-        assert ec2c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"] == (
-            "running"
-        )
-        inst = wait_state(ec2c, iid, "terminated", timeout=30)
+        inst = wait_state(ec2c, iid, "terminated")
         assert inst["StateReason"]["Code"] == "Server.SpotInstanceTermination"
         faults = cloud.provider.get_faults()
+        # the reclaim came notice_seconds after the notice, not with it (the warning's time has
+        # whole seconds, cut down: a lower bound of when the notice was given)
+        noticed = calendar.timegm(time.strptime(faults["events"][0]["time"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert time.time() - noticed >= fault["spot_interruption"]["notice_seconds"]
         assert faults["served"] == {"spot_interruption_notice": {iid: 1}, "spot_interruption": {iid: 1}}
         assert faults["spot_interruption"]["count"] == 0
         assert [e["detail"] for e in faults["events"]] == [{"instance-id": iid, "instance-action": "terminate"}]
