@@ -125,15 +125,20 @@ def matches(
 
 def tagged_builders(
     list_machines: Callable[[Optional[str]], List[Dict[str, Any]]],
-    to_record: Callable[[Mapping[str, Any]], Dict[str, Any]],
-    gone: Callable[[Mapping[str, Any]], bool],
-    build_ids: List[str],
-    pipelines: List[str],
+    to_record: Callable[[Mapping[str, Any], Optional[datetime.datetime]], Dict[str, Any]],
+    gone: Tuple[str, Iterable[str]],
+    build_ids: Iterable[str],
+    pipelines: Iterable[str],
     expired: Optional[bool],
+    now: Optional[datetime.datetime],
 ) -> List[Dict[str, Any]]:
-    """Builder records of the machines ``list_machines(build_id)`` finds for each build id
-    (``list_machines(None)``: all of them, when no build id is given) that pass the filters;
-    a machine listed twice counts once, a ``gone`` one not at all."""
+    """Builder records (``to_record(machine, now)``) of the machines ``list_machines(build_id)``
+    finds for each build id (``list_machines(None)``: all of them, when no build id is given)
+    that pass the filters; a machine listed twice counts once, one whose ``gone[0]`` field is
+    in ``gone[1]`` not at all."""
+    build_ids = list(build_ids or [])
+    pipelines = list(pipelines or [])
+    state_key, gone_states = gone
     if build_ids:
         machines = [machine for build_id in build_ids for machine in list_machines(build_id)]
     else:
@@ -141,10 +146,10 @@ def tagged_builders(
     seen = set()
     records = []
     for machine in machines:
-        if machine.get("id") in seen or gone(machine):
+        if machine.get("id") in seen or machine.get(state_key) in gone_states:
             continue
         seen.add(machine.get("id"))
-        records.append(to_record(machine))
+        records.append(to_record(machine, now))
     return [r for r in records if matches(r, build_ids, pipelines, expired)]
 
 

@@ -93,14 +93,7 @@ def list_builders(
     def droplets(build_id: Optional[str]) -> List[Dict[str, Any]]:
         return droplets_of(client, None if build_id is None else "%s:%s" % (TAG_BUILD_ID, build_id))
 
-    return tagged_builders(
-        droplets,
-        lambda droplet: record_from_droplet(droplet, now),
-        lambda droplet: droplet.get("status") in GONE_STATES,
-        list(build_ids or []),
-        list(pipelines or []),
-        expired,
-    )
+    return tagged_builders(droplets, record_from_droplet, ("status", GONE_STATES), build_ids, pipelines, expired, now)
 
 
 # -- every resource of ours, grouped by build (for the reaper) ------------------------

@@ -127,14 +127,7 @@ def list_builders(
         query = {} if build_id is None else {"tag": "%s=%s" % (TAG_BUILD_ID, build_id)}
         return client.paginate(path, "devices", what=what, **query)
 
-    return tagged_builders(
-        devices,
-        lambda device: record_from_device(device, now),
-        lambda device: device.get("state") in GONE_STATES,
-        list(build_ids or []),
-        list(pipelines or []),
-        expired,
-    )
+    return tagged_builders(devices, record_from_device, ("state", GONE_STATES), build_ids, pipelines, expired, now)
 
 
 # -- every resource of ours, grouped by build (for the reaper) ------------------------
