@@ -20,7 +20,6 @@ from typing import Any, Dict, Optional
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.text.converters import to_text
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.module_utils._b2 import _builder_parts
 from ansible_collections.nixforge.images.plugins.module_utils._b2._client import (
@@ -43,6 +42,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._identity im
     parse_duration,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean import _preflight
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import NixforgeAction
 
 display = Display()
 
@@ -104,17 +104,14 @@ def check_args(args: Dict[str, Any]) -> int:
     return part_size
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(NixforgeAction):
+    argument_spec = ARGUMENT_SPEC
     _VALID_ARGS = frozenset(ARGUMENT_SPEC) | frozenset(["realm"])
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
-        secrets = [args.get("application_key") or ""]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
+        secrets = [params.get("application_key") or ""]
         try:
-            return dict(result, **self.upload(args, task_vars, secrets))
+            return dict(result, **self.upload(params, task_vars, secrets))
         except NixforgeError as exc:
             return dict(result, failed=True, msg=redact(exc.format(), secrets))
 

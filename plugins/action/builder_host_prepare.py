@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._machine import describe, teardown_result
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
     InputError,
@@ -58,21 +58,19 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        p = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
-        stage = getattr(self, "_" + p["stage"])
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
+        stage = getattr(self, "_" + params["stage"])
         try:
-            result.update(stage(p, bool(self._task.check_mode)))
+            result.update(stage(params, bool(self._task.check_mode)))
         except InputError as exc:
             result.update(failed=True, msg=str(exc))
         except (OSError, subprocess.CalledProcessError) as exc:
-            result.update(failed=True, msg="%s: the build's state directory %s: %s" % (p["stage"], p["state_dir"], exc))
+            result.update(
+                failed=True, msg="%s: the build's state directory %s: %s" % (params["stage"], params["state_dir"], exc)
+            )
         return result
 
     @staticmethod

@@ -21,7 +21,6 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from ansible import constants as C
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError
 from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
@@ -32,6 +31,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._identity im
 from ansible_collections.nixforge.images.plugins.module_utils._base._sshkeys import HostKey
 from ansible_collections.nixforge.images.plugins.module_utils._base._userdata import host_key_config, render
 from ansible_collections.nixforge.images.plugins.plugin_utils import _bootprobe as probe
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import NixforgeAction
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import keygen, write_private
 
 display = Display()
@@ -300,28 +300,25 @@ class BootCheck:
         return {"errors": errors}
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(NixforgeAction):
+    argument_spec = ARGUMENT_SPEC
     _VALID_ARGS = frozenset(ARGUMENT_SPEC) | frozenset(["api_token"])
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            validate_name(args["build_id"], "build_id")
-            expiry(args)
+            validate_name(params["build_id"], "build_id")
+            expiry(params)
         except NixforgeError as exc:
             return dict(result, failed=True, msg=exc.format())
         if self._task.check_mode:
-            return dict(result, changed=True, actions=self.plan_text(args))
+            return dict(result, changed=True, actions=self.plan_text(params))
 
         def call(name: str, module_args: Dict[str, Any]) -> Dict[str, Any]:
             return self._execute_module(
                 module_name="nixforge.images.%s" % name, module_args=module_args, task_vars=task_vars
             )
 
-        check = BootCheck(call, args, tmp_root=C.DEFAULT_LOCAL_TMP)
+        check = BootCheck(call, params, tmp_root=C.DEFAULT_LOCAL_TMP)
         failure: Optional[str] = None
         previous = terminate_as_interrupt()
         try:
@@ -332,9 +329,9 @@ class ActionModule(ActionBase):
             errors = check.cleanup()["errors"]
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        result.update(check.result, changed=True, command=args["command"], expires_at=check.expires_at)
+        result.update(check.result, changed=True, command=params["command"], expires_at=check.expires_at)
         if errors:
-            failure = (failure + ". " if failure else "") + self.leak_message(args["build_id"], errors)
+            failure = (failure + ". " if failure else "") + self.leak_message(params["build_id"], errors)
         if failure:
             result.update(failed=True, msg=failure)
         return result

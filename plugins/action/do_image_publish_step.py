@@ -7,9 +7,9 @@ plugin_utils/_publish.py; documentation in plugins/modules/do_image_publish_step
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
     ROLE_VARIABLES,
     PublishError,
@@ -46,16 +46,12 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            result.update(step(args, self.role_values(task_vars)))
+            result.update(step(params, self.role_values(task_vars)))
         except PublishError as exc:
             result.update(failed=True, msg=str(exc))
         result.setdefault("changed", False)

@@ -14,9 +14,9 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible.module_utils.common.text.converters import to_text
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.nixforge.images.plugins.module_utils._base._checksum_record import record, recorded
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils.fetch import (
     MIB,
     FetchError,
@@ -61,9 +61,8 @@ def human(size: float) -> str:
     return "%d B" % size
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False  # our own ssh processes do the work
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
     def _option(self, *names: str) -> Any:
         for name in names:
@@ -88,10 +87,7 @@ class ActionModule(ActionBase):
             executable=str(self._option("ssh_executable") or "ssh"),
         )
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         host = self._task.delegate_to or task_vars.get("inventory_hostname", "")
         src, dest = params["src"], os.path.abspath(params["dest"])
         result.update(source=src, path=dest, builder=host, method=params["method"], changed=False)

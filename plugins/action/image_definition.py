@@ -7,9 +7,9 @@ what to build (plugin_utils/image.py), before anything runs on the builder."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import InputError, resolve
 
 ARGUMENT_SPEC: Dict[str, Any] = {
@@ -22,14 +22,10 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         # The shipped definitions live in the role (roles/nixos_image/files/images).
         images_dir = params["images_dir"] or os.path.normpath(
             os.path.join(os.path.dirname(__file__), "..", "..", "roles", "nixos_image", "files", "images")

@@ -7,9 +7,9 @@ judge, before anything is created (plugin_utils/_preflight.py)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._preflight import problems, role_spec
 from ansible_collections.nixforge.images.plugins.plugin_utils._task_vars import template_values
 
@@ -18,14 +18,10 @@ ARGUMENT_SPEC: Dict[str, Any] = {}
 ROLES = ("nixos_image", "nix_bootstrap", "nix_remote_builder")
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, result: Dict[str, Any], _params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         # The role variables as this task sees them (play vars, -e, role defaults), templated.
         names = {"nixos_image_build_mode"}
         for role in ROLES:

@@ -7,10 +7,10 @@ nix_bootstrap options, and work out the Nix settings and the one package list
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from ansible.module_utils.common.text.converters import to_text
-from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import NixforgeAction
 from ansible_collections.nixforge.images.plugins.plugin_utils.bootstrap import (
     HostError,
     parse_probe,
@@ -33,13 +33,10 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(NixforgeAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], _task_vars: Dict[str, Any]) -> Dict[str, Any]:
         res = self._low_level_execute_command(probe_command(), sudoable=False)
         if res.get("rc", 1) != 0:
             result.update(failed=True, msg="Could not look at the host: %s" % to_text(res.get("stderr", "")).strip())

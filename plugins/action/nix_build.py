@@ -16,8 +16,8 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 from ansible.module_utils.common.text.converters import to_text
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import NixforgeAction
 from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
     INTERRUPTED,
     KERNEL_LOG_COMMAND,
@@ -100,7 +100,8 @@ def definition_tarball(plan: Dict[str, Any], script: str, directory: str) -> str
     return path
 
 
-class ActionModule(ActionBase):
+class ActionModule(NixforgeAction):
+    argument_spec = ARGUMENT_SPEC
     TRANSFERS_FILES = True
 
     def _sh(self, command: str, what: str) -> str:
@@ -113,10 +114,7 @@ class ActionModule(ActionBase):
             )
         return to_text(res.get("stdout", ""))
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         plan = params["definition"]
         host = task_vars.get("inventory_hostname", "")
         result.update(label=plan["label"], work_dir=plan["work_dir"])

@@ -16,10 +16,10 @@ that no separate debug task (a task header and a worker fork each) repeats it.""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from ansible.plugins.action import ActionBase
 from ansible_collections.nixforge.images.plugins.filter.spot_retry import spot_retry
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._pipeline import (
     PipelineError,
     failure_text,
@@ -44,15 +44,12 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        result = super().run(tmp, task_vars or {})
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], _task_vars: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            result.update(self.step(args))
+            result.update(self.step(params))
         except PipelineError as exc:
             result.update(failed=True, msg=str(exc))
         result.setdefault("changed", False)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._sd_image import ImageError, check_image, missing_tools
 
 ARGUMENT_SPEC: Dict[str, Any] = {
@@ -22,13 +22,10 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        result = super().run(tmp, task_vars or {})
-        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
+    def act(self, result: Dict[str, Any], params: Dict[str, Any], _task_vars: Dict[str, Any]) -> Dict[str, Any]:
         path = os.path.abspath(params["path"])
         result.update(changed=False, path=path, partitions=[], summary=[], removed=False)
         problem = self._input_problem(path, params)

@@ -311,6 +311,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             value = self._template(value)
         return value
 
+    def _path_opt(self, name: str) -> Optional[str]:
+        """A path option made absolute, ``~`` expanded (None when it is not set)."""
+        value = self._opt(name)
+        return os.path.abspath(os.path.expanduser(value)) if value else None
+
     def _template(self, value: Any) -> Any:
         if isinstance(value, list):
             return [v for v in (self._template(v) for v in value) if v not in (None, "")]
@@ -376,12 +381,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         projects = self._opt("metal_project_ids") or [p for p in [os.environ.get("METAL_PROJECT_ID")] if p]
         if not projects:
             return self._skip("metal", "no project (set 'metal_project_ids', or METAL_PROJECT_ID)")
-        ca_bundle = self._opt("metal_ca_bundle")
         client = metal_client(
             {
                 "auth_token": token,
                 "api_url": self._opt("metal_api_url"),
-                "ca_bundle": os.path.abspath(os.path.expanduser(ca_bundle)) if ca_bundle else None,
+                "ca_bundle": self._path_opt("metal_ca_bundle"),
             }
         )
         records = []
@@ -397,12 +401,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             return self._skip("digitalocean", "no token (set 'do_api_token', or DIGITALOCEAN_TOKEN)")
         from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import digitalocean_client
 
-        ca_bundle = self._opt("do_ca_bundle")
         client = digitalocean_client(
             {
                 "oauth_token": token,
                 "api_url": self._opt("do_api_url"),
-                "ca_bundle": os.path.abspath(os.path.expanduser(ca_bundle)) if ca_bundle else None,
+                "ca_bundle": self._path_opt("do_ca_bundle"),
             }
         )
         return _discovery_do.list_builders(client, build_ids, pipelines)

@@ -13,7 +13,7 @@ plugin, the reaper and the modules consume those records.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ansible_collections.nixforge.images.plugins.module_utils._base._errors import UserInputError
 from ansible_collections.nixforge.images.plugins.module_utils._base._identity import (
@@ -34,6 +34,7 @@ __all__ = [
     "merge_builds",
     "normalize_architecture",
     "resource_record",
+    "tagged_builders",
 ]
 
 PROVIDERS = ("ec2", "metal", "digitalocean")
@@ -120,6 +121,36 @@ def matches(
     if expired is not None and bool(record.get("expired")) != bool(expired):
         return False
     return True
+
+
+def tagged_builders(
+    list_machines: Callable[[Optional[str]], List[Dict[str, Any]]],
+    to_record: Callable[[Mapping[str, Any], Optional[datetime.datetime]], Dict[str, Any]],
+    gone: Tuple[str, Iterable[str]],
+    build_ids: Iterable[str],
+    pipelines: Iterable[str],
+    expired: Optional[bool],
+    now: Optional[datetime.datetime],
+) -> List[Dict[str, Any]]:
+    """Builder records (``to_record(machine, now)``) of the machines ``list_machines(build_id)``
+    finds for each build id (``list_machines(None)``: all of them, when no build id is given)
+    that pass the filters; a machine listed twice counts once, one whose ``gone[0]`` field is
+    in ``gone[1]`` not at all."""
+    build_ids = list(build_ids or [])
+    pipelines = list(pipelines or [])
+    state_key, gone_states = gone
+    if build_ids:
+        machines = [machine for build_id in build_ids for machine in list_machines(build_id)]
+    else:
+        machines = list_machines(None)
+    seen = set()
+    records = []
+    for machine in machines:
+        if machine.get("id") in seen or machine.get(state_key) in gone_states:
+            continue
+        seen.add(machine.get("id"))
+        records.append(to_record(machine, now))
+    return [r for r in records if matches(r, build_ids, pipelines, expired)]
 
 
 # -- build records: every resource of ours, grouped by build --------------------------

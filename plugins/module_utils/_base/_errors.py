@@ -25,6 +25,7 @@ __all__ = [
     "WaitTimeout",
     "format_error",
     "redact",
+    "require_token",
 ]
 
 
@@ -95,6 +96,17 @@ class UserInputError(NixforgeError):
             what = "Parameter '%s'" % parameter
         super().__init__(msg, hint=hint, what=what or "Input validation", **details)
         self.parameter = parameter
+
+
+def require_token(token: Optional[str], parameter: str, env_names: Iterable[str]) -> str:
+    """``token``; a UserInputError naming ``parameter`` and its environment variables when it is empty."""
+    if not token:
+        raise UserInputError(
+            "no API token given",
+            hint="Set '%s' or one of the environment variables %s" % (parameter, ", ".join(env_names)),
+            parameter=parameter,
+        )
+    return token
 
 
 class ProviderError(NixforgeError):

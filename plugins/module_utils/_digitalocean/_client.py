@@ -41,6 +41,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._errors impo
     ProviderError,
     UserInputError,
     redact,
+    require_token,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._requests import CONNECTION_ERRORS, TLS_ERRORS
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
@@ -502,13 +503,7 @@ class DigitalOceanClient(RetryingClient):
 
 def digitalocean_client(params: Mapping[str, Any], policy: Optional[RetryPolicy] = None) -> DigitalOceanClient:
     """A retrying client from the ``digitalocean_argument_spec`` options (no API call)."""
-    token = (params.get("oauth_token") or "").strip()
-    if not token:
-        raise UserInputError(
-            "no API token given",
-            hint="Set 'oauth_token' or one of the environment variables %s" % ", ".join(TOKEN_ENV),
-            parameter="oauth_token",
-        )
+    token = require_token((params.get("oauth_token") or "").strip(), "oauth_token", TOKEN_ENV)
     end_point = normalize_api_url(params.get("api_url"))
     # The library falls back to DIGITALOCEAN_ACCESS_TOKEN / DIGITALOCEAN_END_POINT for
     # anything not passed; both are passed, so the environment cannot override them.

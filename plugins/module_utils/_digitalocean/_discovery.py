@@ -22,8 +22,8 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._discovery i
     builder_record,
     filter_builds,
     group_builds,
-    matches,
     resource_record,
+    tagged_builders,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import tag_dict
@@ -89,22 +89,11 @@ def list_builders(
     now: Optional[datetime.datetime] = None,
 ) -> List[Dict[str, Any]]:
     """Builder records of the account's droplets that carry our tags."""
-    build_ids = list(build_ids or [])
-    pipelines = list(pipelines or [])
-    if build_ids:
-        droplets: List[Dict[str, Any]] = []
-        for build_id in build_ids:
-            droplets.extend(droplets_of(client, "%s:%s" % (TAG_BUILD_ID, build_id)))
-    else:
-        droplets = droplets_of(client)
-    seen = set()
-    records = []
-    for droplet in droplets:
-        if droplet.get("id") in seen or droplet.get("status") in GONE_STATES:
-            continue
-        seen.add(droplet.get("id"))
-        records.append(record_from_droplet(droplet, now))
-    return [r for r in records if matches(r, build_ids, pipelines, expired)]
+
+    def droplets(build_id: Optional[str]) -> List[Dict[str, Any]]:
+        return droplets_of(client, None if build_id is None else "%s:%s" % (TAG_BUILD_ID, build_id))
+
+    return tagged_builders(droplets, record_from_droplet, ("status", GONE_STATES), build_ids, pipelines, expired, now)
 
 
 # -- every resource of ours, grouped by build (for the reaper) ------------------------

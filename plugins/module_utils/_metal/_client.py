@@ -32,6 +32,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._errors impo
     ProviderError,
     UserInputError,
     redact,
+    require_token,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._requests import CONNECTION_ERRORS
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import CLOUD_API_POLICY as DEFAULT_POLICY
@@ -290,13 +291,7 @@ class MetalClient(RetryingClient):
 
 def metal_client(params: Mapping[str, Any], policy: Optional[RetryPolicy] = None) -> MetalClient:
     """Build a retrying client from the ``metal_argument_spec`` options (no API call)."""
-    token = params.get("auth_token")
-    if not token:
-        raise UserInputError(
-            "no API token given",
-            hint="Set 'auth_token' or one of the environment variables %s" % ", ".join(TOKEN_ENV),
-            parameter="auth_token",
-        )
+    token = require_token(params.get("auth_token"), "auth_token", TOKEN_ENV)
     end_point = normalize_api_url(params.get("api_url"))
     ca_bundle = params.get("ca_bundle")
     if ca_bundle:

@@ -22,8 +22,8 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._discovery i
     builder_record,
     filter_builds,
     group_builds,
-    matches,
     resource_record,
+    tagged_builders,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._identity import TAG_BUILD_ID
 from ansible_collections.nixforge.images.plugins.module_utils._metal._client import tag_dict
@@ -120,24 +120,14 @@ def list_builders(
     now: Optional[datetime.datetime] = None,
 ) -> List[Dict[str, Any]]:
     """Builder records of the project's devices that carry our tags (gone ones left out)."""
-    build_ids = list(build_ids or [])
-    pipelines = list(pipelines or [])
     path = "projects/%s/devices" % project_id
     what = "Listing the builders of project %s" % project_id
-    if build_ids:
-        devices: List[Dict[str, Any]] = []
-        for build_id in build_ids:
-            devices.extend(client.paginate(path, "devices", what=what, tag="%s=%s" % (TAG_BUILD_ID, build_id)))
-    else:
-        devices = client.paginate(path, "devices", what=what)
-    seen = set()
-    records = []
-    for device in devices:
-        if device.get("id") in seen or device.get("state") in GONE_STATES:
-            continue
-        seen.add(device.get("id"))
-        records.append(record_from_device(device, now))
-    return [r for r in records if matches(r, build_ids, pipelines, expired)]
+
+    def devices(build_id: Optional[str]) -> List[Dict[str, Any]]:
+        query = {} if build_id is None else {"tag": "%s=%s" % (TAG_BUILD_ID, build_id)}
+        return client.paginate(path, "devices", what=what, **query)
+
+    return tagged_builders(devices, record_from_device, ("state", GONE_STATES), build_ids, pipelines, expired, now)
 
 
 # -- every resource of ours, grouped by build (for the reaper) ------------------------

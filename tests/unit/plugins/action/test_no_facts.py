@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+from ansible.plugins.action import ActionBase
 from ansible_collections.nixforge.images.plugins.action import builder_host_prepare, pipeline_step
 
 ACTIONS = Path(__file__).resolve().parents[4] / "plugins" / "action"
@@ -137,7 +138,7 @@ def test_the_steps_say_what_they_decided_in_msg() -> None:
 
 def test_a_step_with_a_message_is_shown_like_debug(monkeypatch: pytest.MonkeyPatch) -> None:
     module = object.__new__(pipeline_step.ActionModule)
-    monkeypatch.setattr(pipeline_step.ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
+    monkeypatch.setattr(ActionBase, "run", lambda self, tmp=None, task_vars=None: {})
     for args, shown in (({"step": "start", "given": {"build_id": "b1"}}, True), ({"step": "gone"}, False)):
         full = {key: spec.get("default") for key, spec in pipeline_step.ARGUMENT_SPEC.items()}
         full.update(args)
