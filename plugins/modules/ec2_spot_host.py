@@ -17,7 +17,10 @@ description:
     the instance and its root volume, the key pair, the security group, the launch template and the fleet.
   - With O(state=present) a second run with the same O(build_id) while the instance is pending or running adopts
     it and reports no change. With O(state=absent) every resource of the build is removed, waiting until the
-    instance is terminated; a second run reports no change.
+    instance is terminated; a second run reports no change. With O(state=absent) and O(wait=false) the
+    termination is only started and what does not depend on it is removed; the security group and volumes, which
+    EC2 lets go only once the instance is terminated, are returned in RV(left) for a later run with
+    O(state=absent), which waits for the termination and removes them.
   - Input is checked before anything is created (region, credentials, AMI, instance type architecture, SSH
     CIDR, keys). When a launch fails, whatever the run created is removed again before the module fails.
 author:
@@ -389,6 +392,12 @@ removed:
   type: dict
   sample: {instances: [i-0abc], fleets: [fleet-1], launch_templates: [lt-1], security_groups: [sg-1],
            key_pairs: [nixforge-b1-ssh], volumes: []}
+left:
+  description: With O(wait=false), the resources that can go only once the build's instances are terminated (security
+    groups, volumes), by kind, for a later run with O(state=absent); empty when nothing was left.
+  returned: state is absent
+  type: dict
+  sample: {security_groups: [sg-1]}
 ended:
   description: Instances of the build that EC2 ended (spot interruption, a C(Server.*) reason) or that powered
     themselves off at expiry, with EC2's state reason.
@@ -540,7 +549,10 @@ class Ec2SpotHost(NixforgeModule):
 
     def plan(self) -> List[Action]:
         if self.params["state"] == "absent":
-            self.result["removed"], actions = self.resources.removal(self.found)
+            # wait=false: start the terminations, leave what must wait for them to a later run
+            left: Optional[Dict[str, List[str]]] = None if self.params["wait"] else {}
+            self.result["removed"], actions = self.resources.removal(self.found, left)
+            self.result["left"] = left or {}
             return actions
         if self.adopting:
             return []

@@ -155,4 +155,6 @@ def teardown_result(p: Mapping[str, Any]) -> Dict[str, Any]:
         "%s on %s" % (e.get("code"), e.get("instance_id") or e.get("device_id")) for e in result.get("ended") or []
     ]
     removed = result.get("removed") or {}
-    return {"provider": p["provider"], "build_id": p["build_id"], "removed": removed, "ended": ended}
+    # what a teardown that did not wait left until the builder is terminated (its security group)
+    left = result.get("left") or {}
+    return {"provider": p["provider"], "build_id": p["build_id"], "removed": removed, "ended": ended, "left": left}

@@ -12,7 +12,7 @@ found by the ``nixforge-build-id`` tag.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, List, Mapping, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from ansible_collections.nixforge.images.plugins.module_utils._base._errors import (
     NixforgeError,
@@ -41,6 +41,8 @@ RESOURCE_KINDS = {
     "security_groups": ("security group", "GroupId"),
     "volumes": ("volume", "VolumeId"),
 }
+# what EC2 lets go only once the build's instances are terminated (their network interfaces, their disks)
+DEPENDENT_KINDS = ("security_groups", "volumes")
 REMOVED_ORDER = ("instances", "fleets", "launch_templates", "security_groups", "key_pairs", "volumes")
 
 
@@ -108,9 +110,19 @@ class BuildResources:
 
     # -- removal -----------------------------------------------------------------------
 
-    def removal(self, found: Mapping[str, List[Any]]) -> Tuple[Dict[str, List[str]], List[Action]]:
-        """``(removed ids by kind, the actions removing them in a safe order)``."""
+    def removal(
+        self, found: Mapping[str, List[Any]], left: Optional[Dict[str, List[str]]] = None
+    ) -> Tuple[Dict[str, List[str]], List[Action]]:
+        """``(removed ids by kind, the actions removing them in a safe order)``. With ``left`` (a dict
+        to fill) and instances still to terminate, only their terminations are started and what does
+        not depend on them is removed: the kinds that can go only once the instances are gone (security
+        groups, volumes) are put into ``left`` for a later removal (ec2_spot_host's ``wait=false``)."""
         removed = {kind: [r[RESOURCE_KINDS[kind][1]] for r in found[kind]] for kind in REMOVED_ORDER}
+        if left is not None and removed["instances"]:
+            for kind in DEPENDENT_KINDS:
+                if removed[kind]:
+                    left[kind] = removed[kind]
+                removed[kind] = []
         do: Dict[str, Callable[[str], Any]] = {
             "fleets": self.delete_fleet,
             "instances": self.terminate_instance,

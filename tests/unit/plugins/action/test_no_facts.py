@@ -172,11 +172,12 @@ def test_builder_host_prepare_stages_answer_in_their_result(tmp_path: Path) -> N
     assert state == {}
     cleaned = _prepare("cleanup", tmp_path, result={"removed": {"instances": ["i-1"]}, "ended": []})
     # builder_host_teardown_result, as documented in meta/argument_specs.yml
-    assert {k: cleaned[k] for k in ("provider", "build_id", "removed", "ended")} == {
+    assert {k: cleaned[k] for k in ("provider", "build_id", "removed", "ended", "left")} == {
         "provider": "ec2",
         "build_id": "b1",
         "removed": {"instances": ["i-1"]},
         "ended": [],
+        "left": {},
     }
     assert cleaned["removed_paths"]
     assert abs(cleaned["gone_epoch"] - time.time()) < 5  # the report's and the retry's end of the builder

@@ -511,6 +511,48 @@ def test_teardown_of_a_lone_instance_waits_until_it_is_terminated():
     assert ops[ops.index("terminate_instances") :] == waited
 
 
+def build_with_a_running_instance(**extra):
+    running = {"Reservations": [{"Instances": [{"InstanceId": "i-1", "State": {"Name": "running"}}]}]}
+    script = {
+        "describe_instances": [running],
+        "describe_launch_templates": [{"LaunchTemplates": [{"LaunchTemplateId": "lt-1"}]}],
+        "describe_security_groups": [{"SecurityGroups": [{"GroupId": "sg-1"}]}],
+        "describe_key_pairs": [{"KeyPairs": [{"KeyName": "nixforge-b1"}]}],
+        "describe_volumes": [{"Volumes": [{"VolumeId": "vol-1"}]}],
+    }
+    script.update(extra)
+    return FakeClient(script)
+
+
+def test_a_teardown_that_does_not_wait_starts_the_termination_and_leaves_the_security_group():
+    """wait=false (the whole pipelines): terminate, remove what does not depend on the instance, and
+    hand the security group and volume on instead of waiting for the termination."""
+    client = build_with_a_running_instance()
+    resources = _ec2_build.BuildResources(client, identity(), wait=False, wait_timeout=30)
+    left = {}
+    removed, actions = resources.removal(resources.find(), left)
+    for action in actions:
+        action.do()
+    assert left == {"security_groups": ["sg-1"], "volumes": ["vol-1"]}
+    assert removed["security_groups"] == [] and removed["volumes"] == []
+    assert removed["instances"] == ["i-1"] and removed["key_pairs"] == ["nixforge-b1"]
+    done = [op for op, _args in client.calls if not op.startswith("describe")]
+    assert done == ["terminate_instances", "delete_launch_template", "delete_key_pair"]
+    # no wait: nothing is looked up after the termination started
+    every = [op for op, _args in client.calls]
+    assert every[every.index("terminate_instances") :] == done
+    texts = ["remove instance i-1", "remove launch template lt-1", "remove key pair nixforge-b1"]
+    assert [a.text for a in actions] == texts
+
+
+def test_a_teardown_that_does_not_wait_removes_the_security_group_of_a_build_without_instances():
+    client = build_with_a_running_instance(describe_instances=[{"Reservations": []}])
+    resources = _ec2_build.BuildResources(client, identity(), wait=False, wait_timeout=30)
+    left = {}
+    removed, _actions = resources.removal(resources.find(), left)
+    assert left == {} and removed["security_groups"] == ["sg-1"] and removed["volumes"] == ["vol-1"]
+
+
 def test_teardown_reports_instances_ended_by_ec2_or_by_expiry():
     def instance(iid, code):
         return {"InstanceId": iid, "StateReason": {"Code": code, "Message": code + " message"}}

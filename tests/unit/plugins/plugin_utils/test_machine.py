@@ -107,5 +107,13 @@ def test_teardown_result_names_what_the_provider_ended() -> None:
         "build_id": "b1",
         "removed": {"instances": ["i-1"]},
         "ended": ["Server.SpotInstanceTermination on i-1"],
+        "left": {},
     }
     assert _machine.teardown_result({"provider": "ssh", "build_id": "b1", "result": {}})["ended"] == []
+
+
+def test_teardown_result_hands_on_what_a_teardown_without_waiting_left() -> None:
+    """parts/report.yml reads builder_host_teardown_result.left to remove the security group at the end."""
+    result = {"removed": {"instances": ["i-1"]}, "ended": [], "left": {"security_groups": ["sg-1"]}}
+    out = _machine.teardown_result({"provider": "ec2", "build_id": "b1", "result": result})
+    assert out["left"] == {"security_groups": ["sg-1"]} and out["removed"] == {"instances": ["i-1"]}
