@@ -349,9 +349,10 @@ def test_vvvv_output_holds_no_secret(b2, clean, tmp_path):
 FAULTS_20_PERCENT: dict[str, Any] = {"rate_429": 0.1, "rate_503": 0.1, "retry_after": 1}
 
 
-def fault_counters(b2: B2Sandbox) -> dict[str, int]:
-    """What the emulator served since the faults were set: {"429": n, "503": n}."""
-    served = b2.handle.call("GET", "/faults/b2")["faults"]["served"]
+def fault_counters(b2: B2Sandbox, served: dict[str, Any] | None = None) -> dict[str, int]:
+    """What the emulator served since the faults were set: {"429": n, "503": n} (from ``served``,
+    the emulator's counters, when the caller read them already)."""
+    served = served if served is not None else b2.handle.call("GET", "/faults/b2")["faults"]["served"]
     keys = ("429", "503", "expired_auth_token", "lost_answer", "reused_upload_url")
     return {k: int(served.get(k, 0)) for k in keys}
 
@@ -504,9 +505,9 @@ def test_lost_answers_on_every_mutating_call_leave_one_object(b2, clean, tmp_pat
     b2.set_faults({"calls": {c: lossy for c in calls}, **finish, "seed": 11})
     upload = {"bucket": b2.public, "build_id": build, "part_size": "5MB"}
     results = tasks_results(b2, "lost", [{**upload, "src": str(big)}, {**upload, "src": str(small)}])
-    fired = fault_counters(b2)
-    per_call = b2.handle.call("GET", "/faults/b2")["faults"]["served"]["calls"]
-    finish_lost = per_call["b2_finish_large_file"]["lost_answer"]
+    served = b2.handle.call("GET", "/faults/b2")["faults"]["served"]
+    fired = fault_counters(b2, served)
+    finish_lost = served["calls"]["b2_finish_large_file"]["lost_answer"]
     # one version per upload: no second copy of a retried upload, no unfinished large file left
     # (the draws fall on other calls when the parts' threads interleave otherwise: say what the
     # modules answered and which faults fired, to replay a combination that fails)

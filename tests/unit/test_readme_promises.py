@@ -27,7 +27,7 @@ def promise_rows() -> list[tuple[str, str]]:
                 break  # the table ended
             continue
         promise, _sep, proof = line[2:].partition(" | ")
-        if promise not in ("promise", "---") and not set(promise) <= {"-", " ", "|"}:
+        if promise not in ("promise", "---"):
             rows.append((promise.strip(), proof))
     return rows
 

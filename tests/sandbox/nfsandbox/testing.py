@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[3]
 SANDBOX_DIR = REPO / "tests" / "sandbox"
 SANDBOXCTL = SANDBOX_DIR / "sandboxctl"
 VENV_BIN = REPO / ".venv" / "bin"
+# A test's deadline only bounds a hang (a bug); none is a guess at how fast the machine is.
+HANG_GUARD = 120.0
 
 # What `sandboxctl up` needs on the machine (installed by `make deps`).
 REQUIRED_TOOLS = {

@@ -21,6 +21,7 @@ from requests.structures import CaseInsensitiveDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox"))
 
 from nfsandbox.b2.api import B2API, Paced, Request, Response
+from nfsandbox.testing import HANG_GUARD
 
 BASE = "http://127.0.0.1:1"
 
@@ -237,7 +238,7 @@ def test_an_upload_token_serves_one_upload_at_a_time(api: B2API) -> None:
         )
     )
     first.start()
-    deadline = time.time() + 120  # bounds a hang only
+    deadline = time.time() + HANG_GUARD
     while not api.tokens[target["authorizationToken"]].busy:
         assert time.time() < deadline, "the first upload never took the token"
         time.sleep(0.01)

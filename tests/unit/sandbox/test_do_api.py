@@ -21,6 +21,7 @@ from digitalocean.baseapi import DataReadError, NotFoundError
 from nfsandbox.digitalocean.api import DigitalOceanAPI
 from nfsandbox.digitalocean.http import DigitalOceanHTTPServer
 from nfsandbox.digitalocean.testing import FileServer, mbr_image, qcow2_image
+from nfsandbox.testing import HANG_GUARD
 from nfsandbox.tls import CertificateAuthority
 
 GIB = 1024**3
@@ -48,7 +49,7 @@ class Emulator:
         (self.root / name).write_bytes(data)
         return self.files.url(name)
 
-    def wait(self, image, status: str, timeout: float = 120):  # bounds a hang only
+    def wait(self, image, status: str, timeout: float = HANG_GUARD):
         deadline = time.time() + timeout
         while True:
             image.load()

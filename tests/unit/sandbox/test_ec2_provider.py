@@ -24,12 +24,9 @@ from nfsandbox import ec2
 from nfsandbox.ec2 import catalog as ec2_catalog
 from nfsandbox.ec2 import patches as ec2_moto
 from nfsandbox.ec2.faults import FaultError
+from nfsandbox.testing import HANG_GUARD
 
 DEBIAN = ec2_catalog.DEBIAN_OWNER
-
-
-# Deadlines below only bound a hang (a bug); none is a guess at how fast the machine is.
-HANG_GUARD = 120.0
 
 
 class FakeHost:
