@@ -5,7 +5,8 @@
 this process (no module to start). Provision: check every input, work out the lifetime,
 make the private state directory and the per-build keys. Describe: one description of the
 builder, whatever the provider. Record: pin the host key and write state.json (describing the
-builder first when given the provider's result rather than the description).
+builder first when given the provider's result rather than the description), answer
+builder_host_result and add the builder to the inventory (an ``add_host`` answer).
 Teardown: check the build id and read the build's state. Cleanup:
 remove the private keys (or the state directory) and the SSH control sockets, and note when the
 builder was gone.
@@ -18,11 +19,17 @@ would land in a user's persistent fact cache, where a later run could find a sta
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from typing import Any, Dict
 
 from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.nixforge.images.plugins.plugin_utils._machine import describe, teardown_result
+from ansible_collections.nixforge.images.plugins.plugin_utils._machine import (
+    builder_result,
+    describe,
+    inventory_host,
+    teardown_result,
+)
 from ansible_collections.nixforge.images.plugins.plugin_utils.builder import (
     InputError,
     check_build_id,
@@ -53,6 +60,7 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "result": {"type": "dict", "default": {}},
     "given": {"type": "dict", "default": {}},
     "record": {"type": "dict", "default": {}},
+    "inventory": {"type": "dict", "default": {}},
     "control_path_dir": {"type": "path", "default": ""},
     "remove_state_dir": {"type": "bool", "default": False},
 }
@@ -63,6 +71,10 @@ class ActionModule(ControllerAction):
 
     def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         stage = getattr(self, "_" + params["stage"])
+        # the controller itself as the builder (ssh provider, local connection) runs Ansible's own Python
+        params["inventory"] = dict(
+            params["inventory"], playbook_python=task_vars.get("ansible_playbook_python") or sys.executable
+        )
         try:
             result.update(stage(params, bool(self._task.check_mode)))
         except InputError as exc:
@@ -98,10 +110,16 @@ class ActionModule(ControllerAction):
         from the provider's ``result`` first (stage describe), in the same step."""
         check_build_id(p["build_id"])
         machine = p["machine"] or ActionModule._describe(p, check_mode)["machine"]
-        if check_mode:
-            return {"changed": True, "machine": machine}
-        written = record_state(p["state_dir"], machine, dict(p["record"], build_id=p["build_id"]))
-        return {"changed": bool(written), "written": written, "machine": machine}
+        answer: Dict[str, Any] = {"changed": True, "machine": machine}
+        if p["inventory"].get("name"):
+            # builder_host_result, and the builder added to the inventory as add_host would (the
+            # strategy applies an ``add_host`` answer whichever action gave it): one step, not three
+            answer.update(builder_result(machine, p["inventory"], p["provider"], p["build_id"], p["state_dir"]))
+            answer["add_host"] = inventory_host(machine, p["inventory"], p["provider"], p["build_id"])
+        if not check_mode:
+            written = record_state(p["state_dir"], machine, dict(p["record"], build_id=p["build_id"]))
+            answer.update(changed=bool(written), written=written)
+        return answer
 
     @staticmethod
     def _teardown(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:

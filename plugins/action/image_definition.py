@@ -10,7 +10,7 @@ import os
 from typing import Any, Dict
 
 from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.nixforge.images.plugins.plugin_utils.image import InputError, resolve
+from ansible_collections.nixforge.images.plugins.plugin_utils.image import InputError, resolve_image
 
 ARGUMENT_SPEC: Dict[str, Any] = {
     "kind": {"type": "str", "default": "sd-aarch64"},
@@ -26,20 +26,8 @@ class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
 
     def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
-        # The shipped definitions live in the role (roles/nixos_image/files/images).
-        images_dir = params["images_dir"] or os.path.normpath(
-            os.path.join(os.path.dirname(__file__), "..", "..", "roles", "nixos_image", "files", "images")
-        )
         try:
-            plan = resolve(
-                params["kind"],
-                params["flake"],
-                params["attribute"],
-                params["module"],
-                images_dir,
-                os.getcwd(),
-                params["work_dir"],
-            )
+            plan = resolve_image(params, os.getcwd())
         except InputError as exc:
             result.update(failed=True, msg=str(exc))
             return result

@@ -22,18 +22,22 @@ from ansible_collections.nixforge.images.plugins.plugin_utils.image import (
     INTERRUPTED,
     KERNEL_LOG_COMMAND,
     VANISHED,
+    InputError,
     build_script,
     elapsed_text,
     failure_reason,
     follow_command,
     kernel_log_lines,
+    resolve_image,
     start_command,
 )
 
 display = Display()
 
 ARGUMENT_SPEC: Dict[str, Any] = {
-    "definition": {"type": "dict", "required": True},
+    # what image_definition resolved, or the role's inputs to resolve here (one task fewer)
+    "definition": {"type": "dict", "default": {}},
+    "image": {"type": "dict", "default": {}},
     "method": {"type": "str", "default": "nix", "choices": ["nix", "docker"]},
     "nix_args": {"type": "list", "elements": "str", "default": []},
     "docker_image": {"type": "str", "default": "docker.io/nixos/nix:2.28.5"},
@@ -115,8 +119,14 @@ class ActionModule(NixforgeAction):
         return to_text(res.get("stdout", ""))
 
     def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
-        plan = params["definition"]
         host = task_vars.get("inventory_hostname", "")
+        try:
+            # resolved on the controller, before anything runs on the builder
+            plan = params["definition"] or resolve_image(params["image"], os.getcwd())
+        except InputError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result["definition"] = plan
         result.update(label=plan["label"], work_dir=plan["work_dir"])
         if self._task.check_mode:
             result.update(changed=True, msg="would build %s on %s" % (plan["label"], host))

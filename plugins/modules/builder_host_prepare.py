@@ -25,6 +25,10 @@ description:
     C(state.json) from O(machine) and O(record) (mode 0600; no secret is in either). Teardown and re-runs read it.
     Without O(machine), it first describes the builder from O(result) and O(given) as O(stage=describe) does, and
     returns that C(machine) too (one step for the cloud providers).
+  - With O(inventory), O(stage=record) also answers the builder_host role's documented C(builder_host_result) keys
+    and adds the builder to the inventory as M(ansible.builtin.add_host) would (its C(add_host) answer, which
+    Ansible applies whichever action gave it) - SSH with the per-build key and only the pinned host key, or the
+    controller itself for a local connection.
   - O(stage=teardown) checks the build id and returns C(state), the build's C(state.json)
     (empty when provisioning did not get that far).
   - O(stage=cleanup) removes the per-build private keys (or, with O(remove_state_dir), the whole state
@@ -71,6 +75,13 @@ options:
     type: dict
     default: {}
   record: {description: More fields for C(state.json) (O(stage=record))., type: dict, default: {}}
+  inventory:
+    description:
+      - O(stage=record) - add the builder to the inventory under C(name) in C(group), with the SSH control sockets in
+        C(control_path_dir), and answer C(builder_host_result) from C(public_key), C(started_at), C(started_epoch)
+        and C(expires_at) as well. Empty - neither.
+    type: dict
+    default: {}
   control_path_dir: {description: The SSH control sockets' directory (O(stage=cleanup))., type: path, default: ""}
   remove_state_dir: {description: Remove the whole state directory (O(stage=cleanup))., type: bool, default: false}
 extends_documentation_fragment:
@@ -133,6 +144,16 @@ machine:
       the cloud providers also C(kvm) (and C(kvm_kind) for EC2).
   returned: stages describe and record
   type: dict
+add_host:
+  description: The inventory entry (C(host_name), C(groups), C(host_vars)) that Ansible adds, as for
+    M(ansible.builtin.add_host).
+  returned: stage record with O(inventory)
+  type: dict
+address:
+  description: The builder's address; with C(inventory_hostname), C(type), C(price_per_hour) and the other keys of
+    the builder_host role's C(builder_host_result) (see the role's README).
+  returned: stage record with O(inventory)
+  type: str
 written:
   description: Files of the state directory written (those already current are not).
   returned: stage record

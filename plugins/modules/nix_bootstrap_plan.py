@@ -15,6 +15,7 @@ description:
     gathering facts, fails with what to change when the host or the options cannot work, and returns the
     Nix settings and the single list of packages the role installs in one apt transaction (QEMU only for
     systems the host cannot run natively, and only when O(qemu=true)).
+  - With O(install=true), installs the missing ones in the same step.
 author:
   - nixforge.images contributors (@nixforge)
 options:
@@ -31,6 +32,12 @@ options:
   extra_packages: {description: More Debian packages., type: list, elements: str, default: []}
   apt_cache_valid_time:
     {description: Accepted apt cache age (0 when the host has no package lists)., type: int, default: 3600}
+  install:
+    description:
+      - Also install the missing packages, in one transaction with M(ansible.builtin.apt) (with the task's
+        C(become)), in the same step. V(false) only plans.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - nixforge.images.attributes
 attributes:
@@ -41,7 +48,8 @@ attributes:
   platform:
     support: full
     platforms: posix
-    details: Runs one read-only shell command on the host, without become.
+    details: Runs one read-only shell command on the host, without become; then, with O(install=true), the apt
+      module.
 """
 
 EXAMPLES = r"""
@@ -59,6 +67,10 @@ emulated:
 max_jobs: {description: C(max-jobs) for nix.conf., returned: success, type: int}
 cores: {description: C(cores) for nix.conf., returned: success, type: int}
 packages: {description: "Every package to install, in one transaction.", returned: success, type: list, elements: str}
+missing: {description: "Those of RV(packages) not installed yet.", returned: success, type: list, elements: str}
+installed:
+  {description: "What O(install=true) installed (empty when nothing was missing).", returned: with O(install=true),
+   type: list, elements: str}
 apt_cache_valid_time: {description: Cache age for the apt task., returned: success, type: int}
 qemu: {description: Whether QEMU is installed., returned: success, type: bool}
 binfmt_handlers:

@@ -24,9 +24,18 @@ author:
   - nixforge.images contributors (@nixforge)
 options:
   definition:
-    description: The C(definition) returned by M(nixforge.images.image_definition).
+    description:
+      - The C(definition) returned by M(nixforge.images.image_definition).
+      - Empty - resolve it from O(image) on the controller first, as M(nixforge.images.image_definition) does.
     type: dict
-    required: true
+    default: {}
+  image:
+    description:
+      - The options of M(nixforge.images.image_definition) (C(kind), C(flake), C(attribute), C(module),
+        C(work_dir), C(images_dir)), used when O(definition) is empty. An input that cannot be built fails the
+        task before anything runs on the builder.
+    type: dict
+    default: {}
   method:
     description: V(nix) runs the host's Nix; V(docker) runs Nix in O(docker_image).
     type: str
@@ -129,6 +138,10 @@ build_seconds:
   description: Duration of the build command on the builder.
   returned: success
   type: float
+definition:
+  description: The image definition built (that of O(definition), or resolved from O(image)).
+  returned: when the definition is known or resolves
+  type: dict
 label:
   description: C(flake#attribute) that was built.
   returned: always

@@ -147,6 +147,86 @@ def describe(provider: str, result: Mapping[str, Any], given: Mapping[str, Any],
     return ssh_machine(given, state_dir)
 
 
+SSH_OPTIONS = (
+    "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+    " -o ConnectTimeout=10 -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+)
+
+
+def inventory_host(machine: Mapping[str, Any], inv: Mapping[str, Any], provider: str, build_id: str) -> Dict[str, Any]:
+    """The builder as an inventory host (the ``add_host`` answer that Ansible's strategy applies, as it does
+    for ansible.builtin.add_host): SSH with the per-build key and the pinned host key only, or the
+    controller itself (the ssh provider's local connection)."""
+    host_vars: Dict[str, Any] = {
+        "ansible_connection": machine["connection"],
+        "nixforge_build_id": build_id,
+        "nixforge_builder_provider": provider,
+        # spot or on-demand: nix_build watches an EC2 spot builder for the interruption notice
+        "nixforge_builder_lifecycle": machine.get("lifecycle") or "",
+        "nixforge_record_file": machine.get("record_file") or "",
+        "nixforge_work_dir": machine.get("work_dir") or "",
+    }
+    if machine["connection"] != "ssh":
+        # the controller itself runs Ansible's own Python
+        host_vars["ansible_python_interpreter"] = inv["playbook_python"]
+        return {"host_name": inv["name"], "groups": [inv["group"]], "host_vars": host_vars}
+    host_vars.update(
+        ansible_host=machine["host"],
+        ansible_port=int(machine.get("port") or 22),
+        ansible_user=machine["user"],
+        ansible_ssh_private_key_file=machine["private_key_file"],
+        # host key checking stays on: the only key accepted is the one pinned in the per-build known_hosts
+        ansible_host_key_checking=True,
+        # a short directory of this build's own: a socket path must fit in 108 bytes whatever the
+        # checkout's path, and no other build's SSH master is ever reused
+        ansible_control_path_dir=inv["control_path_dir"],
+        ansible_ssh_common_args="-o UserKnownHostsFile=%s %s" % (machine["known_hosts_file"], SSH_OPTIONS),
+        # EC2 builders boot the Debian AMIs ec2_spot_host picks, whose Python is known: no interpreter
+        # discovery round trip. Other providers may run any OS.
+        ansible_python_interpreter="/usr/bin/python3" if provider == "ec2" else "auto_silent",
+        nixforge_public_key=inv["public_key"],
+        nixforge_host_public_key=machine.get("host_public_key") or "",
+    )
+    if machine.get("work_dir"):
+        # an own host's Ansible temporary files go into our work dir (removed at teardown), not ~/.ansible
+        host_vars["ansible_remote_tmp"] = machine["work_dir"] + "/.ansible-tmp"
+    return {"host_name": inv["name"], "groups": [inv["group"]], "host_vars": host_vars}
+
+
+def builder_result(
+    machine: Mapping[str, Any], inv: Mapping[str, Any], provider: str, build_id: str, state_dir: str
+) -> Dict[str, Any]:
+    """The role's documented ``builder_host_result`` (roles/builder_host/README.md)."""
+    return {
+        "provider": provider,
+        "build_id": build_id,
+        "id": machine.get("id"),
+        "type": machine.get("type"),
+        "price_per_hour": machine.get("price_per_hour"),
+        "lifecycle": machine.get("lifecycle"),
+        "region": machine.get("region") or "",
+        "metro": machine.get("metro") or "",
+        "availability_zone": machine.get("availability_zone") or "",
+        "address": machine.get("host"),
+        "ssh_user": machine.get("user"),
+        "adopted": bool(machine.get("adopted")),
+        "started_at": inv["started_at"],
+        "started_epoch": int(inv["started_epoch"]),
+        "expires_at": machine.get("expires_at") or inv["expires_at"],
+        "inventory_hostname": inv["name"],
+        "group": inv["group"],
+        "state_dir": state_dir,
+        "private_key_file": machine.get("private_key_file") or "",
+        "public_key": inv["public_key"],
+        "host_public_key": machine.get("host_public_key") or "",
+        "known_hosts_file": machine.get("known_hosts_file") or "",
+        "work_dir": machine.get("work_dir") or "",
+        "record_file": machine.get("record_file") or "",
+        "kvm": machine.get("kvm"),
+        "kvm_kind": machine.get("kvm_kind") or "",
+    }
+
+
 def teardown_result(p: Mapping[str, Any]) -> Dict[str, Any]:
     """builder_host_teardown_result: what the provider's module removed, and why the provider
     ended a machine before we did (``<code> on <id>``, e.g. a spot interruption)."""

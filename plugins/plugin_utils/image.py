@@ -139,6 +139,26 @@ def resolve(
     }
 
 
+# The shipped definitions live in the role (roles/nixos_image/files/images).
+SHIPPED_IMAGES = os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "roles", "nixos_image", "files", "images")
+)
+
+
+def resolve_image(image: Dict[str, Any], cwd: str) -> Dict[str, Any]:
+    """``resolve`` for the nixos_image role's inputs as one dict (kind, flake, attribute, module,
+    work_dir, images_dir: empty for the shipped definitions)."""
+    return resolve(
+        image.get("kind") or "sd-aarch64",
+        image.get("flake") or "",
+        image.get("attribute") or "",
+        image.get("module") or "",
+        image.get("images_dir") or SHIPPED_IMAGES,
+        cwd,
+        image.get("work_dir") or "/var/tmp/nixforge-image",  # noqa: S108 - on the builder, the role's default
+    )
+
+
 def build_script(plan: Dict[str, Any], method: str, nix_args: List[str], docker_image: str, timeout: int) -> str:
     """The script run on the builder: output to build.log, exit status to exit-code.
     `timeout` runs on the builder, so the build stops even if the controller is gone."""

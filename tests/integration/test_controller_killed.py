@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.spread]
 
 REAP = ROOT / "playbooks" / "reap.yml"
 # The last task before the Nix build starts on the builder (recorded with its role prefix).
-BEFORE_BUILD = "Check the inputs and resolve the image definition"
+BEFORE_BUILD = "Set up the host for Nix"
 
 
 def kill_during_build(playbook: str, env: dict[str, str], tmp_path: Path, build_id: str, **extra: Any) -> None:

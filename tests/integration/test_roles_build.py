@@ -469,13 +469,19 @@ def test_bad_inputs_fail_early_with_the_variable_named(builder: Builder, bootstr
         ({"nixos_image_flake": "github:example/flake", "nixos_image_module": str(builder.directory)}, "only works"),
         ({"nixos_image_kind": "iso"}, "nixos_image_kind"),
     ]
-    for extra, needle in cases:
-        proc = builder.play("build", {"result_file": str(builder.directory / "never.json"), **extra}, check=False)
+    for number, (extra, needle) in enumerate(cases):
+        work_dir = f"/var/tmp/nixforge-bad-input-{number}"
+        variables = {"result_file": str(builder.directory / "never.json"), "nixos_image_work_dir": work_dir, **extra}
+        proc = builder.play("build", variables, check=False)
         assert proc.returncode != 0 and needle in proc.stdout, textwrap.shorten(proc.stdout, 4000)
-        # Nothing ran on the builder: the role's argument spec or its input check fails
-        # before the build task starts.
-        assert "TASK [nixforge.images.nixos_image : Build " not in proc.stdout
+        # Nothing ran on the builder: the role's argument spec, or the build step's input check on
+        # the controller, fails before the definition is copied (no work dir, no cleanup task there).
         assert any(
             f"TASK [nixforge.images.nixos_image : {step}" in proc.stdout
-            for step in ("Check the inputs and resolve the image definition", "Validating arguments against arg spec")
+            for step in ("Build the image ", "Validating arguments against arg spec")
         ), proc.stdout
+        cleanup = re.search(r"nixos_image : Remove the work directory\][^\n]*\n(\w+)", proc.stdout)
+        assert cleanup is None or cleanup.group(1) == "skipping", proc.stdout
+        assert "Copying the image definition" not in proc.stdout
+        looked = builder.ssh(f"test ! -e {work_dir} && echo absent")
+        assert looked.stdout.strip() == "absent", (looked.stdout, looked.stderr)

@@ -170,7 +170,9 @@ def test_builder_host_prepare_stages_answer_in_their_result(tmp_path: Path) -> N
     assert {"started_epoch", "started_at", "expires_at", "keys_made"} <= set(prepared)
     state: Optional[Dict[str, Any]] = _prepare("teardown", tmp_path)["state"]
     assert state == {}
+    before = int(time.time())
     cleaned = _prepare("cleanup", tmp_path, result={"removed": {"instances": ["i-1"]}, "ended": []})
+    after = int(time.time())
     # builder_host_teardown_result, as documented in meta/argument_specs.yml
     assert {k: cleaned[k] for k in ("provider", "build_id", "removed", "ended", "left")} == {
         "provider": "ec2",
@@ -180,7 +182,7 @@ def test_builder_host_prepare_stages_answer_in_their_result(tmp_path: Path) -> N
         "left": {},
     }
     assert cleaned["removed_paths"]
-    assert abs(cleaned["gone_epoch"] - time.time()) < 5  # the report's and the retry's end of the builder
+    assert before <= cleaned["gone_epoch"] <= after  # the report's and the retry's end of the builder
 
 
 def test_the_record_stage_describes_a_cloud_builder_first(tmp_path: Path) -> None:
@@ -195,3 +197,10 @@ def test_the_record_stage_describes_a_cloud_builder_first(tmp_path: Path) -> Non
     # a machine given (the ssh provider's, described before its own tasks) is recorded as it is
     again = _prepare("record", tmp_path, machine=recorded["machine"], result={"instance_id": "other"})
     assert again["machine"] == recorded["machine"]
+    assert "add_host" not in again  # no inventory entry asked for
+    inventory = {"name": "nixforge-builder-b1", "group": "g", "control_path_dir": "/c", "public_key": "k",
+                 "started_at": "s", "started_epoch": 1, "expires_at": "e", "playbook_python": "/p"}  # fmt: skip
+    added = _prepare("record", tmp_path, result=result, given=given, inventory=inventory)
+    # builder_host_result and the inventory entry that the strategy applies, as for add_host
+    assert added["add_host"]["host_name"] == "nixforge-builder-b1" and added["address"] == "10.0.0.5"
+    assert added["add_host"]["host_vars"]["ansible_host"] == "10.0.0.5"

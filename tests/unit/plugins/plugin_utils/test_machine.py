@@ -117,3 +117,60 @@ def test_teardown_result_hands_on_what_a_teardown_without_waiting_left() -> None
     result = {"removed": {"instances": ["i-1"]}, "ended": [], "left": {"security_groups": ["sg-1"]}}
     out = _machine.teardown_result({"provider": "ec2", "build_id": "b1", "result": result})
     assert out["left"] == {"security_groups": ["sg-1"]} and out["removed"] == {"instances": ["i-1"]}
+
+
+INV = {
+    "name": "nixforge-builder-b1",
+    "group": "nixforge_builders",
+    "control_path_dir": "/tmp/nf-cp",
+    "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC user",
+    "started_at": "2026-12-07T00:00:00Z",
+    "started_epoch": "1796601600",
+    "expires_at": "2026-12-07T03:00:00Z",
+    "playbook_python": "/venv/bin/python",
+}
+
+
+def test_an_ec2_builder_is_added_with_the_pinned_key_only_and_a_known_python() -> None:
+    machine = _machine.describe("ec2", {"instance_id": "i-1", "ssh_host": "10.0.0.5", "ssh_port": 2222}, GIVEN, "/s")
+    entry = _machine.inventory_host(machine, INV, "ec2", "b1")
+    assert (entry["host_name"], entry["groups"]) == ("nixforge-builder-b1", ["nixforge_builders"])
+    hv = entry["host_vars"]
+    assert (hv["ansible_host"], hv["ansible_port"], hv["ansible_user"]) == ("10.0.0.5", 2222, "admin")
+    assert hv["ansible_host_key_checking"] is True and hv["ansible_control_path_dir"] == "/tmp/nf-cp"
+    assert hv["ansible_ssh_common_args"].startswith(
+        "-o UserKnownHostsFile=/s/known_hosts -o GlobalKnownHostsFile=/dev/null"
+    )
+    assert "StrictHostKeyChecking=yes" in hv["ansible_ssh_common_args"]
+    assert hv["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert (hv["nixforge_build_id"], hv["nixforge_public_key"]) == ("b1", INV["public_key"])
+    assert "ansible_remote_tmp" not in hv and "ansible_become" not in hv
+
+
+def test_the_controller_as_builder_runs_ansibles_python_and_an_own_host_keeps_tmp_in_the_work_dir(
+    tmp_path: Path,
+) -> None:
+    local = _machine.describe("ssh", {}, {"connection": "local", "work_dir": "/var/tmp/w", "port": 22}, str(tmp_path))
+    hv = _machine.inventory_host(local, INV, "ssh", "b1")["host_vars"]
+    assert hv["ansible_connection"] == "local" and hv["ansible_python_interpreter"] == "/venv/bin/python"
+    assert "ansible_host" not in hv and "nixforge_public_key" not in hv
+    own = _machine.describe(
+        "ssh", {}, {"host": "h1", "port": 22, "host_key": HOST_KEY, "work_dir": "/var/tmp/w"}, str(tmp_path)
+    )
+    hv = _machine.inventory_host(own, INV, "ssh", "b1")["host_vars"]
+    assert hv["ansible_python_interpreter"] == "auto_silent"
+    assert hv["ansible_remote_tmp"] == "/var/tmp/w/.ansible-tmp"
+    assert hv["nixforge_record_file"] == "/var/tmp/w/.nixforge-record.jsonl"
+
+
+def test_builder_result_has_every_documented_key() -> None:
+    machine = _machine.describe("ec2", {"instance_id": "i-1", "ssh_host": "10.0.0.5", "kvm": True}, GIVEN, "/s")
+    result = _machine.builder_result(machine, INV, "ec2", "b1", "/s")
+    documented = {
+        "provider", "build_id", "id", "type", "price_per_hour", "lifecycle", "region", "metro", "availability_zone",
+        "address", "ssh_user", "inventory_hostname", "group", "adopted", "started_at", "started_epoch", "expires_at",
+        "state_dir", "private_key_file", "public_key", "host_public_key", "known_hosts_file", "work_dir", "record_file",
+    }  # fmt: skip
+    assert documented <= set(result)
+    assert (result["address"], result["started_epoch"], result["kvm"]) == ("10.0.0.5", 1796601600, True)
+    assert result["expires_at"] == GIVEN["expires_at"]
