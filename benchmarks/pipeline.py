@@ -13,8 +13,8 @@ every task; the report gives:
 - time per stage: provision (play 1), bootstrap (nix_bootstrap), build (nixos_image
   up to the fetch), fetch (the transfer), teardown (the last play), publish (DO: the
   B2 upload and the import), and Ansible's own start-up and the gaps between tasks;
-- package installation (apt tasks) and the Nix build (build_seconds of the role's
-  result) apart from "our overhead", which is everything else.
+- package installation (apt tasks, and the apt time nix_bootstrap_plan reports) and the Nix
+  build (build_seconds of the role's result) apart from "our overhead", which is everything else.
 
 --repo points at another checkout (e.g. an export of main) to measure it with the same
 sandbox and the same machine load: the collection is linked from a temporary directory.
@@ -90,6 +90,7 @@ def analyse(tasks: list[dict[str, Any]], total: float) -> dict[str, Any]:
             ran += 1
             if task["action"] in PACKAGE_ACTIONS:
                 packages += seconds
+            packages += task.get("install_seconds", 0.0)
         result = task["facts"].get("nixos_image_result")
         if result:
             nix_build = float(result.get("build_seconds") or 0.0)

@@ -73,6 +73,9 @@ class CallbackModule(CallbackBase):
         for key in ("nixos_image_result", "nixos_image_fetch_result"):
             if key in facts:
                 self._task["facts"][key] = facts[key]
+        # nix_bootstrap_plan installs the missing packages in the same step: its apt time
+        if "install_seconds" in result._result:
+            self._task["install_seconds"] = float(result._result["install_seconds"])
 
     def v2_runner_on_ok(self, result: Any) -> None:
         self._result(result, "ok")

@@ -8,6 +8,7 @@ step (ansible.builtin.apt, one transaction): one task, not two."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict
 
 from ansible.module_utils.common.text.converters import to_text
@@ -64,7 +65,9 @@ class ActionModule(NixforgeAction):
             "update_cache": True,
             "cache_valid_time": result["apt_cache_valid_time"],
         }
+        started = time.monotonic()
         apt = self._execute_module(module_name="ansible.builtin.apt", module_args=args, task_vars=task_vars)
+        result["install_seconds"] = round(time.monotonic() - started, 2)
         result["installed"] = list(result["missing"]) if apt.get("changed") else []
         result["changed"] = bool(apt.get("changed"))
         if apt.get("failed"):

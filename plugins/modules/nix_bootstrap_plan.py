@@ -71,6 +71,9 @@ missing: {description: "Those of RV(packages) not installed yet.", returned: suc
 installed:
   {description: "What O(install=true) installed (empty when nothing was missing).", returned: with O(install=true),
    type: list, elements: str}
+install_seconds:
+  {description: "How long the apt transaction took.", returned: with O(install=true) when a package was missing,
+   type: float}
 apt_cache_valid_time: {description: Cache age for the apt task., returned: success, type: int}
 qemu: {description: Whether QEMU is installed., returned: success, type: bool}
 binfmt_handlers:
