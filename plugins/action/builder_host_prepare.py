@@ -77,6 +77,8 @@ class ActionModule(ControllerAction):
         )
         try:
             result.update(stage(params, bool(self._task.check_mode)))
+            if "add_host" in result:
+                self._add_host(result["add_host"])
         except InputError as exc:
             result.update(failed=True, msg=str(exc))
         except (OSError, subprocess.CalledProcessError) as exc:
@@ -84,6 +86,14 @@ class ActionModule(ControllerAction):
                 failed=True, msg="%s: the build's state directory %s: %s" % (params["stage"], params["state_dir"], exc)
             )
         return result
+
+    def _add_host(self, entry: Dict[str, Any]) -> None:
+        """Add the builder to the inventory as ansible.builtin.add_host does: from ansible-core 2.21
+        through the action's own (experimental) add_host; before, the strategy applies the
+        ``add_host`` answer of any action."""
+        add_host = getattr(super(), "add_host", None)
+        if add_host is not None:
+            add_host(entry["host_name"], host_vars=entry["host_vars"], parent_group_names=entry["groups"])
 
     @staticmethod
     def _provision(p: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
@@ -112,8 +122,8 @@ class ActionModule(ControllerAction):
         machine = p["machine"] or ActionModule._describe(p, check_mode)["machine"]
         answer: Dict[str, Any] = {"changed": True, "machine": machine}
         if p["inventory"].get("name"):
-            # builder_host_result, and the builder added to the inventory as add_host would (the
-            # strategy applies an ``add_host`` answer whichever action gave it): one step, not three
+            # builder_host_result, and the builder added to the inventory as add_host would (see
+            # _add_host): one step, not three
             answer.update(builder_result(machine, p["inventory"], p["provider"], p["build_id"], p["state_dir"]))
             answer["add_host"] = inventory_host(machine, p["inventory"], p["provider"], p["build_id"])
         if not check_mode:

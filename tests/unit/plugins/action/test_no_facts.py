@@ -204,3 +204,24 @@ def test_the_record_stage_describes_a_cloud_builder_first(tmp_path: Path) -> Non
     # builder_host_result and the inventory entry that the strategy applies, as for add_host
     assert added["add_host"]["host_name"] == "nixforge-builder-b1" and added["address"] == "10.0.0.5"
     assert added["add_host"]["host_vars"]["ansible_host"] == "10.0.0.5"
+
+
+def test_the_builder_is_added_through_the_actions_own_add_host_where_ansible_has_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ansible-core 2.21 adds hosts through ActionBase.add_host (its add_host action does); before,
+    the strategy applies the ``add_host`` answer, which the record stage returns in both cases."""
+    module = object.__new__(builder_host_prepare.ActionModule)
+    entry = {"host_name": "nixforge-builder-b1", "groups": ["g"], "host_vars": {"ansible_host": "10.0.0.5"}}
+    calls: List[Any] = []
+
+    def add_host(self: Any, host_name: str, **kwargs: Any) -> bool:
+        calls.append((host_name, kwargs))
+        return True
+
+    monkeypatch.setattr(ActionBase, "add_host", add_host, raising=False)
+    module._add_host(entry)
+    assert calls == [("nixforge-builder-b1", {"host_vars": {"ansible_host": "10.0.0.5"}, "parent_group_names": ["g"]})]
+    monkeypatch.delattr(ActionBase, "add_host")
+    module._add_host(entry)  # ansible-core before 2.21: nothing to call
+    assert len(calls) == 1
