@@ -6,7 +6,7 @@ this process (no module to start). Provision: check every input, work out the li
 make the private state directory and the per-build keys. Describe: one description of the
 builder, whatever the provider. Record: pin the host key and write state.json (describing the
 builder first when given the provider's result rather than the description), answer
-builder_host_result and add the builder to the inventory (an ``add_host`` answer).
+builder_host_result and add the builder to the inventory (see ``_add_host``).
 Teardown: check the build id and read the build's state. Cleanup:
 remove the private keys (or the state directory) and the SSH control sockets, and note when the
 builder was gone.
@@ -71,10 +71,11 @@ class ActionModule(ControllerAction):
 
     def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         stage = getattr(self, "_" + params["stage"])
-        # the controller itself as the builder (ssh provider, local connection) runs Ansible's own Python
-        params["inventory"] = dict(
-            params["inventory"], playbook_python=task_vars.get("ansible_playbook_python") or sys.executable
-        )
+        if params["inventory"]:
+            # the controller itself as the builder (ssh provider, local connection) runs Ansible's own Python
+            params["inventory"] = dict(
+                params["inventory"], playbook_python=task_vars.get("ansible_playbook_python") or sys.executable
+            )
         try:
             result.update(stage(params, bool(self._task.check_mode)))
             if "add_host" in result:

@@ -26,9 +26,9 @@ description:
     Without O(machine), it first describes the builder from O(result) and O(given) as O(stage=describe) does, and
     returns that C(machine) too (one step for the cloud providers).
   - With O(inventory), O(stage=record) also answers the builder_host role's documented C(builder_host_result) keys
-    and adds the builder to the inventory as M(ansible.builtin.add_host) would (its C(add_host) answer, which
-    Ansible applies whichever action gave it) - SSH with the per-build key and only the pinned host key, or the
-    controller itself for a local connection.
+    and adds the builder to the inventory as M(ansible.builtin.add_host) would (through the action's own
+    C(add_host) on ansible-core 2.21 and later, through its C(add_host) answer before) - SSH with the per-build key
+    and only the pinned host key, or the controller itself for a local connection.
   - O(stage=teardown) checks the build id and returns C(state), the build's C(state.json)
     (empty when provisioning did not get that far).
   - O(stage=cleanup) removes the per-build private keys (or, with O(remove_state_dir), the whole state

@@ -154,9 +154,9 @@ SSH_OPTIONS = (
 
 
 def inventory_host(machine: Mapping[str, Any], inv: Mapping[str, Any], provider: str, build_id: str) -> Dict[str, Any]:
-    """The builder as an inventory host (the ``add_host`` answer that Ansible's strategy applies, as it does
-    for ansible.builtin.add_host): SSH with the per-build key and the pinned host key only, or the
-    controller itself (the ssh provider's local connection)."""
+    """The builder as an inventory host, in the shape of ansible.builtin.add_host's answer (host_name,
+    groups, host_vars): SSH with the per-build key and the pinned host key only, or the controller
+    itself (the ssh provider's local connection)."""
     host_vars: Dict[str, Any] = {
         "ansible_connection": machine["connection"],
         "nixforge_build_id": build_id,
@@ -169,8 +169,13 @@ def inventory_host(machine: Mapping[str, Any], inv: Mapping[str, Any], provider:
     if machine["connection"] != "ssh":
         # the controller itself runs Ansible's own Python
         host_vars["ansible_python_interpreter"] = inv["playbook_python"]
-        return {"host_name": inv["name"], "groups": [inv["group"]], "host_vars": host_vars}
-    host_vars.update(
+    else:
+        host_vars.update(_ssh_vars(machine, inv, provider))
+    return {"host_name": inv["name"], "groups": [inv["group"]], "host_vars": host_vars}
+
+
+def _ssh_vars(machine: Mapping[str, Any], inv: Mapping[str, Any], provider: str) -> Dict[str, Any]:
+    ssh: Dict[str, Any] = dict(
         ansible_host=machine["host"],
         ansible_port=int(machine.get("port") or 22),
         ansible_user=machine["user"],
@@ -189,8 +194,8 @@ def inventory_host(machine: Mapping[str, Any], inv: Mapping[str, Any], provider:
     )
     if machine.get("work_dir"):
         # an own host's Ansible temporary files go into our work dir (removed at teardown), not ~/.ansible
-        host_vars["ansible_remote_tmp"] = machine["work_dir"] + "/.ansible-tmp"
-    return {"host_name": inv["name"], "groups": [inv["group"]], "host_vars": host_vars}
+        ssh["ansible_remote_tmp"] = machine["work_dir"] + "/.ansible-tmp"
+    return ssh
 
 
 def builder_result(
