@@ -1,15 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) nixforge.images contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin: the role do_image_publish's own steps on the controller: check its inputs,
-stop with the reason when a step failed, and make its published result. The logic is in
-plugin_utils/_publish.py; documentation in plugins/modules/do_image_publish_step.py."""
+"""Action plugin: the role do_image_publish's own steps on the controller: the preflight (its
+inputs, then the import and the upload planned in check mode), the stop with the reason when a
+step failed, and the published result. The logic is in plugin_utils/_publish.py; documentation
+in plugins/modules/do_image_publish_step.py."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Mapping
 
-from ansible_collections.nixforge.images.plugins.plugin_utils._action import ControllerAction
+from ansible_collections.nixforge.images.plugins.plugin_utils._action import NixforgeAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
     ROLE_VARIABLES,
     PublishError,
@@ -17,24 +19,20 @@ from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
     check_inputs,
     existing_image,
     preflight_failure,
+    preflight_url,
     publish_failure,
     publish_result,
     published_image,
+    result_sentence,
 )
 from ansible_collections.nixforge.images.plugins.plugin_utils._task_vars import template_values
 
 OUTCOME = {"type": "dict", "default": {}}
 # keep in step with DOCUMENTATION in plugins/modules/do_image_publish_step.py
 ARGUMENT_SPEC: Dict[str, Any] = {
-    "step": {
-        "type": "str",
-        "required": True,
-        "choices": ["check", "planned", "preflight_failed", "published", "booted", "result"],
-    },
-    "entry_point": {"type": "str", "choices": ["main", "preflight"], "default": "main"},
-    "parameter": {"type": "str", "default": ""},
-    "msg": {"type": "str", "default": ""},
-    "planned": OUTCOME,
+    "step": {"type": "str", "required": True, "choices": ["preflight", "check", "published", "booted", "result"]},
+    "import_options": OUTCOME,
+    "upload_options": OUTCOME,
     "lookup": OUTCOME,
     "upload": OUTCOME,
     "imported": OUTCOME,
@@ -46,12 +44,16 @@ ARGUMENT_SPEC: Dict[str, Any] = {
 }
 
 
-class ActionModule(ControllerAction):
+class ActionModule(NixforgeAction):
     argument_spec = ARGUMENT_SPEC
 
     def act(self, result: Dict[str, Any], params: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            result.update(step(params, self.role_values(task_vars)))
+            values = self.role_values(task_vars)
+            if params["step"] == "preflight":
+                result.update(self.preflight(params, values, task_vars))
+            else:
+                result.update(step(params, values))
         except PublishError as exc:
             result.update(failed=True, msg=str(exc))
         result.setdefault("changed", False)
@@ -64,17 +66,50 @@ class ActionModule(ControllerAction):
             raise PublishError(unusable[0])
         return values
 
+    def preflight(
+        self, params: Mapping[str, Any], values: Mapping[str, Any], task_vars: Dict[str, Any]
+    ) -> Dict[str, Any]:
+        """Before a builder is paid for: the inputs, then do_custom_image and b2_object in check
+        mode with the options the main entry point will use (nothing is created, uploaded or
+        imported). The upload is planned with an empty stand-in file in Ansible's remote tmp."""
+        check_inputs(values, "preflight")
+        upload = dict(params["upload_options"], state="present")
+        image = dict(params["import_options"], state="present", url=preflight_url(upload.get("url_mode")))
+        planned = self._plan("nixforge.images.do_custom_image", image, task_vars)
+        tmpdir = self._make_tmp_path()
+        try:
+            standin = self._connection._shell.join_path(tmpdir, "preflight.qcow2.gz")
+            self._transfer_data(standin, "")
+            self._plan("nixforge.images.b2_object", dict(upload, src=standin), task_vars)
+        finally:
+            self._remove_tmp_path(tmpdir)
+        return {"existing": existing_image(planned)}
+
+    def _plan(self, module: str, args: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
+        """``module`` in check mode; PublishError led by the variable to fix when it fails."""
+        with self._check_mode():
+            outcome = self._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+        if outcome.get("failed"):
+            raise PublishError(preflight_failure(str(outcome.get("parameter") or ""), str(outcome.get("msg") or "")))
+        return outcome
+
+    @contextmanager
+    def _check_mode(self) -> Iterator[None]:
+        """Check mode for the modules run inside this step, whatever the task's own mode."""
+        before = self._task.check_mode
+        self._task.check_mode = True
+        try:
+            yield
+        finally:
+            self._task.check_mode = before
+
 
 def step(args: Mapping[str, Any], values: Mapping[str, Any]) -> Dict[str, Any]:
     """One step: {} (or the step's values) when the role goes on; PublishError when it stops."""
     name = args["step"]
     if name == "check":
-        check_inputs(values, args["entry_point"])
+        check_inputs(values, "main")
         return {"msg": "The inputs are set."}
-    if name == "planned":  # the preflight's answer: the build's image if a re-run finds it
-        return {"existing": existing_image(args["planned"])}
-    if name == "preflight_failed":  # only ever called in a rescue: it always stops
-        raise PublishError(preflight_failure(args["parameter"], args["msg"]))
     if name == "published":
         stop = publish_failure(values, args["upload"], args["imported"], args["image_removal"])
         if stop:
@@ -86,4 +121,6 @@ def step(args: Mapping[str, Any], values: Mapping[str, Any]) -> Dict[str, Any]:
         if stop:
             raise PublishError(stop)
         return {}
-    return publish_result(values, args["published"], args["upload"], args["object_removal"], args["boot"])
+    done = publish_result(values, args["published"], args["upload"], args["object_removal"], args["boot"])
+    # shown at every verbosity, as a debug task would be
+    return dict(done, msg=result_sentence(done), _ansible_verbose_always=True)

@@ -59,6 +59,12 @@ VARIABLES = {
     "api_url": "the API URL (B2_API_URL / DIGITALOCEAN_API_URL)",
 }
 REAPER = "ansible-playbook playbooks/reap.yml -e nixforge_build_id=%s"
+# The shape of the URL each url_mode gives, for the preflight's planned import: DigitalOcean
+# refuses a URL with a query string, which an authorized URL has (do_custom_image says so).
+PREFLIGHT_URLS = {
+    "public": "https://nixforge.invalid/file/bucket/preflight.qcow2.gz",
+    "authorized": "https://nixforge.invalid/file/bucket/preflight.qcow2.gz?Authorization=preflight",
+}
 
 
 class PublishError(Exception):
@@ -139,6 +145,11 @@ def preflight_failure(parameter: str, msg: str) -> str:
     variable = VARIABLES.get(parameter or "", "")
     lead = "%s: " % variable if variable else ""
     return "%s%s (checked before anything was created; nothing was)." % (lead, msg or "failed")
+
+
+def preflight_url(url_mode: Any) -> str:
+    """The stand-in of the URL the upload will give in ``url_mode`` (b2_object refuses other modes)."""
+    return PREFLIGHT_URLS.get(_text(url_mode), PREFLIGHT_URLS["public"])
 
 
 def _what(values: Mapping[str, Any]) -> str:
@@ -259,3 +270,25 @@ def publish_result(
         "object_removed": not _failed(object_removal),
         "boot_check": dict(boot) if boot and not boot.get("skipped") else {},
     }
+
+
+def result_sentence(result: Mapping[str, Any]) -> str:
+    """What the role did, in one sentence for the output: imported or adopted, where, and the boot check."""
+    lead = "Imported" if result.get("imported") else "Nothing imported: the build already has"
+    text = "%s image %s (%s, %s) in %s." % (
+        lead,
+        result.get("image_id"),
+        result.get("name"),
+        result.get("status"),
+        ", ".join(str(r) for r in result.get("regions") or []),
+    )
+    boot = result.get("boot_check") or {}
+    if boot.get("boot_seconds") is None:
+        return text + " No boot check."
+    droplet = boot.get("droplet") or {}
+    return "%s It booted in %s s on a %s droplet: %s" % (
+        text,
+        boot["boot_seconds"],
+        droplet.get("size"),
+        _text(boot.get("output")),
+    )

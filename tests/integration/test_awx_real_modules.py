@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from nfsandbox.testing import ansible_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "playbooks" / "awx_configure.yml"
@@ -78,15 +78,7 @@ def run(playbook: Path, endpoint: str, tmp: Path) -> list[dict[str, Any]]:
         "nixforge_awx_scm_url": "https://git.example.invalid/nixforge.git",
         "nixforge_awx_credentials": {"aws": "aws", "digitalocean": "do", "b2": "b2", "metal": "metal"},
     }
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=600,
-        check=False,
-    )
+    proc = ansible_playbook(["-i", "localhost,", str(playbook), "-e", json.dumps(extra)], env, cwd=tmp, bin_dir=BIN)
     assert "ERROR!" not in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert record.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     return [json.loads(line) for line in record.read_text().splitlines()]

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from _record import recording, records, result_of
 from nfsandbox.b2.testing import B2Sandbox
-from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle
+from nfsandbox.testing import Inventory, SandboxHandle, ansible_playbook
 
 pytestmark = [pytest.mark.sandbox]
 
@@ -84,15 +84,8 @@ class Builder:
 
     def run(self, build_id: str, src: str, verbosity: int = 0, **options: Any) -> tuple[Any, dict[str, Any]]:
         record = self.directory / ("rec-%s.jsonl" % time.monotonic_ns())
-        argv = [
-            str(VENV_BIN / "ansible-playbook"),
-            "-i",
-            str(self.inventory.path),
-            str(self.play(build_id, src, **options)),
-        ]
-        if verbosity:
-            argv.append("-" + "v" * verbosity)
-        proc = subprocess.run(argv, env=self.env(record), capture_output=True, text=True, timeout=900, check=False)
+        args = ["-i", str(self.inventory.path), str(self.play(build_id, src, **options))]
+        proc = ansible_playbook(args, self.env(record), verbosity=verbosity)
         return proc, result_of(records(record), TASK)
 
     def b2_left(self, build_id: str) -> list[dict[str, Any]]:

@@ -303,10 +303,12 @@ def write_inventory(
     return Inventory(path, ssh_config, known, ansible_env(directory))
 
 
-def playbook_argv(args: list[str], verbosity: int = 0, prefix: Sequence[str] = ()) -> list[str]:
+def playbook_argv(
+    args: list[str], verbosity: int = 0, prefix: Sequence[str] = (), bin_dir: Path = VENV_BIN
+) -> list[str]:
     """The command line of ansible-playbook with `args`; `prefix` runs it under another
-    command (e.g. setpriv)."""
-    argv = [*prefix, str(VENV_BIN / "ansible-playbook"), *args]
+    command (e.g. setpriv); `bin_dir` is another ansible-core's (the version matrix)."""
+    argv = [*prefix, str(bin_dir / "ansible-playbook"), *args]
     if verbosity:
         argv.append("-" + "v" * verbosity)
     return argv
@@ -319,10 +321,11 @@ def ansible_playbook(
     verbosity: int = 0,
     prefix: Sequence[str] = (),
     cwd: Path = REPO,
+    bin_dir: Path = VENV_BIN,
 ) -> subprocess.CompletedProcess:
     """ansible-playbook with `args` (inventory, playbook, ...), run in the repository; `env`
     comes from `ansible_env` (directly or through `write_inventory`)."""
-    argv = playbook_argv(args, verbosity, prefix)
+    argv = playbook_argv(args, verbosity, prefix, bin_dir)
     try:
         return subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:

@@ -39,7 +39,7 @@ def stop(args: Dict[str, Any], given: Dict[str, Any]) -> str:
 
 
 ARGS: Dict[str, Any] = {key: {} for key in action.ARGUMENT_SPEC if action.ARGUMENT_SPEC[key]["type"] == "dict"}
-ARGS.update(step="check", entry_point="main", parameter="", msg="")
+ARGS.update(step="check")
 
 
 # --- the input check -----------------------------------------------------------------------
@@ -69,9 +69,8 @@ def test_every_problem_is_reported_at_once() -> None:
     assert message.startswith("Nothing was created: 4 problems: (1) do_image_publish_build_id"), message
     assert all(n in message for n in ("(2) do_image_publish_bucket", "(3) do_image_publish_name", "(4) do_image_"))
     # the preflight has no image yet: the artifact is not asked for
-    assert "3 problems" in stop(
-        {"step": "check", "entry_point": "preflight"}, dict(empty, do_image_publish_artifact="")
-    )
+    with pytest.raises(p.PublishError, match="3 problems"):
+        p.check_inputs(dict(empty, do_image_publish_artifact=""), "preflight")
 
 
 def test_a_builder_object_without_its_url_is_refused() -> None:
@@ -84,28 +83,21 @@ def test_a_builder_object_without_its_url_is_refused() -> None:
 
 
 def test_a_failed_preflight_call_is_led_by_the_variable_to_fix() -> None:
-    message = stop({"step": "preflight_failed", "parameter": "region", "msg": "unknown region mars1"}, VALUES)
+    message = p.preflight_failure("region", "unknown region mars1")
     assert (
         message == "do_image_publish_region: unknown region mars1 (checked before anything was created; nothing was)."
     )
-    assert stop({"step": "preflight_failed", "parameter": "oauth_token", "msg": "no token"}, VALUES).startswith(
-        "DIGITALOCEAN_TOKEN (or DO_API_TOKEN): no token"
-    )
+    assert p.preflight_failure("oauth_token", "no token").startswith("DIGITALOCEAN_TOKEN (or DO_API_TOKEN): no token")
     # a parameter without a variable: the module's own message
-    assert stop({"step": "preflight_failed", "parameter": "", "msg": "HTTP 500"}, VALUES).startswith(
-        "HTTP 500 (checked"
-    )
+    assert p.preflight_failure("", "HTTP 500").startswith("HTTP 500 (checked")
 
 
 def test_the_preflight_answers_the_existing_image_only_when_nothing_is_to_change() -> None:
-    def planned(outcome: Dict[str, Any]) -> Dict[str, Any]:
-        return action.step(dict(ARGS, step="planned", planned=outcome), VALUES)
-
-    assert planned({"changed": False, "image": IMAGE}) == {"existing": IMAGE}
+    assert p.existing_image({"changed": False, "image": IMAGE}) == IMAGE
     # an import or a transfer is still to do, or no image of the build
-    assert planned({"changed": True, "image": IMAGE}) == {"existing": {}}
-    assert planned({"changed": True, "image": {}}) == {"existing": {}}
-    assert planned({"changed": False}) == {"existing": {}}
+    assert p.existing_image({"changed": True, "image": IMAGE}) == {}
+    assert p.existing_image({"changed": True, "image": {}}) == {}
+    assert p.existing_image({"changed": False}) == {}
 
 
 # --- publishing: the upload and the import -------------------------------------------------
@@ -220,7 +212,13 @@ def test_an_unbootable_image_kept_or_not_removable_says_what_became_of_it() -> N
 
 
 def test_the_result_has_the_documented_keys() -> None:
-    boot = {"changed": True, "reached": "login", "boot_seconds": 21.5, "output": "nixforge sandbox image (do)"}
+    boot = {
+        "changed": True,
+        "reached": "login",
+        "boot_seconds": 21.5,
+        "droplet": {"size": "s-1vcpu-512mb-10gb"},
+        "output": "nixforge sandbox image (do)",
+    }
     result = action.step(
         dict(
             ARGS,
@@ -231,6 +229,12 @@ def test_the_result_has_the_documented_keys() -> None:
             boot=boot,
         ),
         VALUES,
+    )
+    # shown at every verbosity, as a debug task would be
+    assert result.pop("_ansible_verbose_always") is True
+    assert result.pop("msg") == (
+        "Imported image 7000001 (nixos-b1, available) in nyc3. It booted in 21.5 s on a s-1vcpu-512mb-10gb"
+        " droplet: nixforge sandbox image (do)"
     )
     assert result == {
         "image_id": 7000001,
@@ -255,6 +259,17 @@ def test_the_result_of_a_builder_upload_and_of_an_adopted_image() -> None:
     # nothing uploaded by this run and no object: the sha256 the user gave
     again = p.publish_result(values(do_image_publish_sha256="ab" * 32), {"image": IMAGE}, SKIPPED, SKIPPED, {})
     assert again["sha256"] == "ab" * 32 and again["uploaded_from"] == "controller"
+
+
+def test_the_result_sentence_says_imported_or_adopted_and_how_it_booted() -> None:
+    adopted = {"imported": False, "image_id": 7, "name": "nixos-b1", "status": "available", "regions": ["nyc3", "ams3"]}
+    assert p.result_sentence(dict(adopted, boot_check={})) == (
+        "Nothing imported: the build already has image 7 (nixos-b1, available) in nyc3, ams3. No boot check."
+    )
+    booted = {"boot_seconds": 3.2, "droplet": {"size": "s-1vcpu-1gb"}, "output": "NixOS 25.05\n"}
+    assert p.result_sentence(dict(adopted, imported=True, boot_check=booted)) == (
+        "Imported image 7 (nixos-b1, available) in nyc3, ams3. It booted in 3.2 s on a s-1vcpu-1gb droplet: NixOS 25.05"
+    )
 
 
 def test_no_image_at_all_is_an_error_not_a_result() -> None:
@@ -285,3 +300,81 @@ def test_the_action_reads_the_role_variables_as_the_task_sees_them() -> None:
     module._templar = Templar(loader=DataLoader(), variables=broken)
     with pytest.raises(p.PublishError, match=r"^do_image_publish_bucket cannot be evaluated: "):
         module.role_values(broken)
+
+
+# --- the preflight: both modules planned in check mode, in one step ---------------------------
+
+
+class FakeShell:
+    @staticmethod
+    def join_path(*parts: str) -> str:
+        return "/".join(parts)
+
+
+class Preflight(action.ActionModule):
+    """The action with Ansible's module execution and remote tmp replaced by records (logic only)."""
+
+    def __init__(self, answers: Dict[str, Dict[str, Any]]) -> None:
+        self.answers = answers
+        self.ran: list = []
+        self.files: Dict[str, str] = {}
+        self.removed: list = []
+        self._task = type("Task", (), {"check_mode": False})()
+        self._connection = type("Connection", (), {"_shell": FakeShell()})()
+
+    def role_values(self, task_vars: Any) -> Dict[str, Any]:
+        return dict(VALUES, **task_vars)
+
+    def _execute_module(self, module_name: Any = None, module_args: Any = None, **_: Any) -> Dict[str, Any]:
+        self.ran.append((module_name, dict(module_args), self._task.check_mode, dict(self.files)))
+        return dict(self.answers.get(module_name, {}))
+
+    def _make_tmp_path(self, *_: Any) -> str:
+        return "/remote/tmp/ansible-tmp-1"
+
+    def _transfer_data(self, remote_path: str, data: str) -> str:
+        self.files[remote_path] = data
+        return remote_path
+
+    def _remove_tmp_path(self, tmp_path: str, *_: Any) -> None:
+        self.removed.append(tmp_path)
+
+
+PLAN = {
+    "import_options": {"name": "nixos-b1", "region": "nyc3", "build_id": "b1"},
+    "upload_options": {"bucket": "images", "url_mode": "authorized", "build_id": "b1"},
+}
+
+
+def preflight(answers: Dict[str, Dict[str, Any]], **task_vars: Any) -> tuple:
+    step = Preflight(answers)
+    result = step.act({}, dict(ARGS, step="preflight", **PLAN), task_vars)
+    return step, result
+
+
+def test_the_preflight_plans_the_import_then_the_upload_in_check_mode() -> None:
+    step, result = preflight({"nixforge.images.do_custom_image": {"changed": False, "image": IMAGE}})
+    assert result == {"existing": IMAGE, "changed": False}
+    (image_module, image_args, image_check, no_files), (b2_module, b2_args, b2_check, files) = step.ran
+    assert (image_module, b2_module) == ("nixforge.images.do_custom_image", "nixforge.images.b2_object")
+    assert image_check is True and b2_check is True and step._task.check_mode is False  # forced, then restored
+    assert image_args == dict(PLAN["import_options"], state="present", url=p.PREFLIGHT_URLS["authorized"])
+    # the upload of an empty stand-in in Ansible's remote tmp, which is removed afterwards
+    assert b2_args == dict(PLAN["upload_options"], state="present", src="/remote/tmp/ansible-tmp-1/preflight.qcow2.gz")
+    assert no_files == {} and files == {b2_args["src"]: ""} and step.removed == ["/remote/tmp/ansible-tmp-1"]
+
+
+def test_a_failed_plan_stops_naming_the_variable_and_leaves_no_stand_in() -> None:
+    refused = {"failed": True, "parameter": "region", "msg": "unknown region mars1"}
+    step, result = preflight({"nixforge.images.do_custom_image": refused})
+    assert result["failed"] is True and result["msg"].startswith("do_image_publish_region: unknown region mars1")
+    assert [r[0] for r in step.ran] == ["nixforge.images.do_custom_image"] and step.files == {}
+    step, result = preflight({"nixforge.images.b2_object": {"failed": True, "parameter": "bucket", "msg": "no such"}})
+    assert result["msg"].startswith("do_image_publish_bucket: no such (checked before anything was created")
+    assert step.removed == ["/remote/tmp/ansible-tmp-1"] and step._task.check_mode is False
+
+
+def test_the_preflight_checks_the_inputs_before_any_module_runs() -> None:
+    step, result = preflight({}, do_image_publish_bucket="")
+    assert result["failed"] is True and "do_image_publish_bucket is not set" in result["msg"]
+    assert step.ran == []
