@@ -316,6 +316,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         value = self._opt(name)
         return os.path.abspath(os.path.expanduser(value)) if value else None
 
+    def _endpoint_opts(self, prefix: str) -> Dict[str, Any]:
+        """``api_url`` and ``ca_bundle`` of a client from ``<prefix>_api_url`` / ``<prefix>_ca_bundle``
+        (the Metal and DigitalOcean options are named alike)."""
+        return {"api_url": self._opt(prefix + "_api_url"), "ca_bundle": self._path_opt(prefix + "_ca_bundle")}
+
     def _template(self, value: Any) -> Any:
         if isinstance(value, list):
             return [v for v in (self._template(v) for v in value) if v not in (None, "")]
@@ -381,13 +386,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         projects = self._opt("metal_project_ids") or [p for p in [os.environ.get("METAL_PROJECT_ID")] if p]
         if not projects:
             return self._skip("metal", "no project (set 'metal_project_ids', or METAL_PROJECT_ID)")
-        client = metal_client(
-            {
-                "auth_token": token,
-                "api_url": self._opt("metal_api_url"),
-                "ca_bundle": self._path_opt("metal_ca_bundle"),
-            }
-        )
+        client = metal_client(dict(self._endpoint_opts("metal"), auth_token=token))
         records = []
         for project in projects:
             records.extend(_discovery_metal.list_builders(client, project, build_ids, pipelines))
@@ -401,13 +400,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             return self._skip("digitalocean", "no token (set 'do_api_token', or DIGITALOCEAN_TOKEN)")
         from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._client import digitalocean_client
 
-        client = digitalocean_client(
-            {
-                "oauth_token": token,
-                "api_url": self._opt("do_api_url"),
-                "ca_bundle": self._path_opt("do_ca_bundle"),
-            }
-        )
+        client = digitalocean_client(dict(self._endpoint_opts("do"), oauth_token=token))
         return _discovery_do.list_builders(client, build_ids, pipelines)
 
     # -- inventory ---------------------------------------------------------------------

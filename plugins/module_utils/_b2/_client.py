@@ -38,7 +38,6 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._errors impo
     NixforgeError,
     ProviderError,
     UserInputError,
-    redact,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import RetryingClient, RetryPolicy
 
@@ -385,9 +384,7 @@ class B2Client(RetryingClient):
         except NixforgeError:
             raise
         except B2Error as exc:
-            error = translate_b2_error(exc, what, parameter, needs)
-            error.msg = redact(error.msg, self.secrets)
-            raise error from None
+            raise self._masked(translate_b2_error(exc, what, parameter, needs)) from None
 
     def authorize(self) -> None:
         self.call(self.api.authorize_account, self.realm, self._key_id, self._key, what="Authorizing with B2")

@@ -21,7 +21,17 @@ import random
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
-__all__ = ["CLOUD_API_POLICY", "RetryPolicy", "backoff_delays", "call_with_retry", "is_retryable_http_status"]
+from ansible_collections.nixforge.images.plugins.module_utils._base._errors import NixforgeError, redact
+
+__all__ = [
+    "CLOUD_API_POLICY",
+    "RetryPolicy",
+    "RetryingClient",
+    "backoff_delays",
+    "call_with_retry",
+    "find_before_retry",
+    "is_retryable_http_status",
+]
 
 T = TypeVar("T")
 Classifier = Callable[[BaseException], bool]
@@ -118,6 +128,23 @@ def call_with_retry(
             attempt += 1
 
 
+def find_before_retry(create: Callable[[], T], find: Callable[[], Optional[T]]) -> Callable[[], T]:
+    """One attempt of a create, for a retry loop: the first call runs ``create()``; every later
+    one first returns what ``find()`` finds. A 5xx or a dropped connection can hide a create
+    that succeeded, and creating blindly again would leave a second one behind (a leak)."""
+    attempts = [0]
+
+    def attempt() -> T:
+        if attempts[0]:
+            existing = find()
+            if existing is not None:
+                return existing
+        attempts[0] += 1
+        return create()
+
+    return attempt
+
+
 class RetryingClient:
     """What every provider client shares: its retry policy, the secrets its error
     messages must not show, and a count of the retries it made (reported by modules)."""
@@ -141,3 +168,9 @@ class RetryingClient:
         if self._sleep is not None:
             extra["sleep"] = self._sleep
         return call_with_retry(fn, classify, self.policy, *args, **extra, **kwargs)
+
+    def _masked(self, error: NixforgeError) -> NixforgeError:
+        """``error`` with this client's secrets masked in its message (the last step of every
+        client's error translation, before it raises the error ``from None``)."""
+        error.msg = redact(error.msg, self.secrets)
+        return error

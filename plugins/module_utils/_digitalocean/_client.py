@@ -48,6 +48,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._retry impor
     RetryingClient,
     RetryPolicy,
     backoff_delays,
+    find_before_retry,
     is_retryable_http_status,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._digitalocean._tls import (
@@ -422,9 +423,7 @@ class DigitalOceanClient(RetryingClient):
                 return None
             done = self.retries - retries_before
             note = " (after %d retries)" % done if done else ""
-            error = translate(exc, what, parameters, note)
-            error.msg = redact(error.msg, self.secrets)
-            raise error from None
+            raise self._masked(translate(exc, what, parameters, note)) from None
 
     def create(
         self,
@@ -436,17 +435,7 @@ class DigitalOceanClient(RetryingClient):
     ) -> Dict[str, Any]:
         """POST with retries; before each retry ``find()`` what an earlier attempt may have
         made (a 5xx or a dropped connection can hide a create that succeeded)."""
-        attempts = [0]
-
-        def attempt() -> Any:
-            if attempts[0]:
-                existing = find()
-                if existing is not None:
-                    return existing
-            attempts[0] += 1
-            return self._once("POST", path, body)
-
-        return self.guarded(attempt, what, parameters)
+        return self.guarded(find_before_retry(lambda: self._once("POST", path, body), find), what, parameters)
 
     def paginate(self, path: str, key: str, what: str, **query: Any) -> List[Dict[str, Any]]:
         """Every item of a paged list; each page is its own retried call."""

@@ -371,9 +371,7 @@ class AwsClient(RetryingClient):
                 raise
             if aws_error_code(exc) in tuple(ignore_codes):
                 return None
-            error = translate_aws_error(exc, what or "EC2 %s" % operation, parameter)
-            error.msg = redact(error.msg, self.secrets)
-            raise error from None
+            raise self._masked(translate_aws_error(exc, what or "EC2 %s" % operation, parameter)) from None
 
     def paginate(self, operation: str, key: str, what: Optional[str] = None, **kwargs: Any) -> List[Any]:
         items: List[Any] = []

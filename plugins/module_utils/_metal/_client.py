@@ -31,7 +31,6 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._errors impo
     NixforgeError,
     ProviderError,
     UserInputError,
-    redact,
     require_token,
 )
 from ansible_collections.nixforge.images.plugins.module_utils._base._requests import CONNECTION_ERRORS
@@ -39,6 +38,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._retry impor
 from ansible_collections.nixforge.images.plugins.module_utils._base._retry import (
     RetryingClient,
     RetryPolicy,
+    find_before_retry,
     is_retryable_http_status,
 )
 
@@ -227,18 +227,9 @@ class MetalClient(RetryingClient):
         missing_ok: bool = False,
     ) -> Any:
         """One API call; with ``missing_ok`` a 404 returns ``None``."""
-        try:
-            return self.call_raw(path, method, params)
-        except NixforgeError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, PacketError) and not _is_connection_error(exc):
-                raise
-            if missing_ok and metal_error_status(exc) == 404:
-                return None
-            error = translate_metal_error(exc, what or "Metal %s %s" % (method, path), parameter)
-            error.msg = redact(error.msg, self.secrets)
-            raise error from None
+        return self._guarded(
+            lambda: self.call_raw(path, method, params), what or "Metal %s %s" % (method, path), parameter, missing_ok
+        )
 
     def create_idempotent(
         self,
@@ -248,31 +239,25 @@ class MetalClient(RetryingClient):
         what: str,
         parameter: Optional[str] = None,
     ) -> Dict[str, Any]:
-        """POST with retries; before each retry, ``find()`` what an earlier attempt may have created.
+        """POST with retries; before each retry, ``find()`` what an earlier attempt may have created
+        (by the build's tags: a second device would be a leak)."""
+        attempt = find_before_retry(lambda: self.manager.call_api(path, "POST", dict(params)), find)
+        return self._guarded(lambda: self._with_retry(attempt, is_retryable_metal_error), what, parameter)
 
-        A 5xx or a dropped connection can hide a create that succeeded: retrying blindly
-        would make a second device (a leak). ``find`` looks it up by the build's tags.
-        """
-        attempts = [0]
-
-        def attempt() -> Any:
-            if attempts[0]:
-                existing = find()
-                if existing:
-                    return existing
-            attempts[0] += 1
-            return self.manager.call_api(path, "POST", dict(params))
-
+    def _guarded(
+        self, call: Callable[[], Any], what: str, parameter: Optional[str] = None, missing_ok: bool = False
+    ) -> Any:
+        """``call()`` (which retries); its packet-python or connection error becomes a ``NixforgeError``."""
         try:
-            return self._with_retry(attempt, is_retryable_metal_error)
+            return call()
         except NixforgeError:
             raise
         except Exception as exc:
             if not isinstance(exc, PacketError) and not _is_connection_error(exc):
                 raise
-            error = translate_metal_error(exc, what, parameter)
-            error.msg = redact(error.msg, self.secrets)
-            raise error from None
+            if missing_ok and metal_error_status(exc) == 404:
+                return None
+            raise self._masked(translate_metal_error(exc, what, parameter)) from None
 
     def paginate(self, path: str, key: str, what: Optional[str] = None, **query: Any) -> List[Dict[str, Any]]:
         """Every item of a paged list, following ``meta.next``."""

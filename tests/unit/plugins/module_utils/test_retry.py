@@ -7,6 +7,7 @@ from ansible_collections.nixforge.images.plugins.module_utils._base._retry impor
     RetryPolicy,
     backoff_delays,
     call_with_retry,
+    find_before_retry,
     is_retryable_http_status,
 )
 
@@ -130,3 +131,42 @@ def test_ec2_and_metal_clients_share_the_one_cloud_api_policy():
     own = RetryPolicy(max_attempts=2)
     assert ec2.AwsClient(object(), policy=own).policy is own
     assert metal.MetalClient(object(), policy=own).policy is own
+
+
+def test_a_retried_create_first_looks_for_what_the_failed_attempt_made():
+    """The first attempt creates; a retry returns what find() sees instead of creating twice."""
+    made = []
+    seen = {"found": None}
+    attempt = find_before_retry(lambda: made.append("x") or {"id": len(made)}, lambda: seen["found"])
+    assert attempt() == {"id": 1}
+    assert attempt() == {"id": 2}  # nothing found: create again
+    seen["found"] = {"id": 1}
+    assert attempt() == {"id": 1}
+    assert made == ["x", "x"]
+
+
+def test_the_first_attempt_of_a_create_does_not_look():
+    def find():
+        raise AssertionError("looked before the first attempt")
+
+    assert find_before_retry(lambda: "made", find)() == "made"
+
+
+def test_metal_creates_once_when_a_dropped_answer_hid_the_create():
+    """MetalClient.create_idempotent: a 503 after the device was made, then the retry finds it."""
+    from ansible_collections.nixforge.images.plugins.module_utils._metal import _client as metal
+
+    class Manager:
+        posts = 0
+
+        def call_api(self, path, method, params):
+            self.posts += 1
+            error = metal.PacketError("Error 503: busy")
+            error.response = type("R", (), {"status_code": 503, "json": lambda self: {}})()
+            raise error
+
+    manager = Manager()
+    client = metal.MetalClient(manager, policy=RetryPolicy(max_attempts=3), sleep=lambda s: None)
+    device = {"id": "d-1"}
+    assert client.create_idempotent("projects/p/devices", {}, lambda: device, "Creating the device") == device
+    assert manager.posts == 1 and client.retries == 1
