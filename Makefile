@@ -116,7 +116,8 @@ demo: collection
 
 benchmark: collection
 	$(BIN)/python -m benchmarks
-	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.pipeline --playbook sd
+	$(BIN)/python -m benchmarks.pipeline --playbook do
 	$(BIN)/python -m benchmarks.b2_upload
 	$(BIN)/python -m benchmarks.b2_upload --upload-rate 100
 	$(BIN)/python -m benchmarks.publish --size-mib 1024

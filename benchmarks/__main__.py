@@ -25,6 +25,7 @@ only --check turns a missed target into a failing exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -37,15 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
-from nfsandbox import client  # noqa: E402
-from nfsandbox.config import instance_from_env  # noqa: E402
 from nfsandbox.testing import (  # noqa: E402
     VENV_BIN,
-    SandboxHandle,
-    sandboxctl,
     ssh_keypair,
     write_inventory,
 )
+
+from benchmarks._sandbox import sandbox_up  # noqa: E402
 
 SRC = "/var/tmp/nixforge-benchmark.bin"
 
@@ -151,13 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("the benchmark needs the sandbox, which needs root")
         return 2
-    inst = instance_from_env()
-    state = client.read_state(inst)
-    started_here = not (client.daemon_alive(inst) and state and state.get("status") == "ready")
-    if started_here:
-        log(f"starting sandbox instance {inst.number}")
-        sandboxctl("up", instance=inst.number)
-    sandbox = SandboxHandle(inst, started_here)
+    up = contextlib.ExitStack()
+    sandbox = up.enter_context(sandbox_up())
     work = Path(tempfile.mkdtemp(prefix="nfbench-", dir="/tmp"))
     host = None
     try:
@@ -227,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if host is not None:
             sandbox.stop_host(host["name"])
         subprocess.run(["rm", "-rf", str(work)], check=False)
-        if started_here:
-            sandboxctl("down", instance=inst.number)
+        up.close()
 
 
 def run_all(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ is limited (the regime parallel parts are for). It applies to both uploads alike
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -71,9 +72,10 @@ sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 sys.path.insert(0, str(ROOT / ".build" / "collections"))
 
 from ansible_collections.nixforge.images.plugins.module_utils._base import _checksum_record as checksum_record  # noqa: E402
-from nfsandbox import client, procs  # noqa: E402
-from nfsandbox.config import instance_from_env  # noqa: E402
-from nfsandbox.testing import VENV_BIN, SandboxHandle, sandboxctl  # noqa: E402
+from nfsandbox import procs  # noqa: E402
+from nfsandbox.testing import VENV_BIN  # noqa: E402
+
+from benchmarks._sandbox import sandbox_up  # noqa: E402
 
 MODULE = ROOT / "plugins" / "modules" / "b2_object.py"
 COLLECTIONS = ROOT / ".build" / "collections"
@@ -266,13 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("the benchmark needs the sandbox, which needs root")
         return 2
-    inst = instance_from_env()
-    state = client.read_state(inst)
-    started_here = not (client.daemon_alive(inst) and state and state.get("status") == "ready")
-    if started_here:
-        log(f"starting sandbox instance {inst.number}")
-        sandboxctl("up", instance=inst.number)
-    sandbox = SandboxHandle(inst, started_here)
+    up = contextlib.ExitStack()
+    sandbox = up.enter_context(sandbox_up())
     work = Path(tempfile.mkdtemp(prefix="nfbench-b2-", dir="/var/tmp"))
     env = {**module_env(), **sandbox.env()}
     if "B2_API_URL" not in env:
@@ -289,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
     }
     cores = os.cpu_count() or 1
-    daemon = daemon_pid(inst)
+    daemon = daemon_pid(sandbox.instance)
     try:
         sandbox.set_faults("b2", {"upload_rate": args.upload_rate} if args.upload_rate else {})
         src = work / "image.bin"
@@ -436,8 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         except (SystemExit, OSError) as exc:
             log(f"cleaning the bucket failed: {exc}")
         subprocess.run(["rm", "-rf", str(work)], check=False)
-        if started_here:
-            sandboxctl("down", instance=inst.number)
+        up.close()
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
-from nfsandbox import client  # noqa: E402
-from nfsandbox.config import instance_from_env  # noqa: E402
-from nfsandbox.testing import VENV_BIN, SandboxHandle, sandboxctl  # noqa: E402
+from nfsandbox.testing import VENV_BIN, SandboxHandle  # noqa: E402
+
+from benchmarks import ec2_floor  # noqa: E402
+from benchmarks._sandbox import sandbox_up  # noqa: E402
 
 PLAYBOOKS = {"sd": "playbooks/build-sd-aarch64.yml", "do": "playbooks/build-do-image.yml"}
 STAGES = ("provision", "bootstrap", "build", "fetch", "teardown", "publish", "other")
@@ -126,6 +127,14 @@ def print_report(label: str, report: dict[str, Any], slowest: list[dict[str, Any
     verdict = "met" if report["overhead_seconds"] <= max_overhead else "MISSED"
     tasks_verdict = "met" if report["tasks_run"] <= max_tasks else "MISSED"
     log(f"our overhead:         {report['overhead_seconds']} s (target at most {max_overhead:g} s: {verdict})")
+    if "ec2_floor_seconds" in report:
+        # the baseline of the same run: what the cloud itself takes for the builder, without Ansible
+        above = report["above_floor_seconds"]
+        log(
+            f"EC2 floor:            {report['ec2_floor_seconds']} s (baseline); our overhead is"
+            f" {report['overhead_seconds'] / max(report['ec2_floor_seconds'], 0.1):.2f}x the floor,"
+            f" {above} s above it (target {max_overhead:g} s: {'met' if above <= max_overhead else 'MISSED'})"
+        )
     log(f"tasks run:            {report['tasks_run']} (target at most {max_tasks}: {tasks_verdict})")
     log(f"output lines:         {report['output_lines']}")
     log("slowest tasks:")
@@ -226,18 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("the benchmark needs the sandbox, which needs root")
         return 2
-    inst = instance_from_env()
-    state = client.read_state(inst)
-    started_here = not (client.daemon_alive(inst) and state and state.get("status") == "ready")
-    if started_here:
-        log(f"starting sandbox instance {inst.number}")
-        sandboxctl("up", instance=inst.number)
-    sandbox = SandboxHandle(inst, started_here)
     work = Path(tempfile.mkdtemp(prefix="nfbench-pipe-", dir="/tmp"))
     try:
-        log(f"running {playbook} from {repo} on sandbox instance {inst.number}")
-        extra = {"do_image_publish_boot_check": False} if args.playbook == "do" and not args.boot_check else {}
-        report, slowest = run_pipeline(repo, playbook, sandbox, work, args.slowest, extra)
+        with sandbox_up() as sandbox:
+            log(f"the EC2 floor of the {args.playbook} pipeline's builder (the baseline, same sandbox, just before)")
+            floor = ec2_floor.measure(sandbox, args.playbook)
+            ec2_floor.print_floor(floor)
+            log(f"running {playbook} from {repo} on sandbox instance {sandbox.instance.number}")
+            extra = {"do_image_publish_boot_check": False} if args.playbook == "do" and not args.boot_check else {}
+            report, slowest = run_pipeline(repo, playbook, sandbox, work, args.slowest, extra)
+        report["ec2_floor_seconds"] = floor["total"]
+        report["above_floor_seconds"] = round(report["overhead_seconds"] - floor["total"], 1)
         print_report(args.label or f"{args.playbook} pipeline ({repo})", report, slowest, args.playbook)
         log("PIPELINE " + json.dumps(report))
         if args.json:
@@ -245,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
-        if started_here:
-            sandboxctl("down", instance=inst.number)
 
 
 if __name__ == "__main__":

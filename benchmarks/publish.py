@@ -44,17 +44,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
-from nfsandbox import client  # noqa: E402
-from nfsandbox.config import Instance, instance_from_env  # noqa: E402
+from nfsandbox.config import Instance  # noqa: E402
 from nfsandbox.digitalocean.testing import qcow2_image  # noqa: E402
-from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, ansible_env, sandboxctl  # noqa: E402
+from nfsandbox.testing import VENV_BIN, Inventory, SandboxHandle, ansible_env  # noqa: E402
+
+from benchmarks._sandbox import sandbox_up  # noqa: E402
 
 BENCH_INDEX = 9  # 10.213.N.9: .2-.9 are free for the sandbox's own services
 IMAGE = "/var/tmp/nixforge-bench/nixos.qcow2.gz"
@@ -254,21 +254,6 @@ def remove_image(env: dict[str, str], build_id: str) -> None:
     subprocess.run(argv, env=env, cwd=str(ROOT), capture_output=True, check=True)
 
 
-@contextlib.contextmanager
-def sandbox_instance() -> Iterator[SandboxHandle]:
-    inst = instance_from_env()
-    state = client.read_state(inst)
-    started_here = not (client.daemon_alive(inst) and state and state.get("status") == "ready")
-    if started_here:
-        log(f"starting sandbox instance {inst.number}")
-        sandboxctl("up", instance=inst.number)
-    try:
-        yield SandboxHandle(inst, started_here)
-    finally:
-        if started_here:
-            sandboxctl("down", instance=inst.number)
-
-
 def measure(args: argparse.Namespace, sandbox: SandboxHandle, work: Path) -> dict[str, Any]:
     inst = sandbox.instance
     env_vars = sandbox.env()
@@ -325,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="nfbench-pub-", dir="/var/tmp"))
     try:
-        with sandbox_instance() as sandbox:
+        with sandbox_up() as sandbox:
             samples = measure(args, sandbox, work)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)

@@ -428,6 +428,8 @@ class Launch:
                 "%s, %s address %s"
                 % (i.get("State", {}).get("Name"), self.address_kind, self.address_of(i) or "none yet")
             ),
+            # EC2 starts most instances within seconds: early looks end the wait close to it
+            first_interval=0.25,
             interval=1.0,
             max_interval=10.0,
         )
@@ -438,8 +440,10 @@ class Launch:
             option_value=self.wait_timeout,
             what="SSH on %s:%d (instance %s)" % (address, SSH_PORT, instance_id),
             done=lambda state: state.startswith("SSH-"),
-            interval=1.0,
-            max_interval=5.0,
+            # a TCP connection to the instance, no API call: looking often costs nothing
+            first_interval=0.1,
+            interval=0.25,
+            max_interval=1.0,
             hint="Check that 'ssh_cidr' contains the controller's address as the instance sees it",
         )
         return instance

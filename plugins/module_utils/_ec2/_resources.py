@@ -172,8 +172,9 @@ class BuildResources:
             what="instance %s of build %s to terminate" % (", ".join(sorted(pending)), self.build_id),
             done=lambda left: not left,
             describe=lambda left: ", ".join("%s %s" % (i["InstanceId"], i.get("State", {}).get("Name")) for i in left),
-            # EC2 takes tens of seconds to terminate: a look every 5 s at most ends the wait
-            # (and the teardown) within 5 s of it, not 15.
+            # EC2 takes seconds to tens of seconds to terminate: looks from a quarter second,
+            # then every 5 s at most, end the wait (and the teardown) close to it, not 15 s late.
+            first_interval=0.25,
             interval=1.0,
             max_interval=5.0,
         )
@@ -238,7 +239,9 @@ class BuildResources:
             timeout=max(60, self.wait_timeout),
             what="security group %s to be deletable (its network interfaces to go)" % group_id,
             done=lambda state: state == "deleted",
-            interval=2.0,
+            # EC2 lets the group go about a second after the termination (its interfaces detach)
+            first_interval=0.25,
+            interval=1.0,
             max_interval=10.0,
         )
 
