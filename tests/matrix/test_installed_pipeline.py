@@ -1,7 +1,8 @@
 """The collection as users install it, on the ansible-core under test (NIXFORGE_ANSIBLE_BIN):
-`ansible-galaxy collection build`, `install` into an empty path, then the FQCN playbook
-`nixforge.images.build_sd_aarch64` runs the SD pipeline end to end in the sandbox from that
-installed copy (not from the checkout) and leaves nothing behind; `ansible-builder create`
+`ansible-galaxy collection build`, `install` into an empty path, then the FQCN playbooks
+`nixforge.images.build_sd_aarch64` and `nixforge.images.build_do_image` run both pipelines end
+to end in the sandbox from that installed copy (not from the checkout) and leave nothing behind
+(but the DigitalOcean image, which the test then removes as a user would); `ansible-builder create`
 accepts the execution environment definition for that ansible-core.
 """
 
@@ -72,10 +73,9 @@ def installed(tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def test_installed_sd_pipeline_runs(sandbox_up: None, installed: Path, tmp_path: Path) -> None:
-    build_id = "t-matrix-" + secrets.token_hex(3)
-    control = Path(tempfile.mkdtemp(prefix="nfm-", dir="/tmp"))  # ssh sockets: 108 bytes at most
-    env = {
+def installed_env(installed: Path, tmp_path: Path, control: Path) -> dict[str, str]:
+    """A user's environment elsewhere, with the installed collection and the sandbox's endpoints."""
+    return {
         **clean_env(tmp_path),
         **sandbox_env(),
         "ANSIBLE_COLLECTIONS_PATH": str(installed),
@@ -83,29 +83,64 @@ def test_installed_sd_pipeline_runs(sandbox_up: None, installed: Path, tmp_path:
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
         "ANSIBLE_HOST_KEY_CHECKING": "true",
     }
-    extra = {
-        "nixforge_build_id": build_id,
-        "nixforge_output_dir": str(tmp_path / "artifacts"),
-        "builder_host_state_dir": str(tmp_path / "state"),
-    }
-    argv = [str(BIN / "ansible-playbook"), "-i", str(ROOT / "inventories" / "sandbox")]
-    argv += ["nixforge.images.build_sd_aarch64", "-e", json.dumps(extra)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500, check=False)
-    finally:
-        shutil.rmtree(control, ignore_errors=True)
+
+
+def run_installed(argv: list[str], env: dict[str, str], tmp_path: Path) -> str:
+    """`argv` (an ansible command of the version under test) from a directory outside the checkout;
+    its whole output, after asserting that it succeeded without a 2.20/2.21 deprecation."""
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
-    images = list((tmp_path / "artifacts").glob("*.img.zst"))
-    assert len(images) == 1 and images[0].stat().st_size > 0
-    assert leftovers(build_id) == []
-    assert not (tmp_path / "state" / "id_ed25519").exists()
     # 2.20/2.21 deprecations are fixed in the collection, not silenced: any of them fails here
     # (INJECT_FACTS_AS_VARS among them: no action answers in ansible_facts, see
     # tests/unit/plugins/action/test_no_facts.py)
     assert "Using a template for task args is unsafe" not in output
     deprecations = [ln for ln in output.splitlines() if "[DEPRECATION WARNING]" in ln]
     assert deprecations == [], deprecations
+    return output
+
+
+def pipeline(name: str, installed: Path, tmp_path: Path, build_id: str, **extra: object) -> str:
+    """The installed collection's pipeline playbook ``name`` against the sandbox."""
+    control = Path(tempfile.mkdtemp(prefix="nfm-", dir="/tmp"))  # ssh sockets: 108 bytes at most
+    extra = {
+        "nixforge_build_id": build_id,
+        "nixforge_output_dir": str(tmp_path / "artifacts"),
+        "builder_host_state_dir": str(tmp_path / "state"),
+        **extra,
+    }
+    argv = [str(BIN / "ansible-playbook"), "-i", str(ROOT / "inventories" / "sandbox")]
+    argv += [f"nixforge.images.{name}", "-e", json.dumps(extra)]
+    try:
+        return run_installed(argv, installed_env(installed, tmp_path, control), tmp_path)
+    finally:
+        shutil.rmtree(control, ignore_errors=True)
+
+
+def test_installed_sd_pipeline_runs(sandbox_up: None, installed: Path, tmp_path: Path) -> None:
+    build_id = "t-matrix-" + secrets.token_hex(3)
+    pipeline("build_sd_aarch64", installed, tmp_path, build_id)
+    images = list((tmp_path / "artifacts").glob("*.img.zst"))
+    assert len(images) == 1 and images[0].stat().st_size > 0
+    assert leftovers(build_id) == []
+    assert not (tmp_path / "state" / "id_ed25519").exists()
+
+
+def test_installed_do_pipeline_runs(sandbox_up: None, installed: Path, tmp_path: Path) -> None:
+    """The DigitalOcean pipeline's own actions on the version under test: the preflight's
+    check-mode module runs, the builder's upload to B2, the import and the boot check."""
+    build_id = "t-matrix-do-" + secrets.token_hex(3)
+    output = pipeline("build_do_image", installed, tmp_path, build_id)
+    try:
+        assert "Imported image " in output and "It booted in " in output, output[-6000:]
+        assert [r["type"] for r in leftovers(build_id)] == ["do_image"]  # the product, and only it
+    finally:  # what a user does with the image when done: the module, by build id
+        control = Path(tempfile.mkdtemp(prefix="nfm-", dir="/tmp"))
+        argv = [str(BIN / "ansible"), "localhost", "-i", str(ROOT / "inventories" / "sandbox")]
+        argv += ["-m", "nixforge.images.do_custom_image", "-a", f"state=absent build_id={build_id}"]
+        run_installed(argv, installed_env(installed, tmp_path, control), tmp_path)
+        shutil.rmtree(control, ignore_errors=True)
+    assert leftovers(build_id) == []
 
 
 def test_execution_environment_definition(tarball: Path, tmp_path: Path) -> None:
