@@ -9,7 +9,7 @@ in plugins/modules/do_image_publish_step.py."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterator, List, Mapping
 
 from ansible_collections.nixforge.images.plugins.plugin_utils._action import NixforgeAction
 from ansible_collections.nixforge.images.plugins.plugin_utils._publish import (
@@ -75,20 +75,25 @@ class ActionModule(NixforgeAction):
         check_inputs(values, "preflight")
         upload = dict(params["upload_options"], state="present")
         image = dict(params["import_options"], state="present", url=preflight_url(upload.get("url_mode")))
-        planned = self._plan("nixforge.images.do_custom_image", image, task_vars)
+        warnings: List[Any] = []
+        planned = self._plan("nixforge.images.do_custom_image", image, task_vars, warnings)
         tmpdir = self._make_tmp_path()
         try:
             standin = self._connection._shell.join_path(tmpdir, "preflight.qcow2.gz")
             self._transfer_data(standin, "")
-            self._plan("nixforge.images.b2_object", dict(upload, src=standin), task_vars)
+            self._plan("nixforge.images.b2_object", dict(upload, src=standin), task_vars, warnings)
         finally:
             self._remove_tmp_path(tmpdir)
-        return {"existing": existing_image(planned)}
+        # the modules' own warnings, shown as the task's (Ansible displays a result's warnings)
+        return dict({"existing": existing_image(planned)}, **({"warnings": warnings} if warnings else {}))
 
-    def _plan(self, module: str, args: Dict[str, Any], task_vars: Dict[str, Any]) -> Dict[str, Any]:
+    def _plan(
+        self, module: str, args: Dict[str, Any], task_vars: Dict[str, Any], warnings: List[Any]
+    ) -> Dict[str, Any]:
         """``module`` in check mode; PublishError led by the variable to fix when it fails."""
         with self._check_mode():
             outcome = self._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+        warnings.extend(outcome.get("warnings") or [])
         if outcome.get("failed"):
             raise PublishError(preflight_failure(str(outcome.get("parameter") or ""), str(outcome.get("msg") or "")))
         return outcome

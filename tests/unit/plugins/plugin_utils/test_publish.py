@@ -364,6 +364,16 @@ def test_the_preflight_plans_the_import_then_the_upload_in_check_mode() -> None:
     assert no_files == {} and files == {b2_args["src"]: ""} and step.removed == ["/remote/tmp/ansible-tmp-1"]
 
 
+def test_the_modules_warnings_are_the_steps_own() -> None:
+    answers = {
+        "nixforge.images.do_custom_image": {"changed": True, "warnings": ["region nyc2 is closing"]},
+        "nixforge.images.b2_object": {"changed": True, "warnings": ["part_size rounded up"]},
+    }
+    result = preflight(answers)[1]
+    assert result["warnings"] == ["region nyc2 is closing", "part_size rounded up"]
+    assert "warnings" not in preflight({})[1]
+
+
 def test_a_failed_plan_stops_naming_the_variable_and_leaves_no_stand_in() -> None:
     refused = {"failed": True, "parameter": "region", "msg": "unknown region mars1"}
     step, result = preflight({"nixforge.images.do_custom_image": refused})
