@@ -28,7 +28,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "sandbox"))
 
-from nfsandbox.testing import SandboxHandle  # noqa: E402
+from nfsandbox.testing import SandboxHandle, ssh_keypair  # noqa: E402
 
 from benchmarks._sandbox import sandbox_up  # noqa: E402
 
@@ -60,14 +60,6 @@ def until(what: str, check: Callable[[], Any], interval: float = 0.2) -> Any:
         time.sleep(interval)
 
 
-def _keys(directory: Path) -> dict[str, str]:
-    for name in ("client", "host"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(directory / name)], check=True
-        )
-    return {name: (directory / f"{name}.pub").read_text().strip() for name in ("client", "host")}
-
-
 def _user_data(directory: Path, public: dict[str, str]) -> str:
     host_private = "\n".join("    " + line for line in (directory / "host").read_text().splitlines())
     return (
@@ -77,11 +69,10 @@ def _user_data(directory: Path, public: dict[str, str]) -> str:
 
 
 def _ssh(directory: Path, address: str, command: str) -> bool:
-    known = directory / "known_hosts"
-    known.write_text("%s %s\n" % (address, " ".join((directory / "host.pub").read_text().split()[:2])))
+    """``command`` over SSH with the client key, the host key pinned (known_hosts written once)."""
     argv = ["ssh", "-F", "/dev/null", "-i", str(directory / "client"), "-o", "IdentitiesOnly=yes"]
-    argv += ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
-    argv += ["-o", "ConnectTimeout=2", f"admin@{address}", command]
+    argv += ["-o", f"UserKnownHostsFile={directory / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=2", f"admin@{address}", command]
     return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
 
 
@@ -119,7 +110,7 @@ def measure(sandbox: SandboxHandle, playbook: str = "sd") -> dict[str, Any]:
     group = instance_id = None
     with tempfile.TemporaryDirectory(prefix="nfbench-floor-") as tmp:
         directory = Path(tmp)
-        public = _keys(directory)
+        public = {name: ssh_keypair(directory, name, name)[1] for name in ("client", "host")}
         images = ec2.describe_images(Owners=[DEBIAN_OWNER], Filters=[{"Name": "name", "Values": [builder["image"]]}])
         image = max(images["Images"], key=lambda i: i["CreationDate"])["ImageId"]
         started = time.monotonic()
@@ -143,6 +134,8 @@ def measure(sandbox: SandboxHandle, playbook: str = "sd") -> dict[str, Any]:
             instance_id = ec2.run_instances(**launch)["Instances"][0]["InstanceId"]
             running = until("running", lambda: (i := _instance(ec2, instance_id))["State"]["Name"] == "running" and i)
             address = running["PublicIpAddress"]
+            host_key = " ".join(public["host"].split()[:2])
+            (directory / "known_hosts").write_text(f"{address} {host_key}\n")
             until("SSH login", lambda: _ssh(directory, address, "true"))
             phases["launch_until_ssh"] = time.monotonic() - started
             mark = time.monotonic()
